@@ -1,0 +1,40 @@
+//! The reference interpreter: evaluates a specialized graph in float64 with
+//! ndarray, one node at a time. Slow and obviously correct; it is the oracle
+//! the JIT is tested against and what `nnc check` differentiates numerically.
+
+use crate::ir::{Graph, ValueId};
+use crate::ops::{eval, EvalError, Op};
+use ndarray::ArrayD;
+use std::collections::HashMap;
+
+/// Values for a graph's inputs, by input name.
+pub type Inputs = HashMap<String, ArrayD<f64>>;
+
+/// Evaluate every node; returns the values of `graph.outputs`.
+pub fn run(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalError> {
+    let values = run_all(graph, inputs)?;
+    Ok(graph.outputs.iter().map(|o| values[o.index()].clone()).collect())
+}
+
+/// Evaluate every node and return all values (for tests and debugging).
+pub fn run_all(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalError> {
+    let mut values: Vec<ArrayD<f64>> = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let v = match &node.op {
+            Op::Input { name, .. } => {
+                let v = inputs.get(name).ok_or_else(|| EvalError::MissingInput(name.clone()))?;
+                let expected = node.ty.shape.concrete().ok_or_else(|| EvalError::Symbolic(node.ty.shape.clone()))?;
+                if v.shape() != expected.as_slice() {
+                    return Err(EvalError::InputShape { name: name.clone(), expected, found: v.shape().to_vec() });
+                }
+                v.clone()
+            }
+            op => {
+                let args: Vec<&ArrayD<f64>> = node.args.iter().map(|a: &ValueId| &values[a.index()]).collect();
+                eval(op, &args, &node.ty)?
+            }
+        };
+        values.push(v);
+    }
+    Ok(values)
+}

@@ -1,0 +1,230 @@
+//! The IR: a typed SSA graph of tensor operations.
+//!
+//! A `Graph` is a list of nodes in topological order; a node's arguments always
+//! come earlier in the list. Every node has a static type (shape + dtype). Dims
+//! may be symbolic (`B`) so one graph serves every batch size; `specialize`
+//! substitutes sizes before the graph is interpreted or compiled.
+//!
+//! The primitive set is small on purpose (see `ops`): composites such as
+//! `sigmoid`, `softmax` and the losses are built from these while the IR is
+//! elaborated, so derivative rules exist only for primitives.
+
+use crate::ast::Span;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Index of a node in its graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// One dimension: a known size or a symbol bound later (the batch size `B`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Known(usize),
+    Sym(String),
+}
+
+impl Dim {
+    pub fn known(&self) -> Option<usize> {
+        match self {
+            Dim::Known(n) => Some(*n),
+            Dim::Sym(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Known(n) => write!(f, "{n}"),
+            Dim::Sym(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Shape(pub Vec<Dim>);
+
+impl Shape {
+    pub fn scalar() -> Shape {
+        Shape(Vec::new())
+    }
+    pub fn known(dims: &[usize]) -> Shape {
+        Shape(dims.iter().map(|&d| Dim::Known(d)).collect())
+    }
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    pub fn dims(&self) -> &[Dim] {
+        &self.0
+    }
+    /// All sizes, if every dim is known.
+    pub fn concrete(&self) -> Option<Vec<usize>> {
+        self.0.iter().map(Dim::known).collect()
+    }
+    /// Number of elements, if every dim is known.
+    pub fn numel(&self) -> Option<usize> {
+        self.concrete().map(|d| d.iter().product())
+    }
+    /// Replace symbols by their sizes where `env` knows them.
+    pub fn substitute(&self, env: &SizeEnv) -> Shape {
+        Shape(
+            self.0
+                .iter()
+                .map(|d| match d {
+                    Dim::Sym(s) => env.get(s).map_or_else(|| d.clone(), |&n| Dim::Known(n)),
+                    Dim::Known(_) => d.clone(),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[")?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+/// Sizes of symbolic dims, e.g. `B = 64`.
+pub type SizeEnv = HashMap<String, usize>;
+
+/// Element type. Integers (class labels, token ids) are stored as floats at run
+/// time (exact below 2^24); the type exists so the checker can catch misuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    I32,
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DType::F32 => write!(f, "float"),
+            DType::I32 => write!(f, "int"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TensorType {
+    pub shape: Shape,
+    pub dtype: DType,
+}
+
+impl TensorType {
+    pub fn f32(shape: Shape) -> TensorType {
+        TensorType { shape, dtype: DType::F32 }
+    }
+}
+
+impl fmt::Display for TensorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.dtype {
+            DType::F32 => write!(f, "{}", self.shape),
+            DType::I32 => write!(f, "{} int", self.shape),
+        }
+    }
+}
+
+/// What a graph input holds; the runtime uses this to feed it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    /// A trainable parameter, by its path (`l1.W`).
+    Param,
+    /// A batch of data: the features `x` or the labels `y`, or a function argument.
+    Data,
+    /// Optimizer state (a moment estimate) for the named parameter.
+    State,
+    /// A scalar hyperparameter fed each step (learning rate, bias corrections).
+    Hyper,
+}
+
+pub use crate::ops::Op;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<ValueId>,
+    pub ty: TensorType,
+    /// Where in the source this node came from (for runtime errors and `nnc ir`).
+    pub span: Span,
+}
+
+/// A tensor program: nodes in topological order and the values it returns.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<ValueId>,
+    /// Names for outputs (`loss`, `l1.W'`), parallel to `outputs`.
+    pub output_names: Vec<String>,
+}
+
+impl Graph {
+    pub fn node(&self, id: ValueId) -> &Node {
+        // Ids are only ever created by `push`, so they are in range.
+        #[allow(clippy::indexing_slicing)]
+        &self.nodes[id.index()]
+    }
+
+    pub fn ty(&self, id: ValueId) -> &TensorType {
+        &self.node(id).ty
+    }
+
+    pub fn shape(&self, id: ValueId) -> &Shape {
+        &self.node(id).ty.shape
+    }
+
+    /// Append a node whose type the caller has already worked out.
+    pub fn push(&mut self, op: Op, args: Vec<ValueId>, ty: TensorType, span: Span) -> ValueId {
+        let id = ValueId(self.nodes.len() as u32);
+        self.nodes.push(Node { op, args, ty, span });
+        id
+    }
+
+    /// The graph's inputs, in order: `(id, name, kind)`.
+    pub fn inputs(&self) -> Vec<(ValueId, &str, &InputKind)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::Input { name, kind } => Some((ValueId(i as u32), name.as_str(), kind)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Find an input by name.
+    pub fn input(&self, name: &str) -> Option<ValueId> {
+        self.inputs().into_iter().find(|(_, n, _)| *n == name).map(|(id, _, _)| id)
+    }
+
+    /// The same graph with symbolic dims replaced by sizes from `env`.
+    pub fn specialize(&self, env: &SizeEnv) -> Graph {
+        let mut g = self.clone();
+        for node in &mut g.nodes {
+            node.ty.shape = node.ty.shape.substitute(env);
+            node.op = node.op.substitute(env);
+        }
+        g
+    }
+}

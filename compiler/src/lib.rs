@@ -1,0 +1,14 @@
+//! nnc's compiler: source text in, checked IR, gradients and native code out.
+//!
+//! The stages, in the order `compile` runs them:
+//! `syntax` (pest → AST) → `elaborate` (names, modules, shapes → IR) →
+//! `autodiff` (IR → IR) → `opt` → `codegen` (Cranelift). `interp` is the
+//! float64 reference interpreter every compiled function is tested against.
+//! The library does no file or terminal IO: diagnostics are values, rendered
+//! to text by `diagnostic`.
+
+pub mod ast;
+pub mod builder;
+pub mod interp;
+pub mod ir;
+pub mod ops;

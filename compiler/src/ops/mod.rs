@@ -1,0 +1,230 @@
+//! The primitive operations. Each op family lives in one file with, side by side,
+//! its shape rule (`*_shape_rule`), its derivative rule written in IR ops
+//! (`*_vjp_rule`) and its reference evaluation in float64 (`*_eval`). This file
+//! holds the `Op` enum and the exhaustive dispatch over it; codegen has the one
+//! other exhaustive match (the lowering).
+//!
+//! Conventions shared by every rule:
+//! - elementwise binary ops require equal shapes: broadcasting is an explicit
+//!   `Broadcast` node inserted by the elaborator (`builder::broadcast_to`);
+//! - reductions keep the reduced axes with size 1, so their transpose is a
+//!   plain `Broadcast`;
+//! - integer tensors (labels) are stored as floats; comparisons give 0.0 / 1.0.
+
+pub mod elementwise;
+pub mod linalg;
+pub mod movement;
+pub mod reduce;
+
+use crate::builder::Builder;
+use crate::ir::{InputKind, Shape, SizeEnv, TensorType, ValueId};
+use ndarray::ArrayD;
+use std::fmt;
+
+pub use elementwise::{BinaryOp, UnaryOp};
+pub use reduce::ReduceKind;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    // ---- sources -------------------------------------------------------
+    /// A value fed from outside: parameter, data batch, optimizer state, hyperparameter.
+    Input { name: String, kind: InputKind },
+    /// A scalar constant (shape `[]`); `Broadcast` gives it a shape.
+    Constant(f64),
+    /// The index along `axis` at every position of the node's shape (for one-hot, masks).
+    Iota { axis: usize },
+    // ---- elementwise (operands of equal shape) -------------------------
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// Identity whose derivative is zero (`stop_gradient`).
+    StopGradient,
+    // ---- movement ------------------------------------------------------
+    /// NumPy broadcasting to `shape` (operand dims aligned on the right; each 1 or equal).
+    Broadcast { shape: Shape },
+    Reshape { shape: Shape },
+    /// Output axis `i` is input axis `perm[i]`.
+    Transpose { perm: Vec<usize> },
+    /// Elements `start..end` along `axis`.
+    Slice { axis: usize, start: usize, end: usize },
+    /// Zeros added before and after along `axis` (the transpose of `Slice`).
+    Pad { axis: usize, before: usize, after: usize },
+    /// Operands joined along `axis`.
+    Concat { axis: usize },
+    // ---- reductions (reduced axes kept with size 1) --------------------
+    Reduce { kind: ReduceKind, axes: Vec<usize> },
+    // ---- linear algebra ------------------------------------------------
+    /// `[.., M, K] @ [.., K, N] -> [.., M, N]`; leading (batch) dims equal.
+    MatMul,
+    /// `Solve(A, B) = A⁻¹ B` for square `A [N, N]` and `B [N, K]`.
+    Solve,
+}
+
+/// Why an op cannot take operands of these types. The elaborator turns this
+/// into a diagnostic with the spans of the operands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShapeError {
+    /// Elementwise operands differ in shape (after broadcasting was applied).
+    Mismatch { op: &'static str, lhs: Shape, rhs: Shape },
+    /// Operand shapes cannot be broadcast together.
+    Broadcast { from: Shape, to: Shape },
+    /// `@` with inner dimensions that differ.
+    MatMulInner { lhs: Shape, rhs: Shape },
+    /// `@` on operands of rank < 2, or batch dims that differ.
+    MatMulRank { lhs: Shape, rhs: Shape },
+    /// An axis is out of range for the operand's rank.
+    Axis { axis: usize, shape: Shape },
+    /// Element counts of a reshape differ.
+    Reshape { from: Shape, to: Shape },
+    /// Slice bounds outside the dim.
+    Slice { start: usize, end: usize, shape: Shape, axis: usize },
+    /// Concat operands disagree off the concat axis.
+    Concat { lhs: Shape, rhs: Shape, axis: usize },
+    /// `solve` needs a square matrix and a matching right-hand side.
+    Solve { a: Shape, b: Shape },
+    /// Wrong number of operands (an internal error, never user-facing).
+    Arity { op: &'static str, expected: usize, found: usize },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Constant(_) => "const",
+            Op::Iota { .. } => "iota",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::StopGradient => "stop_gradient",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
+            Op::Concat { .. } => "concat",
+            Op::Reduce { kind, .. } => kind.name(),
+            Op::MatMul => "matmul",
+            Op::Solve => "solve",
+        }
+    }
+
+    /// The op with symbolic dims in its attributes replaced (see `Graph::specialize`).
+    pub fn substitute(&self, env: &SizeEnv) -> Op {
+        match self {
+            Op::Broadcast { shape } => Op::Broadcast { shape: shape.substitute(env) },
+            Op::Reshape { shape } => Op::Reshape { shape: shape.substitute(env) },
+            other => other.clone(),
+        }
+    }
+
+    /// True for ops whose value does not depend on any argument's derivative.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Constant(_) | Op::Iota { .. })
+    }
+}
+
+/// The result type of `op` applied to operands of types `args`.
+/// Source ops (`Input`, `Constant`, `Iota`) are typed by whoever creates them.
+pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    match op {
+        Op::Input { .. } | Op::Iota { .. } => {
+            Err(ShapeError::Arity { op: op.name(), expected: 0, found: args.len() })
+        }
+        Op::Constant(_) => Ok(TensorType::f32(Shape::scalar())),
+        Op::Unary(u) => elementwise::unary_shape_rule(*u, args),
+        Op::Binary(b) => elementwise::binary_shape_rule(*b, args),
+        Op::StopGradient => elementwise::stop_gradient_shape_rule(args),
+        Op::Broadcast { shape } => movement::broadcast_shape_rule(shape, args),
+        Op::Reshape { shape } => movement::reshape_shape_rule(shape, args),
+        Op::Transpose { perm } => movement::transpose_shape_rule(perm, args),
+        Op::Slice { axis, start, end } => movement::slice_shape_rule(*axis, *start, *end, args),
+        Op::Pad { axis, before, after } => movement::pad_shape_rule(*axis, *before, *after, args),
+        Op::Concat { axis } => movement::concat_shape_rule(*axis, args),
+        Op::Reduce { axes, .. } => reduce::reduce_shape_rule(axes, args),
+        Op::MatMul => linalg::matmul_shape_rule(args),
+        Op::Solve => linalg::solve_shape_rule(args),
+    }
+}
+
+/// Reverse-mode rule: given the node `out = op(args)` and the cotangent `g` of
+/// `out`, build (in IR, through `b`) the cotangent of each argument, or `None`
+/// where the argument gets no gradient. Rules only use differentiable IR ops,
+/// so the result can itself be differentiated (grad of grad).
+pub fn vjp_rule(
+    b: &mut Builder,
+    op: &Op,
+    args: &[ValueId],
+    out: ValueId,
+    g: ValueId,
+) -> Vec<Option<ValueId>> {
+    match op {
+        Op::Input { .. } | Op::Constant(_) | Op::Iota { .. } => Vec::new(),
+        Op::Unary(u) => elementwise::unary_vjp_rule(b, *u, args, out, g),
+        Op::Binary(bin) => elementwise::binary_vjp_rule(b, *bin, args, out, g),
+        Op::StopGradient => vec![None],
+        Op::Broadcast { .. } => movement::broadcast_vjp_rule(b, args, g),
+        Op::Reshape { .. } => movement::reshape_vjp_rule(b, args, g),
+        Op::Transpose { perm } => movement::transpose_vjp_rule(b, perm, g),
+        Op::Slice { axis, start, end } => movement::slice_vjp_rule(b, *axis, *start, *end, args, g),
+        Op::Pad { axis, before, after } => movement::pad_vjp_rule(b, *axis, *before, *after, args, g),
+        Op::Concat { axis } => movement::concat_vjp_rule(b, *axis, args, g),
+        Op::Reduce { kind, axes } => reduce::reduce_vjp_rule(b, *kind, axes, args, out, g),
+        Op::MatMul => linalg::matmul_vjp_rule(b, args, g),
+        Op::Solve => linalg::solve_vjp_rule(b, args, out, g),
+    }
+}
+
+/// Why the reference interpreter could not evaluate a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EvalError {
+    /// An `Input` with no value supplied.
+    MissingInput(String),
+    /// A dim still symbolic at evaluation time (the graph was not specialized).
+    Symbolic(Shape),
+    /// `solve` on a singular matrix.
+    Singular,
+    /// A supplied input has the wrong shape.
+    InputShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+}
+
+/// Reference evaluation in float64 of one node, given its operands' values.
+/// `ty` is the node's (specialized) type. `Input` is handled by the interpreter.
+pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f64>, EvalError> {
+    let out_shape = ty.shape.concrete().ok_or_else(|| EvalError::Symbolic(ty.shape.clone()))?;
+    match op {
+        Op::Input { name, .. } => Err(EvalError::MissingInput(name.clone())),
+        Op::Constant(c) => Ok(ArrayD::from_elem(out_shape, *c)),
+        Op::Iota { axis } => Ok(movement::iota_eval(*axis, &out_shape)),
+        Op::Unary(u) => Ok(elementwise::unary_eval(*u, args)),
+        Op::Binary(bin) => Ok(elementwise::binary_eval(*bin, args)),
+        Op::StopGradient => Ok(args.first().map(|a| (*a).clone()).unwrap_or_default()),
+        Op::Broadcast { .. } => Ok(movement::broadcast_eval(args, &out_shape)),
+        Op::Reshape { .. } => Ok(movement::reshape_eval(args, &out_shape)),
+        Op::Transpose { perm } => Ok(movement::transpose_eval(perm, args)),
+        Op::Slice { axis, start, end } => Ok(movement::slice_eval(*axis, *start, *end, args)),
+        Op::Pad { axis, before, .. } => Ok(movement::pad_eval(*axis, *before, args, &out_shape)),
+        Op::Concat { axis } => Ok(movement::concat_eval(*axis, args)),
+        Op::Reduce { kind, axes } => Ok(reduce::reduce_eval(*kind, axes, args)),
+        Op::MatMul => Ok(linalg::matmul_eval(args, &out_shape)),
+        Op::Solve => linalg::solve_eval(args),
+    }
+}
+
+impl fmt::Display for Op {
+    /// The op as `nnc ir` prints it: its name and attributes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Input { name, kind } => write!(f, "input {name} ({kind:?})"),
+            Op::Constant(c) => write!(f, "const {c}"),
+            Op::Iota { axis } => write!(f, "iota axis={axis}"),
+            Op::Broadcast { shape } => write!(f, "broadcast to {shape}"),
+            Op::Reshape { shape } => write!(f, "reshape to {shape}"),
+            Op::Transpose { perm } => write!(f, "transpose {perm:?}"),
+            Op::Slice { axis, start, end } => write!(f, "slice axis={axis} {start}..{end}"),
+            Op::Pad { axis, before, after } => write!(f, "pad axis={axis} +{before} +{after}"),
+            Op::Concat { axis } => write!(f, "concat axis={axis}"),
+            Op::Reduce { kind, axes } => write!(f, "{} axes={axes:?}", kind.name()),
+            Op::Unary(_) | Op::Binary(_) | Op::StopGradient | Op::MatMul | Op::Solve => {
+                write!(f, "{}", self.name())
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! nnc's runtime: data, compiled-program execution, training loops, checkpoints.
