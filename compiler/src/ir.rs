@@ -228,3 +228,27 @@ impl Graph {
         g
     }
 }
+
+impl Graph {
+    /// The readable listing `nnc ir` prints, one node per line, starting at
+    /// node `from` (pass 0 for the whole graph).
+    pub fn pretty(&self, from: usize) -> String {
+        let mut s = String::new();
+        for (i, node) in self.nodes.iter().enumerate().skip(from) {
+            let args: Vec<String> = node.args.iter().map(|a| a.to_string()).collect();
+            let args = if args.is_empty() { String::new() } else { format!(" {}", args.join(", ")) };
+            s.push_str(&format!("%{i} = {}{args} : {}\n", node.op, node.ty));
+        }
+        let outs: Vec<String> = self
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match self.output_names.get(i) {
+                Some(n) => format!("{n} = {o}"),
+                None => o.to_string(),
+            })
+            .collect();
+        s.push_str(&format!("return {}\n", outs.join(", ")));
+        s
+    }
+}

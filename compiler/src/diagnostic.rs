@@ -1,0 +1,78 @@
+//! Diagnostics as data, and the one place that renders them (with ariadne).
+//!
+//! Each stage has its own error enum holding spans and facts (both shapes, the
+//! op, the names in scope); each converts to a `Diagnostic` here-shaped value.
+//! Only this module touches the renderer.
+
+use crate::ast::Span;
+use ariadne::{Color, Config, Label as AriadneLabel, Report, ReportKind, Source};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    /// A short title: "inner dimensions of `@` differ".
+    pub title: String,
+    /// Labels on the spans involved; the first is the primary location.
+    pub labels: Vec<Label>,
+    /// Extra lines under the report ("help: ...", "note: ...").
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    pub span: Span,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(title: impl Into<String>) -> Diagnostic {
+        Diagnostic { title: title.into(), labels: Vec::new(), notes: Vec::new() }
+    }
+    pub fn label(mut self, span: Span, message: impl Into<String>) -> Diagnostic {
+        self.labels.push(Label { span, message: message.into() });
+        self
+    }
+    pub fn note(mut self, note: impl Into<String>) -> Diagnostic {
+        self.notes.push(note.into());
+        self
+    }
+    /// Where the diagnostic points (its first label), for sorting.
+    pub fn primary_span(&self) -> Span {
+        self.labels.first().map(|l| l.span).unwrap_or_default()
+    }
+}
+
+/// Render diagnostics against `source` as text, in source order. `color`
+/// chooses ANSI colours (terminal) or plain text (golden tests, pipes).
+pub fn render(diagnostics: &[Diagnostic], filename: &str, source: &str, color: bool) -> String {
+    let mut sorted: Vec<&Diagnostic> = diagnostics.iter().collect();
+    sorted.sort_by_key(|d| d.primary_span());
+    let mut out = Vec::new();
+    for d in sorted {
+        render_one(d, filename, source, color, &mut out);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn render_one(d: &Diagnostic, filename: &str, source: &str, color: bool, out: &mut Vec<u8>) {
+    let name = filename.to_string();
+    // ariadne counts characters, pest and our spans count bytes.
+    let to_chars = |byte: usize| source.get(..byte.min(source.len())).map_or(0, |s| s.chars().count());
+    let range = |s: Span| to_chars(s.start)..to_chars(s.end.max(s.start));
+    let primary = d.primary_span();
+    let mut report = Report::build(ReportKind::Error, (name.clone(), range(primary)))
+        .with_config(Config::default().with_color(color).with_index_type(ariadne::IndexType::Char))
+        .with_message(&d.title);
+    let palette = [Color::Red, Color::Yellow, Color::Cyan, Color::Magenta, Color::Green];
+    for (i, l) in d.labels.iter().enumerate() {
+        let mut label = AriadneLabel::new((name.clone(), range(l.span))).with_message(&l.message).with_order(i as i32);
+        if color {
+            label = label.with_color(palette[i % palette.len()]);
+        }
+        report = report.with_label(label);
+    }
+    for n in &d.notes {
+        report = report.with_note(n);
+    }
+    // Writing into a Vec cannot fail.
+    let _ = report.finish().write((name, Source::from(source)), &mut *out);
+}

@@ -1,0 +1,253 @@
+//! Elaboration: resolve names, instantiate modules, check every shape, and
+//! build the IR, all in one walk. Functions and module calls are inlined, so
+//! a shape error deep inside `Linear.forward` is reported at the op that
+//! failed *and* at each call that led there.
+
+pub mod builtins;
+pub mod error;
+mod expr;
+pub mod train;
+pub mod value;
+
+use crate::ast::{DataDef, Expr, FnDef, Item, ModuleDef, Program, Span};
+use crate::builder::Builder;
+use crate::diagnostic::Diagnostic;
+use crate::ir::{DType, Dim, Graph, InputKind, Shape, TensorType, ValueId};
+use crate::ops::ShapeError;
+use error::{ElabError, ErrorKind};
+use std::collections::HashMap;
+use std::rc::Rc;
+use value::{ModuleInst, Tensor, Value};
+
+pub use train::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ParamSpec, ScheduleSpec, TrainPlan};
+
+/// The shape of a loaded data set, as far as the compiler needs to know it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataShape {
+    pub features: usize,
+    /// Labels are class ids (`label:`) rather than regression targets (`target:`).
+    pub label_int: bool,
+    /// Number of classes (max label + 1) for class labels.
+    pub classes: Option<usize>,
+    /// Row count of each split, by name.
+    pub splits: Vec<(String, usize)>,
+}
+
+/// A trained model's recipe, so later items can refer to `m.l1.W` or `m(x)`.
+#[derive(Clone, Debug)]
+struct TrainedModel {
+    model: Expr,
+}
+
+/// What the program defines, plus what has been learned about data and
+/// earlier items; elaborates one item's graphs at a time.
+pub struct Session<'p> {
+    program: &'p Program,
+    modules: HashMap<String, &'p ModuleDef>,
+    functions: HashMap<String, &'p FnDef>,
+    data_defs: HashMap<String, &'p DataDef>,
+    data: HashMap<String, DataShape>,
+    lets: HashMap<String, TensorType>,
+    trained: HashMap<String, TrainedModel>,
+}
+
+/// A graph produced from a top-level expression (`let`, `report`), with the
+/// inputs it needs: data splits (`digits.test.x`), earlier lets (`let.beta`)
+/// and trained parameters (`m.l1.W`).
+#[derive(Clone, Debug)]
+pub struct ExprGraph {
+    pub graph: Graph,
+    pub ty: TensorType,
+}
+
+impl<'p> Session<'p> {
+    /// Collect the program's definitions; reports names defined twice.
+    pub fn new(program: &'p Program) -> Result<Session<'p>, Vec<Diagnostic>> {
+        let mut s = Session {
+            program,
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            data_defs: HashMap::new(),
+            data: HashMap::new(),
+            lets: HashMap::new(),
+            trained: HashMap::new(),
+        };
+        let mut seen: HashMap<String, Span> = HashMap::new();
+        let mut errors = Vec::new();
+        for item in &program.items {
+            let ident = match item {
+                Item::Module(m) => {
+                    s.modules.insert(m.name.name.clone(), m);
+                    Some(&m.name)
+                }
+                Item::Function(f) => {
+                    s.functions.insert(f.name.name.clone(), f);
+                    Some(&f.name)
+                }
+                Item::Data(d) => {
+                    s.data_defs.insert(d.name.name.clone(), d);
+                    Some(&d.name)
+                }
+                Item::Train(t) => Some(&t.name),
+                Item::Let(l) => Some(&l.name),
+                Item::Report(_) | Item::Plot(_) => None,
+            };
+            if let Some(id) = ident {
+                if let Some(first) = seen.get(&id.name) {
+                    let kind = ErrorKind::Duplicate { span: id.span, first: *first, name: id.name.clone() };
+                    errors.push(ElabError { kind, context: Vec::new() }.to_diagnostic());
+                } else {
+                    seen.insert(id.name.clone(), id.span);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn program(&self) -> &'p Program {
+        self.program
+    }
+
+    /// Record the shape of a data set once it is loaded (or, for `nnc check`, inspected).
+    pub fn add_data(&mut self, name: &str, shape: DataShape) {
+        self.data.insert(name.to_string(), shape);
+    }
+
+    pub fn data_shape(&self, name: &str) -> Option<&DataShape> {
+        self.data.get(name)
+    }
+
+    /// Record a top-level `let` so later items can use it.
+    pub fn add_let(&mut self, name: &str, ty: TensorType) {
+        self.lets.insert(name.to_string(), ty);
+    }
+
+    /// Record a trained model so later items can use it.
+    pub fn add_trained(&mut self, name: &str, model: &Expr) {
+        self.trained.insert(name.to_string(), TrainedModel { model: model.clone() });
+    }
+
+    /// Elaborate a top-level expression into a graph with one output.
+    pub fn expr_graph(&self, e: &Expr) -> Result<ExprGraph, Vec<Diagnostic>> {
+        let mut cx = Ctx::new(self);
+        let scope = Scope::default();
+        let result = cx.expr(e, &scope).and_then(|v| cx.to_tensor(v, e.span));
+        match result {
+            Ok(t) => {
+                cx.graph.outputs = vec![t.id];
+                cx.graph.output_names = vec!["value".into()];
+                let ty = cx.graph.ty(t.id).clone();
+                Ok(ExprGraph { graph: crate::opt::optimize(&cx.graph), ty })
+            }
+            Err(e) => Err(vec![e.to_diagnostic()]),
+        }
+    }
+}
+
+/// Names visible while elaborating a function body.
+#[derive(Clone, Default)]
+pub(crate) struct Scope {
+    vars: HashMap<String, Value>,
+    /// The module instance whose method this is (its members are in scope).
+    this: Option<Rc<ModuleInst>>,
+    /// Shape variables bound by the signature (`B`).
+    dims: HashMap<String, (Dim, Span)>,
+}
+
+/// The state of building one graph.
+pub(crate) struct Ctx<'s, 'p> {
+    session: &'s Session<'p>,
+    pub graph: Graph,
+    call_stack: Vec<(Span, String)>,
+    /// Inputs created on first use, by name (data splits, lets, trained parameters).
+    lazy_inputs: HashMap<String, Tensor>,
+    /// Parameter shapes and initialisers of instantiated models, by path.
+    pub params: Vec<ParamSpec>,
+}
+
+impl<'s, 'p> Ctx<'s, 'p> {
+    pub fn new(session: &'s Session<'p>) -> Ctx<'s, 'p> {
+        Ctx { session, graph: Graph::default(), call_stack: Vec::new(), lazy_inputs: HashMap::new(), params: Vec::new() }
+    }
+
+    /// An error at the current point, with the call stack as context.
+    pub fn err(&self, kind: ErrorKind) -> ElabError {
+        ElabError { kind, context: self.call_stack.iter().rev().cloned().collect() }
+    }
+
+    pub fn builder(&mut self, span: Span) -> Builder<'_> {
+        Builder::new(&mut self.graph, span)
+    }
+
+    pub fn shape(&self, t: &Tensor) -> Shape {
+        self.graph.shape(t.id).clone()
+    }
+
+    pub fn ty(&self, t: &Tensor) -> TensorType {
+        self.graph.ty(t.id).clone()
+    }
+
+    /// Add a node through the op's shape rule, turning a failure into a diagnostic at `span`.
+    pub fn op(&mut self, op: crate::ops::Op, args: &[ValueId], span: Span) -> Result<ValueId, ElabError> {
+        let r = self.builder(span).try_op(op, args);
+        r.map_err(|e| self.shape_error(e, span))
+    }
+
+    pub fn shape_error(&self, e: ShapeError, span: Span) -> ElabError {
+        let kind = match e {
+            ShapeError::Reshape { from, to } => ErrorKind::Reshape { span, from, to },
+            ShapeError::Concat { lhs, rhs, axis } => ErrorKind::Concat { span, lhs, rhs, axis },
+            ShapeError::Solve { a, b } => ErrorKind::Solve { span, a, b },
+            ShapeError::MatMulInner { lhs, rhs } => ErrorKind::MatMulInner { span, lhs_span: span, rhs_span: span, lhs, rhs },
+            ShapeError::MatMulRank { lhs, rhs } => ErrorKind::MatMulRank { span, lhs_span: span, rhs_span: span, lhs, rhs },
+            ShapeError::Mismatch { op, lhs, rhs } => {
+                ErrorKind::Broadcast { op: op.into(), span, lhs_span: span, rhs_span: span, lhs, rhs }
+            }
+            ShapeError::Broadcast { from, to } => {
+                ErrorKind::Broadcast { op: "broadcast".into(), span, lhs_span: span, rhs_span: span, lhs: from, rhs: to }
+            }
+            ShapeError::Slice { start, end, shape, axis } => {
+                ErrorKind::Slice { span, shape, axis, start: start as i64, end: end as i64 }
+            }
+            ShapeError::Axis { axis, shape } => ErrorKind::AxisOutOfRange { span, axis: axis as i64, rank: shape.rank() },
+            ShapeError::Arity { op, expected, found } => {
+                ErrorKind::Internal { span, message: format!("{op} given {found} operands, expected {expected}") }
+            }
+        };
+        self.err(kind)
+    }
+
+    /// The tensor a value denotes: tensors as they are, numbers as scalar constants.
+    pub fn to_tensor(&mut self, v: Value, span: Span) -> Result<Tensor, ElabError> {
+        match v {
+            Value::Tensor(t) => Ok(t),
+            Value::Number { value, is_int } => {
+                let id = self.builder(span).scalar(value);
+                if is_int {
+                    self.graph.nodes[id.index()].ty.dtype = DType::I32;
+                }
+                Ok(Tensor { id, names: Vec::new() })
+            }
+            Value::Unbound(e) => Err(*e),
+            other => {
+                let found = other.describe(|id| self.graph.shape(id).clone());
+                Err(self.err(ErrorKind::WrongKind { span, expected: "a tensor".into(), found }))
+            }
+        }
+    }
+
+    /// A graph input, created once per name.
+    pub fn lazy_input(&mut self, name: &str, kind: InputKind, ty: TensorType, span: Span) -> Tensor {
+        if let Some(t) = self.lazy_inputs.get(name) {
+            return t.clone();
+        }
+        let id = self.builder(span).input(name, kind, ty);
+        let t = Tensor { id, names: Vec::new() };
+        self.lazy_inputs.insert(name.to_string(), t.clone());
+        t
+    }
+}

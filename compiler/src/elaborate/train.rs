@@ -1,0 +1,574 @@
+//! `train` blocks: the model's parameters, the loss, its gradient, and the
+//! optimizer update, built as one step graph (forward + backward + update)
+//! that codegen compiles into one native function.
+
+use super::error::ErrorKind;
+use super::value::{Arg, Func, Tensor, Value};
+use super::{Ctx, ElabError, Scope, Session};
+use crate::ast::{Expr, ExprKind, Span, TrainDef};
+use crate::autodiff;
+use crate::builder::Builder;
+use crate::diagnostic::Diagnostic;
+use crate::ir::{DType, Dim, Graph, InputKind, Shape, TensorType, ValueId};
+use crate::opt;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamInit {
+    Zeros,
+    Ones,
+    Normal { std: f64 },
+    Uniform { low: f64, high: f64 },
+    /// N(0, 2/fan_in), as in the notes.
+    HeNormal,
+    XavierUniform,
+    XavierNormal,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// Dotted path, e.g. `l1.W`.
+    pub path: String,
+    pub shape: Vec<usize>,
+    pub init: ParamInit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// Full-batch gradient descent.
+    Gd,
+    Sgd,
+    Momentum,
+    Nesterov,
+    Adam,
+    AdamW,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerSpec {
+    pub kind: OptimizerKind,
+    pub lr: f64,
+    /// Momentum coefficient (momentum, Nesterov) or β1 (Adam).
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW).
+    pub weight_decay: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleSpec {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f64 },
+    /// Cosine decay from 1 to `min_factor` over the whole run.
+    Cosine { min_factor: f64 },
+    /// Linear warmup over `epochs`, then `then`.
+    Warmup { epochs: usize, then: Box<ScheduleSpec> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Loss,
+    Accuracy,
+    Mse,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSpec {
+    pub kind: MetricKind,
+    pub data: String,
+    pub split: String,
+    pub span: Span,
+}
+
+impl MetricSpec {
+    pub fn label(&self) -> String {
+        let k = match self.kind {
+            MetricKind::Loss => "loss",
+            MetricKind::Accuracy => "accuracy",
+            MetricKind::Mse => "mse",
+        };
+        format!("{k} on {}.{}", self.data, self.split)
+    }
+}
+
+/// Everything the runtime needs to run one `train` block.
+#[derive(Clone, Debug)]
+pub struct TrainPlan {
+    pub name: String,
+    pub data: String,
+    pub split: String,
+    pub params: Vec<ParamSpec>,
+    /// params, `x`, `y` → loss.
+    pub loss_graph: Graph,
+    /// params, `x` → model output.
+    pub forward_graph: Graph,
+    /// params, `x`, `y` → loss and each parameter's gradient; the backward
+    /// pass starts at node `backward_start`.
+    pub grad_graph: Graph,
+    pub backward_start: usize,
+    /// params, `x`, `y`, optimizer state, hyperparameters → loss, new params, new state.
+    pub step_graph: Graph,
+    /// `(output index, input)` pairs: after a step, each input holds that output.
+    pub updates: Vec<(usize, ValueId)>,
+    /// Optimizer state inputs (start at zero): name and shape.
+    pub state: Vec<(String, Vec<usize>)>,
+    pub optimizer: OptimizerSpec,
+    pub schedule: ScheduleSpec,
+    /// `None`: the whole split in one batch (`gd`).
+    pub batch: Option<usize>,
+    pub epochs: usize,
+    pub seed: u64,
+    pub metrics: Vec<MetricSpec>,
+    pub checkpoint: Option<String>,
+    pub label_int: bool,
+    pub features: usize,
+    pub classes: Option<usize>,
+    pub span: Span,
+}
+
+/// Names of the scalar inputs the runtime feeds each step.
+pub const HYPER_LR: &str = "hyper.lr";
+pub const HYPER_BC1: &str = "hyper.bias_correction1";
+pub const HYPER_BC2: &str = "hyper.bias_correction2";
+
+const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint"];
+
+impl<'p> Session<'p> {
+    /// Check and build everything a `train` block needs.
+    pub fn train_plan(&self, t: &TrainDef) -> Result<TrainPlan, Vec<Diagnostic>> {
+        self.train_plan_inner(t).map_err(|e| vec![e.to_diagnostic()])
+    }
+
+    fn train_plan_inner(&self, t: &TrainDef) -> Result<TrainPlan, ElabError> {
+        let cx = Ctx::new(self);
+        for f in &t.fields {
+            if !FIELDS.contains(&f.key.name.as_str()) {
+                return Err(cx.err(ErrorKind::UnknownTrainField { span: f.key.span, field: f.key.name.clone() }));
+            }
+        }
+        let field = |name: &str| t.fields.iter().find(|f| f.key.name == name);
+        let (data, split) = data_split(&cx, &t.data)?;
+        let shape = self.data.get(&data).cloned().ok_or_else(|| cx.err(ErrorKind::Internal { span: t.data.span, message: "data not loaded".into() }))?;
+
+        let loss_field = field("loss").ok_or_else(|| cx.err(ErrorKind::MissingField { span: t.name.span, field: "loss".into() }))?;
+        let opt_field = field("optimizer").ok_or_else(|| cx.err(ErrorKind::MissingField { span: t.name.span, field: "optimizer".into() }))?;
+        let optimizer = optimizer_spec(&cx, &opt_field.value)?;
+        let batch = match (optimizer.kind, field("batch")) {
+            (OptimizerKind::Gd, _) => None,
+            (_, Some(f)) => Some(positive_int(&cx, &f.value, "batch")?),
+            (_, None) => return Err(cx.err(ErrorKind::MissingField { span: t.name.span, field: "batch".into() })),
+        };
+        let epochs = match field("epochs") {
+            Some(f) => positive_int(&cx, &f.value, "epochs")?,
+            None => return Err(cx.err(ErrorKind::MissingField { span: t.name.span, field: "epochs".into() })),
+        };
+        let seed = match field("seed") {
+            Some(f) => nonneg_int(&cx, &f.value, "seed")? as u64,
+            None => 0,
+        };
+        let schedule = match field("schedule") {
+            Some(f) => schedule_spec(&cx, &f.value)?,
+            None => ScheduleSpec::Constant,
+        };
+        let metrics = match field("metrics") {
+            Some(f) => metric_specs(&cx, &f.value)?,
+            None => Vec::new(),
+        };
+        let checkpoint = match field("checkpoint") {
+            Some(f) => match &f.value.kind {
+                ExprKind::Str(s) => Some(s.clone()),
+                _ => return Err(cx.err(ErrorKind::BadFieldValue { span: f.value.span, field: "checkpoint".into(), expected: "a file name in quotes".into() })),
+            },
+            None => None,
+        };
+
+        // The loss and its gradient.
+        let (mut cx, loss, param_ids) = self.loss_graph_ctx(t, &loss_field.value, &shape)?;
+        let mut loss_graph = cx.graph.clone();
+        loss_graph.outputs = vec![loss];
+        loss_graph.output_names = vec!["loss".into()];
+        let params = cx.params.clone();
+        let backward_raw = cx.graph.nodes.len();
+        let grads = autodiff::grad(&mut cx.graph, loss, &param_ids, t.span)
+            .map_err(|e| cx.err(ErrorKind::Internal { span: t.span, message: format!("{e:?}") }))?;
+        let mut grad_graph = cx.graph.clone();
+        grad_graph.outputs = std::iter::once(loss).chain(grads.iter().copied()).collect();
+        grad_graph.output_names = std::iter::once("loss".to_string()).chain(params.iter().map(|p| format!("d loss/d {}", p.path))).collect();
+        let (grad_graph, backward_start) = opt::optimize_split(&grad_graph, backward_raw);
+
+        // The optimizer update, appended to the same graph.
+        let mut b = Builder::new(&mut cx.graph, t.span);
+        let update = optimizer_update(&mut b, &optimizer, &params, &param_ids, &grads);
+        if let Some(e) = b.internal_error {
+            return Err(cx.err(ErrorKind::Internal { span: t.span, message: format!("optimizer update: {e:?}") }));
+        }
+        let mut step = cx.graph.clone();
+        step.outputs = std::iter::once(loss).chain(update.outputs.iter().map(|(v, _, _)| *v)).collect();
+        step.output_names = std::iter::once("loss".to_string()).chain(update.outputs.iter().map(|(_, n, _)| n.clone())).collect();
+        let step_graph = opt::optimize(&step);
+        let updates = update
+            .outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id)))
+            .collect();
+
+        let forward_graph = self.forward_graph(t, &shape)?;
+        Ok(TrainPlan {
+            name: t.name.name.clone(),
+            data,
+            split,
+            params,
+            loss_graph: opt::optimize(&loss_graph),
+            forward_graph,
+            grad_graph,
+            backward_start,
+            step_graph,
+            updates,
+            state: update.state,
+            optimizer,
+            schedule,
+            batch,
+            epochs,
+            seed,
+            metrics,
+            checkpoint,
+            label_int: shape.label_int,
+            features: shape.features,
+            classes: shape.classes,
+            span: t.span,
+        })
+    }
+
+    /// Instantiate the model and elaborate the loss on a symbolic batch `[B, F]`.
+    fn loss_graph_ctx(&self, t: &TrainDef, loss: &Expr, shape: &super::DataShape) -> Result<(Ctx<'_, 'p>, ValueId, Vec<ValueId>), ElabError> {
+        let mut cx = Ctx::new(self);
+        let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
+        let (x, y) = batch_inputs(&mut cx, shape, t.data.span);
+        let param_ids: Vec<ValueId> = model.all_params().iter().map(|(_, p)| p.id).collect();
+        let scope = Scope::default();
+        let f = cx.expr(loss, &scope)?;
+        let args = vec![
+            Arg { name: None, value: Value::Module(model.clone()), span: t.model.span },
+            Arg { name: None, value: Value::Tensor(x.clone()), span: t.data.span },
+            Arg { name: None, value: Value::Tensor(y.clone()), span: t.data.span },
+        ];
+        let out = match f {
+            // A built-in loss applies to the model's output: `loss = cross_entropy`.
+            Value::Func(Func::Builtin(name)) => {
+                let pred = cx.call(Value::Module(model), vec![args[1].clone()], t.model.span, t.model.span)?;
+                let pred = Arg { name: None, value: pred, span: t.model.span };
+                cx.call(Value::Func(Func::Builtin(name)), vec![pred, args[2].clone()], loss.span, loss.span)?
+            }
+            f => cx.call(f, args, loss.span, loss.span)?,
+        };
+        let out = cx.to_tensor(out, loss.span)?;
+        let shape = cx.shape(&out);
+        if shape.rank() != 0 {
+            return Err(cx.err(ErrorKind::NotScalar { span: loss.span, what: "the loss".into(), shape }));
+        }
+        Ok((cx, out.id, param_ids))
+    }
+
+    /// The model applied to a batch: what accuracy and predictions use.
+    fn forward_graph(&self, t: &TrainDef, shape: &super::DataShape) -> Result<Graph, ElabError> {
+        let mut cx = Ctx::new(self);
+        let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
+        let (x, _) = batch_inputs(&mut cx, shape, t.data.span);
+        let arg = Arg { name: None, value: Value::Tensor(x), span: t.data.span };
+        let out = cx.call(Value::Module(model), vec![arg], t.model.span, t.model.span)?;
+        let out = cx.to_tensor(out, t.model.span)?;
+        cx.graph.outputs = vec![out.id];
+        cx.graph.output_names = vec!["output".into()];
+        Ok(opt::optimize(&cx.graph))
+    }
+}
+
+fn batch_inputs(cx: &mut Ctx, shape: &super::DataShape, span: Span) -> (Tensor, Tensor) {
+    let b = Dim::Sym("B".into());
+    let xt = TensorType::f32(Shape(vec![b.clone(), Dim::Known(shape.features)]));
+    let yt = TensorType { shape: Shape(vec![b]), dtype: if shape.label_int { DType::I32 } else { DType::F32 } };
+    let mut bl = cx.builder(span);
+    let x = bl.input("x", InputKind::Data, xt);
+    let y = bl.input("y", InputKind::Data, yt);
+    let names = vec![Some("B".to_string()), None];
+    (Tensor { id: x, names }, Tensor { id: y, names: vec![Some("B".into())] })
+}
+
+fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
+    if let ExprKind::Field(base, split) = &e.kind {
+        if let ExprKind::Name(data) = &base.kind {
+            let shape = cx.session.data.get(data);
+            return match shape {
+                Some(s) if s.splits.iter().any(|(n, _)| *n == split.name) => Ok((data.clone(), split.name.clone())),
+                Some(s) => Err(cx.err(ErrorKind::UnknownField {
+                    field: split.name.clone(),
+                    span: split.span,
+                    of: data.clone(),
+                    available: s.splits.iter().map(|(n, _)| n.clone()).collect(),
+                })),
+                None => Err(cx.err(ErrorKind::UnknownName { name: data.clone(), span: base.span, suggestion: None })),
+            };
+        }
+    }
+    Err(cx.err(ErrorKind::WrongKind { span: e.span, expected: "a data split such as `digits.train`".into(), found: "an expression".into() }))
+}
+
+fn literal(e: &Expr) -> Option<f64> {
+    match &e.kind {
+        ExprKind::Number { value, .. } => Some(*value),
+        ExprKind::Neg(x) => literal(x).map(|v| -v),
+        ExprKind::Binary { op, lhs, rhs } => {
+            let (a, b) = (literal(lhs)?, literal(rhs)?);
+            match op {
+                crate::ast::BinOp::Add => Some(a + b),
+                crate::ast::BinOp::Sub => Some(a - b),
+                crate::ast::BinOp::Mul => Some(a * b),
+                crate::ast::BinOp::Div => Some(a / b),
+                crate::ast::BinOp::Pow => Some(a.powf(b)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn positive_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
+    match literal(e) {
+        Some(v) if v >= 1.0 && v.fract() == 0.0 => Ok(v as usize),
+        _ => Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: field.into(), expected: "a positive integer".into() })),
+    }
+}
+
+fn nonneg_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
+    match literal(e) {
+        Some(v) if v >= 0.0 && v.fract() == 0.0 => Ok(v as usize),
+        _ => Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: field.into(), expected: "a non-negative integer".into() })),
+    }
+}
+
+/// A call such as `adam(lr: 1e-3)` split into its name and `(key, value, span)` arguments.
+fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, Vec<(Option<String>, &'e Expr)>), ElabError> {
+    match &e.kind {
+        ExprKind::Name(n) => Ok((n, e.span, Vec::new())),
+        ExprKind::Call { callee, args } => match &callee.kind {
+            ExprKind::Name(n) => Ok((n, callee.span, args.iter().map(|a| (a.name.as_ref().map(|i| i.name.clone()), &a.value)).collect())),
+            _ => Err(cx.err(ErrorKind::WrongKind { span: callee.span, expected: "a name".into(), found: "an expression".into() })),
+        },
+        _ => Err(cx.err(ErrorKind::WrongKind { span: e.span, expected: "a name or a call".into(), found: "an expression".into() })),
+    }
+}
+
+/// Look up named (or positional, in `order`) numeric arguments with defaults.
+fn numeric_args(cx: &Ctx, callee: &str, span: Span, args: &[(Option<String>, &Expr)], order: &[(&str, Option<f64>)]) -> Result<Vec<f64>, ElabError> {
+    let mut values: Vec<Option<f64>> = order.iter().map(|(_, d)| *d).collect();
+    let allowed: Vec<String> = order.iter().map(|(n, _)| n.to_string()).collect();
+    for (i, (name, e)) in args.iter().enumerate() {
+        let slot = match name {
+            Some(n) => order.iter().position(|(k, _)| k == n).ok_or_else(|| {
+                cx.err(ErrorKind::UnknownKeyword { span: e.span, callee: callee.into(), keyword: n.clone(), allowed: allowed.clone() })
+            })?,
+            None if i < order.len() => i,
+            None => return Err(cx.err(ErrorKind::Arity { span, callee: callee.into(), expected: order.len(), found: args.len(), def_span: None })),
+        };
+        let v = literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: format!("`{}`", order[slot].0) }))?;
+        values[slot] = Some(v);
+    }
+    values
+        .into_iter()
+        .zip(order)
+        .map(|(v, (n, _))| v.ok_or_else(|| cx.err(ErrorKind::MissingArgument { span, callee: callee.into(), name: n.to_string() })))
+        .collect()
+}
+
+fn optimizer_spec(cx: &Ctx, e: &Expr) -> Result<OptimizerSpec, ElabError> {
+    let (name, span, args) = call_parts(cx, e)?;
+    let (kind, order): (OptimizerKind, &[(&str, Option<f64>)]) = match name {
+        "gd" => (OptimizerKind::Gd, &[("lr", None)]),
+        "sgd" => (OptimizerKind::Sgd, &[("lr", None)]),
+        "momentum" => (OptimizerKind::Momentum, &[("lr", None), ("momentum", Some(0.9))]),
+        "nesterov" => (OptimizerKind::Nesterov, &[("lr", None), ("momentum", Some(0.9))]),
+        "adam" => (OptimizerKind::Adam, &[("lr", Some(1e-3)), ("beta1", Some(0.9)), ("beta2", Some(0.999)), ("eps", Some(1e-8))]),
+        "adamw" => (
+            OptimizerKind::AdamW,
+            &[("lr", Some(1e-3)), ("beta1", Some(0.9)), ("beta2", Some(0.999)), ("eps", Some(1e-8)), ("weight_decay", Some(0.01))],
+        ),
+        _ => return Err(cx.err(ErrorKind::UnknownOptimizer { span, name: name.into() })),
+    };
+    let v = numeric_args(cx, name, span, &args, order)?;
+    let get = |i: usize, d: f64| v.get(i).copied().unwrap_or(d);
+    let spec = match kind {
+        OptimizerKind::Gd | OptimizerKind::Sgd => OptimizerSpec { kind, lr: get(0, 0.0), beta1: 0.0, beta2: 0.0, eps: 0.0, weight_decay: 0.0 },
+        OptimizerKind::Momentum | OptimizerKind::Nesterov => {
+            OptimizerSpec { kind, lr: get(0, 0.0), beta1: get(1, 0.9), beta2: 0.0, eps: 0.0, weight_decay: 0.0 }
+        }
+        OptimizerKind::Adam | OptimizerKind::AdamW => {
+            OptimizerSpec { kind, lr: get(0, 1e-3), beta1: get(1, 0.9), beta2: get(2, 0.999), eps: get(3, 1e-8), weight_decay: get(4, 0.0) }
+        }
+    };
+    if spec.lr <= 0.0 || !spec.lr.is_finite() {
+        return Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: "lr".into(), expected: "a positive learning rate".into() }));
+    }
+    Ok(spec)
+}
+
+fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
+    let (name, span, args) = call_parts(cx, e)?;
+    match name {
+        "constant" => Ok(ScheduleSpec::Constant),
+        "cosine" => {
+            let v = numeric_args(cx, name, span, &args, &[("min", Some(0.0))])?;
+            Ok(ScheduleSpec::Cosine { min_factor: v[0] })
+        }
+        "step" => {
+            let v = numeric_args(cx, name, span, &args, &[("every", None), ("gamma", Some(0.1))])?;
+            Ok(ScheduleSpec::Step { every: v[0].max(1.0) as usize, gamma: v[1] })
+        }
+        "warmup" => {
+            let then = args.iter().find(|(n, _)| n.as_deref() == Some("then")).map(|(_, e)| *e);
+            let rest: Vec<_> = args.iter().filter(|(n, _)| n.as_deref() != Some("then")).cloned().collect();
+            let v = numeric_args(cx, name, span, &rest, &[("epochs", None)])?;
+            let then = match then {
+                Some(t) => schedule_spec(cx, t)?,
+                None => ScheduleSpec::Constant,
+            };
+            Ok(ScheduleSpec::Warmup { epochs: v[0].max(1.0) as usize, then: Box::new(then) })
+        }
+        _ => Err(cx.err(ErrorKind::BadFieldValue {
+            span,
+            field: "schedule".into(),
+            expected: "one of constant, step(every: E, gamma: g), cosine(min: f), warmup(epochs: E, then: ...)".into(),
+        })),
+    }
+}
+
+fn metric_specs(cx: &Ctx, e: &Expr) -> Result<Vec<MetricSpec>, ElabError> {
+    let ExprKind::List(items) = &e.kind else {
+        return Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: "metrics".into(), expected: "a list such as `[accuracy on digits.test]`".into() }));
+    };
+    let mut out = Vec::new();
+    for it in items {
+        let ExprKind::On { what, data } = &it.kind else {
+            return Err(cx.err(ErrorKind::BadFieldValue { span: it.span, field: "metrics".into(), expected: "`METRIC on DATA.SPLIT`".into() }));
+        };
+        let kind = match &what.kind {
+            ExprKind::Name(n) if n == "loss" => MetricKind::Loss,
+            ExprKind::Name(n) if n == "accuracy" => MetricKind::Accuracy,
+            ExprKind::Name(n) if n == "mse" => MetricKind::Mse,
+            ExprKind::Name(n) => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: n.clone() })),
+            _ => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: "?".into() })),
+        };
+        let (d, s) = data_split(cx, data)?;
+        out.push(MetricSpec { kind, data: d, split: s, span: it.span });
+    }
+    Ok(out)
+}
+
+impl<'s, 'p> Ctx<'s, 'p> {
+    /// The initialiser named by a `param` declaration.
+    pub(crate) fn param_init(&mut self, e: &Expr, _scope: &Scope) -> Result<ParamInit, ElabError> {
+        let (name, span, args) = call_parts(self, e)?;
+        let init = match name {
+            "zeros" => ParamInit::Zeros,
+            "ones" => ParamInit::Ones,
+            "he_normal" => ParamInit::HeNormal,
+            "xavier_uniform" => ParamInit::XavierUniform,
+            "xavier_normal" => ParamInit::XavierNormal,
+            "normal" => {
+                let v = numeric_args(self, name, span, &args, &[("std", None)])?;
+                ParamInit::Normal { std: v[0] }
+            }
+            "uniform" => {
+                let v = numeric_args(self, name, span, &args, &[("low", None), ("high", None)])?;
+                ParamInit::Uniform { low: v[0], high: v[1] }
+            }
+            _ => return Err(self.err(ErrorKind::UnknownInit { span, name: name.into() })),
+        };
+        Ok(init)
+    }
+}
+
+struct Update {
+    /// (new value, output name, the input it replaces)
+    outputs: Vec<(ValueId, String, String)>,
+    state: Vec<(String, Vec<usize>)>,
+}
+
+/// The optimizer step for every parameter, as IR. The learning rate (after
+/// the schedule) and Adam's bias corrections 1 − βᵗ are scalar inputs fed by
+/// the runtime each step.
+fn optimizer_update(b: &mut Builder, o: &OptimizerSpec, params: &[ParamSpec], ids: &[ValueId], grads: &[ValueId]) -> Update {
+    let scalar = TensorType::f32(Shape::scalar());
+    let lr = b.input(HYPER_LR, InputKind::Hyper, scalar.clone());
+    let (bc1, bc2) = match o.kind {
+        OptimizerKind::Adam | OptimizerKind::AdamW => {
+            (Some(b.input(HYPER_BC1, InputKind::Hyper, scalar.clone())), Some(b.input(HYPER_BC2, InputKind::Hyper, scalar)))
+        }
+        _ => (None, None),
+    };
+    let mut outputs = Vec::new();
+    let mut state = Vec::new();
+    for ((spec, &p), &g) in params.iter().zip(ids).zip(grads) {
+        let shape = Shape::known(&spec.shape);
+        let lr_b = b.broadcast(lr, &shape);
+        let mut state_input = |b: &mut Builder, prefix: &str| {
+            let name = format!("{prefix}.{}", spec.path);
+            state.push((name.clone(), spec.shape.clone()));
+            (b.input(&name, InputKind::State, TensorType::f32(shape.clone())), name)
+        };
+        let new_p = match o.kind {
+            // p ← p − η g
+            OptimizerKind::Gd | OptimizerKind::Sgd => {
+                let step = b.mul(lr_b, g);
+                b.sub(p, step)
+            }
+            // v ← μ v + g;  p ← p − η v            (Nesterov: p ← p − η (g + μ v))
+            OptimizerKind::Momentum | OptimizerKind::Nesterov => {
+                let (v, vname) = state_input(b, "opt.velocity");
+                let mv = b.scale(v, o.beta1);
+                let v2 = b.add(mv, g);
+                outputs.push((v2, vname.clone(), vname));
+                let dir = if o.kind == OptimizerKind::Nesterov {
+                    let mv2 = b.scale(v2, o.beta1);
+                    b.add(g, mv2)
+                } else {
+                    v2
+                };
+                let step = b.mul(lr_b, dir);
+                b.sub(p, step)
+            }
+            // m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  p ← p − η (m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + ε)
+            // AdamW also subtracts η·λ·p (decoupled weight decay).
+            OptimizerKind::Adam | OptimizerKind::AdamW => {
+                let (m, mname) = state_input(b, "opt.m");
+                let (v, vname) = state_input(b, "opt.v");
+                let m1 = b.scale(m, o.beta1);
+                let g1 = b.scale(g, 1.0 - o.beta1);
+                let m2 = b.add(m1, g1);
+                let gg = b.mul(g, g);
+                let v1 = b.scale(v, o.beta2);
+                let g2 = b.scale(gg, 1.0 - o.beta2);
+                let v2 = b.add(v1, g2);
+                outputs.push((m2, mname.clone(), mname));
+                outputs.push((v2, vname.clone(), vname));
+                let (Some(c1), Some(c2)) = (bc1, bc2) else { continue };
+                let c1b = b.broadcast(c1, &shape);
+                let c2b = b.broadcast(c2, &shape);
+                let mhat = b.div(m2, c1b);
+                let vhat = b.div(v2, c2b);
+                let root = b.sqrt(vhat);
+                let den = b.offset(root, o.eps);
+                let mut dir = b.div(mhat, den);
+                if o.kind == OptimizerKind::AdamW && o.weight_decay != 0.0 {
+                    let wd = b.scale(p, o.weight_decay);
+                    dir = b.add(dir, wd);
+                }
+                let step = b.mul(lr_b, dir);
+                b.sub(p, step)
+            }
+        };
+        outputs.push((new_p, spec.path.clone(), spec.path.clone()));
+    }
+    Update { outputs, state }
+}

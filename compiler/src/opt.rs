@@ -1,0 +1,140 @@
+//! Graph clean-up after elaboration and differentiation: algebraic
+//! simplification (the `× 1` and `+ 0` that derivative rules leave behind),
+//! common-subexpression elimination, and dead-code elimination. Inputs are
+//! always kept so a graph's interface does not depend on what it uses.
+
+use crate::ir::{Graph, Node, ValueId};
+use crate::ops::{BinaryOp, Op, UnaryOp};
+use std::collections::HashMap;
+
+/// Run every pass; the result computes the same outputs.
+pub fn optimize(graph: &Graph) -> Graph {
+    optimize_split(graph, 0).0
+}
+
+/// `optimize`, also reporting where the nodes that came from before node
+/// `boundary` end (the passes keep node order), e.g. where backward starts.
+pub fn optimize_split(graph: &Graph, boundary: usize) -> (Graph, usize) {
+    let (simplified, origin) = simplify_and_cse(graph);
+    let (out, kept) = eliminate_dead_code_tracked(&simplified);
+    let new_boundary = kept.iter().filter(|&&i| origin[i] < boundary).count();
+    (out, new_boundary)
+}
+
+/// The scalar constant a value is everywhere, if it is a (broadcast) constant.
+fn constant_value(g: &Graph, v: ValueId) -> Option<f64> {
+    let node = g.node(v);
+    match &node.op {
+        Op::Constant(c) => Some(*c),
+        Op::Broadcast { .. } | Op::Reshape { .. } => node.args.first().and_then(|&a| constant_value(g, a)),
+        _ => None,
+    }
+}
+
+/// Rebuild the graph, forwarding trivial nodes to their operand and sharing
+/// nodes that compute the same op on the same operands.
+/// Also returns, for each new node, the index of the node it came from.
+fn simplify_and_cse(graph: &Graph) -> (Graph, Vec<usize>) {
+    let mut out = Graph { nodes: Vec::with_capacity(graph.nodes.len()), outputs: Vec::new(), output_names: graph.output_names.clone() };
+    let mut origin = Vec::with_capacity(graph.nodes.len());
+    let mut remap: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
+    let mut seen: HashMap<String, ValueId> = HashMap::new();
+    for (old, node) in graph.nodes.iter().enumerate() {
+        let args: Vec<ValueId> = node.args.iter().map(|a| remap[a.index()]).collect();
+        if let Some(forward) = trivial(&out, &node.op, &args, node) {
+            remap.push(forward);
+            continue;
+        }
+        if let Some(folded) = fold_constant_sum(&mut out, &node.op, &args, node) {
+            origin.resize(out.nodes.len(), old);
+            remap.push(folded);
+            continue;
+        }
+        let key = match node.op {
+            Op::Input { .. } => None,
+            _ => Some(format!("{:?}|{:?}|{:?}", node.op, args, node.ty)),
+        };
+        if let Some(existing) = key.as_ref().and_then(|k| seen.get(k)) {
+            remap.push(*existing);
+            continue;
+        }
+        let id = out.push(node.op.clone(), args, node.ty.clone(), node.span);
+        origin.push(old);
+        if let Some(k) = key {
+            seen.insert(k, id);
+        }
+        remap.push(id);
+    }
+    out.outputs = graph.outputs.iter().map(|o| remap[o.index()]).collect();
+    (out, origin)
+}
+
+/// A sum of a constant over known dims is a constant (e.g. the element count
+/// behind `mean`, once the batch size is known).
+fn fold_constant_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let (Op::Reduce { kind: crate::ops::ReduceKind::Sum, .. }, [x]) = (op, args) else { return None };
+    let c = constant_value(g, *x)?;
+    let n_in = g.shape(*x).numel()?;
+    let n_out = node.ty.shape.numel()?;
+    let total = c * (n_in / n_out.max(1)) as f64;
+    let scalar = g.push(Op::Constant(total), Vec::new(), crate::ir::TensorType::f32(crate::ir::Shape::scalar()), node.span);
+    if node.ty.shape.rank() == 0 {
+        return Some(scalar);
+    }
+    Some(g.push(Op::Broadcast { shape: node.ty.shape.clone() }, vec![scalar], node.ty.clone(), node.span))
+}
+
+/// If `op(args)` equals one of its operands, that operand.
+fn trivial(g: &Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let same_type = |v: ValueId| g.ty(v) == &node.ty;
+    match (op, args) {
+        (Op::Binary(BinaryOp::Mul), [x, y]) if constant_value(g, *y) == Some(1.0) && same_type(*x) => Some(*x),
+        (Op::Binary(BinaryOp::Mul), [x, y]) if constant_value(g, *x) == Some(1.0) && same_type(*y) => Some(*y),
+        (Op::Binary(BinaryOp::Div), [x, y]) if constant_value(g, *y) == Some(1.0) && same_type(*x) => Some(*x),
+        (Op::Binary(BinaryOp::Add), [x, y]) if constant_value(g, *y) == Some(0.0) && same_type(*x) => Some(*x),
+        (Op::Binary(BinaryOp::Add), [x, y]) if constant_value(g, *x) == Some(0.0) && same_type(*y) => Some(*y),
+        (Op::Binary(BinaryOp::Sub), [x, y]) if constant_value(g, *y) == Some(0.0) && same_type(*x) => Some(*x),
+        (Op::Unary(UnaryOp::Neg), [x]) => match (&g.node(*x).op, g.node(*x).args.as_slice()) {
+            (Op::Unary(UnaryOp::Neg), [inner]) => Some(*inner),
+            _ => None,
+        },
+        (Op::Reshape { .. } | Op::Broadcast { .. }, [x]) if same_type(*x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// Drop nodes no output depends on (inputs stay).
+pub fn eliminate_dead_code(graph: &Graph) -> Graph {
+    eliminate_dead_code_tracked(graph).0
+}
+
+/// Also returns the old index of each kept node.
+fn eliminate_dead_code_tracked(graph: &Graph) -> (Graph, Vec<usize>) {
+    let mut live = vec![false; graph.nodes.len()];
+    for o in &graph.outputs {
+        live[o.index()] = true;
+    }
+    for i in (0..graph.nodes.len()).rev() {
+        if matches!(graph.nodes[i].op, Op::Input { .. }) {
+            live[i] = true;
+        }
+        if live[i] {
+            for a in &graph.nodes[i].args {
+                live[a.index()] = true;
+            }
+        }
+    }
+    let mut out = Graph { nodes: Vec::new(), outputs: Vec::new(), output_names: graph.output_names.clone() };
+    let mut remap: Vec<Option<ValueId>> = vec![None; graph.nodes.len()];
+    let mut kept = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let args = node.args.iter().filter_map(|a| remap[a.index()]).collect();
+        remap[i] = Some(out.push(node.op.clone(), args, node.ty.clone(), node.span));
+        kept.push(i);
+    }
+    out.outputs = graph.outputs.iter().filter_map(|o| remap[o.index()]).collect();
+    (out, kept)
+}
