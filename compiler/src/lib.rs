@@ -12,3 +12,4 @@ pub mod builder;
 pub mod interp;
 pub mod ir;
 pub mod ops;
+pub mod syntax;
