@@ -1,1 +1,172 @@
-fn main() {}
+//! `nnc`: the command line. Reads files, prints diagnostics and results; the
+//! compiler and runtime crates do the work.
+
+use clap::{Parser, Subcommand};
+use nnc_compiler::diagnostic::{render, Diagnostic};
+use nnc_runtime::check::{self, TOLERANCE};
+use nnc_runtime::program::{self, RunOptions, Runner};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "nnc", version, about = "Compile, check and train models written in the .nn language")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a file: load data, train, evaluate, report.
+    Run {
+        file: PathBuf,
+        /// Print a one-line JSON summary on stdout (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
+        /// No progress bar or per-epoch lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Print compile and step timings.
+        #[arg(long)]
+        timings: bool,
+        /// Train for this many epochs instead of what the file says.
+        #[arg(long)]
+        epochs: Option<usize>,
+    },
+    /// Check names and shapes, then the gradient of every parameter by finite differences.
+    Check { file: PathBuf },
+    /// Print the IR of each training run's loss (with --grad, the backward pass; with --step, the whole step).
+    Ir {
+        file: PathBuf,
+        #[arg(long)]
+        grad: bool,
+        #[arg(long)]
+        step: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { file, json, quiet, timings, epochs } => run(&file, json, quiet, timings, epochs, process_start),
+        Command::Check { file } => check_file(&file),
+        Command::Ir { file, grad, step } => print_ir(&file, grad, step),
+    }
+}
+
+/// Read a source file, or say why not.
+fn read(file: &Path) -> Result<String, ExitCode> {
+    std::fs::read_to_string(file).map_err(|e| {
+        eprintln!("error: cannot read {}: {e}", file.display());
+        ExitCode::FAILURE
+    })
+}
+
+fn report(file: &Path, source: &str, diagnostics: &[Diagnostic]) -> ExitCode {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    eprint!("{}", render(diagnostics, &file.display().to_string(), source, color));
+    ExitCode::FAILURE
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize>, process_start: Instant) -> ExitCode {
+    let source = match read(file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let program = match program::parse(&source) {
+        Ok(p) => p,
+        Err(d) => return report(file, &source, &d),
+    };
+    let mut runner = match Runner::new(&program) {
+        Ok(r) => r,
+        Err(d) => return report(file, &source, &d),
+    };
+    let base = base_dir(file);
+    let opts = RunOptions { base_dir: &base, quiet: quiet || json, process_start, epochs };
+    if let Err(d) = runner.run(&opts) {
+        return report(file, &source, &d);
+    }
+    let summary = &runner.summary;
+    for line in &summary.lines {
+        eprintln!("{line}");
+    }
+    if timings {
+        for (name, r) in &summary.runs {
+            let step_ms = r.train_time.as_secs_f64() * 1e3 / r.steps.max(1) as f64;
+            eprintln!("{name}: compile {:.1} ms, {} steps, {step_ms:.3} ms/step", r.compile_time.as_secs_f64() * 1e3, r.steps);
+        }
+        eprintln!("total compile {:.1} ms", program::total_compile_time(summary).as_secs_f64() * 1e3);
+    }
+    if json {
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("{}", program::summary_json(&stem, summary));
+    }
+    ExitCode::SUCCESS
+}
+
+fn check_file(file: &Path) -> ExitCode {
+    let source = match read(file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let program = match program::parse(&source) {
+        Ok(p) => p,
+        Err(d) => return report(file, &source, &d),
+    };
+    match check::check(&program, &base_dir(file)) {
+        Err(d) => report(file, &source, &d),
+        Ok(results) => {
+            let mut ok = true;
+            println!("{:<12} {:<24} {:<16} {:>8} {:>14}", "run", "parameter", "shape", "entries", "worst rel err");
+            for r in &results {
+                let pass = r.worst_error <= TOLERANCE;
+                ok &= pass;
+                let shape = format!("{:?}", r.shape);
+                println!("{:<12} {:<24} {:<16} {:>8} {:>14.2e} {}", r.run, r.path, shape, r.checked, r.worst_error, if pass { "ok" } else { "FAIL" });
+            }
+            if ok {
+                println!("{}: shapes check, and every gradient agrees with finite differences (tolerance {TOLERANCE:e})", file.display());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: some gradients disagree with finite differences by more than {TOLERANCE:e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn print_ir(file: &Path, grad: bool, step: bool) -> ExitCode {
+    let source = match read(file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let program = match program::parse(&source) {
+        Ok(p) => p,
+        Err(d) => return report(file, &source, &d),
+    };
+    match check::train_plans(&program, &base_dir(file)) {
+        Err(d) => report(file, &source, &d),
+        Ok(plans) => {
+            for plan in &plans {
+                if step {
+                    println!("// train {}: forward + backward + {:?} update", plan.name, plan.optimizer.kind);
+                    print!("{}", plan.step_graph.pretty(0));
+                } else if grad {
+                    println!("// train {}: backward pass (nodes {}.. of the gradient graph)", plan.name, plan.backward_start);
+                    print!("{}", plan.grad_graph.pretty(plan.backward_start));
+                } else {
+                    println!("// train {}: loss", plan.name);
+                    print!("{}", plan.loss_graph.pretty(0));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

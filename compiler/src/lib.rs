@@ -9,7 +9,12 @@
 
 pub mod ast;
 pub mod builder;
+pub mod codegen;
+pub mod diagnostic;
+pub mod elaborate;
 pub mod interp;
 pub mod ir;
 pub mod ops;
 pub mod syntax;
+pub mod autodiff;
+pub mod opt;

@@ -1,7 +1,16 @@
 //! nnc's runtime: data, compiled-program execution, training loops, checkpoints.
+//!
+//! `program` runs a whole file item by item; `train` is the training loop
+//! around the compiled step; `check` is `nnc check`'s gradient check.
+
+pub mod check;
 pub mod checkpoint;
 pub mod data;
+pub mod dataset;
+pub mod exec;
 pub mod init;
 pub mod plot;
+pub mod program;
 pub mod rng;
 pub mod schedule;
+pub mod train;

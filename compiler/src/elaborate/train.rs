@@ -315,6 +315,11 @@ fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
     Err(cx.err(ErrorKind::WrongKind { span: e.span, expected: "a data split such as `digits.train`".into(), found: "an expression".into() }))
 }
 
+/// The value of a constant numeric expression (`1e-3`, `1/16`, `-2`), if it is one.
+pub fn constant_number(e: &Expr) -> Option<f64> {
+    literal(e)
+}
+
 fn literal(e: &Expr) -> Option<f64> {
     match &e.kind {
         ExprKind::Number { value, .. } => Some(*value),

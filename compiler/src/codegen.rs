@@ -1,0 +1,271 @@
+//! Native code for a whole specialized graph: one Cranelift function.
+//!
+//! `plan` decides which nodes are fused into their consumers' loops and which
+//! get a buffer, and lists the kernels (fused `f32x4` loop nests, and calls to
+//! Rust helpers for matmul and solve); `memory` lays every buffer out in one
+//! arena, sharing space between temporaries whose lifetimes do not overlap;
+//! `emit` writes the kernels, in order, into a single function
+//! `fn(arena: *mut f32, scratch: *mut f64)`. `run` is one call of it.
+
+mod emit;
+mod kernels;
+mod math;
+mod memory;
+mod plan;
+
+use crate::ir::{Graph, Shape, ValueId};
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, InstBuilder};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodegenError {
+    /// A dim is still symbolic: specialize the graph first.
+    Symbolic(Shape),
+    /// Cranelift rejected the host or the generated code.
+    Cranelift(String),
+    /// An `updates` pair that cannot be honoured.
+    BadUpdate { output: usize, input: ValueId, reason: String },
+    /// A node that its op's shape rule should have rejected.
+    Malformed { node: ValueId, reason: String },
+}
+
+impl fmt::Display for CodegenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodegenError::Symbolic(s) => write!(f, "cannot compile shape {s}: it has symbolic dims"),
+            CodegenError::Cranelift(e) => write!(f, "code generation failed: {e}"),
+            CodegenError::BadUpdate { output, input, reason } => {
+                write!(f, "bad update of input {input} from output {output}: {reason}")
+            }
+            CodegenError::Malformed { node, reason } => write!(f, "malformed node {node}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for CodegenError {}
+
+fn cl(e: impl fmt::Display) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+/// The generated function: `(arena, scratch)`.
+type Entry = unsafe extern "C" fn(*mut f32, *mut f64);
+
+/// A heap block only ever accessed through its raw pointer, so the generated
+/// code and the slices handed out never alias a live Rust reference.
+struct RawBuf<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+impl<T: Copy + Default> RawBuf<T> {
+    fn new(len: usize) -> RawBuf<T> {
+        let b: Box<[T]> = vec![T::default(); len].into_boxed_slice();
+        let len = b.len();
+        RawBuf { ptr: Box::into_raw(b).cast::<T>(), len }
+    }
+}
+
+impl<T> Drop for RawBuf<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice of
+        // exactly `len` elements in `new`, and this is the only place freeing it.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+    }
+}
+
+/// A tensor's place in the arena: offset and element count.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    off: usize,
+    len: usize,
+}
+
+pub struct CompiledGraph {
+    /// Owns the code `entry` points into; freed on drop.
+    module: Option<JITModule>,
+    entry: Entry,
+    arena: RawBuf<f32>,
+    /// First 64-byte-aligned element of `arena`; storage offsets count from here.
+    base: usize,
+    scratch: RawBuf<f64>,
+    inputs: Vec<(String, Slot)>,
+    outputs: Vec<Slot>,
+    kernels: usize,
+    compile_time: Duration,
+}
+
+/// Turn the finalized code address into a callable function pointer.
+///
+/// # Safety
+///
+/// `ptr` must be the address of finalized machine code for a function with the
+/// signature `(i64, i64) -> ()` in the host's C calling convention, and the
+/// module owning that code must stay alive (not freed) for as long as the
+/// returned pointer may be called.
+unsafe fn entry_from_ptr(ptr: *const u8) -> Entry {
+    // SAFETY: guaranteed by the caller (see `# Safety`); pointers to data and to
+    // functions have the same size and representation on every supported host.
+    unsafe { std::mem::transmute::<*const u8, Entry>(ptr) }
+}
+
+fn new_module() -> Result<JITModule, CodegenError> {
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(cl)?;
+    flags.set("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }).map_err(cl)?;
+    flags.set("use_colocated_libcalls", "false").map_err(cl)?;
+    flags.set("is_pic", "false").map_err(cl)?;
+    let isa = cranelift_native::builder().map_err(cl)?.finish(settings::Flags::new(flags)).map_err(cl)?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    jb.symbol("nnc_sgemm", kernels::nnc_sgemm as *const u8);
+    jb.symbol("nnc_solve", kernels::nnc_solve as *const u8);
+    Ok(JITModule::new(jb))
+}
+
+/// Declare and define the graph's function in `module`.
+fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Result<FuncId, CodegenError> {
+    let import = |module: &mut JITModule, name: &str, n: usize| {
+        let mut sig = module.make_signature();
+        sig.params = vec![AbiParam::new(I64); n];
+        module.declare_function(name, Linkage::Import, &sig).map_err(cl)
+    };
+    let sgemm_id = import(module, "nnc_sgemm", 12)?;
+    let solve_id = import(module, "nnc_solve", 10)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature.params = vec![AbiParam::new(I64), AbiParam::new(I64)];
+    let id = module.declare_function("nnc_graph", Linkage::Export, &ctx.func.signature).map_err(cl)?;
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+    let sgemm = module.declare_func_in_func(sgemm_id, b.func);
+    let solve = module.declare_func_in_func(solve_id, b.func);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let (arena, scratch) = match b.block_params(entry) {
+        [a, s] => (*a, *s),
+        _ => return Err(CodegenError::Cranelift("entry block parameters".into())),
+    };
+    {
+        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve };
+        for k in &plan.kernels {
+            em.emit_kernel(k)?;
+        }
+    }
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(module.target_config());
+    module.define_function(id, &mut ctx).map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
+    Ok(id)
+}
+
+impl CompiledGraph {
+    /// Compile `graph` (every dim known). After each `run`, the input `v` of each
+    /// `(o, v)` in `updates` holds output `o`'s new value: the output is written
+    /// straight into the input's buffer when no later kernel reads the input
+    /// (in-place elementwise is fine), else copied there at the end.
+    pub fn compile(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<CompiledGraph, CodegenError> {
+        let start = Instant::now();
+        let plan = plan::plan(graph, updates)?;
+        let layout = memory::assign(&plan.storages, &plan.kernels);
+        let mut module = new_module()?;
+        let id = define(&mut module, &plan, &layout.offsets)?;
+        module.finalize_definitions().map_err(cl)?;
+        let code = module.get_finalized_function(id);
+        // SAFETY: `code` is the function just defined with params (i64, i64) and no
+        // results in the ISA's default (C) calling convention; `module` is kept in
+        // the returned value and freed only on drop.
+        let entry = unsafe { entry_from_ptr(code) };
+
+        let arena = RawBuf::<f32>::new(layout.len + 16);
+        let base = (arena.ptr as usize).wrapping_neg() % 64 / 4;
+        let slot = |s: usize, len: usize| -> Result<Slot, CodegenError> {
+            let off = layout.offsets.get(s).copied().unwrap_or(usize::MAX);
+            if off.saturating_add(len) > layout.len {
+                return Err(CodegenError::Cranelift(format!("storage {s} outside the arena")));
+            }
+            Ok(Slot { off, len })
+        };
+        let len_of = |s: usize| plan.storages.get(s).map_or(0, |st| st.len);
+        let inputs = plan.inputs.iter().map(|(n, s)| Ok((n.clone(), slot(*s, len_of(*s))?))).collect::<Result<_, _>>()?;
+        let outputs = plan.outputs.iter().map(|&(s, len)| slot(s, len)).collect::<Result<_, _>>()?;
+        Ok(CompiledGraph {
+            module: Some(module),
+            entry,
+            arena,
+            base,
+            scratch: RawBuf::new(plan.scratch.max(1)),
+            inputs,
+            outputs,
+            kernels: plan.kernels.len(),
+            compile_time: start.elapsed(),
+        })
+    }
+
+    /// Input names, in graph input order.
+    pub fn input_names(&self) -> Vec<String> {
+        self.inputs.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|(n, _)| n == name)
+    }
+
+    fn slice(&self, s: Slot) -> &[f32] {
+        // SAFETY: `compile` checked `off + len <= layout.len`, and the arena holds
+        // `layout.len + 16 >= base + layout.len` elements. Mutation only happens
+        // through `&mut self` (`run`, `input_mut`), so no writer is live.
+        unsafe { std::slice::from_raw_parts(self.arena.ptr.add(self.base + s.off), s.len) }
+    }
+
+    /// Input `i`'s buffer (row-major); values persist between runs. An index out
+    /// of range gives an empty slice.
+    pub fn input_mut(&mut self, i: usize) -> &mut [f32] {
+        let Some(&(_, s)) = self.inputs.get(i) else { return &mut [] };
+        // SAFETY: in bounds as in `slice`; `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.arena.ptr.add(self.base + s.off), s.len) }
+    }
+
+    pub fn input(&self, i: usize) -> &[f32] {
+        self.inputs.get(i).map_or(&[], |&(_, s)| self.slice(s))
+    }
+
+    /// Run the compiled function once. Allocates nothing itself (the SGEMM
+    /// library allocates its packing buffers).
+    pub fn run(&mut self) {
+        // SAFETY: `entry` was compiled for exactly this arena layout and scratch
+        // size and its module is alive (`self.module`); `&mut self` guarantees no
+        // slice into the buffers is live while the code writes them.
+        unsafe { (self.entry)(self.arena.ptr.add(self.base), self.scratch.ptr) }
+    }
+
+    /// `graph.outputs[i]` after the last `run` (row-major). An index out of range
+    /// gives an empty slice.
+    pub fn output(&self, i: usize) -> &[f32] {
+        self.outputs.get(i).map_or(&[], |&s| self.slice(s))
+    }
+
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Number of loop nests and library calls in the generated function.
+    pub fn kernel_count(&self) -> usize {
+        self.kernels
+    }
+}
+
+impl Drop for CompiledGraph {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the only pointer into this module's code is `self.entry`,
+            // which is never called again: `self` is being dropped.
+            unsafe { m.free_memory() }
+        }
+    }
+}

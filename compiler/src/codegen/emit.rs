@@ -1,0 +1,435 @@
+//! Cranelift emission of planned kernels. Every kernel becomes a loop nest in
+//! the one generated function: outer loops over all but the innermost
+//! (simplified) axis, and an innermost loop over groups of four elements in
+//! `f32x4` registers, unrolled, bottom-tested, with a static tail.
+
+use super::math;
+use super::plan::{Affine, ENode, Kernel, MapKernel, MatOperand};
+use super::CodegenError;
+use crate::ops::{BinaryOp, ReduceKind};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::{Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+
+pub(crate) struct Emitter<'a, 'b> {
+    pub b: &'a mut FunctionBuilder<'b>,
+    /// Base address of the f32 arena (function parameter).
+    pub arena: Value,
+    /// Base address of the f64 scratch space (function parameter).
+    pub scratch: Value,
+    /// Arena offset (floats) of each storage.
+    pub offsets: &'a [usize],
+    pub sgemm: FuncRef,
+    pub solve: FuncRef,
+}
+
+type Body<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value]) -> Result<(), CodegenError> + 'x;
+
+fn mem() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Drop size-1 axes and merge neighbouring axes that every operand walks
+/// contiguously (`stride[i] == stride[i+1] · dim[i+1]`).
+pub(crate) fn simplify(dims: &[usize], strides: &mut [Vec<i64>]) -> Vec<usize> {
+    let mut out_dims: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<i64>> = vec![Vec::new(); strides.len()];
+    for (i, &d) in dims.iter().enumerate() {
+        if d == 1 {
+            continue;
+        }
+        let at = |s: &Vec<i64>| s.get(i).copied().unwrap_or(0);
+        let merge = !out_dims.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| o.last() == Some(&(at(s) * d as i64)));
+        if let (true, Some(last)) = (merge, out_dims.last_mut()) {
+            *last *= d;
+            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                if let Some(l) = o.last_mut() {
+                    *l = at(s);
+                }
+            }
+        } else {
+            out_dims.push(d);
+            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                o.push(at(s));
+            }
+        }
+    }
+    for (s, o) in strides.iter_mut().zip(out_strides) {
+        *s = o;
+    }
+    out_dims
+}
+
+/// Where one group of (up to) four elements of the innermost axis is:
+/// element index `pos + g`, `lanes` valid lanes.
+#[derive(Clone, Copy)]
+struct At {
+    pos: Value,
+    g: i64,
+    lanes: u8,
+}
+
+/// Per-row facts of a map kernel.
+struct Row<'k> {
+    k: &'k MapKernel,
+    /// Innermost stride of the output (index 0) and each operand (index 1 + i).
+    inner: Vec<i64>,
+    /// Address (loads) or integer value (iota) of each at the row's start.
+    bases: Vec<Value>,
+    needed: Vec<bool>,
+    /// Values computed once per row (independent of the innermost index).
+    pre: Vec<Option<Value>>,
+}
+
+impl<'a, 'b> Emitter<'a, 'b> {
+    pub fn emit_kernel(&mut self, k: &Kernel) -> Result<(), CodegenError> {
+        match k {
+            Kernel::Map(m) => self.emit_map(m),
+            Kernel::MatMul { batch, m, k, n, a, b, c } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
+            Kernel::Solve { n, k, a, b, x } => self.emit_solve(*n, *k, a, b, x),
+        }
+    }
+
+    // ---- loops ----------------------------------------------------------------------
+
+    /// Run `body` inside loops over `dims`, with the loop counters.
+    fn loop_nest(&mut self, dims: &[usize], body: &mut Body<'_, 'a, 'b>) -> Result<(), CodegenError> {
+        let mut idx = Vec::with_capacity(dims.len());
+        self.nest(dims, &mut idx, body)
+    }
+
+    fn nest(&mut self, dims: &[usize], idx: &mut Vec<Value>, body: &mut Body<'_, 'a, 'b>) -> Result<(), CodegenError> {
+        let Some((&d, rest)) = dims.split_first() else { return body(self, idx) };
+        if d <= 1 {
+            let z = self.b.ins().iconst(I64, 0);
+            idx.push(z);
+            self.nest(rest, idx, body)?;
+            idx.pop();
+            return Ok(());
+        }
+        let (blk, i, _) = self.loop_begin(&[]);
+        idx.push(i);
+        self.nest(rest, idx, body)?;
+        idx.pop();
+        self.loop_end(blk, i, 1, d as i64, &[]);
+        Ok(())
+    }
+
+    /// Enter a bottom-tested loop whose counter starts at 0, carrying `carried`.
+    fn loop_begin(&mut self, carried: &[Value]) -> (Block, Value, Vec<Value>) {
+        let blk = self.b.create_block();
+        let i = self.b.append_block_param(blk, I64);
+        let params = carried
+            .iter()
+            .map(|&v| {
+                let ty = self.b.func.dfg.value_type(v);
+                self.b.append_block_param(blk, ty)
+            })
+            .collect();
+        let zero = self.b.ins().iconst(I64, 0);
+        let args: Vec<BlockArg> = std::iter::once(zero).chain(carried.iter().copied()).map(BlockArg::from).collect();
+        self.b.ins().jump(blk, &args);
+        self.b.switch_to_block(blk);
+        (blk, i, params)
+    }
+
+    /// Close the loop: `i += step` and repeat while `i < limit`; returns the
+    /// carried values after the loop.
+    fn loop_end(&mut self, blk: Block, i: Value, step: i64, limit: i64, carried: &[Value]) -> Vec<Value> {
+        let exit = self.b.create_block();
+        let outs = carried
+            .iter()
+            .map(|&v| {
+                let ty = self.b.func.dfg.value_type(v);
+                self.b.append_block_param(exit, ty)
+            })
+            .collect();
+        let next = self.b.ins().iadd_imm_s(i, step);
+        let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, limit);
+        let back: Vec<BlockArg> = std::iter::once(next).chain(carried.iter().copied()).map(BlockArg::from).collect();
+        let fwd: Vec<BlockArg> = carried.iter().copied().map(BlockArg::from).collect();
+        self.b.ins().brif(more, blk, &back, exit, &fwd);
+        self.b.switch_to_block(exit);
+        outs
+    }
+
+    /// Byte address (with a storage) or integer value (without) of an affine
+    /// access at the loop counters `idx`.
+    fn base(&mut self, storage: Option<usize>, off: i64, strides: &[i64], idx: &[Value]) -> Result<Value, CodegenError> {
+        let (mut v, scale) = match storage {
+            Some(s) => {
+                let o = self.offsets.get(s).copied().ok_or_else(|| CodegenError::Cranelift(format!("storage {s} has no offset")))?;
+                (self.b.ins().iadd_imm_s(self.arena, (o as i64 + off) * 4), 4)
+            }
+            None => (self.b.ins().iconst(I64, off), 1),
+        };
+        for (&s, &i) in strides.iter().zip(idx) {
+            if s != 0 {
+                let t = self.b.ins().imul_imm_s(i, s * scale);
+                v = self.b.ins().iadd(v, t);
+            }
+        }
+        Ok(v)
+    }
+
+    // ---- map kernels ----------------------------------------------------------------
+
+    fn emit_map(&mut self, k: &MapKernel) -> Result<(), CodegenError> {
+        if k.dims.contains(&0) {
+            return Ok(());
+        }
+        let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).collect();
+        let mut strides: Vec<Vec<i64>> = affines.iter().map(|a| a.strides.clone()).collect();
+        let dims = simplify(&k.dims, &mut strides);
+        let r = dims.len();
+        let (outer, n) = match dims.split_last() {
+            Some((&n, outer)) => (outer.to_vec(), n),
+            None => (Vec::new(), 1),
+        };
+        let inner: Vec<i64> = strides.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
+        self.loop_nest(&outer, &mut |em, idx| {
+            let mut bases = Vec::with_capacity(affines.len());
+            for (a, s) in affines.iter().zip(&strides) {
+                bases.push(em.base(a.storage, a.off, &s[..r.saturating_sub(1)], idx)?);
+            }
+            em.emit_row(k, n, inner.clone(), bases)
+        })
+    }
+
+    /// The innermost axis of a map kernel: `n` elements.
+    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
+        let nn = k.nodes.len();
+        let mut needed = vec![false; nn];
+        if let Some(r) = needed.get_mut(k.root) {
+            *r = true;
+        }
+        for i in (0..nn).rev() {
+            match (needed[i], k.nodes[i]) {
+                (true, ENode::Unary(_, a)) => needed[a] = true,
+                (true, ENode::Binary(_, a, c)) => {
+                    needed[a] = true;
+                    needed[c] = true;
+                }
+                _ => {}
+            }
+        }
+        let mut inv = vec![false; nn];
+        for i in 0..nn {
+            inv[i] = match k.nodes[i] {
+                ENode::Operand(o) => inner.get(o + 1) == Some(&0),
+                ENode::Const(_) => true,
+                ENode::Unary(_, a) => inv[a],
+                ENode::Binary(_, a, c) => inv[a] && inv[c],
+            };
+        }
+        let mut row = Row { k, inner, bases, needed, pre: vec![None; nn] };
+        // Row invariants: computed here, before the loop.
+        let zero = self.b.ins().iconst(I64, 0);
+        let at0 = At { pos: zero, g: 0, lanes: 4 };
+        for i in 0..nn {
+            if row.needed[i] && inv[i] {
+                let v = self.eval_node(&row, i, &row.pre, at0)?;
+                row.pre[i] = Some(v);
+            }
+        }
+        let cost = (0..nn).filter(|&i| row.needed[i] && !inv[i]).count();
+        let groups = n / 4;
+        let tail = (n % 4) as u8;
+        let unroll = if cost <= 12 { 4 } else if cost <= 48 { 2 } else { 1 };
+        let unroll = unroll.min(groups.max(1));
+        let iters = groups / unroll;
+        let horiz = k.acc.filter(|_| row.inner.first() == Some(&0));
+        let mut accs: Vec<Value> = match horiz {
+            Some(kind) => (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect(),
+            None => Vec::new(),
+        };
+        let mut done = 0;
+        if iters >= 2 {
+            let (blk, pos, mut cur) = self.loop_begin(&accs);
+            for j in 0..unroll {
+                let at = At { pos, g: 4 * j as i64, lanes: 4 };
+                self.group(&row, at, horiz, cur.get_mut(j))?;
+            }
+            accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
+            done = iters * unroll;
+        }
+        for j in done..groups {
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
+            self.group(&row, at, horiz, accs.get_mut(j % unroll))?;
+        }
+        let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
+        match horiz {
+            Some(kind) => {
+                let mut s = math::scalar(self.b, math::identity(kind));
+                if tail > 0 {
+                    let v = self.eval_group(&row, tail_at)?;
+                    s = math::reduce_lanes(self.b, kind, v, tail, s);
+                }
+                let mut it = accs.into_iter();
+                if let Some(first) = it.next() {
+                    let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
+                    s = math::reduce_lanes(self.b, kind, v, 4, s);
+                }
+                let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+                let old = self.b.ins().load(F32, mem(), out, 0);
+                let new = math::combine_scalar(self.b, kind, old, s);
+                self.b.ins().store(mem(), new, out, 0);
+            }
+            None if tail > 0 => self.group(&row, tail_at, None, None)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// One group: evaluate, then store, accumulate into the output, or (for a
+    /// reduction along the innermost axis) fold into the register `acc`.
+    fn group(&mut self, row: &Row, at: At, horiz: Option<ReduceKind>, acc: Option<&mut Value>) -> Result<(), CodegenError> {
+        let v = self.eval_group(row, at)?;
+        if let (Some(kind), Some(acc)) = (horiz, acc) {
+            *acc = math::combine(self.b, kind, *acc, v);
+            return Ok(());
+        }
+        let (s, out) = (row.inner.first().copied().unwrap_or(1), row.bases.first().copied());
+        let out = out.ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+        let v = match row.k.acc {
+            Some(kind) => {
+                let old = self.load(true, s, out, at);
+                math::combine(self.b, kind, old, v)
+            }
+            None => v,
+        };
+        self.store(s, out, at, v);
+        Ok(())
+    }
+
+    fn eval_group(&mut self, row: &Row, at: At) -> Result<Value, CodegenError> {
+        let mut vals = row.pre.clone();
+        for i in 0..vals.len() {
+            if row.needed[i] && vals[i].is_none() {
+                let v = self.eval_node(row, i, &vals, at)?;
+                vals[i] = Some(v);
+            }
+        }
+        vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))
+    }
+
+    fn eval_node(&mut self, row: &Row, i: usize, vals: &[Option<Value>], at: At) -> Result<Value, CodegenError> {
+        let get = |j: usize| vals.get(j).copied().flatten().ok_or_else(|| CodegenError::Cranelift("operand not ready".into()));
+        let nodes = &row.k.nodes;
+        Ok(match nodes.get(i).copied().ok_or_else(|| CodegenError::Cranelift("bad node".into()))? {
+            ENode::Const(bits) => math::splat(self.b, f32::from_bits(bits)),
+            ENode::Operand(o) => {
+                let a = row.k.operands.get(o).ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
+                let (s, base) = (row.inner.get(o + 1).copied().unwrap_or(0), row.bases.get(o + 1).copied());
+                let base = base.ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
+                self.load(a.storage.is_some(), s, base, at)
+            }
+            ENode::Unary(u, a) => math::unary(self.b, u, get(a)?),
+            ENode::Binary(BinaryOp::Pow, a, c) => {
+                let x = get(a)?;
+                let special = match nodes.get(c) {
+                    Some(ENode::Const(bits)) => math::pow_const(self.b, x, f32::from_bits(*bits)),
+                    _ => None,
+                };
+                match special {
+                    Some(v) => v,
+                    None => math::pow(self.b, x, get(c)?),
+                }
+            }
+            ENode::Binary(op, a, c) => math::binary(self.b, op, get(a)?, get(c)?),
+        })
+    }
+
+    /// `base + bytes` as an (address, immediate offset) pair.
+    fn addr(&mut self, base: Value, bytes: i64) -> (Value, i32) {
+        match i32::try_from(bytes) {
+            Ok(o) => (base, o),
+            Err(_) => (self.b.ins().iadd_imm_s(base, bytes), 0),
+        }
+    }
+
+    /// The group's elements of an operand with innermost stride `s`: a load
+    /// from memory, or (`mem == false`) the iota value `base + index·s`.
+    fn load(&mut self, is_mem: bool, s: i64, base: Value, at: At) -> Value {
+        if !is_mem {
+            let p = self.b.ins().imul_imm_s(at.pos, s);
+            let p = self.b.ins().iadd(base, p);
+            let p = self.b.ins().iadd_imm_s(p, at.g * s);
+            let f = self.b.ins().fcvt_from_sint(F32, p);
+            let v = self.b.ins().splat(F32X4, f);
+            if s == 0 {
+                return v;
+            }
+            let lanes: Vec<u8> = (0..4).flat_map(|l| ((l * s) as f32).to_le_bytes()).collect();
+            let c = self.b.func.dfg.constants.insert(ConstantData::from(lanes));
+            let steps = self.b.ins().vconst(F32X4, c);
+            return self.b.ins().fadd(v, steps);
+        }
+        if s == 0 {
+            let x = self.b.ins().load(F32, mem(), base, 0);
+            return self.b.ins().splat(F32X4, x);
+        }
+        let p = self.b.ins().imul_imm_s(at.pos, 4 * s);
+        let row = self.b.ins().iadd(base, p);
+        if s == 1 && at.lanes == 4 {
+            let (a, o) = self.addr(row, 4 * at.g);
+            return self.b.ins().load(F32X4, mem(), a, o);
+        }
+        let mut v = math::splat(self.b, 0.0);
+        for l in 0..at.lanes {
+            let (a, o) = self.addr(row, 4 * s * (at.g + i64::from(l)));
+            let x = self.b.ins().load(F32, mem(), a, o);
+            v = self.b.ins().insertlane(v, x, l);
+        }
+        v
+    }
+
+    fn store(&mut self, s: i64, base: Value, at: At, v: Value) {
+        let p = self.b.ins().imul_imm_s(at.pos, 4 * s);
+        let row = self.b.ins().iadd(base, p);
+        if s == 1 && at.lanes == 4 {
+            let (a, o) = self.addr(row, 4 * at.g);
+            self.b.ins().store(mem(), v, a, o);
+            return;
+        }
+        for l in 0..at.lanes {
+            let x = self.b.ins().extractlane(v, l);
+            let (a, o) = self.addr(row, 4 * s * (at.g + i64::from(l)));
+            self.b.ins().store(mem(), x, a, o);
+        }
+    }
+
+    // ---- library calls ----------------------------------------------------------------
+
+    fn mat_ptr(&mut self, op: &MatOperand, idx: &[Value]) -> Result<Value, CodegenError> {
+        self.base(Some(op.storage), op.off, &op.batch, idx)
+    }
+
+    fn emit_matmul(&mut self, batch: &[usize], mkn: [usize; 3], a: &MatOperand, b: &MatOperand, c: &MatOperand) -> Result<(), CodegenError> {
+        let [m, k, n] = mkn;
+        if m == 0 || n == 0 || batch.contains(&0) {
+            return Ok(());
+        }
+        self.loop_nest(batch, &mut |em, idx| {
+            let (pa, pb, pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
+            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
+            let v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
+            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]];
+            em.b.ins().call(em.sgemm, &args);
+            Ok(())
+        })
+    }
+
+    fn emit_solve(&mut self, n: usize, k: usize, a: &MatOperand, b: &MatOperand, x: &MatOperand) -> Result<(), CodegenError> {
+        if n == 0 || k == 0 {
+            return Ok(());
+        }
+        let (pa, pb, px) = (self.mat_ptr(a, &[])?, self.mat_ptr(b, &[])?, self.mat_ptr(x, &[])?);
+        let ints = [n as i64, k as i64, a.rs, a.cs, b.rs, b.cs];
+        let v: Vec<Value> = ints.iter().map(|&i| self.b.ins().iconst(I64, i)).collect();
+        let args = [v[0], v[1], pa, v[2], v[3], pb, v[4], v[5], px, self.scratch];
+        self.b.ins().call(self.solve, &args);
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Rust helpers the generated code calls (registered with `JITBuilder::symbol`):
+//! strided SGEMM through `matrixmultiply`, and a linear solve.
+
+/// `C = A · B` for one `m×k` by `k×n` matrix pair, every operand with its own
+/// row and column strides (in elements). `C` is overwritten.
+#[allow(clippy::too_many_arguments)]
+pub(crate) extern "C" fn nnc_sgemm(
+    m: i64,
+    k: i64,
+    n: i64,
+    a: *const f32,
+    rsa: i64,
+    csa: i64,
+    b: *const f32,
+    rsb: i64,
+    csb: i64,
+    c: *mut f32,
+    rsc: i64,
+    csc: i64,
+) {
+    let (Ok(m), Ok(k), Ok(n)) = (usize::try_from(m), usize::try_from(k), usize::try_from(n)) else { return };
+    // SAFETY: the generated code passes pointers into the arena with strides and
+    // sizes taken from the planned (shape-checked) layouts, so every element
+    // `a[i·rsa + l·csa]`, `b[l·rsb + j·csb]`, `c[i·rsc + j·csc]` is in bounds, and
+    // `c` never overlaps `a` or `b` (the planner gives matmul a fresh buffer).
+    unsafe {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0, a, rsa as isize, csa as isize, b, rsb as isize, csb as isize, 0.0, c, rsc as isize, csc as isize,
+        );
+    }
+}
+
+/// `X = A⁻¹ B` for `A [n, n]` and `B [n, k]` (strided), into the contiguous
+/// `X [n, k]`, by Gaussian elimination with partial pivoting in f64. `scratch`
+/// holds `n·n + n·k` f64. A singular `A` gives NaN everywhere.
+#[allow(clippy::too_many_arguments)]
+pub(crate) extern "C" fn nnc_solve(
+    n: i64,
+    k: i64,
+    a: *const f32,
+    rsa: i64,
+    csa: i64,
+    b: *const f32,
+    rsb: i64,
+    csb: i64,
+    x: *mut f32,
+    scratch: *mut f64,
+) {
+    let (Ok(nu), Ok(ku)) = (usize::try_from(n), usize::try_from(k)) else { return };
+    // SAFETY: the planner sized `scratch` to at least n·n + n·k f64 and sized `x`
+    // to n·k contiguous f32; neither overlaps the other or `a`/`b`.
+    let (s, out) = unsafe {
+        (std::slice::from_raw_parts_mut(scratch, nu * nu + nu * ku), std::slice::from_raw_parts_mut(x, nu * ku))
+    };
+    let (m, rhs) = s.split_at_mut(nu * nu);
+    for i in 0..n {
+        for j in 0..n {
+            // SAFETY: i, j < n index the strided n×n operand `a` (in bounds by its layout).
+            m[(i * n + j) as usize] = f64::from(unsafe { *a.offset((i * rsa + j * csa) as isize) });
+        }
+        for j in 0..k {
+            // SAFETY: i < n, j < k index the strided n×k operand `b`.
+            rhs[(i * k + j) as usize] = f64::from(unsafe { *b.offset((i * rsb + j * csb) as isize) });
+        }
+    }
+    if gauss(m, rhs, nu, ku) {
+        for (o, v) in out.iter_mut().zip(rhs.iter()) {
+            *o = *v as f32;
+        }
+    } else {
+        out.fill(f32::NAN);
+    }
+}
+
+/// Solve in place (`rhs` becomes the solution); false if `m` is singular.
+/// Mirrors `ops::linalg::solve_eval`.
+fn gauss(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
+    let scale = m.iter().fold(0.0f64, |s, v| s.max(v.abs())).max(f64::MIN_POSITIVE);
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
+        if m[pivot * n + col].abs() <= scale * 1e-14 {
+            return false;
+        }
+        if pivot != col {
+            for c in 0..n {
+                m.swap(col * n + c, pivot * n + c);
+            }
+            for c in 0..k {
+                x.swap(col * k + c, pivot * k + c);
+            }
+        }
+        let p = m[col * n + col];
+        for row in col + 1..n {
+            let f = m[row * n + col] / p;
+            if f == 0.0 {
+                continue;
+            }
+            for c in col..n {
+                m[row * n + c] -= f * m[col * n + c];
+            }
+            for c in 0..k {
+                x[row * k + c] -= f * x[col * k + c];
+            }
+        }
+    }
+    for col in (0..n).rev() {
+        let p = m[col * n + col];
+        for c in 0..k {
+            let mut v = x[col * k + c];
+            for j in col + 1..n {
+                v -= m[col * n + j] * x[j * k + c];
+            }
+            x[col * k + c] = v / p;
+        }
+    }
+    true
+}

@@ -1,0 +1,365 @@
+//! Elementwise math on `f32x4` values, emitted inline: exp and log (Cephes
+//! polynomials), tanh and erf (the Eigen/XLA rationals), pow from exp/log with
+//! IEEE sign and special cases, and NaN-aware max/compare. All errors are a few
+//! ulp (tanh/erf: < 4e-7 absolute, relative near 0).
+
+// The coefficients are written as published (more digits than f32 holds).
+#![allow(clippy::excessive_precision)]
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32X4, I32, I32X4};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+
+use crate::ops::{BinaryOp, ReduceKind, UnaryOp};
+
+type B<'a, 'b> = &'a mut FunctionBuilder<'b>;
+
+/// `c` in every lane.
+pub(crate) fn splat(b: B, c: f32) -> Value {
+    let s = b.ins().f32const(c);
+    b.ins().splat(F32X4, s)
+}
+
+fn isplat(b: B, c: i32) -> Value {
+    let s = b.ins().iconst(I32, i64::from(c as u32));
+    b.ins().splat(I32X4, s)
+}
+
+fn as_int(b: B, v: Value) -> Value {
+    b.ins().bitcast(I32X4, MemFlagsData::new(), v)
+}
+
+fn as_float(b: B, v: Value) -> Value {
+    b.ins().bitcast(F32X4, MemFlagsData::new(), v)
+}
+
+fn fcmp(b: B, cc: FloatCC, x: Value, y: Value) -> Value {
+    b.ins().fcmp(cc, x, y)
+}
+
+fn fcmp_c(b: B, cc: FloatCC, x: Value, c: f32) -> Value {
+    let y = splat(b, c);
+    b.ins().fcmp(cc, x, y)
+}
+
+/// Lanes of `x` where `mask` (an `i32x4` compare result) is set, else `y`.
+fn sel(b: B, mask: Value, x: Value, y: Value) -> Value {
+    let m = as_float(b, mask);
+    b.ins().bitselect(m, x, y)
+}
+
+fn sel_c(b: B, mask: Value, c: f32, y: Value) -> Value {
+    let x = splat(b, c);
+    sel(b, mask, x, y)
+}
+
+/// `min(x, c)` as `minps` (x is NaN → c).
+fn min_c(b: B, x: Value, c: f32) -> Value {
+    let hi = splat(b, c);
+    let m = b.ins().fcmp(FloatCC::LessThan, x, hi);
+    sel(b, m, x, hi)
+}
+
+fn max_c(b: B, x: Value, c: f32) -> Value {
+    let lo = splat(b, c);
+    let m = b.ins().fcmp(FloatCC::GreaterThan, x, lo);
+    sel(b, m, x, lo)
+}
+
+fn mul_c(b: B, x: Value, c: f32) -> Value {
+    let k = splat(b, c);
+    b.ins().fmul(x, k)
+}
+
+/// `x * c + y`.
+fn fma_c(b: B, x: Value, c: f32, y: Value) -> Value {
+    let k = splat(b, c);
+    b.ins().fma(x, k, y)
+}
+
+/// Polynomial in `x`, coefficients from the highest degree down.
+fn horner(b: B, x: Value, coeffs: &[f32]) -> Value {
+    let mut it = coeffs.iter();
+    let mut acc = splat(b, it.next().copied().unwrap_or(0.0));
+    for &c in it {
+        let k = splat(b, c);
+        acc = b.ins().fma(acc, x, k);
+    }
+    acc
+}
+
+/// NaN lanes of `x` are passed through to the result.
+fn keep_nan(b: B, x: Value, r: Value) -> Value {
+    let nan = fcmp(b, FloatCC::Unordered, x, x);
+    sel(b, nan, x, r)
+}
+
+const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low mantissa bits
+
+pub(crate) fn exp(b: B, x: Value) -> Value {
+    let xc = min_c(b, x, 88.722_83);
+    let xc = max_c(b, xc, -87.336_54);
+    // n = round(x / ln 2), kept both as a float and in t's low mantissa bits.
+    let m = splat(b, MAGIC);
+    let t = fma_c(b, xc, std::f32::consts::LOG2_E, m);
+    let n = b.ins().fsub(t, m);
+    let r = fma_c(b, n, -0.693_359_375, xc);
+    let r = fma_c(b, n, 2.12194440e-4, r);
+    let z = b.ins().fmul(r, r);
+    let p = horner(b, r, &[1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]);
+    let y = b.ins().fma(p, z, r);
+    let one = splat(b, 1.0);
+    let y = b.ins().fadd(y, one);
+    // 2^(n-1) from the exponent bits (n - 1 + 127 ∈ [0, 254]), then ·2.
+    let ti = as_int(b, t);
+    let k = isplat(b, 126);
+    let e = b.ins().iadd(ti, k);
+    let e = b.ins().ishl_imm_s(e, 23);
+    let scale = as_float(b, e);
+    let y = b.ins().fmul(y, scale);
+    let y = b.ins().fadd(y, y);
+    let big = fcmp_c(b, FloatCC::GreaterThan, x, 88.722_84);
+    let y = sel_c(b, big, f32::INFINITY, y);
+    keep_nan(b, x, y)
+}
+
+pub(crate) fn log(b: B, x: Value) -> Value {
+    // Subnormals: scale by 2^23 first.
+    let small = fcmp_c(b, FloatCC::LessThan, x, f32::MIN_POSITIVE);
+    let xs = mul_c(b, x, 8_388_608.0);
+    let xs = sel(b, small, xs, x);
+    let zero = splat(b, 0.0);
+    let adj = sel_c(b, small, -23.0, zero);
+    // x = m · 2^e with m in [0.5, 1).
+    let bits = as_int(b, xs);
+    let e = b.ins().ushr_imm_s(bits, 23);
+    let k = isplat(b, 126);
+    let e = b.ins().isub(e, k);
+    let e = b.ins().fcvt_from_sint(F32X4, e);
+    let e = b.ins().fadd(e, adj);
+    let mant = isplat(b, 0x007f_ffff);
+    let half = isplat(b, 0x3f00_0000);
+    let m = b.ins().band(bits, mant);
+    let m = b.ins().bor(m, half);
+    let m = as_float(b, m);
+    // m < √½: use 2m − 1 and e − 1, else m − 1.
+    let lo = fcmp_c(b, FloatCC::LessThan, m, std::f32::consts::FRAC_1_SQRT_2);
+    let one = splat(b, 1.0);
+    let dec = sel(b, lo, one, zero);
+    let e = b.ins().fsub(e, dec);
+    let extra = sel(b, lo, m, zero);
+    let f = b.ins().fsub(m, one);
+    let f = b.ins().fadd(f, extra);
+    let z = b.ins().fmul(f, f);
+    let p = horner(
+        b,
+        f,
+        &[7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1],
+    );
+    let p = b.ins().fmul(p, f);
+    let y = b.ins().fmul(p, z);
+    let y = fma_c(b, e, -2.12194440e-4, y);
+    let y = fma_c(b, z, -0.5, y);
+    let r = b.ins().fadd(f, y);
+    let r = fma_c(b, e, 0.693_359_375, r);
+    // log(0) = −inf, log(inf) = inf, log(x < 0) = NaN (NaN stays NaN).
+    let is0 = fcmp(b, FloatCC::Equal, x, zero);
+    let r = sel_c(b, is0, f32::NEG_INFINITY, r);
+    let inf = fcmp_c(b, FloatCC::Equal, x, f32::INFINITY);
+    let r = sel_c(b, inf, f32::INFINITY, r);
+    let neg = fcmp(b, FloatCC::LessThan, x, zero);
+    let r = sel_c(b, neg, f32::NAN, r);
+    keep_nan(b, x, r)
+}
+
+/// Odd/even rational `x · P(x²) / Q(x²)` on `x` clamped to ±`clamp`.
+fn rational(b: B, x: Value, clamp: f32, p: &[f32], q: &[f32]) -> Value {
+    let xc = min_c(b, x, clamp);
+    let xc = max_c(b, xc, -clamp);
+    let x2 = b.ins().fmul(xc, xc);
+    let num = horner(b, x2, p);
+    let num = b.ins().fmul(num, xc);
+    let den = horner(b, x2, q);
+    let r = b.ins().fdiv(num, den);
+    keep_nan(b, x, r)
+}
+
+pub(crate) fn tanh(b: B, x: Value) -> Value {
+    let r = rational(
+        b,
+        x,
+        7.90531110763549805,
+        &[-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03],
+        &[1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03],
+    );
+    let ax = b.ins().fabs(x);
+    let tiny = fcmp_c(b, FloatCC::LessThan, ax, 4e-4);
+    sel(b, tiny, x, r)
+}
+
+pub(crate) fn erf(b: B, x: Value) -> Value {
+    rational(
+        b,
+        x,
+        4.0,
+        &[-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02],
+        &[-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02],
+    )
+}
+
+/// `x ** y` with the IEEE special cases of `powf`: negative bases with integer
+/// exponents, `x ** 0 = 1`, `1 ** y = 1`.
+pub(crate) fn pow(b: B, x: Value, y: Value) -> Value {
+    let ax = b.ins().fabs(x);
+    let l = log(b, ax);
+    let t = b.ins().fmul(y, l);
+    let r = exp(b, t);
+    // Integer and odd exponents.
+    let yr = b.ins().nearest(y);
+    let is_int = fcmp(b, FloatCC::Equal, yr, y);
+    let ay = b.ins().fabs(y);
+    let two23 = splat(b, 8_388_608.0);
+    let low = b.ins().fadd(ay, two23);
+    let low = as_int(b, low);
+    let one_i = isplat(b, 1);
+    let bit = b.ins().band(low, one_i);
+    let odd = b.ins().icmp(IntCC::Equal, bit, one_i);
+    let exact = fcmp(b, FloatCC::LessThan, ay, two23);
+    let odd = b.ins().band(odd, exact);
+    let odd = b.ins().band(odd, is_int);
+    let zero = splat(b, 0.0);
+    let neg = fcmp(b, FloatCC::LessThan, x, zero);
+    let flip = b.ins().band(neg, odd);
+    let nr = b.ins().fneg(r);
+    let r = sel(b, flip, nr, r);
+    let bad = b.ins().band_not(neg, is_int);
+    let r = sel_c(b, bad, f32::NAN, r);
+    let y0 = fcmp(b, FloatCC::Equal, y, zero);
+    let r = sel_c(b, y0, 1.0, r);
+    let x1 = fcmp_c(b, FloatCC::Equal, x, 1.0);
+    sel_c(b, x1, 1.0, r)
+}
+
+/// `x ** c` for a few constant exponents, by multiplication or sqrt.
+pub(crate) fn pow_const(b: B, x: Value, c: f32) -> Option<Value> {
+    let v = match c {
+        0.0 => splat(b, 1.0),
+        1.0 => x,
+        2.0 => b.ins().fmul(x, x),
+        3.0 => {
+            let x2 = b.ins().fmul(x, x);
+            b.ins().fmul(x2, x)
+        }
+        4.0 => {
+            let x2 = b.ins().fmul(x, x);
+            b.ins().fmul(x2, x2)
+        }
+        0.5 => b.ins().sqrt(x),
+        -0.5 => {
+            let s = b.ins().sqrt(x);
+            let one = splat(b, 1.0);
+            b.ins().fdiv(one, s)
+        }
+        -1.0 => {
+            let one = splat(b, 1.0);
+            b.ins().fdiv(one, x)
+        }
+        -2.0 => {
+            let x2 = b.ins().fmul(x, x);
+            let one = splat(b, 1.0);
+            b.ins().fdiv(one, x2)
+        }
+        _ => return None,
+    };
+    Some(v)
+}
+
+pub(crate) fn unary(b: B, u: UnaryOp, x: Value) -> Value {
+    match u {
+        UnaryOp::Neg => b.ins().fneg(x),
+        UnaryOp::Exp => exp(b, x),
+        UnaryOp::Log => log(b, x),
+        UnaryOp::Sqrt => b.ins().sqrt(x),
+        UnaryOp::Abs => b.ins().fabs(x),
+        UnaryOp::Tanh => tanh(b, x),
+        UnaryOp::Erf => erf(b, x),
+    }
+}
+
+/// 1.0 where `mask`, else 0.0.
+fn mask_to_one(b: B, mask: Value) -> Value {
+    let one = splat(b, 1.0);
+    let one = as_int(b, one);
+    let r = b.ins().band(mask, one);
+    as_float(b, r)
+}
+
+pub(crate) fn binary(b: B, op: BinaryOp, x: Value, y: Value) -> Value {
+    match op {
+        BinaryOp::Add => b.ins().fadd(x, y),
+        BinaryOp::Sub => b.ins().fsub(x, y),
+        BinaryOp::Mul => b.ins().fmul(x, y),
+        BinaryOp::Div => b.ins().fdiv(x, y),
+        BinaryOp::Pow => pow(b, x, y),
+        // f64::max: a NaN operand yields the other one.
+        BinaryOp::Max => {
+            let gt = fcmp(b, FloatCC::GreaterThan, x, y);
+            let ynan = fcmp(b, FloatCC::Unordered, y, y);
+            let take_x = b.ins().bor(gt, ynan);
+            sel(b, take_x, x, y)
+        }
+        BinaryOp::Gt => {
+            let m = fcmp(b, FloatCC::GreaterThan, x, y);
+            mask_to_one(b, m)
+        }
+        BinaryOp::Eq => {
+            let m = fcmp(b, FloatCC::Equal, x, y);
+            mask_to_one(b, m)
+        }
+    }
+}
+
+/// The identity of a reduction.
+pub(crate) fn identity(kind: ReduceKind) -> f32 {
+    match kind {
+        ReduceKind::Sum => 0.0,
+        ReduceKind::Max => f32::NEG_INFINITY,
+    }
+}
+
+/// `acc ⊕ v` on vectors (max ignores NaN in `v`, as `f64::max` folding does).
+pub(crate) fn combine(b: B, kind: ReduceKind, acc: Value, v: Value) -> Value {
+    match kind {
+        ReduceKind::Sum => b.ins().fadd(acc, v),
+        ReduceKind::Max => {
+            let m = fcmp(b, FloatCC::GreaterThan, v, acc);
+            sel(b, m, v, acc)
+        }
+    }
+}
+
+/// `acc ⊕ v` on scalars.
+pub(crate) fn combine_scalar(b: B, kind: ReduceKind, acc: Value, v: Value) -> Value {
+    match kind {
+        ReduceKind::Sum => b.ins().fadd(acc, v),
+        ReduceKind::Max => {
+            let m = b.ins().fcmp(FloatCC::GreaterThan, v, acc);
+            b.ins().select(m, v, acc)
+        }
+    }
+}
+
+/// Fold the four lanes of `v` into the scalar `acc`.
+pub(crate) fn reduce_lanes(b: B, kind: ReduceKind, v: Value, lanes: u8, mut acc: Value) -> Value {
+    for l in 0..lanes {
+        let s = b.ins().extractlane(v, l);
+        acc = combine_scalar(b, kind, acc, s);
+    }
+    acc
+}
+
+/// Scalar `f32` constant.
+pub(crate) fn scalar(b: B, c: f32) -> Value {
+    b.ins().f32const(c)
+}

@@ -1,0 +1,94 @@
+//! Arena layout: every storage gets an offset in one f32 allocation. Inputs and
+//! outputs get their own space; temporaries share space when their lifetimes
+//! (first to last kernel touching them) do not overlap.
+
+use super::plan::{Kernel, Storage, StorageKind};
+
+/// Offsets are multiples of this many floats (64 bytes).
+const ALIGN: usize = 16;
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+pub(crate) struct Arena {
+    /// Offset in floats of each storage.
+    pub offsets: Vec<usize>,
+    /// Total floats.
+    pub len: usize,
+}
+
+/// A region shared by temporaries, grown to the largest one assigned to it.
+struct Slot {
+    cap: usize,
+    free: bool,
+}
+
+pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
+    // Lifetime of each temp: first and last kernel that touches it.
+    let mut life: Vec<Option<(usize, usize)>> = vec![None; storages.len()];
+    for (k, kern) in kernels.iter().enumerate() {
+        for s in kern.reads().into_iter().chain(kern.writes()) {
+            if let Some(slot) = life.get_mut(s) {
+                *slot = Some(slot.map_or((k, k), |(a, _)| (a, k)));
+            }
+        }
+    }
+    let is_temp = |s: usize| storages.get(s).is_some_and(|st| st.kind == StorageKind::Temp && st.len > 0);
+
+    // Temps starting at / released before each kernel.
+    let mut starts: Vec<Vec<usize>> = vec![Vec::new(); kernels.len() + 1];
+    let mut ends: Vec<Vec<usize>> = vec![Vec::new(); kernels.len() + 1];
+    for (s, l) in life.iter().enumerate() {
+        if let (Some((first, last)), true) = (l, is_temp(s)) {
+            starts[*first].push(s);
+            ends[*last + 1].push(s);
+        }
+    }
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut slot_of: Vec<Option<usize>> = vec![None; storages.len()];
+    for (starting, ending) in starts.iter().zip(&ends) {
+        for &s in ending {
+            if let Some(sl) = slot_of[s].and_then(|i| slots.get_mut(i)) {
+                sl.free = true;
+            }
+        }
+        for &s in starting {
+            let need = storages.get(s).map_or(0, |st| st.len);
+            let fitting = (0..slots.len()).filter(|&i| slots[i].free && slots[i].cap >= need).min_by_key(|&i| slots[i].cap);
+            let any = (0..slots.len()).filter(|&i| slots[i].free).max_by_key(|&i| slots[i].cap);
+            let chosen = match fitting.or(any) {
+                Some(i) => {
+                    slots[i].cap = slots[i].cap.max(need);
+                    slots[i].free = false;
+                    i
+                }
+                None => {
+                    slots.push(Slot { cap: need, free: false });
+                    slots.len() - 1
+                }
+            };
+            slot_of[s] = Some(chosen);
+        }
+    }
+
+    let mut len = 0;
+    let mut slot_off = Vec::with_capacity(slots.len());
+    for sl in &slots {
+        slot_off.push(len);
+        len += round_up(sl.cap);
+    }
+    let mut offsets = vec![0; storages.len()];
+    for (s, st) in storages.iter().enumerate() {
+        offsets[s] = match (st.kind, slot_of[s]) {
+            (StorageKind::Temp, Some(slot)) => slot_off.get(slot).copied().unwrap_or(0),
+            (StorageKind::Temp, None) => 0,
+            (StorageKind::Input | StorageKind::Output, _) => {
+                let o = len;
+                len += round_up(st.len.max(1));
+                o
+            }
+        };
+    }
+    Arena { offsets, len: len.max(ALIGN) }
+}

@@ -1,0 +1,149 @@
+//! `nnc check`: everything `run` checks before training (names, shapes, data),
+//! then a float64 finite-difference check of every parameter's gradient on a
+//! small batch of real training data.
+
+use crate::dataset::{self, Dataset};
+use crate::train::initial_params;
+use ndarray::{ArrayD, IxDyn};
+use nnc_compiler::ast::Item;
+use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::elaborate::{Session, TrainPlan};
+use nnc_compiler::interp::{self, Inputs};
+use nnc_compiler::ir::{Shape, SizeEnv, TensorType};
+use std::path::Path;
+
+/// The worst relative error found for one parameter.
+#[derive(Clone, Debug)]
+pub struct ParamCheck {
+    pub run: String,
+    pub path: String,
+    pub shape: Vec<usize>,
+    pub worst_error: f64,
+    pub checked: usize,
+}
+
+/// Relative errors above this fail the check.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// Check a parsed program; returns per-parameter gradient errors.
+pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<ParamCheck>, Vec<Diagnostic>> {
+    let mut session = Session::new(program)?;
+    let mut datasets: Vec<Dataset> = Vec::new();
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for item in &program.items {
+        match item {
+            Item::Module(_) | Item::Function(_) | Item::Plot(_) => {}
+            Item::Data(d) => match dataset::load(d, base_dir) {
+                Ok(ds) => {
+                    session.add_data(&ds.name, ds.shape.clone());
+                    datasets.push(ds);
+                }
+                Err(e) => errors.push(e),
+            },
+            Item::Train(t) => match session.train_plan(t) {
+                Ok(plan) => {
+                    match gradient_check(&plan, &datasets) {
+                        Ok(r) => results.extend(r),
+                        Err(e) => errors.push(e),
+                    }
+                    session.add_trained(&t.name.name, &t.model);
+                }
+                Err(e) => errors.extend(e),
+            },
+            Item::Let(l) => match session.expr_graph(&l.value) {
+                Ok(eg) => session.add_let(&l.name.name, TensorType::f32(eg.ty.shape.clone())),
+                Err(e) => errors.extend(e),
+            },
+            Item::Report(r) => {
+                if let Err(e) = session.expr_graph(&r.value) {
+                    errors.extend(e);
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(results)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Compare the symbolic gradient with central differences (float64) on up
+/// to 8 training rows, at up to 12 entries of each parameter.
+pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<ParamCheck>, Diagnostic> {
+    let split = datasets
+        .iter()
+        .find(|d| d.name == plan.data)
+        .and_then(|d| d.split(&plan.split))
+        .ok_or_else(|| Diagnostic::new("training data not loaded").label(plan.span, "here"))?;
+    let b = split.x.nrows().min(8);
+    let sizes: SizeEnv = [("B".to_string(), b)].into_iter().collect();
+    let graph = plan.grad_graph.specialize(&sizes);
+    let params = initial_params(plan)?;
+    let mut inputs = Inputs::new();
+    let x: Vec<f64> = split.x.rows().into_iter().take(b).flat_map(|r| r.to_vec()).map(f64::from).collect();
+    let y: Vec<f64> = split.y.iter().take(b).map(|&v| f64::from(v)).collect();
+    let bad = |e: String| Diagnostic::new(format!("gradient check of `{}` failed to run", plan.name)).label(plan.span, e);
+    inputs.insert("x".into(), ArrayD::from_shape_vec(IxDyn(&[b, plan.features]), x).map_err(|e| bad(e.to_string()))?);
+    inputs.insert("y".into(), ArrayD::from_shape_vec(IxDyn(&[b]), y).map_err(|e| bad(e.to_string()))?);
+    for (path, shape, v) in &params.tensors {
+        let a = ArrayD::from_shape_vec(IxDyn(shape), v.iter().map(|&x| f64::from(x)).collect()).map_err(|e| bad(e.to_string()))?;
+        inputs.insert(path.clone(), a);
+    }
+    let analytic = interp::run(&graph, &inputs).map_err(|e| bad(format!("{e:?}")))?;
+    let mut loss_only = graph.clone();
+    loss_only.outputs.truncate(1);
+    let loss_at = |inp: &Inputs| -> Result<f64, Diagnostic> {
+        let out = interp::run(&loss_only, inp).map_err(|e| bad(format!("{e:?}")))?;
+        Ok(out.first().and_then(|a| a.iter().next().copied()).unwrap_or(f64::NAN))
+    };
+    let mut results = Vec::new();
+    for (k, (path, shape, _)) in params.tensors.iter().enumerate() {
+        let Some(grad) = analytic.get(k + 1) else { continue };
+        let n: usize = shape.iter().product();
+        // A spread of entries: deterministic, covering first, last and middle.
+        let picks: Vec<usize> = if n <= 12 { (0..n).collect() } else { (0..12).map(|i| (i * 7919 + i * i * 104729) % n).collect() };
+        let mut worst = 0.0f64;
+        for &i in &picks {
+            let h = 1e-6;
+            let mut plus = inputs.clone();
+            let mut minus = inputs.clone();
+            if let (Some(p), Some(m)) = (plus.get_mut(path).and_then(|a| a.as_slice_mut()), minus.get_mut(path).and_then(|a| a.as_slice_mut())) {
+                p[i] += h;
+                m[i] -= h;
+            }
+            let numeric = (loss_at(&plus)? - loss_at(&minus)?) / (2.0 * h);
+            let a = grad.as_slice().and_then(|s| s.get(i)).copied().unwrap_or(f64::NAN);
+            let err = (a - numeric).abs() / (a.abs() + numeric.abs()).max(1e-7);
+            worst = worst.max(if err.is_nan() { f64::INFINITY } else { err });
+        }
+        results.push(ParamCheck { run: plan.name.clone(), path: path.clone(), shape: shape.clone(), worst_error: worst, checked: picks.len() });
+    }
+    let _ = Shape::scalar();
+    Ok(results)
+}
+
+/// The training plans of a program (for `nnc ir`), loading data for shapes.
+pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<TrainPlan>, Vec<Diagnostic>> {
+    let mut session = Session::new(program)?;
+    let mut plans = Vec::new();
+    for item in &program.items {
+        match item {
+            Item::Data(d) => {
+                let ds = dataset::load(d, base_dir).map_err(|e| vec![e])?;
+                session.add_data(&ds.name, ds.shape.clone());
+            }
+            Item::Train(t) => {
+                plans.push(session.train_plan(t)?);
+                session.add_trained(&t.name.name, &t.model);
+            }
+            Item::Let(l) => {
+                let eg = session.expr_graph(&l.value)?;
+                session.add_let(&l.name.name, TensorType::f32(eg.ty.shape.clone()));
+            }
+            Item::Module(_) | Item::Function(_) | Item::Plot(_) | Item::Report(_) => {}
+        }
+    }
+    Ok(plans)
+}

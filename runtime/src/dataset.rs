@@ -1,0 +1,180 @@
+//! `data` declarations: load the file, select the splits, preprocess, and
+//! report problems against the declaration's source.
+
+use crate::data::{self, RowSelect, Standardizer, Table};
+use ndarray::{Array1, Array2};
+use nnc_compiler::ast::{self, DataDef, Expr, ExprKind, Span};
+use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::elaborate::train::constant_number;
+use nnc_compiler::elaborate::DataShape;
+use std::path::Path;
+
+/// One split of a data set, ready for batching.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub x: Array2<f32>,
+    pub y: Array1<f32>,
+    /// `shuffle(seed: s)`: visit rows in a fresh seeded order each epoch.
+    pub shuffle_seed: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub splits: Vec<(String, Split)>,
+    pub shape: DataShape,
+}
+
+impl Dataset {
+    pub fn split(&self, name: &str) -> Option<&Split> {
+        self.splits.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
+}
+
+struct Options<'a> {
+    path: (String, Span),
+    label: Option<(String, Span, bool)>,
+    scale: Option<f32>,
+    standardize: Option<(String, Span)>,
+    source: &'a Expr,
+}
+
+fn error(span: Span, title: impl Into<String>, label: impl Into<String>) -> Diagnostic {
+    Diagnostic::new(title).label(span, label)
+}
+
+fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
+    let source = &def.source;
+    let ExprKind::Call { callee, args } = &source.kind else {
+        return Err(error(source.span, "a data source must be a call such as `csv(\"file.csv\", label: \"label\")`", "expected `csv(...)`"));
+    };
+    match &callee.kind {
+        ExprKind::Name(n) if n == "csv" => {}
+        _ => return Err(error(callee.span, "unknown data source", "expected `csv`").note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT)")),
+    }
+    let mut path = None;
+    let mut opts = Options { path: (String::new(), source.span), label: None, scale: None, standardize: None, source };
+    for a in args {
+        let key = a.name.as_ref().map(|n| n.name.as_str());
+        match (key, &a.value.kind) {
+            (None, ExprKind::Str(s)) if path.is_none() => path = Some((s.clone(), a.value.span)),
+            (Some(k @ ("label" | "target")), ExprKind::Str(s)) => opts.label = Some((s.clone(), a.value.span, k == "label")),
+            (Some("scale"), _) => {
+                let v = constant_number(&a.value).ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/16"))?;
+                opts.scale = Some(v as f32);
+            }
+            (Some("standardize"), ExprKind::Name(s)) => opts.standardize = Some((s.clone(), a.value.span)),
+            (Some(k), _) => {
+                let span = a.name.as_ref().map_or(a.value.span, |n| n.span);
+                return Err(error(span, format!("`csv` has no option `{k}` of this kind"), "unexpected option")
+                    .note("options: label: \"COLUMN\" (class ids), target: \"COLUMN\" (regression), scale: NUMBER, standardize: SPLIT"));
+            }
+            (None, _) => return Err(error(a.value.span, "unexpected argument to `csv`", "expected the file name in quotes, once")),
+        }
+    }
+    opts.path = path.ok_or_else(|| error(source.span, "`csv` needs a file name", "add the path in quotes"))?;
+    if opts.label.is_none() {
+        return Err(error(source.span, "`csv` needs a label column", "add `label: \"COLUMN\"` or `target: \"COLUMN\"`"));
+    }
+    Ok(opts)
+}
+
+fn row_select(sel: &ast::RowSelect) -> Result<RowSelect, Diagnostic> {
+    let int = |e: &Expr| -> Result<usize, Diagnostic> {
+        match constant_number(e) {
+            Some(v) if v >= 0.0 && v.fract() == 0.0 => Ok(v as usize),
+            _ => Err(error(e.span, "a row number must be a non-negative integer", "expected an integer")),
+        }
+    };
+    Ok(match sel {
+        ast::RowSelect::Range { start, end, .. } => RowSelect::Range {
+            start: start.as_ref().map(int).transpose()?.unwrap_or(0),
+            end: end.as_ref().map(int).transpose()?,
+        },
+        ast::RowSelect::Modulo { modulus, remainder, equal, .. } => {
+            let m = int(modulus)?;
+            if m == 0 {
+                return Err(error(modulus.span, "the modulus must be at least 1", "here"));
+            }
+            RowSelect::Modulo { modulus: m, remainder: int(remainder)?, equal: *equal }
+        }
+    })
+}
+
+fn shuffle_seed(split: &ast::SplitDef) -> Result<Option<u64>, Diagnostic> {
+    let mut seed = None;
+    for m in &split.modifiers {
+        let (name, args) = match &m.kind {
+            ExprKind::Call { callee, args } => (&callee.kind, args.as_slice()),
+            other => (other, &[][..]),
+        };
+        match name {
+            ExprKind::Name(n) if n == "shuffle" => {
+                let s = match args.first() {
+                    Some(a) => match constant_number(&a.value) {
+                        Some(v) if v >= 0.0 && v.fract() == 0.0 => v as u64,
+                        _ => return Err(error(a.value.span, "`shuffle` needs an integer seed", "expected `shuffle(seed: 0)`")),
+                    },
+                    None => 0,
+                };
+                seed = Some(s);
+            }
+            _ => return Err(error(m.span, "unknown split modifier", "expected `shuffle(seed: N)`")),
+        }
+    }
+    Ok(seed)
+}
+
+/// Load a `data` declaration; file paths are relative to `base_dir` (the .nn file's folder).
+pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
+    let opts = options(def)?;
+    let (path_text, path_span) = &opts.path;
+    let path = base_dir.join(path_text);
+    let Some((label, label_span, is_class)) = &opts.label else {
+        return Err(error(opts.source.span, "`csv` needs a label column", "here"));
+    };
+    let table = data::load_csv(&path, label).map_err(|e| match &e {
+        data::DataError::MissingLabelColumn { .. } => error(*label_span, format!("no column `{label}` in {path_text}"), "this column is not in the file's header").note(e.to_string()),
+        data::DataError::Io { .. } => error(*path_span, format!("cannot read {}", path.display()), "this file").note(e.to_string()),
+        _ => error(*path_span, format!("cannot load {path_text}"), "this file").note(e.to_string()),
+    })?;
+    let classes = if *is_class { Some(class_count(&table, *label_span, label)?) } else { None };
+    let mut splits = Vec::new();
+    for s in &def.splits {
+        let sel = row_select(&s.rows)?;
+        let mut t = data::select_rows(&table, &sel).map_err(|e| error(s.span, format!("split `{}` does not fit the data", s.name.name), e.to_string()))?;
+        if let Some(f) = opts.scale {
+            data::scale(&mut t, f);
+        }
+        splits.push((s.name.name.clone(), Split { x: t.features, y: t.labels, shuffle_seed: shuffle_seed(s)? }));
+    }
+    if let Some((fit_on, span)) = &opts.standardize {
+        let Some((_, reference)) = splits.iter().find(|(n, _)| n == fit_on) else {
+            return Err(error(*span, format!("no split named `{fit_on}`"), "standardize with statistics of a split declared below"));
+        };
+        let st = Standardizer::fit(&reference.x).map_err(|e| error(*span, "cannot standardize", e.to_string()))?;
+        for (_, s) in &mut splits {
+            st.apply(&mut s.x).map_err(|e| error(*span, "cannot standardize", e.to_string()))?;
+        }
+    }
+    let shape = DataShape {
+        features: table.n_features(),
+        label_int: *is_class,
+        classes,
+        splits: splits.iter().map(|(n, s)| (n.clone(), s.x.nrows())).collect(),
+    };
+    Ok(Dataset { name: def.name.name.clone(), splits, shape })
+}
+
+/// Class labels must be integers 0..K−1; returns K.
+fn class_count(t: &Table, span: Span, label: &str) -> Result<usize, Diagnostic> {
+    let mut max = 0.0f32;
+    for (i, &v) in t.labels.iter().enumerate() {
+        if v < 0.0 || v.fract() != 0.0 {
+            return Err(error(span, format!("column `{label}` holds {v} in data row {i}, not a class id 0, 1, 2, …"), "declared as class labels here")
+                .note("use `target:` for a regression target"));
+        }
+        max = max.max(v);
+    }
+    Ok(max as usize + 1)
+}

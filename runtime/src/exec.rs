@@ -1,0 +1,62 @@
+//! A compiled graph with its inputs addressed by name.
+
+use nnc_compiler::codegen::CompiledGraph;
+use nnc_compiler::ir::{Graph, SizeEnv};
+use nnc_compiler::opt;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub struct Exec {
+    compiled: CompiledGraph,
+    inputs: HashMap<String, usize>,
+    pub output_names: Vec<String>,
+}
+
+impl Exec {
+    /// Specialize `graph` to `sizes`, simplify it again (constants fold once
+    /// sizes are known) and compile it. `updates` names, for some outputs, the
+    /// input that takes the output's value after each run.
+    pub fn compile(graph: &Graph, sizes: &SizeEnv, updates: &[(usize, String)]) -> Result<Exec, String> {
+        let g = opt::optimize(&graph.specialize(sizes));
+        let pairs: Vec<_> = updates.iter().filter_map(|(o, name)| g.input(name).map(|id| (*o, id))).collect();
+        let compiled = CompiledGraph::compile(&g, &pairs).map_err(|e| format!("code generation failed: {e:?}"))?;
+        let inputs = compiled.input_names().into_iter().enumerate().map(|(i, n)| (n, i)).collect();
+        Ok(Exec { compiled, inputs, output_names: g.output_names.clone() })
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.contains_key(name)
+    }
+
+    /// Copy `data` into the named input (ignored if the graph does not use it).
+    pub fn set(&mut self, name: &str, data: &[f32]) {
+        if let Some(&i) = self.inputs.get(name) {
+            let buf = self.compiled.input_mut(i);
+            let n = buf.len().min(data.len());
+            buf[..n].copy_from_slice(&data[..n]);
+        }
+    }
+
+    /// The named input's buffer, to fill in place.
+    pub fn input_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let i = *self.inputs.get(name)?;
+        Some(self.compiled.input_mut(i))
+    }
+
+    pub fn input(&self, name: &str) -> Option<&[f32]> {
+        let i = *self.inputs.get(name)?;
+        Some(self.compiled.input(i))
+    }
+
+    pub fn run(&mut self) {
+        self.compiled.run();
+    }
+
+    pub fn output(&self, i: usize) -> &[f32] {
+        self.compiled.output(i)
+    }
+
+    pub fn compile_time(&self) -> Duration {
+        self.compiled.compile_time()
+    }
+}

@@ -1,0 +1,217 @@
+//! Running a whole `.nn` file: items in order — load data, train, evaluate
+//! `let` and `report`, draw plots — and the summary `nnc run --json` prints.
+
+use crate::dataset::{self, Dataset};
+use crate::plot;
+use crate::train::{self, TrainOptions, TrainResult};
+use ndarray::ArrayD;
+use nnc_compiler::ast::{Item, Program, Span};
+use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::elaborate::{MetricKind, Session};
+use nnc_compiler::interp::{self, Inputs};
+use nnc_compiler::ir::TensorType;
+use nnc_compiler::syntax;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub struct RunOptions<'a> {
+    pub base_dir: &'a Path,
+    pub quiet: bool,
+    pub process_start: Instant,
+    pub epochs: Option<usize>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub runs: Vec<(String, TrainResult)>,
+    /// `report` values, by label.
+    pub reports: Vec<(String, f64)>,
+    pub seconds: f64,
+    /// Lines for the terminal (reports, final metrics).
+    pub lines: Vec<String>,
+}
+
+/// State shared by the items of one file as they run.
+pub struct Runner<'p> {
+    pub session: Session<'p>,
+    pub datasets: Vec<Dataset>,
+    lets: Vec<(String, ArrayD<f64>)>,
+    pub summary: Summary,
+}
+
+/// Parse a file's text into an AST (diagnostics on failure).
+pub fn parse(source: &str) -> Result<Program, Vec<Diagnostic>> {
+    syntax::parse(source)
+}
+
+impl<'p> Runner<'p> {
+    pub fn new(program: &'p Program) -> Result<Runner<'p>, Vec<Diagnostic>> {
+        Ok(Runner { session: Session::new(program)?, datasets: Vec::new(), lets: Vec::new(), summary: Summary::default() })
+    }
+
+    /// Run every item in file order.
+    pub fn run(&mut self, opts: &RunOptions) -> Result<(), Vec<Diagnostic>> {
+        let started = Instant::now();
+        let program = self.session.program();
+        for item in &program.items {
+            self.run_item(item, opts).map_err(|d| vec![d])?;
+        }
+        self.summary.seconds = started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn run_item(&mut self, item: &Item, opts: &RunOptions) -> Result<(), Diagnostic> {
+        match item {
+            Item::Module(_) | Item::Function(_) => Ok(()),
+            Item::Data(d) => {
+                let ds = dataset::load(d, opts.base_dir)?;
+                self.session.add_data(&ds.name, ds.shape.clone());
+                self.datasets.push(ds);
+                Ok(())
+            }
+            Item::Train(t) => {
+                let plan = self.session.train_plan(t).map_err(first)?;
+                let topts = TrainOptions { base_dir: opts.base_dir, quiet: opts.quiet, process_start: opts.process_start, epochs: opts.epochs };
+                let result = train::train(&plan, &self.datasets, &topts)?;
+                let mut line = format!("{}: {} epochs, final train loss {:.5}", plan.name, result.epoch_losses.len(), result.epoch_losses.last().copied().unwrap_or(f64::NAN));
+                for (m, v) in &result.metrics {
+                    line.push_str(&format!(", {} {}", m.label(), train::format_metric(m.kind, *v)));
+                }
+                self.summary.lines.push(line);
+                self.session.add_trained(&plan.name, &t.model);
+                self.summary.runs.push((plan.name.clone(), result));
+                Ok(())
+            }
+            Item::Let(l) => {
+                let value = self.evaluate(&l.value)?;
+                let ty = TensorType::f32(nnc_compiler::ir::Shape::known(value.shape()));
+                self.session.add_let(&l.name.name, ty);
+                self.lets.push((l.name.name.clone(), value));
+                Ok(())
+            }
+            Item::Report(r) => {
+                let value = self.evaluate(&r.value)?;
+                let text = if value.len() == 1 {
+                    let v = value.iter().copied().next().unwrap_or(f64::NAN);
+                    self.summary.reports.push((r.label.clone(), v));
+                    format!("{v:.6}")
+                } else {
+                    format!("{value:.4}")
+                };
+                self.summary.lines.push(format!("{}: {text}", r.label));
+                Ok(())
+            }
+            Item::Plot(p) => {
+                let mut series = Vec::new();
+                for run in &p.runs {
+                    match self.summary.runs.iter().find(|(n, _)| *n == run.name) {
+                        Some((n, r)) => series.push((n.clone(), r.epoch_losses.clone())),
+                        None => {
+                            return Err(Diagnostic::new(format!("no training run named `{}` before this plot", run.name)).label(run.span, "not trained above"))
+                        }
+                    }
+                }
+                let png = opts.base_dir.join(&p.path);
+                let csv = png.with_extension("csv");
+                plot::write_curves(&png, &csv, "training loss", &series).map_err(|e| Diagnostic::new(format!("could not write {}", png.display())).label(p.span, e.to_string()))?;
+                self.summary.lines.push(format!("wrote {} and {}", p.path, csv.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Evaluate a top-level expression with the reference interpreter (float64).
+    fn evaluate(&self, e: &nnc_compiler::ast::Expr) -> Result<ArrayD<f64>, Diagnostic> {
+        let eg = self.session.expr_graph(e).map_err(first)?;
+        let mut inputs = Inputs::new();
+        for (_, name, _) in eg.graph.inputs() {
+            let value = self.input_value(name).ok_or_else(|| Diagnostic::new(format!("no value for `{name}`")).label(e.span, "needed here"))?;
+            inputs.insert(name.to_string(), value);
+        }
+        let out = interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err:?}")).label(e.span, "here"))?;
+        out.into_iter().next().ok_or_else(|| Diagnostic::new("no value").label(e.span, "here"))
+    }
+
+    /// Values for the inputs of top-level expressions: `data.split.x|y`, `let.name`, `model.path`.
+    fn input_value(&self, name: &str) -> Option<ArrayD<f64>> {
+        if let Some(l) = name.strip_prefix("let.") {
+            return self.lets.iter().find(|(n, _)| n == l).map(|(_, v)| v.clone());
+        }
+        let parts: Vec<&str> = name.splitn(3, '.').collect();
+        if let [d, s, f @ ("x" | "y")] = parts.as_slice() {
+            if let Some(split) = self.datasets.iter().find(|ds| ds.name == *d).and_then(|ds| ds.split(s)) {
+                return Some(if *f == "x" { split.x.mapv(f64::from).into_dyn() } else { split.y.mapv(f64::from).into_dyn() });
+            }
+        }
+        let (model, path) = name.split_once('.')?;
+        let (_, r) = self.summary.runs.iter().find(|(n, _)| n == model)?;
+        let (_, shape, v) = r.params.get(path)?;
+        ArrayD::from_shape_vec(shape.clone(), v.iter().map(|&x| f64::from(x)).collect()).ok()
+    }
+}
+
+fn first(mut d: Vec<Diagnostic>) -> Diagnostic {
+    if d.is_empty() {
+        Diagnostic::new("unknown error").label(Span::default(), "")
+    } else {
+        d.swap_remove(0)
+    }
+}
+
+/// The one-line JSON summary of `nnc run --json`.
+pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut top = Map::new();
+    top.insert("example".into(), json!(example));
+    let last = s.runs.last();
+    if let Some((_, r)) = last {
+        top.insert("epochs".into(), json!(r.epoch_losses.len()));
+        top.insert("train_loss".into(), json!(r.epoch_losses.last()));
+        for (m, v) in &r.metrics {
+            if m.split == "test" {
+                match m.kind {
+                    MetricKind::Accuracy => top.insert("test_accuracy".into(), json!(v)),
+                    MetricKind::Mse => top.insert("test_mse".into(), json!(v)),
+                    MetricKind::Loss => top.insert("test_loss".into(), json!(v)),
+                };
+            }
+        }
+        let secs = r.train_time.as_secs_f64();
+        if r.steps > 0 {
+            top.insert("step_ms".into(), json!(secs * 1e3 / r.steps as f64));
+            top.insert("steps_per_second".into(), json!(r.steps as f64 / secs.max(1e-12)));
+        }
+        top.insert("compile_ms".into(), json!(r.compile_time.as_secs_f64() * 1e3));
+        if let Some(t) = r.first_step_at {
+            top.insert("first_step_seconds".into(), json!(t.as_secs_f64()));
+        }
+    }
+    top.insert("seconds".into(), json!(s.seconds));
+    let runs: Map<String, Value> = s
+        .runs
+        .iter()
+        .map(|(n, r)| {
+            let metrics: Map<String, Value> = r.metrics.iter().map(|(m, v)| (m.label(), json!(v))).collect();
+            let v = json!({
+                "epochs": r.epoch_losses.len(),
+                "train_loss": r.epoch_losses.last(),
+                "loss_curve": r.epoch_losses,
+                "metrics": metrics,
+                "steps": r.steps,
+                "train_seconds": r.train_time.as_secs_f64(),
+                "compile_ms": r.compile_time.as_secs_f64() * 1e3,
+            });
+            (n.clone(), v)
+        })
+        .collect();
+    top.insert("runs".into(), Value::Object(runs));
+    let reports: Map<String, Value> = s.reports.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    top.insert("reports".into(), Value::Object(reports));
+    Value::Object(top)
+}
+
+/// Time spent compiling across runs.
+pub fn total_compile_time(s: &Summary) -> Duration {
+    s.runs.iter().map(|(_, r)| r.compile_time).sum()
+}

@@ -1,0 +1,342 @@
+//! The training loop: initialise parameters, feed batches through the
+//! compiled step function, evaluate metrics, write checkpoints.
+
+use crate::checkpoint;
+use crate::data::{gather_labels, gather_rows, shuffled_order};
+use crate::dataset::{Dataset, Split};
+use crate::exec::Exec;
+use crate::init::{initialize, Init};
+use crate::rng;
+use crate::schedule::Schedule;
+use indicatif::{ProgressBar, ProgressStyle};
+use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
+use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, TrainPlan};
+use nnc_compiler::ir::SizeEnv;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Trained parameters by path (`l1.W`), with shapes.
+#[derive(Clone, Debug, Default)]
+pub struct Params {
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Params {
+    pub fn get(&self, path: &str) -> Option<&(String, Vec<usize>, Vec<f32>)> {
+        self.tensors.iter().find(|(p, _, _)| p == path)
+    }
+}
+
+/// What a training run produced and measured.
+#[derive(Clone, Debug, Default)]
+pub struct TrainResult {
+    pub params: Params,
+    /// Mean training loss of each epoch.
+    pub epoch_losses: Vec<f64>,
+    /// Final value of each metric, by label (`accuracy on digits.test`).
+    pub metrics: Vec<(MetricSpec, f64)>,
+    pub steps: usize,
+    pub compile_time: Duration,
+    pub train_time: Duration,
+    /// Seconds from process start to the end of the first step.
+    pub first_step_at: Option<Duration>,
+}
+
+pub struct TrainOptions<'a> {
+    pub base_dir: &'a Path,
+    pub quiet: bool,
+    pub process_start: Instant,
+    /// Override the plan's epoch count (benchmarks, quick runs).
+    pub epochs: Option<usize>,
+}
+
+fn init_of(p: &ParamInit) -> Init {
+    match p {
+        ParamInit::Zeros => Init::Zeros,
+        ParamInit::Ones => Init::Ones,
+        ParamInit::Normal { std } => Init::Normal { std: *std },
+        ParamInit::Uniform { low, high } => Init::Uniform { low: *low, high: *high },
+        ParamInit::HeNormal => Init::HeNormal,
+        ParamInit::XavierUniform => Init::XavierUniform,
+        ParamInit::XavierNormal => Init::XavierNormal,
+    }
+}
+
+/// The schedule in optimizer steps.
+pub fn schedule_of(s: &ScheduleSpec, steps_per_epoch: usize, total_steps: usize) -> Schedule {
+    match s {
+        ScheduleSpec::Constant => Schedule::Constant,
+        ScheduleSpec::Step { every, gamma } => Schedule::Step { every: (every * steps_per_epoch).max(1), gamma: *gamma },
+        ScheduleSpec::Cosine { min_factor } => Schedule::Cosine { total: total_steps.max(1), min_factor: *min_factor },
+        ScheduleSpec::Warmup { epochs, then } => {
+            let steps = (epochs * steps_per_epoch).max(1);
+            Schedule::Warmup { steps, then: Box::new(schedule_of(then, steps_per_epoch, total_steps.saturating_sub(steps))) }
+        }
+    }
+}
+
+/// Fresh parameters, deterministic given the plan's seed.
+pub fn initial_params(plan: &TrainPlan) -> Result<Params, Diagnostic> {
+    let mut rng = rng::seeded(plan.seed, 0);
+    let mut tensors = Vec::new();
+    for p in &plan.params {
+        let v = initialize(&init_of(&p.init), &p.shape, &mut rng)
+            .map_err(|e| Diagnostic::new(format!("cannot initialise `{}`", p.path)).label(plan.span, e.to_string()))?;
+        tensors.push((p.path.clone(), p.shape.clone(), v));
+    }
+    Ok(Params { tensors })
+}
+
+fn compile_error(plan: &TrainPlan, e: String) -> Diagnostic {
+    Diagnostic::new(format!("could not compile `{}`", plan.name)).label(plan.span, e)
+}
+
+/// Train as the plan says on `data`, evaluating metrics on `datasets`.
+pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Result<TrainResult, Diagnostic> {
+    let find = |d: &str, s: &str| datasets.iter().find(|ds| ds.name == d).and_then(|ds| ds.split(s));
+    let split = find(&plan.data, &plan.split).ok_or_else(|| Diagnostic::new("training data not loaded").label(plan.span, "here"))?;
+    let n = split.x.nrows();
+    if n == 0 {
+        return Err(Diagnostic::new(format!("the split `{}.{}` has no rows", plan.data, plan.split)).label(plan.span, "nothing to train on"));
+    }
+    let batch = plan.batch.unwrap_or(n).min(n);
+    let epochs = opts.epochs.unwrap_or(plan.epochs);
+    let steps_per_epoch = n.div_ceil(batch);
+    let schedule = schedule_of(&plan.schedule, steps_per_epoch, steps_per_epoch * epochs);
+    let features = plan.features;
+
+    // One compiled step for full batches, one for the last partial batch.
+    let updates: Vec<(usize, String)> = plan.updates.iter().map(|(o, id)| (*o, input_name(plan, *id))).collect();
+    let t0 = Instant::now();
+    let mut full = Exec::compile(&plan.step_graph, &sizes(batch), &updates).map_err(|e| compile_error(plan, e))?;
+    let rem = n % batch;
+    let mut partial = if rem > 0 { Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates).map_err(|e| compile_error(plan, e))?) } else { None };
+    let mut evaluators = Evaluators::new(plan, datasets)?;
+    let compile_time = t0.elapsed();
+
+    let mut params = initial_params(plan)?;
+    for (path, _, v) in &params.tensors {
+        full.set(path, v);
+    }
+    let mut result = TrainResult { compile_time, ..TrainResult::default() };
+    let bar = progress_bar(opts.quiet, (epochs * steps_per_epoch) as u64, &plan.name);
+    let started = Instant::now();
+    let mut step = 0usize;
+    let mut xbuf = vec![0.0f32; batch * features];
+    let mut ybuf = vec![0.0f32; batch];
+    for epoch in 0..epochs {
+        let order: Vec<usize> = match split.shuffle_seed {
+            Some(seed) => shuffled_order(n, seed, epoch),
+            None => (0..n).collect(),
+        };
+        let mut loss_sum = 0.0f64;
+        for start in (0..n).step_by(batch) {
+            let rows = &order[start..(start + batch).min(n)];
+            let b = rows.len();
+            let exec = if b == batch {
+                &mut full
+            } else {
+                // The partial batch has its own compiled step: bring it the current state.
+                let Some(p) = partial.as_mut() else { break };
+                copy_state(plan, &full, p);
+                p
+            };
+            gather_rows(&split.x, rows, &mut xbuf[..b * features]).map_err(|e| Diagnostic::new(e.to_string()))?;
+            gather_labels(&split.y, rows, &mut ybuf[..b]).map_err(|e| Diagnostic::new(e.to_string()))?;
+            exec.set("x", &xbuf[..b * features]);
+            exec.set("y", &ybuf[..b]);
+            set_hypers(exec, &plan.optimizer, &schedule, step);
+            exec.run();
+            let loss = exec.output(0).first().copied().unwrap_or(f32::NAN) as f64;
+            if b != batch {
+                if let Some(p) = partial.as_ref() {
+                    copy_state(plan, p, &mut full);
+                }
+            }
+            if !loss.is_finite() {
+                bar.abandon();
+                return Err(Diagnostic::new(format!("training `{}` diverged: the loss is {loss} at epoch {}, step {}", plan.name, epoch + 1, step + 1))
+                    .label(plan.span, "in this training run")
+                    .note("try a smaller learning rate, or check the data for extreme values"));
+            }
+            if step == 0 {
+                result.first_step_at = Some(opts.process_start.elapsed());
+            }
+            loss_sum += loss * b as f64;
+            step += 1;
+            bar.inc(1);
+        }
+        let epoch_loss = loss_sum / n as f64;
+        result.epoch_losses.push(epoch_loss);
+        read_params(&full, &mut params);
+        let metrics = evaluators.evaluate(plan, &params)?;
+        let line = format_epoch(epoch + 1, epochs, epoch_loss, &metrics);
+        if opts.quiet {
+        } else {
+            bar.println(line);
+        }
+        result.metrics = metrics;
+        if let Some(path) = &plan.checkpoint {
+            save_checkpoint(plan, &params, &opts.base_dir.join(path), epoch + 1)?;
+        }
+    }
+    bar.finish_and_clear();
+    result.train_time = started.elapsed();
+    result.steps = step;
+    result.compile_time += evaluators.compile_time;
+    result.params = params;
+    Ok(result)
+}
+
+fn sizes(b: usize) -> SizeEnv {
+    [("B".to_string(), b)].into_iter().collect()
+}
+
+fn input_name(plan: &TrainPlan, id: nnc_compiler::ir::ValueId) -> String {
+    match &plan.step_graph.node(id).op {
+        nnc_compiler::ops::Op::Input { name, .. } => name.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Names of everything a step carries over: parameters and optimizer state.
+fn state_names(plan: &TrainPlan) -> impl Iterator<Item = &str> {
+    plan.params.iter().map(|p| p.path.as_str()).chain(plan.state.iter().map(|(n, _)| n.as_str()))
+}
+
+fn copy_state(plan: &TrainPlan, from: &Exec, to: &mut Exec) {
+    for name in state_names(plan) {
+        if let (Some(src), Some(dst)) = (from.input(name), to.input_mut(name)) {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+fn read_params(exec: &Exec, params: &mut Params) {
+    for (path, _, v) in &mut params.tensors {
+        if let Some(src) = exec.input(path) {
+            v.copy_from_slice(src);
+        }
+    }
+}
+
+fn set_hypers(exec: &mut Exec, o: &OptimizerSpec, schedule: &Schedule, step: usize) {
+    let lr = o.lr * schedule.factor(step);
+    let t = (step + 1) as i32;
+    exec.set(HYPER_LR, &[lr as f32]);
+    exec.set(HYPER_BC1, &[(1.0 - o.beta1.powi(t)) as f32]);
+    exec.set(HYPER_BC2, &[(1.0 - o.beta2.powi(t)) as f32]);
+}
+
+fn progress_bar(quiet: bool, total: u64, name: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("train {name}"));
+    bar
+}
+
+fn format_epoch(epoch: usize, epochs: usize, loss: f64, metrics: &[(MetricSpec, f64)]) -> String {
+    let mut s = format!("epoch {epoch:>3}/{epochs}  train loss {loss:.5}");
+    for (m, v) in metrics {
+        s.push_str(&format!("  {} {}", m.label(), format_metric(m.kind, *v)));
+    }
+    s
+}
+
+pub fn format_metric(kind: MetricKind, v: f64) -> String {
+    match kind {
+        MetricKind::Accuracy => format!("{:.2}%", v * 100.0),
+        MetricKind::Loss | MetricKind::Mse => format!("{v:.5}"),
+    }
+}
+
+fn save_checkpoint(plan: &TrainPlan, params: &Params, path: &Path, epoch: usize) -> Result<(), Diagnostic> {
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = params.tensors.iter().map(|(p, s, v)| (p.clone(), s.clone(), v.as_slice())).collect();
+    let meta: HashMap<String, String> = [("model".to_string(), plan.name.clone()), ("epoch".to_string(), epoch.to_string())].into_iter().collect();
+    checkpoint::save(path, &tensors, &meta).map_err(|e| Diagnostic::new(format!("could not save checkpoint {}", path.display())).label(plan.span, e.to_string()))
+}
+
+/// Compiled evaluation functions, one per metric split, reused every epoch.
+struct Evaluators<'d> {
+    entries: Vec<(MetricSpec, Exec, &'d Split)>,
+    compile_time: Duration,
+}
+
+impl<'d> Evaluators<'d> {
+    fn new(plan: &TrainPlan, datasets: &'d [Dataset]) -> Result<Evaluators<'d>, Diagnostic> {
+        let t0 = Instant::now();
+        let mut entries = Vec::new();
+        for m in &plan.metrics {
+            let split = datasets
+                .iter()
+                .find(|d| d.name == m.data)
+                .and_then(|d| d.split(&m.split))
+                .ok_or_else(|| Diagnostic::new("metric data not loaded").label(m.span, "here"))?;
+            let graph = match m.kind {
+                MetricKind::Loss => &plan.loss_graph,
+                MetricKind::Accuracy | MetricKind::Mse => &plan.forward_graph,
+            };
+            let exec = Exec::compile(graph, &sizes(split.x.nrows()), &[]).map_err(|e| compile_error(plan, e))?;
+            entries.push((m.clone(), exec, split));
+        }
+        Ok(Evaluators { entries, compile_time: t0.elapsed() })
+    }
+
+    fn evaluate(&mut self, plan: &TrainPlan, params: &Params) -> Result<Vec<(MetricSpec, f64)>, Diagnostic> {
+        let mut out = Vec::new();
+        for (m, exec, split) in &mut self.entries {
+            for (path, _, v) in &params.tensors {
+                exec.set(path, v);
+            }
+            if let (Some(x), Some(y)) = (split.x.as_slice(), split.y.as_slice()) {
+                exec.set("x", x);
+                exec.set("y", y);
+            }
+            exec.run();
+            let value = match m.kind {
+                MetricKind::Loss => exec.output(0).first().copied().unwrap_or(f32::NAN) as f64,
+                MetricKind::Accuracy => accuracy(exec.output(0), split.y.as_slice().unwrap_or(&[]), plan),
+                MetricKind::Mse => mse(exec.output(0), split.y.as_slice().unwrap_or(&[])),
+            };
+            out.push((m.clone(), value));
+        }
+        Ok(out)
+    }
+}
+
+/// Fraction of rows whose largest logit is at the label (first maximum wins).
+pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
+    let k = plan.classes.unwrap_or(1).max(1);
+    let k = if logits.len() == labels.len() * k { k } else { logits.len() / labels.len().max(1) };
+    if k == 0 || labels.is_empty() {
+        return 0.0;
+    }
+    let correct = logits
+        .chunks(k)
+        .zip(labels)
+        .filter(|(row, &y)| {
+            let mut best = 0;
+            for (i, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = i;
+                }
+            }
+            best as f32 == y
+        })
+        .count();
+    correct as f64 / labels.len() as f64
+}
+
+pub fn mse(pred: &[f32], target: &[f32]) -> f64 {
+    if target.is_empty() || pred.len() != target.len() {
+        return f64::NAN;
+    }
+    pred.iter().zip(target).map(|(p, t)| ((p - t) as f64).powi(2)).sum::<f64>() / target.len() as f64
+}
