@@ -51,6 +51,7 @@ pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Ve
                 }
                 Err(e) => errors.extend(e),
             },
+            Item::Let(l) if session.add_const(&l.name.name, &l.value) => {}
             Item::Let(l) => match session.expr_graph(&l.value) {
                 Ok(eg) => session.add_let(&l.name.name, TensorType::f32(eg.ty.shape.clone())),
                 Err(e) => errors.extend(e),
@@ -138,6 +139,7 @@ pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Res
                 plans.push(session.train_plan(t)?);
                 session.add_trained(&t.name.name, &t.model);
             }
+            Item::Let(l) if session.add_const(&l.name.name, &l.value) => {}
             Item::Let(l) => {
                 let eg = session.expr_graph(&l.value)?;
                 session.add_let(&l.name.name, TensorType::f32(eg.ty.shape.clone()));

@@ -83,6 +83,7 @@ impl<'p> Runner<'p> {
                 self.summary.runs.push((plan.name.clone(), result));
                 Ok(())
             }
+            Item::Let(l) if self.session.add_const(&l.name.name, &l.value) => Ok(()),
             Item::Let(l) => {
                 let value = self.evaluate(&l.value)?;
                 let ty = TensorType::f32(nnc_compiler::ir::Shape::known(value.shape()));
@@ -95,7 +96,11 @@ impl<'p> Runner<'p> {
                 let text = if value.len() == 1 {
                     let v = value.iter().copied().next().unwrap_or(f64::NAN);
                     self.summary.reports.push((r.label.clone(), v));
-                    format!("{v:.6}")
+                    if v != 0.0 && v.abs() < 1e-3 {
+                        format!("{v:.3e}")
+                    } else {
+                        format!("{v:.6}")
+                    }
                 } else {
                     format!("{value:.4}")
                 };
@@ -196,7 +201,6 @@ pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
             let v = json!({
                 "epochs": r.epoch_losses.len(),
                 "train_loss": r.epoch_losses.last(),
-                "loss_curve": r.epoch_losses,
                 "metrics": metrics,
                 "steps": r.steps,
                 "train_seconds": r.train_time.as_secs_f64(),

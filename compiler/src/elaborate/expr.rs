@@ -99,6 +99,9 @@ impl<'s, 'p> Ctx<'s, 'p> {
         if s.data.contains_key(name) || s.data_defs.contains_key(name) {
             return Ok(Value::Data { name: name.to_string(), split: None });
         }
+        if let Some(&value) = s.consts.get(name) {
+            return Ok(Value::Number { value, is_int: value.fract() == 0.0 });
+        }
         if let Some(ty) = s.lets.get(name) {
             let t = self.lazy_input(&format!("let.{name}"), InputKind::Data, ty.clone(), span);
             return Ok(Value::Tensor(t));
@@ -121,6 +124,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
         candidates.extend(s.functions.keys().map(String::as_str));
         candidates.extend(s.data_defs.keys().map(String::as_str));
         candidates.extend(s.lets.keys().map(String::as_str));
+        candidates.extend(s.consts.keys().map(String::as_str));
         candidates.extend(s.trained.keys().map(String::as_str));
         candidates.extend(builtins::NAMES.iter().copied());
         let this_names = scope.this.as_ref().map(|t| t.member_names()).unwrap_or_default();

@@ -48,6 +48,8 @@ pub struct Session<'p> {
     data_defs: HashMap<String, &'p DataDef>,
     data: HashMap<String, DataShape>,
     lets: HashMap<String, TensorType>,
+    /// Top-level `let`s that are plain numbers (`let lambda = 0.1`): constants everywhere.
+    consts: HashMap<String, f64>,
     trained: HashMap<String, TrainedModel>,
 }
 
@@ -70,6 +72,7 @@ impl<'p> Session<'p> {
             data_defs: HashMap::new(),
             data: HashMap::new(),
             lets: HashMap::new(),
+            consts: HashMap::new(),
             trained: HashMap::new(),
         };
         let mut seen: HashMap<String, Span> = HashMap::new();
@@ -124,6 +127,18 @@ impl<'p> Session<'p> {
     /// Record a top-level `let` so later items can use it.
     pub fn add_let(&mut self, name: &str, ty: TensorType) {
         self.lets.insert(name.to_string(), ty);
+    }
+
+    /// Record a top-level `let` whose value is a constant number. Returns
+    /// false (and records nothing) if the expression is not one.
+    pub fn add_const(&mut self, name: &str, value: &Expr) -> bool {
+        match train::constant_number(value) {
+            Some(v) => {
+                self.consts.insert(name.to_string(), v);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Record a trained model so later items can use it.
