@@ -8,7 +8,8 @@
 //! `fn(arena: *mut f32, scratch: *mut f64)`. `run` is one call of it.
 
 mod emit;
-mod kernels;
+mod helpers;
+mod kernel;
 mod math;
 mod memory;
 mod plan;
@@ -30,7 +31,11 @@ pub enum CodegenError {
     /// Cranelift rejected the host or the generated code.
     Cranelift(String),
     /// An `updates` pair that cannot be honoured.
-    BadUpdate { output: usize, input: ValueId, reason: String },
+    BadUpdate {
+        output: usize,
+        input: ValueId,
+        reason: String,
+    },
     /// A node that its op's shape rule should have rejected.
     Malformed { node: ValueId, reason: String },
 }
@@ -38,12 +43,23 @@ pub enum CodegenError {
 impl fmt::Display for CodegenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CodegenError::Symbolic(s) => write!(f, "cannot compile shape {s}: it has symbolic dims"),
-            CodegenError::Cranelift(e) => write!(f, "code generation failed: {e}"),
-            CodegenError::BadUpdate { output, input, reason } => {
-                write!(f, "bad update of input {input} from output {output}: {reason}")
+            CodegenError::Symbolic(s) => {
+                write!(f, "cannot compile shape {s}: it has symbolic dims")
             }
-            CodegenError::Malformed { node, reason } => write!(f, "malformed node {node}: {reason}"),
+            CodegenError::Cranelift(e) => write!(f, "code generation failed: {e}"),
+            CodegenError::BadUpdate {
+                output,
+                input,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "bad update of input {input} from output {output}: {reason}"
+                )
+            }
+            CodegenError::Malformed { node, reason } => {
+                write!(f, "malformed node {node}: {reason}")
+            }
         }
     }
 }
@@ -68,7 +84,10 @@ impl<T: Copy + Default> RawBuf<T> {
     fn new(len: usize) -> RawBuf<T> {
         let b: Box<[T]> = vec![T::default(); len].into_boxed_slice();
         let len = b.len();
-        RawBuf { ptr: Box::into_raw(b).cast::<T>(), len }
+        RawBuf {
+            ptr: Box::into_raw(b).cast::<T>(),
+            len,
+        }
     }
 }
 
@@ -76,7 +95,11 @@ impl<T> Drop for RawBuf<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice of
         // exactly `len` elements in `new`, and this is the only place freeing it.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr, self.len,
+            )))
+        }
     }
 }
 
@@ -118,28 +141,48 @@ unsafe fn entry_from_ptr(ptr: *const u8) -> Entry {
 fn new_module() -> Result<JITModule, CodegenError> {
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(cl)?;
-    flags.set("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }).map_err(cl)?;
+    flags
+        .set(
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        )
+        .map_err(cl)?;
     flags.set("use_colocated_libcalls", "false").map_err(cl)?;
     flags.set("is_pic", "false").map_err(cl)?;
-    let isa = cranelift_native::builder().map_err(cl)?.finish(settings::Flags::new(flags)).map_err(cl)?;
+    let isa = cranelift_native::builder()
+        .map_err(cl)?
+        .finish(settings::Flags::new(flags))
+        .map_err(cl)?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    jb.symbol("nnc_sgemm", kernels::nnc_sgemm as *const u8);
-    jb.symbol("nnc_solve", kernels::nnc_solve as *const u8);
+    jb.symbol("nnc_sgemm", helpers::nnc_sgemm as *const u8);
+    jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     Ok(JITModule::new(jb))
 }
 
 /// Declare and define the graph's function in `module`.
-fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Result<FuncId, CodegenError> {
+fn define(
+    module: &mut JITModule,
+    plan: &plan::Plan,
+    offsets: &[usize],
+) -> Result<FuncId, CodegenError> {
     let import = |module: &mut JITModule, name: &str, n: usize| {
         let mut sig = module.make_signature();
         sig.params = vec![AbiParam::new(I64); n];
-        module.declare_function(name, Linkage::Import, &sig).map_err(cl)
+        module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(cl)
     };
     let sgemm_id = import(module, "nnc_sgemm", 12)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64), AbiParam::new(I64)];
-    let id = module.declare_function("nnc_graph", Linkage::Export, &ctx.func.signature).map_err(cl)?;
+    let id = module
+        .declare_function("nnc_graph", Linkage::Export, &ctx.func.signature)
+        .map_err(cl)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
     let sgemm = module.declare_func_in_func(sgemm_id, b.func);
@@ -152,7 +195,14 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         _ => return Err(CodegenError::Cranelift("entry block parameters".into())),
     };
     {
-        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve };
+        let mut em = emit::Emitter {
+            b: &mut b,
+            arena,
+            scratch,
+            offsets,
+            sgemm,
+            solve,
+        };
         for k in &plan.kernels {
             em.emit_kernel(k)?;
         }
@@ -160,7 +210,9 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     b.ins().return_(&[]);
     b.seal_all_blocks();
     b.finalize(module.target_config());
-    module.define_function(id, &mut ctx).map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
     Ok(id)
 }
 
@@ -169,7 +221,10 @@ impl CompiledGraph {
     /// `(o, v)` in `updates` holds output `o`'s new value: the output is written
     /// straight into the input's buffer when no later kernel reads the input
     /// (in-place elementwise is fine), else copied there at the end.
-    pub fn compile(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<CompiledGraph, CodegenError> {
+    pub fn compile(
+        graph: &Graph,
+        updates: &[(usize, ValueId)],
+    ) -> Result<CompiledGraph, CodegenError> {
         let start = Instant::now();
         let plan = plan::plan(graph, updates)?;
         let layout = memory::assign(&plan.storages, &plan.kernels);
@@ -187,13 +242,23 @@ impl CompiledGraph {
         let slot = |s: usize, len: usize| -> Result<Slot, CodegenError> {
             let off = layout.offsets.get(s).copied().unwrap_or(usize::MAX);
             if off.saturating_add(len) > layout.len {
-                return Err(CodegenError::Cranelift(format!("storage {s} outside the arena")));
+                return Err(CodegenError::Cranelift(format!(
+                    "storage {s} outside the arena"
+                )));
             }
             Ok(Slot { off, len })
         };
         let len_of = |s: usize| plan.storages.get(s).map_or(0, |st| st.len);
-        let inputs = plan.inputs.iter().map(|(n, s)| Ok((n.clone(), slot(*s, len_of(*s))?))).collect::<Result<_, _>>()?;
-        let outputs = plan.outputs.iter().map(|&(s, len)| slot(s, len)).collect::<Result<_, _>>()?;
+        let inputs = plan
+            .inputs
+            .iter()
+            .map(|(n, s)| Ok((n.clone(), slot(*s, len_of(*s))?)))
+            .collect::<Result<_, _>>()?;
+        let outputs = plan
+            .outputs
+            .iter()
+            .map(|&(s, len)| slot(s, len))
+            .collect::<Result<_, _>>()?;
         Ok(CompiledGraph {
             module: Some(module),
             entry,
@@ -226,7 +291,9 @@ impl CompiledGraph {
     /// Input `i`'s buffer (row-major); values persist between runs. An index out
     /// of range gives an empty slice.
     pub fn input_mut(&mut self, i: usize) -> &mut [f32] {
-        let Some(&(_, s)) = self.inputs.get(i) else { return &mut [] };
+        let Some(&(_, s)) = self.inputs.get(i) else {
+            return &mut [];
+        };
         // SAFETY: in bounds as in `slice`; `&mut self` makes this the only access.
         unsafe { std::slice::from_raw_parts_mut(self.arena.ptr.add(self.base + s.off), s.len) }
     }

@@ -3,13 +3,15 @@
 //! (simplified) axis, and an innermost loop over groups of four elements in
 //! `f32x4` registers, unrolled, bottom-tested, with a static tail.
 
+use super::kernel::{Affine, ENode, Kernel, MapKernel, MatOperand};
 use super::math;
-use super::plan::{Affine, ENode, Kernel, MapKernel, MatOperand};
 use super::CodegenError;
 use crate::ops::{BinaryOp, ReduceKind};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
-use cranelift_codegen::ir::{Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{
+    Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 pub(crate) struct Emitter<'a, 'b> {
@@ -40,7 +42,11 @@ pub(crate) fn simplify(dims: &[usize], strides: &mut [Vec<i64>]) -> Vec<usize> {
             continue;
         }
         let at = |s: &Vec<i64>| s.get(i).copied().unwrap_or(0);
-        let merge = !out_dims.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| o.last() == Some(&(at(s) * d as i64)));
+        let merge = !out_dims.is_empty()
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, o)| o.last() == Some(&(at(s) * d as i64)));
         if let (true, Some(last)) = (merge, out_dims.last_mut()) {
             *last *= d;
             for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
@@ -86,7 +92,15 @@ impl<'a, 'b> Emitter<'a, 'b> {
     pub fn emit_kernel(&mut self, k: &Kernel) -> Result<(), CodegenError> {
         match k {
             Kernel::Map(m) => self.emit_map(m),
-            Kernel::MatMul { batch, m, k, n, a, b, c } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
+            Kernel::MatMul {
+                batch,
+                m,
+                k,
+                n,
+                a,
+                b,
+                c,
+            } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
             Kernel::Solve { n, k, a, b, x } => self.emit_solve(*n, *k, a, b, x),
         }
     }
@@ -94,13 +108,24 @@ impl<'a, 'b> Emitter<'a, 'b> {
     // ---- loops ----------------------------------------------------------------------
 
     /// Run `body` inside loops over `dims`, with the loop counters.
-    fn loop_nest(&mut self, dims: &[usize], body: &mut Body<'_, 'a, 'b>) -> Result<(), CodegenError> {
+    fn loop_nest(
+        &mut self,
+        dims: &[usize],
+        body: &mut Body<'_, 'a, 'b>,
+    ) -> Result<(), CodegenError> {
         let mut idx = Vec::with_capacity(dims.len());
         self.nest(dims, &mut idx, body)
     }
 
-    fn nest(&mut self, dims: &[usize], idx: &mut Vec<Value>, body: &mut Body<'_, 'a, 'b>) -> Result<(), CodegenError> {
-        let Some((&d, rest)) = dims.split_first() else { return body(self, idx) };
+    fn nest(
+        &mut self,
+        dims: &[usize],
+        idx: &mut Vec<Value>,
+        body: &mut Body<'_, 'a, 'b>,
+    ) -> Result<(), CodegenError> {
+        let Some((&d, rest)) = dims.split_first() else {
+            return body(self, idx);
+        };
         if d <= 1 {
             let z = self.b.ins().iconst(I64, 0);
             idx.push(z);
@@ -128,7 +153,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
             })
             .collect();
         let zero = self.b.ins().iconst(I64, 0);
-        let args: Vec<BlockArg> = std::iter::once(zero).chain(carried.iter().copied()).map(BlockArg::from).collect();
+        let args: Vec<BlockArg> = std::iter::once(zero)
+            .chain(carried.iter().copied())
+            .map(BlockArg::from)
+            .collect();
         self.b.ins().jump(blk, &args);
         self.b.switch_to_block(blk);
         (blk, i, params)
@@ -136,7 +164,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Close the loop: `i += step` and repeat while `i < limit`; returns the
     /// carried values after the loop.
-    fn loop_end(&mut self, blk: Block, i: Value, step: i64, limit: i64, carried: &[Value]) -> Vec<Value> {
+    fn loop_end(
+        &mut self,
+        blk: Block,
+        i: Value,
+        step: i64,
+        limit: i64,
+        carried: &[Value],
+    ) -> Vec<Value> {
         let exit = self.b.create_block();
         let outs = carried
             .iter()
@@ -147,7 +182,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
             .collect();
         let next = self.b.ins().iadd_imm_s(i, step);
         let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, limit);
-        let back: Vec<BlockArg> = std::iter::once(next).chain(carried.iter().copied()).map(BlockArg::from).collect();
+        let back: Vec<BlockArg> = std::iter::once(next)
+            .chain(carried.iter().copied())
+            .map(BlockArg::from)
+            .collect();
         let fwd: Vec<BlockArg> = carried.iter().copied().map(BlockArg::from).collect();
         self.b.ins().brif(more, blk, &back, exit, &fwd);
         self.b.switch_to_block(exit);
@@ -156,10 +194,19 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Byte address (with a storage) or integer value (without) of an affine
     /// access at the loop counters `idx`.
-    fn base(&mut self, storage: Option<usize>, off: i64, strides: &[i64], idx: &[Value]) -> Result<Value, CodegenError> {
+    fn base(
+        &mut self,
+        storage: Option<usize>,
+        off: i64,
+        strides: &[i64],
+        idx: &[Value],
+    ) -> Result<Value, CodegenError> {
         let (mut v, scale) = match storage {
             Some(s) => {
-                let o = self.offsets.get(s).copied().ok_or_else(|| CodegenError::Cranelift(format!("storage {s} has no offset")))?;
+                let o =
+                    self.offsets.get(s).copied().ok_or_else(|| {
+                        CodegenError::Cranelift(format!("storage {s} has no offset"))
+                    })?;
                 (self.b.ins().iadd_imm_s(self.arena, (o as i64 + off) * 4), 4)
             }
             None => (self.b.ins().iconst(I64, off), 1),
@@ -187,7 +234,16 @@ impl<'a, 'b> Emitter<'a, 'b> {
             Some((&n, outer)) => (outer.to_vec(), n),
             None => (Vec::new(), 1),
         };
-        let inner: Vec<i64> = strides.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
+        let inner: Vec<i64> = strides
+            .iter()
+            .map(|s| {
+                if r == 0 {
+                    0
+                } else {
+                    s.get(r - 1).copied().unwrap_or(0)
+                }
+            })
+            .collect();
         self.loop_nest(&outer, &mut |em, idx| {
             let mut bases = Vec::with_capacity(affines.len());
             for (a, s) in affines.iter().zip(&strides) {
@@ -198,7 +254,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// The innermost axis of a map kernel: `n` elements.
-    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
+    fn emit_row(
+        &mut self,
+        k: &MapKernel,
+        n: usize,
+        inner: Vec<i64>,
+        bases: Vec<Value>,
+    ) -> Result<(), CodegenError> {
         let nn = k.nodes.len();
         let mut needed = vec![false; nn];
         if let Some(r) = needed.get_mut(k.root) {
@@ -214,51 +276,88 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 _ => {}
             }
         }
-        let mut inv = vec![false; nn];
-        for i in 0..nn {
-            inv[i] = match k.nodes[i] {
+        let mut inv: Vec<bool> = Vec::with_capacity(nn);
+        for node in &k.nodes {
+            let both = |a: usize, c: usize| inv.get(a) == Some(&true) && inv.get(c) == Some(&true);
+            let v = match *node {
                 ENode::Operand(o) => inner.get(o + 1) == Some(&0),
                 ENode::Const(_) => true,
-                ENode::Unary(_, a) => inv[a],
-                ENode::Binary(_, a, c) => inv[a] && inv[c],
+                ENode::Unary(_, a) => both(a, a),
+                ENode::Binary(_, a, c) => both(a, c),
             };
+            inv.push(v);
         }
-        let mut row = Row { k, inner, bases, needed, pre: vec![None; nn] };
+        let mut row = Row {
+            k,
+            inner,
+            bases,
+            needed,
+            pre: vec![None; nn],
+        };
         // Row invariants: computed here, before the loop.
         let zero = self.b.ins().iconst(I64, 0);
-        let at0 = At { pos: zero, g: 0, lanes: 4 };
-        for i in 0..nn {
-            if row.needed[i] && inv[i] {
-                let v = self.eval_node(&row, i, &row.pre, at0)?;
-                row.pre[i] = Some(v);
-            }
+        let at0 = At {
+            pos: zero,
+            g: 0,
+            lanes: 4,
+        };
+        let hoisted: Vec<usize> = (0..nn).filter(|&i| row.needed[i] && inv[i]).collect();
+        for i in hoisted {
+            let v = self.eval_node(&row, i, &row.pre, at0)?;
+            row.pre[i] = Some(v);
         }
         let cost = (0..nn).filter(|&i| row.needed[i] && !inv[i]).count();
         let groups = n / 4;
         let tail = (n % 4) as u8;
-        let unroll = if cost <= 12 { 4 } else if cost <= 48 { 2 } else { 1 };
+        let unroll = if cost <= 12 {
+            4
+        } else if cost <= 48 {
+            2
+        } else {
+            1
+        };
         let unroll = unroll.min(groups.max(1));
         let iters = groups / unroll;
         let horiz = k.acc.filter(|_| row.inner.first() == Some(&0));
         let mut accs: Vec<Value> = match horiz {
-            Some(kind) => (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect(),
+            Some(kind) => (0..unroll)
+                .map(|_| math::splat(self.b, math::identity(kind)))
+                .collect(),
             None => Vec::new(),
         };
         let mut done = 0;
         if iters >= 2 {
             let (blk, pos, mut cur) = self.loop_begin(&accs);
             for j in 0..unroll {
-                let at = At { pos, g: 4 * j as i64, lanes: 4 };
+                let at = At {
+                    pos,
+                    g: 4 * j as i64,
+                    lanes: 4,
+                };
                 self.group(&row, at, horiz, cur.get_mut(j))?;
             }
-            accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
+            accs = self.loop_end(
+                blk,
+                pos,
+                4 * unroll as i64,
+                (4 * iters * unroll) as i64,
+                &cur,
+            );
             done = iters * unroll;
         }
         for j in done..groups {
-            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
+            let at = At {
+                pos: zero,
+                g: 4 * j as i64,
+                lanes: 4,
+            };
             self.group(&row, at, horiz, accs.get_mut(j % unroll))?;
         }
-        let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
+        let tail_at = At {
+            pos: zero,
+            g: 4 * groups as i64,
+            lanes: tail,
+        };
         match horiz {
             Some(kind) => {
                 let mut s = math::scalar(self.b, math::identity(kind));
@@ -271,7 +370,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
                     let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
                     s = math::reduce_lanes(self.b, kind, v, 4, s);
                 }
-                let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+                let out = row
+                    .bases
+                    .first()
+                    .copied()
+                    .ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
                 let old = self.b.ins().load(F32, mem(), out, 0);
                 let new = math::combine_scalar(self.b, kind, old, s);
                 self.b.ins().store(mem(), new, out, 0);
@@ -284,13 +387,22 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// One group: evaluate, then store, accumulate into the output, or (for a
     /// reduction along the innermost axis) fold into the register `acc`.
-    fn group(&mut self, row: &Row, at: At, horiz: Option<ReduceKind>, acc: Option<&mut Value>) -> Result<(), CodegenError> {
+    fn group(
+        &mut self,
+        row: &Row,
+        at: At,
+        horiz: Option<ReduceKind>,
+        acc: Option<&mut Value>,
+    ) -> Result<(), CodegenError> {
         let v = self.eval_group(row, at)?;
         if let (Some(kind), Some(acc)) = (horiz, acc) {
             *acc = math::combine(self.b, kind, *acc, v);
             return Ok(());
         }
-        let (s, out) = (row.inner.first().copied().unwrap_or(1), row.bases.first().copied());
+        let (s, out) = (
+            row.inner.first().copied().unwrap_or(1),
+            row.bases.first().copied(),
+        );
         let out = out.ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
         let v = match row.k.acc {
             Some(kind) => {
@@ -311,34 +423,63 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 vals[i] = Some(v);
             }
         }
-        vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))
+        vals.get(row.k.root)
+            .copied()
+            .flatten()
+            .ok_or_else(|| CodegenError::Cranelift("empty expression".into()))
     }
 
-    fn eval_node(&mut self, row: &Row, i: usize, vals: &[Option<Value>], at: At) -> Result<Value, CodegenError> {
-        let get = |j: usize| vals.get(j).copied().flatten().ok_or_else(|| CodegenError::Cranelift("operand not ready".into()));
+    fn eval_node(
+        &mut self,
+        row: &Row,
+        i: usize,
+        vals: &[Option<Value>],
+        at: At,
+    ) -> Result<Value, CodegenError> {
+        let get = |j: usize| {
+            vals.get(j)
+                .copied()
+                .flatten()
+                .ok_or_else(|| CodegenError::Cranelift("operand not ready".into()))
+        };
         let nodes = &row.k.nodes;
-        Ok(match nodes.get(i).copied().ok_or_else(|| CodegenError::Cranelift("bad node".into()))? {
-            ENode::Const(bits) => math::splat(self.b, f32::from_bits(bits)),
-            ENode::Operand(o) => {
-                let a = row.k.operands.get(o).ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
-                let (s, base) = (row.inner.get(o + 1).copied().unwrap_or(0), row.bases.get(o + 1).copied());
-                let base = base.ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
-                self.load(a.storage.is_some(), s, base, at)
-            }
-            ENode::Unary(u, a) => math::unary(self.b, u, get(a)?),
-            ENode::Binary(BinaryOp::Pow, a, c) => {
-                let x = get(a)?;
-                let special = match nodes.get(c) {
-                    Some(ENode::Const(bits)) => math::pow_const(self.b, x, f32::from_bits(*bits)),
-                    _ => None,
-                };
-                match special {
-                    Some(v) => v,
-                    None => math::pow(self.b, x, get(c)?),
+        Ok(
+            match nodes
+                .get(i)
+                .copied()
+                .ok_or_else(|| CodegenError::Cranelift("bad node".into()))?
+            {
+                ENode::Const(bits) => math::splat(self.b, f32::from_bits(bits)),
+                ENode::Operand(o) => {
+                    let a = row
+                        .k
+                        .operands
+                        .get(o)
+                        .ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
+                    let (s, base) = (
+                        row.inner.get(o + 1).copied().unwrap_or(0),
+                        row.bases.get(o + 1).copied(),
+                    );
+                    let base = base.ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
+                    self.load(a.storage.is_some(), s, base, at)
                 }
-            }
-            ENode::Binary(op, a, c) => math::binary(self.b, op, get(a)?, get(c)?),
-        })
+                ENode::Unary(u, a) => math::unary(self.b, u, get(a)?),
+                ENode::Binary(BinaryOp::Pow, a, c) => {
+                    let x = get(a)?;
+                    let special = match nodes.get(c) {
+                        Some(ENode::Const(bits)) => {
+                            math::pow_const(self.b, x, f32::from_bits(*bits))
+                        }
+                        _ => None,
+                    };
+                    match special {
+                        Some(v) => v,
+                        None => math::pow(self.b, x, get(c)?),
+                    }
+                }
+                ENode::Binary(op, a, c) => math::binary(self.b, op, get(a)?, get(c)?),
+            },
+        )
     }
 
     /// `base + bytes` as an (address, immediate offset) pair.
@@ -361,7 +502,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
             if s == 0 {
                 return v;
             }
-            let lanes: Vec<u8> = (0..4).flat_map(|l| ((l * s) as f32).to_le_bytes()).collect();
+            let lanes: Vec<u8> = (0..4)
+                .flat_map(|l| ((l * s) as f32).to_le_bytes())
+                .collect();
             let c = self.b.func.dfg.constants.insert(ConstantData::from(lanes));
             let steps = self.b.ins().vconst(F32X4, c);
             return self.b.ins().fadd(v, steps);
@@ -406,26 +549,52 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.base(Some(op.storage), op.off, &op.batch, idx)
     }
 
-    fn emit_matmul(&mut self, batch: &[usize], mkn: [usize; 3], a: &MatOperand, b: &MatOperand, c: &MatOperand) -> Result<(), CodegenError> {
+    fn emit_matmul(
+        &mut self,
+        batch: &[usize],
+        mkn: [usize; 3],
+        a: &MatOperand,
+        b: &MatOperand,
+        c: &MatOperand,
+    ) -> Result<(), CodegenError> {
         let [m, k, n] = mkn;
         if m == 0 || n == 0 || batch.contains(&0) {
             return Ok(());
         }
         self.loop_nest(batch, &mut |em, idx| {
-            let (pa, pb, pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
-            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
+            let (pa, pb, pc) = (
+                em.mat_ptr(a, idx)?,
+                em.mat_ptr(b, idx)?,
+                em.mat_ptr(c, idx)?,
+            );
+            let ints = [
+                m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs,
+            ];
             let v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
-            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]];
+            let args = [
+                v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8],
+            ];
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })
     }
 
-    fn emit_solve(&mut self, n: usize, k: usize, a: &MatOperand, b: &MatOperand, x: &MatOperand) -> Result<(), CodegenError> {
+    fn emit_solve(
+        &mut self,
+        n: usize,
+        k: usize,
+        a: &MatOperand,
+        b: &MatOperand,
+        x: &MatOperand,
+    ) -> Result<(), CodegenError> {
         if n == 0 || k == 0 {
             return Ok(());
         }
-        let (pa, pb, px) = (self.mat_ptr(a, &[])?, self.mat_ptr(b, &[])?, self.mat_ptr(x, &[])?);
+        let (pa, pb, px) = (
+            self.mat_ptr(a, &[])?,
+            self.mat_ptr(b, &[])?,
+            self.mat_ptr(x, &[])?,
+        );
         let ints = [n as i64, k as i64, a.rs, a.cs, b.rs, b.cs];
         let v: Vec<Value> = ints.iter().map(|&i| self.b.ins().iconst(I64, i)).collect();
         let args = [v[0], v[1], pa, v[2], v[3], pb, v[4], v[5], px, self.scratch];

@@ -8,138 +8,13 @@
 //! live node either owns a contiguous buffer (`Kernel`, `Buffer` for inputs) or
 //! is a contiguous view of one (`View`, for reshape).
 
+use super::kernel::{
+    contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage,
+    StorageId, StorageKind,
+};
 use super::CodegenError;
 use crate::ir::{Graph, Op, ValueId};
-use crate::ops::{BinaryOp, ReduceKind, UnaryOp};
-use std::collections::HashMap;
-
-pub(crate) type StorageId = usize;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StorageKind {
-    /// A graph input: persistent, written by the caller.
-    Input,
-    /// Read after `run` (a graph output): never reused.
-    Output,
-    /// An intermediate: its arena space may be shared with other temps.
-    Temp,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Storage {
-    pub len: usize,
-    pub kind: StorageKind,
-}
-
-/// An affine function of the kernel's index: `off + Σ idx[i] * strides[i]`. With a
-/// storage it is an element offset into that storage; without one it is the
-/// (integer) value itself, which is how `Iota` is expressed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Affine {
-    pub storage: Option<StorageId>,
-    pub off: i64,
-    pub strides: Vec<i64>,
-}
-
-/// One node of a fused elementwise expression. Children always have smaller
-/// indices than their parents (the list is in topological order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum ENode {
-    /// The kernel operand with this index: a load, or an iota value.
-    Operand(usize),
-    /// An `f32` constant, by its bits.
-    Const(u32),
-    Unary(UnaryOp, usize),
-    Binary(BinaryOp, usize, usize),
-}
-
-/// `out[idx] = expr(idx)` (or `out[idx] = out[idx] ⊕ expr(idx)` with `acc`) for
-/// every `idx` in `dims`.
-#[derive(Clone, Debug)]
-pub(crate) struct MapKernel {
-    pub dims: Vec<usize>,
-    pub out: Affine,
-    pub operands: Vec<Affine>,
-    pub nodes: Vec<ENode>,
-    pub root: usize,
-    pub acc: Option<ReduceKind>,
-}
-
-/// A strided matrix operand, batched over leading dims.
-#[derive(Clone, Debug)]
-pub(crate) struct MatOperand {
-    pub storage: StorageId,
-    pub off: i64,
-    pub batch: Vec<i64>,
-    pub rs: i64,
-    pub cs: i64,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) enum Kernel {
-    Map(MapKernel),
-    MatMul { batch: Vec<usize>, m: usize, k: usize, n: usize, a: MatOperand, b: MatOperand, c: MatOperand },
-    Solve { n: usize, k: usize, a: MatOperand, b: MatOperand, x: MatOperand },
-}
-
-impl Kernel {
-    /// Storages this kernel reads.
-    pub fn reads(&self) -> Vec<StorageId> {
-        match self {
-            Kernel::Map(m) => {
-                let mut r: Vec<StorageId> = m.operands.iter().filter_map(|a| a.storage).collect();
-                if m.acc.is_some() {
-                    r.extend(m.out.storage);
-                }
-                r
-            }
-            Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
-        }
-    }
-
-    /// The storage this kernel writes.
-    pub fn writes(&self) -> Option<StorageId> {
-        match self {
-            Kernel::Map(m) => m.out.storage,
-            Kernel::MatMul { c, .. } => Some(c.storage),
-            Kernel::Solve { x, .. } => Some(x.storage),
-        }
-    }
-
-    fn rename(&mut self, from: StorageId, to: StorageId) {
-        let fix = |s: &mut StorageId| {
-            if *s == from {
-                *s = to;
-            }
-        };
-        match self {
-            Kernel::Map(m) => {
-                for a in m.operands.iter_mut().chain(std::iter::once(&mut m.out)) {
-                    if let Some(s) = a.storage.as_mut() {
-                        fix(s);
-                    }
-                }
-            }
-            Kernel::MatMul { a, b, c, .. } => [a, b, c].into_iter().for_each(|o| fix(&mut o.storage)),
-            Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
-        }
-    }
-
-    /// True if this kernel only ever reads `s` at the element it is writing
-    /// (an in-place elementwise update).
-    fn reads_in_place(&self, s: StorageId) -> bool {
-        match self {
-            Kernel::Map(m) => {
-                m.acc.is_none()
-                    && m.operands
-                        .iter()
-                        .filter(|a| a.storage == Some(s))
-                        .all(|a| a.off == m.out.off && a.strides == m.out.strides)
-            }
-            Kernel::MatMul { .. } | Kernel::Solve { .. } => !self.reads().contains(&s),
-        }
-    }
-}
+use crate::ops::ReduceKind;
 
 /// Everything codegen needs: storages, kernels in order, and where inputs and
 /// outputs live.
@@ -192,60 +67,12 @@ struct AxisRef {
 }
 
 fn identity(rank: usize) -> Vec<AxisRef> {
-    (0..rank).map(|i| AxisRef { src: Some(i), off: 0 }).collect()
-}
-
-pub(crate) fn contiguous_strides(dims: &[usize]) -> Vec<i64> {
-    let mut s = vec![0i64; dims.len()];
-    let mut acc = 1i64;
-    for (slot, &d) in s.iter_mut().zip(dims).rev() {
-        *slot = acc;
-        acc *= d as i64;
-    }
-    s
-}
-
-/// Builds one fused expression, sharing identical operands and subexpressions.
-struct ExprBuilder {
-    /// Rank of the kernel's index space.
-    rank: usize,
-    operands: Vec<Affine>,
-    nodes: Vec<ENode>,
-    memo: HashMap<ENode, usize>,
-}
-
-impl ExprBuilder {
-    fn new(rank: usize) -> ExprBuilder {
-        ExprBuilder { rank, operands: Vec::new(), nodes: Vec::new(), memo: HashMap::new() }
-    }
-
-    fn node(&mut self, n: ENode) -> usize {
-        if let Some(&i) = self.memo.get(&n) {
-            return i;
-        }
-        self.nodes.push(n);
-        self.memo.insert(n, self.nodes.len() - 1);
-        self.nodes.len() - 1
-    }
-
-    fn operand(&mut self, a: Affine) -> usize {
-        let i = match self.operands.iter().position(|o| *o == a) {
-            Some(i) => i,
-            None => {
-                self.operands.push(a);
-                self.operands.len() - 1
-            }
-        };
-        self.node(ENode::Operand(i))
-    }
-
-    fn constant(&mut self, c: f32) -> usize {
-        self.node(ENode::Const(c.to_bits()))
-    }
-
-    fn finish(self, dims: Vec<usize>, out: Affine, root: usize, acc: Option<ReduceKind>) -> Kernel {
-        Kernel::Map(MapKernel { dims, out, operands: self.operands, nodes: self.nodes, root, acc })
-    }
+    (0..rank)
+        .map(|i| AxisRef {
+            src: Some(i),
+            off: 0,
+        })
+        .collect()
 }
 
 struct Planner<'g> {
@@ -259,11 +86,18 @@ struct Planner<'g> {
 }
 
 fn malformed(id: ValueId, reason: &str) -> CodegenError {
-    CodegenError::Malformed { node: id, reason: reason.to_string() }
+    CodegenError::Malformed {
+        node: id,
+        reason: reason.to_string(),
+    }
 }
 
 fn bad_update(output: usize, input: ValueId, reason: &str) -> CodegenError {
-    CodegenError::BadUpdate { output, input, reason: reason.to_string() }
+    CodegenError::BadUpdate {
+        output,
+        input,
+        reason: reason.to_string(),
+    }
 }
 
 /// Plan `graph` (all dims known) with the given in-place `updates`.
@@ -271,7 +105,11 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
     let dims = graph
         .nodes
         .iter()
-        .map(|n| n.ty.shape.concrete().ok_or_else(|| CodegenError::Symbolic(n.ty.shape.clone())))
+        .map(|n| {
+            n.ty.shape
+                .concrete()
+                .ok_or_else(|| CodegenError::Symbolic(n.ty.shape.clone()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut p = Planner {
         g: graph,
@@ -299,10 +137,17 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
                 }
             }
             Mode::View => {
-                let arg = *node.args.first().ok_or_else(|| malformed(id, "reshape without operand"))?;
+                let arg = *node
+                    .args
+                    .first()
+                    .ok_or_else(|| malformed(id, "reshape without operand"))?;
                 let base = p.layout(arg)?.clone();
                 let strides = contiguous_strides(&p.dims[i]);
-                p.layouts[i] = Some(Layout { storage: base.storage, off: base.off, strides });
+                p.layouts[i] = Some(Layout {
+                    storage: base.storage,
+                    off: base.off,
+                    strides,
+                });
             }
             Mode::Kernel => {
                 p.new_storage(i, StorageKind::Temp);
@@ -318,24 +163,42 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
             let s = p.layout(id)?.storage;
             let overwritten = dests.iter().any(|&(src, v)| {
                 p.layouts[v.index()].as_ref().map(|l| l.storage) == Some(s)
-                    && graph.outputs.get(src).and_then(|&n| p.layouts[n.index()].as_ref()).map(|l| l.storage) != Some(s)
+                    && graph
+                        .outputs
+                        .get(src)
+                        .and_then(|&n| p.layouts[n.index()].as_ref())
+                        .map(|l| l.storage)
+                        != Some(s)
             });
             out_storage[o] = Some(if overwritten { p.copy_of(id)? } else { s });
         }
     }
     let mut outputs = Vec::with_capacity(graph.outputs.len());
     for (o, s) in out_storage.into_iter().enumerate() {
-        let s = s.ok_or_else(|| CodegenError::BadUpdate { output: o, input: ValueId(0), reason: "output not computed".into() })?;
+        let s = s.ok_or_else(|| CodegenError::BadUpdate {
+            output: o,
+            input: ValueId(0),
+            reason: "output not computed".into(),
+        })?;
         if let Some(st) = p.storages.get_mut(s) {
             if st.kind == StorageKind::Temp {
                 st.kind = StorageKind::Output;
             }
         }
-        let len = graph.outputs.get(o).map_or(0, |n| p.dims[n.index()].iter().product());
+        let len = graph
+            .outputs
+            .get(o)
+            .map_or(0, |n| p.dims[n.index()].iter().product());
         outputs.push((s, len));
     }
     p.apply_updates(updates, &mut outputs)?;
-    Ok(Plan { storages: p.storages, kernels: p.kernels, inputs, outputs, scratch: p.scratch })
+    Ok(Plan {
+        storages: p.storages,
+        kernels: p.kernels,
+        inputs,
+        outputs,
+        scratch: p.scratch,
+    })
 }
 
 impl Planner<'_> {
@@ -347,12 +210,18 @@ impl Planner<'_> {
         let len = self.dims[i].iter().product();
         self.storages.push(Storage { len, kind });
         let s = self.storages.len() - 1;
-        self.layouts[i] = Some(Layout { storage: s, off: 0, strides: contiguous_strides(&self.dims[i]) });
+        self.layouts[i] = Some(Layout {
+            storage: s,
+            off: 0,
+            strides: contiguous_strides(&self.dims[i]),
+        });
         s
     }
 
     fn layout(&self, id: ValueId) -> Result<&Layout, CodegenError> {
-        self.layouts[id.index()].as_ref().ok_or_else(|| malformed(id, "operand has no buffer"))
+        self.layouts[id.index()]
+            .as_ref()
+            .ok_or_else(|| malformed(id, "operand has no buffer"))
     }
 
     fn args(&self, id: ValueId) -> &[ValueId] {
@@ -360,15 +229,29 @@ impl Planner<'_> {
     }
 
     fn arg(&self, id: ValueId, k: usize) -> Result<ValueId, CodegenError> {
-        self.args(id).get(k).copied().ok_or_else(|| malformed(id, "missing operand"))
+        self.args(id)
+            .get(k)
+            .copied()
+            .ok_or_else(|| malformed(id, "missing operand"))
     }
 
     /// Validate `updates`; returns them as (output index, input) pairs.
-    fn check_updates(&self, updates: &[(usize, ValueId)]) -> Result<Vec<(usize, ValueId)>, CodegenError> {
+    fn check_updates(
+        &self,
+        updates: &[(usize, ValueId)],
+    ) -> Result<Vec<(usize, ValueId)>, CodegenError> {
         let mut seen = Vec::new();
         for &(o, v) in updates {
-            let out = *self.g.outputs.get(o).ok_or_else(|| bad_update(o, v, "no such output"))?;
-            let node = self.g.nodes.get(v.index()).ok_or_else(|| bad_update(o, v, "no such node"))?;
+            let out = *self
+                .g
+                .outputs
+                .get(o)
+                .ok_or_else(|| bad_update(o, v, "no such output"))?;
+            let node = self
+                .g
+                .nodes
+                .get(v.index())
+                .ok_or_else(|| bad_update(o, v, "no such node"))?;
             if !matches!(node.op, Op::Input { .. }) {
                 return Err(bad_update(o, v, "target is not an input"));
             }
@@ -388,7 +271,10 @@ impl Planner<'_> {
         let n = self.g.nodes.len();
         let mut needs: Vec<Vec<Need>> = vec![Vec::new(); n];
         for o in &self.g.outputs {
-            needs.get_mut(o.index()).ok_or_else(|| malformed(*o, "output out of range"))?.push(Need::Contig);
+            needs
+                .get_mut(o.index())
+                .ok_or_else(|| malformed(*o, "output out of range"))?
+                .push(Need::Contig);
         }
         for i in (0..n).rev() {
             let node = &self.g.nodes[i];
@@ -400,19 +286,29 @@ impl Planner<'_> {
             let hard = mine.iter().any(|k| !matches!(k, Need::Fuse { .. }));
             let contig = mine.contains(&Need::Contig);
             let expands = matches!(node.op, Op::Broadcast { .. })
-                && node.args.first().is_some_and(|a| self.numel(*a) < self.dims[i].iter().product());
+                && node
+                    .args
+                    .first()
+                    .is_some_and(|a| self.numel(*a) < self.dims[i].iter().product());
             let (mode, pass): (Mode, Vec<Need>) = match &node.op {
                 Op::Input { .. } => (Mode::Buffer, Vec::new()),
                 Op::Reshape { .. } => (Mode::View, vec![Need::Contig]),
-                Op::Constant(_) | Op::Iota { .. } => (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new()),
-                Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::StopGradient => {
+                Op::Constant(_) | Op::Iota { .. } => {
+                    (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new())
+                }
+                Op::Broadcast { .. }
+                | Op::Transpose { .. }
+                | Op::Slice { .. }
+                | Op::StopGradient => {
                     if contig {
                         (Mode::Kernel, vec![Need::Fuse { expanding: expands }])
                     } else {
                         let pass = mine
                             .iter()
                             .map(|k| match k {
-                                Need::Fuse { expanding } => Need::Fuse { expanding: *expanding || expands },
+                                Need::Fuse { expanding } => Need::Fuse {
+                                    expanding: *expanding || expands,
+                                },
                                 other => *other,
                             })
                             .collect();
@@ -421,7 +317,10 @@ impl Planner<'_> {
                 }
                 Op::Unary(_) | Op::Binary(_) => {
                     let fuse = matches!(mine.as_slice(), [Need::Fuse { expanding: false }]);
-                    (if fuse { Mode::Inline } else { Mode::Kernel }, vec![Need::Fuse { expanding: false }])
+                    (
+                        if fuse { Mode::Inline } else { Mode::Kernel },
+                        vec![Need::Fuse { expanding: false }],
+                    )
                 }
                 Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => {
                     (Mode::Kernel, vec![Need::Fuse { expanding: false }])
@@ -431,7 +330,8 @@ impl Planner<'_> {
             self.mode[i] = mode;
             for a in &node.args {
                 let slot = needs.get_mut(a.index()).filter(|_| a.index() < i);
-                let slot = slot.ok_or_else(|| malformed(ValueId(i as u32), "operand not before its user"))?;
+                let slot = slot
+                    .ok_or_else(|| malformed(ValueId(i as u32), "operand not before its user"))?;
                 slot.extend(pass.iter().copied());
             }
         }
@@ -441,7 +341,12 @@ impl Planner<'_> {
     // ---- expressions ------------------------------------------------------------
 
     /// `id` read through `map` inside a fused kernel.
-    fn expr(&self, eb: &mut ExprBuilder, id: ValueId, map: &[AxisRef]) -> Result<usize, CodegenError> {
+    fn expr(
+        &self,
+        eb: &mut ExprBuilder,
+        id: ValueId,
+        map: &[AxisRef],
+    ) -> Result<usize, CodegenError> {
         match &self.layouts[id.index()] {
             Some(l) => {
                 let mut strides = vec![0i64; eb.rank];
@@ -452,25 +357,40 @@ impl Planner<'_> {
                         *slot += s;
                     }
                 }
-                Ok(eb.operand(Affine { storage: Some(l.storage), off, strides }))
+                Ok(eb.operand(Affine {
+                    storage: Some(l.storage),
+                    off,
+                    strides,
+                }))
             }
             None => self.expr_op(eb, id, map),
         }
     }
 
     /// `id`'s own op applied to its (fused or loaded) operands.
-    fn expr_op(&self, eb: &mut ExprBuilder, id: ValueId, map: &[AxisRef]) -> Result<usize, CodegenError> {
+    fn expr_op(
+        &self,
+        eb: &mut ExprBuilder,
+        id: ValueId,
+        map: &[AxisRef],
+    ) -> Result<usize, CodegenError> {
         let node = self.g.node(id);
         let arg = |k: usize| self.arg(id, k);
         match &node.op {
             Op::Constant(c) => Ok(eb.constant(*c as f32)),
             Op::Iota { axis } => {
-                let a = map.get(*axis).ok_or_else(|| malformed(id, "iota axis out of range"))?;
+                let a = map
+                    .get(*axis)
+                    .ok_or_else(|| malformed(id, "iota axis out of range"))?;
                 let mut strides = vec![0i64; eb.rank];
                 if let Some(slot) = a.src.and_then(|k| strides.get_mut(k)) {
                     *slot = 1;
                 }
-                Ok(eb.operand(Affine { storage: None, off: a.off, strides }))
+                Ok(eb.operand(Affine {
+                    storage: None,
+                    off: a.off,
+                    strides,
+                }))
             }
             Op::Unary(u) => {
                 let x = self.expr(eb, arg(0)?, map)?;
@@ -485,24 +405,38 @@ impl Planner<'_> {
             Op::Broadcast { .. } => {
                 let x = arg(0)?;
                 let xd = &self.dims[x.index()];
-                let lead = map.len().checked_sub(xd.len()).ok_or_else(|| malformed(id, "broadcast to lower rank"))?;
+                let lead = map
+                    .len()
+                    .checked_sub(xd.len())
+                    .ok_or_else(|| malformed(id, "broadcast to lower rank"))?;
                 let inner: Vec<AxisRef> = xd
                     .iter()
                     .zip(&map[lead..])
-                    .map(|(&d, a)| if d == 1 { AxisRef { src: None, off: 0 } } else { *a })
+                    .map(|(&d, a)| {
+                        if d == 1 {
+                            AxisRef { src: None, off: 0 }
+                        } else {
+                            *a
+                        }
+                    })
                     .collect();
                 self.expr(eb, x, &inner)
             }
             Op::Transpose { perm } => {
                 let mut inner = vec![AxisRef { src: None, off: 0 }; map.len()];
                 for (a, &p) in map.iter().zip(perm) {
-                    *inner.get_mut(p).ok_or_else(|| malformed(id, "bad permutation"))? = *a;
+                    *inner
+                        .get_mut(p)
+                        .ok_or_else(|| malformed(id, "bad permutation"))? = *a;
                 }
                 self.expr(eb, arg(0)?, &inner)
             }
             Op::Slice { axis, start, .. } => {
                 let mut inner = map.to_vec();
-                inner.get_mut(*axis).ok_or_else(|| malformed(id, "slice axis out of range"))?.off += *start as i64;
+                inner
+                    .get_mut(*axis)
+                    .ok_or_else(|| malformed(id, "slice axis out of range"))?
+                    .off += *start as i64;
                 self.expr(eb, arg(0)?, &inner)
             }
             Op::Input { .. }
@@ -526,14 +460,23 @@ impl Planner<'_> {
         match &node.op {
             Op::StopGradient => {}
             Op::Transpose { perm } => {
-                l.strides = perm.iter().map(|&p| l.strides.get(p).copied().unwrap_or(0)).collect();
+                l.strides = perm
+                    .iter()
+                    .map(|&p| l.strides.get(p).copied().unwrap_or(0))
+                    .collect();
             }
-            Op::Slice { axis, start, .. } => l.off += l.strides.get(*axis).copied().unwrap_or(0) * *start as i64,
+            Op::Slice { axis, start, .. } => {
+                l.off += l.strides.get(*axis).copied().unwrap_or(0) * *start as i64
+            }
             Op::Broadcast { .. } => {
                 let (xd, od) = (&self.dims[x.index()], &self.dims[id.index()]);
                 let lead = od.len().saturating_sub(xd.len());
                 let mut s = vec![0i64; lead];
-                s.extend(xd.iter().zip(&l.strides).map(|(&d, &st)| if d == 1 { 0 } else { st }));
+                s.extend(
+                    xd.iter()
+                        .zip(&l.strides)
+                        .map(|(&d, &st)| if d == 1 { 0 } else { st }),
+                );
                 l.strides = s;
             }
             _ => return Err(malformed(id, "operand is not a strided view")),
@@ -547,7 +490,13 @@ impl Planner<'_> {
         if r < 2 {
             return Err(malformed(id, "matrix operand of rank < 2"));
         }
-        Ok(MatOperand { storage: l.storage, off: l.off, batch: l.strides[..r - 2].to_vec(), rs: l.strides[r - 2], cs: l.strides[r - 1] })
+        Ok(MatOperand {
+            storage: l.storage,
+            off: l.off,
+            batch: l.strides[..r - 2].to_vec(),
+            rs: l.strides[r - 2],
+            cs: l.strides[r - 1],
+        })
     }
 
     // ---- lowering -----------------------------------------------------------------
@@ -579,29 +528,53 @@ impl Planner<'_> {
         let dims = self.dims[id.index()].clone();
         let mut eb = ExprBuilder::new(dims.len());
         let root = self.expr_op(&mut eb, id, &identity(dims.len()))?;
-        let out = Affine { storage: Some(out.storage), off: out.off, strides: out.strides.clone() };
+        let out = Affine {
+            storage: Some(out.storage),
+            off: out.off,
+            strides: out.strides.clone(),
+        };
         self.kernels.push(eb.finish(dims, out, root, None));
         Ok(())
     }
 
     /// A loop writing `value` (fused from `src`, or a constant) into the block of
     /// `out` that starts at `start` along `axis` and has shape `dims`.
-    fn lower_block(&mut self, dims: Vec<usize>, out: &Layout, axis: usize, start: usize, src: Option<ValueId>) -> Result<(), CodegenError> {
+    fn lower_block(
+        &mut self,
+        dims: Vec<usize>,
+        out: &Layout,
+        axis: usize,
+        start: usize,
+        src: Option<ValueId>,
+    ) -> Result<(), CodegenError> {
         let mut eb = ExprBuilder::new(dims.len());
         let root = match src {
             Some(x) => self.expr(&mut eb, x, &identity(dims.len()))?,
             None => eb.constant(0.0),
         };
         let off = out.off + out.strides.get(axis).copied().unwrap_or(0) * start as i64;
-        let out = Affine { storage: Some(out.storage), off, strides: out.strides.clone() };
+        let out = Affine {
+            storage: Some(out.storage),
+            off,
+            strides: out.strides.clone(),
+        };
         self.kernels.push(eb.finish(dims, out, root, None));
         Ok(())
     }
 
-    fn lower_pad(&mut self, id: ValueId, axis: usize, before: usize, out: &Layout) -> Result<(), CodegenError> {
+    fn lower_pad(
+        &mut self,
+        id: ValueId,
+        axis: usize,
+        before: usize,
+        out: &Layout,
+    ) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
         let od = self.dims[id.index()].clone();
-        let n = self.dims[x.index()].get(axis).copied().ok_or_else(|| malformed(id, "pad axis out of range"))?;
+        let n = self.dims[x.index()]
+            .get(axis)
+            .copied()
+            .ok_or_else(|| malformed(id, "pad axis out of range"))?;
         let total = od.get(axis).copied().unwrap_or(0);
         let with = |len: usize| {
             let mut d = od.clone();
@@ -623,7 +596,10 @@ impl Planner<'_> {
         let mut start = 0;
         for x in self.args(id).to_vec() {
             let d = self.dims[x.index()].clone();
-            let n = d.get(axis).copied().ok_or_else(|| malformed(id, "concat axis out of range"))?;
+            let n = d
+                .get(axis)
+                .copied()
+                .ok_or_else(|| malformed(id, "concat axis out of range"))?;
             self.lower_block(d, out, axis, start, Some(x))?;
             start += n;
         }
@@ -632,7 +608,13 @@ impl Planner<'_> {
 
     /// Fill the output with the identity, then accumulate over the operand's shape
     /// with the output's strides zeroed on the reduced axes.
-    fn lower_reduce(&mut self, id: ValueId, kind: ReduceKind, axes: &[usize], out: &Layout) -> Result<(), CodegenError> {
+    fn lower_reduce(
+        &mut self,
+        id: ValueId,
+        kind: ReduceKind,
+        axes: &[usize],
+        out: &Layout,
+    ) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
         let od = self.dims[id.index()].clone();
         let xd = self.dims[x.index()].clone();
@@ -642,16 +624,26 @@ impl Planner<'_> {
         };
         let mut eb = ExprBuilder::new(od.len());
         let c = eb.constant(init);
-        let full = Affine { storage: Some(out.storage), off: out.off, strides: out.strides.clone() };
+        let full = Affine {
+            storage: Some(out.storage),
+            off: out.off,
+            strides: out.strides.clone(),
+        };
         self.kernels.push(eb.finish(od, full, c, None));
 
         let mut eb = ExprBuilder::new(xd.len());
         let root = self.expr(&mut eb, x, &identity(xd.len()))?;
         let mut strides = out.strides.clone();
         for &a in axes {
-            *strides.get_mut(a).ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
+            *strides
+                .get_mut(a)
+                .ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
         }
-        let acc = Affine { storage: Some(out.storage), off: out.off, strides };
+        let acc = Affine {
+            storage: Some(out.storage),
+            off: out.off,
+            strides,
+        };
         self.kernels.push(eb.finish(xd, acc, root, Some(kind)));
         Ok(())
     }
@@ -661,13 +653,30 @@ impl Planner<'_> {
         let (a, b) = (self.mat_operand(x)?, self.mat_operand(y)?);
         let od = &self.dims[id.index()];
         let r = od.len();
-        let k = self.dims[x.index()].last().copied().ok_or_else(|| malformed(id, "matmul of a scalar"))?;
+        let k = self.dims[x.index()]
+            .last()
+            .copied()
+            .ok_or_else(|| malformed(id, "matmul of a scalar"))?;
         if r < 2 {
             return Err(malformed(id, "matmul result of rank < 2"));
         }
-        let c = MatOperand { storage: out.storage, off: out.off, batch: out.strides[..r - 2].to_vec(), rs: out.strides[r - 2], cs: out.strides[r - 1] };
+        let c = MatOperand {
+            storage: out.storage,
+            off: out.off,
+            batch: out.strides[..r - 2].to_vec(),
+            rs: out.strides[r - 2],
+            cs: out.strides[r - 1],
+        };
         let batch = od[..r - 2].to_vec();
-        self.kernels.push(Kernel::MatMul { batch, m: od[r - 2], k, n: od[r - 1], a, b, c });
+        self.kernels.push(Kernel::MatMul {
+            batch,
+            m: od[r - 2],
+            k,
+            n: od[r - 1],
+            a,
+            b,
+            c,
+        });
         Ok(())
     }
 
@@ -675,11 +684,25 @@ impl Planner<'_> {
         let (x, y) = (self.arg(id, 0)?, self.arg(id, 1)?);
         let (a, b) = (self.mat_operand(x)?, self.mat_operand(y)?);
         let od = &self.dims[id.index()];
-        let [n, k] = od.as_slice() else { return Err(malformed(id, "solve result must be a matrix")) };
+        let [n, k] = od.as_slice() else {
+            return Err(malformed(id, "solve result must be a matrix"));
+        };
         let (n, k) = (*n, *k);
-        let x_out = MatOperand { storage: out.storage, off: out.off, batch: Vec::new(), rs: k as i64, cs: 1 };
+        let x_out = MatOperand {
+            storage: out.storage,
+            off: out.off,
+            batch: Vec::new(),
+            rs: k as i64,
+            cs: 1,
+        };
         self.scratch = self.scratch.max(n * n + n * k);
-        self.kernels.push(Kernel::Solve { n, k, a, b, x: x_out });
+        self.kernels.push(Kernel::Solve {
+            n,
+            k,
+            a,
+            b,
+            x: x_out,
+        });
         Ok(())
     }
 
@@ -687,7 +710,10 @@ impl Planner<'_> {
     fn copy_of(&mut self, id: ValueId) -> Result<StorageId, CodegenError> {
         let len = self.numel(id);
         let src = self.layout(id)?.storage;
-        self.storages.push(Storage { len, kind: StorageKind::Output });
+        self.storages.push(Storage {
+            len,
+            kind: StorageKind::Output,
+        });
         let dst = self.storages.len() - 1;
         self.kernels.push(copy_kernel(src, dst, len));
         Ok(dst)
@@ -696,10 +722,16 @@ impl Planner<'_> {
     /// Make each updated input hold its output after the run: write the output
     /// directly into the input's buffer when no later kernel reads the input,
     /// else copy at the end.
-    fn apply_updates(&mut self, updates: &[(usize, ValueId)], outputs: &mut [(StorageId, usize)]) -> Result<(), CodegenError> {
+    fn apply_updates(
+        &mut self,
+        updates: &[(usize, ValueId)],
+        outputs: &mut [(StorageId, usize)],
+    ) -> Result<(), CodegenError> {
         for &(o, v) in updates {
             let dst = self.layout(v)?.storage;
-            let (src, len) = *outputs.get(o).ok_or_else(|| bad_update(o, v, "no such output"))?;
+            let (src, len) = *outputs
+                .get(o)
+                .ok_or_else(|| bad_update(o, v, "no such output"))?;
             if src == dst {
                 continue;
             }
@@ -722,19 +754,23 @@ impl Planner<'_> {
     }
 
     fn can_alias(&self, src: StorageId, dst: StorageId) -> bool {
-        if self.storages.get(src).is_none_or(|s| s.kind == StorageKind::Input) {
+        if self
+            .storages
+            .get(src)
+            .is_none_or(|s| s.kind == StorageKind::Input)
+        {
             return false;
         }
-        let writers: Vec<usize> = (0..self.kernels.len()).filter(|&k| self.kernels[k].writes() == Some(src)).collect();
-        let Some(&first) = writers.first() else { return false };
+        let writers: Vec<usize> = (0..self.kernels.len())
+            .filter(|&k| self.kernels[k].writes() == Some(src))
+            .collect();
+        let Some(&first) = writers.first() else {
+            return false;
+        };
         self.kernels.iter().enumerate().all(|(k, kern)| {
-            !kern.reads().contains(&dst) || k < first || (writers.len() == 1 && k == first && kern.reads_in_place(dst))
+            !kern.reads().contains(&dst)
+                || k < first
+                || (writers.len() == 1 && k == first && kern.reads_in_place(dst))
         })
     }
-}
-
-fn copy_kernel(src: StorageId, dst: StorageId, len: usize) -> Kernel {
-    let mut eb = ExprBuilder::new(1);
-    let root = eb.operand(Affine { storage: Some(src), off: 0, strides: vec![1] });
-    eb.finish(vec![len], Affine { storage: Some(dst), off: 0, strides: vec![1] }, root, None)
 }

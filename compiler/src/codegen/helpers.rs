@@ -18,14 +18,29 @@ pub(crate) extern "C" fn nnc_sgemm(
     rsc: i64,
     csc: i64,
 ) {
-    let (Ok(m), Ok(k), Ok(n)) = (usize::try_from(m), usize::try_from(k), usize::try_from(n)) else { return };
+    let (Ok(m), Ok(k), Ok(n)) = (usize::try_from(m), usize::try_from(k), usize::try_from(n)) else {
+        return;
+    };
     // SAFETY: the generated code passes pointers into the arena with strides and
     // sizes taken from the planned (shape-checked) layouts, so every element
     // `a[i·rsa + l·csa]`, `b[l·rsb + j·csb]`, `c[i·rsc + j·csc]` is in bounds, and
     // `c` never overlaps `a` or `b` (the planner gives matmul a fresh buffer).
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, 1.0, a, rsa as isize, csa as isize, b, rsb as isize, csb as isize, 0.0, c, rsc as isize, csc as isize,
+            m,
+            k,
+            n,
+            1.0,
+            a,
+            rsa as isize,
+            csa as isize,
+            b,
+            rsb as isize,
+            csb as isize,
+            0.0,
+            c,
+            rsc as isize,
+            csc as isize,
         );
     }
 }
@@ -46,11 +61,16 @@ pub(crate) extern "C" fn nnc_solve(
     x: *mut f32,
     scratch: *mut f64,
 ) {
-    let (Ok(nu), Ok(ku)) = (usize::try_from(n), usize::try_from(k)) else { return };
+    let (Ok(nu), Ok(ku)) = (usize::try_from(n), usize::try_from(k)) else {
+        return;
+    };
     // SAFETY: the planner sized `scratch` to at least n·n + n·k f64 and sized `x`
     // to n·k contiguous f32; neither overlaps the other or `a`/`b`.
     let (s, out) = unsafe {
-        (std::slice::from_raw_parts_mut(scratch, nu * nu + nu * ku), std::slice::from_raw_parts_mut(x, nu * ku))
+        (
+            std::slice::from_raw_parts_mut(scratch, nu * nu + nu * ku),
+            std::slice::from_raw_parts_mut(x, nu * ku),
+        )
     };
     let (m, rhs) = s.split_at_mut(nu * nu);
     for i in 0..n {
@@ -60,7 +80,8 @@ pub(crate) extern "C" fn nnc_solve(
         }
         for j in 0..k {
             // SAFETY: i < n, j < k index the strided n×k operand `b`.
-            rhs[(i * k + j) as usize] = f64::from(unsafe { *b.offset((i * rsb + j * csb) as isize) });
+            rhs[(i * k + j) as usize] =
+                f64::from(unsafe { *b.offset((i * rsb + j * csb) as isize) });
         }
     }
     if gauss(m, rhs, nu, ku) {
@@ -75,9 +96,14 @@ pub(crate) extern "C" fn nnc_solve(
 /// Solve in place (`rhs` becomes the solution); false if `m` is singular.
 /// Mirrors `ops::linalg::solve_eval`.
 fn gauss(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
-    let scale = m.iter().fold(0.0f64, |s, v| s.max(v.abs())).max(f64::MIN_POSITIVE);
+    let scale = m
+        .iter()
+        .fold(0.0f64, |s, v| s.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
     for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
+        let pivot = (col..n)
+            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
+            .unwrap_or(col);
         if m[pivot * n + col].abs() <= scale * 1e-14 {
             return false;
         }

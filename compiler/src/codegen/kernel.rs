@@ -1,0 +1,241 @@
+//! The kernel list the planner produces and the emitter consumes: storages,
+//! affine accesses, fused elementwise expressions, library calls.
+
+use crate::ops::{BinaryOp, ReduceKind, UnaryOp};
+use std::collections::HashMap;
+
+pub(crate) type StorageId = usize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StorageKind {
+    /// A graph input: persistent, written by the caller.
+    Input,
+    /// Read after `run` (a graph output): never reused.
+    Output,
+    /// An intermediate: its arena space may be shared with other temps.
+    Temp,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Storage {
+    pub len: usize,
+    pub kind: StorageKind,
+}
+
+/// An affine function of the kernel's index: `off + Σ idx[i] * strides[i]`. With a
+/// storage it is an element offset into that storage; without one it is the
+/// (integer) value itself, which is how `Iota` is expressed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Affine {
+    pub storage: Option<StorageId>,
+    pub off: i64,
+    pub strides: Vec<i64>,
+}
+
+/// One node of a fused elementwise expression. Children always have smaller
+/// indices than their parents (the list is in topological order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ENode {
+    /// The kernel operand with this index: a load, or an iota value.
+    Operand(usize),
+    /// An `f32` constant, by its bits.
+    Const(u32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+}
+
+/// `out[idx] = expr(idx)` (or `out[idx] = out[idx] ⊕ expr(idx)` with `acc`) for
+/// every `idx` in `dims`.
+#[derive(Clone, Debug)]
+pub(crate) struct MapKernel {
+    pub dims: Vec<usize>,
+    pub out: Affine,
+    pub operands: Vec<Affine>,
+    pub nodes: Vec<ENode>,
+    pub root: usize,
+    pub acc: Option<ReduceKind>,
+}
+
+/// A strided matrix operand, batched over leading dims.
+#[derive(Clone, Debug)]
+pub(crate) struct MatOperand {
+    pub storage: StorageId,
+    pub off: i64,
+    pub batch: Vec<i64>,
+    pub rs: i64,
+    pub cs: i64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Kernel {
+    Map(MapKernel),
+    MatMul {
+        batch: Vec<usize>,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: MatOperand,
+        b: MatOperand,
+        c: MatOperand,
+    },
+    Solve {
+        n: usize,
+        k: usize,
+        a: MatOperand,
+        b: MatOperand,
+        x: MatOperand,
+    },
+}
+
+impl Kernel {
+    /// Storages this kernel reads.
+    pub fn reads(&self) -> Vec<StorageId> {
+        match self {
+            Kernel::Map(m) => {
+                let mut r: Vec<StorageId> = m.operands.iter().filter_map(|a| a.storage).collect();
+                if m.acc.is_some() {
+                    r.extend(m.out.storage);
+                }
+                r
+            }
+            Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
+        }
+    }
+
+    /// The storage this kernel writes.
+    pub fn writes(&self) -> Option<StorageId> {
+        match self {
+            Kernel::Map(m) => m.out.storage,
+            Kernel::MatMul { c, .. } => Some(c.storage),
+            Kernel::Solve { x, .. } => Some(x.storage),
+        }
+    }
+
+    pub fn rename(&mut self, from: StorageId, to: StorageId) {
+        let fix = |s: &mut StorageId| {
+            if *s == from {
+                *s = to;
+            }
+        };
+        match self {
+            Kernel::Map(m) => {
+                for a in m.operands.iter_mut().chain(std::iter::once(&mut m.out)) {
+                    if let Some(s) = a.storage.as_mut() {
+                        fix(s);
+                    }
+                }
+            }
+            Kernel::MatMul { a, b, c, .. } => {
+                [a, b, c].into_iter().for_each(|o| fix(&mut o.storage))
+            }
+            Kernel::Solve { a, b, x, .. } => {
+                [a, b, x].into_iter().for_each(|o| fix(&mut o.storage))
+            }
+        }
+    }
+
+    /// True if this kernel only ever reads `s` at the element it is writing
+    /// (an in-place elementwise update).
+    pub fn reads_in_place(&self, s: StorageId) -> bool {
+        match self {
+            Kernel::Map(m) => {
+                m.acc.is_none()
+                    && m.operands
+                        .iter()
+                        .filter(|a| a.storage == Some(s))
+                        .all(|a| a.off == m.out.off && a.strides == m.out.strides)
+            }
+            Kernel::MatMul { .. } | Kernel::Solve { .. } => !self.reads().contains(&s),
+        }
+    }
+}
+
+pub(crate) fn contiguous_strides(dims: &[usize]) -> Vec<i64> {
+    let mut s = vec![0i64; dims.len()];
+    let mut acc = 1i64;
+    for (slot, &d) in s.iter_mut().zip(dims).rev() {
+        *slot = acc;
+        acc *= d as i64;
+    }
+    s
+}
+
+/// Builds one fused expression, sharing identical operands and subexpressions.
+pub(crate) struct ExprBuilder {
+    /// Rank of the kernel's index space.
+    pub rank: usize,
+    operands: Vec<Affine>,
+    nodes: Vec<ENode>,
+    memo: HashMap<ENode, usize>,
+}
+
+impl ExprBuilder {
+    pub fn new(rank: usize) -> ExprBuilder {
+        ExprBuilder {
+            rank,
+            operands: Vec::new(),
+            nodes: Vec::new(),
+            memo: HashMap::new(),
+        }
+    }
+
+    pub fn node(&mut self, n: ENode) -> usize {
+        if let Some(&i) = self.memo.get(&n) {
+            return i;
+        }
+        self.nodes.push(n);
+        self.memo.insert(n, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    pub fn operand(&mut self, a: Affine) -> usize {
+        let i = match self.operands.iter().position(|o| *o == a) {
+            Some(i) => i,
+            None => {
+                self.operands.push(a);
+                self.operands.len() - 1
+            }
+        };
+        self.node(ENode::Operand(i))
+    }
+
+    pub fn constant(&mut self, c: f32) -> usize {
+        self.node(ENode::Const(c.to_bits()))
+    }
+
+    pub fn finish(
+        self,
+        dims: Vec<usize>,
+        out: Affine,
+        root: usize,
+        acc: Option<ReduceKind>,
+    ) -> Kernel {
+        Kernel::Map(MapKernel {
+            dims,
+            out,
+            operands: self.operands,
+            nodes: self.nodes,
+            root,
+            acc,
+        })
+    }
+}
+
+pub(crate) fn copy_kernel(src: StorageId, dst: StorageId, len: usize) -> Kernel {
+    let mut eb = ExprBuilder::new(1);
+    let root = eb.operand(Affine {
+        storage: Some(src),
+        off: 0,
+        strides: vec![1],
+    });
+    eb.finish(
+        vec![len],
+        Affine {
+            storage: Some(dst),
+            off: 0,
+            strides: vec![1],
+        },
+        root,
+        None,
+    )
+}

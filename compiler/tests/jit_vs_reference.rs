@@ -1,0 +1,818 @@
+//! The JIT (`codegen`) against the float64 reference interpreter, op by op and
+//! on small composite graphs.
+
+use ndarray::{ArrayD, IxDyn};
+use nnc_compiler::ast::Span;
+use nnc_compiler::builder::Builder;
+use nnc_compiler::codegen::{CodegenError, CompiledGraph};
+use nnc_compiler::interp::{self, Inputs};
+use nnc_compiler::ir::{Graph, InputKind, Shape, TensorType, ValueId};
+use nnc_compiler::ops::{BinaryOp, Op, ReduceKind, UnaryOp};
+use std::time::Instant;
+
+/// Deterministic pseudo-random numbers (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+}
+
+/// Value range of every input.
+#[derive(Clone, Copy)]
+enum Fill {
+    Signed,
+    /// Uniform in [-0.25, 0.25] (deep products stay well inside f32 precision).
+    Small,
+    Positive,
+    /// Small integers in [-3, 3] (exact ties for max / eq, integer exponents).
+    Ints,
+}
+
+fn input(b: &mut Builder, name: &str, dims: &[usize]) -> ValueId {
+    b.input(name, InputKind::Data, TensorType::f32(Shape::known(dims)))
+}
+
+/// Build a graph with `f`, which receives a builder and returns the outputs.
+fn graph(f: impl FnOnce(&mut Builder) -> Vec<ValueId>) -> Graph {
+    let mut g = Graph::default();
+    let mut b = Builder::new(&mut g, Span::default());
+    let outs = f(&mut b);
+    assert!(
+        b.internal_error.is_none(),
+        "shape error building the test graph: {:?}",
+        b.internal_error
+    );
+    g.output_names = outs.iter().map(|o| format!("out{}", o.0)).collect();
+    g.outputs = outs;
+    g
+}
+
+/// Fill the JIT's inputs and return the same values (as f64) for the interpreter.
+fn fill(jit: &mut CompiledGraph, g: &Graph, fill: Fill, seed: u64) -> Inputs {
+    let mut rng = Rng::new(seed);
+    let mut inputs = Inputs::new();
+    for (id, name, _) in g.inputs() {
+        let dims = g.shape(id).concrete().expect("known dims");
+        let i = jit.input_index(name).expect("input exists");
+        let buf = jit.input_mut(i);
+        for v in buf.iter_mut() {
+            *v = match fill {
+                Fill::Signed => rng.range(-2.0, 2.0) as f32,
+                Fill::Small => rng.range(-0.25, 0.25) as f32,
+                Fill::Positive => rng.range(0.05, 3.0) as f32,
+                Fill::Ints => (rng.range(-3.0, 4.0).floor()) as f32,
+            };
+        }
+        let data: Vec<f64> = buf.iter().map(|&v| f64::from(v)).collect();
+        inputs.insert(
+            name.to_string(),
+            ArrayD::from_shape_vec(IxDyn(&dims), data).expect("shape"),
+        );
+    }
+    inputs
+}
+
+/// Largest error of `got` against `want`, relative to `|want| + scale`, where
+/// `scale` is `atol_rel` times the largest magnitude in `want`.
+fn compare(got: &[f32], want: &ArrayD<f64>, atol_rel: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("length {} vs {}", got.len(), want.len()));
+    }
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())) * atol_rel;
+    for (i, (&g, &w)) in got.iter().zip(want.iter()).enumerate() {
+        let g = f64::from(g);
+        let ok =
+            (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-5 * w.abs() + scale + 1e-30;
+        if !ok {
+            return Err(format!("element {i}: jit {g} vs reference {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// Compile, run on random inputs, and compare every output with the interpreter.
+fn check_with(g: &Graph, f: Fill, atol_rel: f64, seed: u64) -> CompiledGraph {
+    let mut jit =
+        CompiledGraph::compile(g, &[]).unwrap_or_else(|e| panic!("compile failed: {e}\n{g:#?}"));
+    let inputs = fill(&mut jit, g, f, seed);
+    jit.run();
+    let want = interp::run(g, &inputs).expect("reference run");
+    for (i, w) in want.iter().enumerate() {
+        if let Err(e) = compare(jit.output(i), w, atol_rel) {
+            panic!(
+                "output {i}: {e}\ngraph: {:#?}",
+                g.nodes
+                    .iter()
+                    .map(|n| (&n.op, n.ty.to_string()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    jit
+}
+
+fn check(g: &Graph, f: Fill) -> CompiledGraph {
+    check_with(g, f, 1e-6, 7)
+}
+
+const SHAPES: &[&[usize]] = &[
+    &[1],
+    &[3],
+    &[7],
+    &[65],
+    &[13, 7],
+    &[3, 1, 5],
+    &[2, 3, 13],
+    &[1, 65],
+    &[4, 4, 4],
+];
+
+// ---- elementwise ----------------------------------------------------------------
+
+#[test]
+fn unary_ops() {
+    let ops = [
+        (UnaryOp::Neg, Fill::Signed),
+        (UnaryOp::Exp, Fill::Signed),
+        (UnaryOp::Log, Fill::Positive),
+        (UnaryOp::Sqrt, Fill::Positive),
+        (UnaryOp::Abs, Fill::Signed),
+        (UnaryOp::Tanh, Fill::Signed),
+        (UnaryOp::Erf, Fill::Signed),
+    ];
+    for (u, f) in ops {
+        for dims in SHAPES {
+            let g = graph(|b| {
+                let x = input(b, "x", dims);
+                vec![b.unary(u, x)]
+            });
+            check(&g, f);
+        }
+    }
+}
+
+#[test]
+fn unary_math_wide_range() {
+    // exp/tanh/erf/log over a wide range of arguments, 1000 points each.
+    let n = 1000;
+    let cases: [(UnaryOp, f64, f64); 5] = [
+        (UnaryOp::Exp, -80.0, 80.0),
+        (UnaryOp::Tanh, -12.0, 12.0),
+        (UnaryOp::Erf, -6.0, 6.0),
+        (UnaryOp::Log, 1e-30, 1e30),
+        (UnaryOp::Log, 0.5, 2.0),
+    ];
+    for (u, lo, hi) in cases {
+        let g = graph(|b| {
+            let x = input(b, "x", &[n]);
+            vec![b.unary(u, x)]
+        });
+        let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+        let xs: Vec<f32> = (0..n)
+            .map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64) as f32)
+            .collect();
+        jit.input_mut(0).copy_from_slice(&xs);
+        jit.run();
+        for (&x, &y) in xs.iter().zip(jit.output(0)) {
+            let want = u.apply(f64::from(x));
+            let err = (f64::from(y) - want).abs();
+            assert!(
+                err <= 2e-6 * want.abs() + 1e-7,
+                "{u:?}({x}) = {y}, want {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn special_values() {
+    let xs = [
+        0.0f32,
+        -0.0,
+        1.0,
+        -1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        100.0,
+        -100.0,
+    ];
+    for u in [
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Tanh,
+        UnaryOp::Erf,
+        UnaryOp::Sqrt,
+        UnaryOp::Abs,
+    ] {
+        let g = graph(|b| {
+            let x = input(b, "x", &[xs.len()]);
+            vec![b.unary(u, x)]
+        });
+        let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+        jit.input_mut(0).copy_from_slice(&xs);
+        jit.run();
+        for (&x, &y) in xs.iter().zip(jit.output(0)) {
+            let want = u.apply(f64::from(x)) as f32;
+            // Results below the smallest normal f32 may flush to zero.
+            let tol = (1e-6 * want.abs()).max(f32::MIN_POSITIVE);
+            let same = (want.is_nan() && y.is_nan()) || (want - y).abs() <= tol || want == y;
+            assert!(same, "{u:?}({x}) = {y}, want {want}");
+        }
+    }
+}
+
+#[test]
+fn binary_ops() {
+    let ops = [
+        (BinaryOp::Add, Fill::Signed),
+        (BinaryOp::Sub, Fill::Signed),
+        (BinaryOp::Mul, Fill::Signed),
+        (BinaryOp::Div, Fill::Positive),
+        (BinaryOp::Pow, Fill::Positive),
+        (BinaryOp::Max, Fill::Signed),
+        (BinaryOp::Max, Fill::Ints),
+        (BinaryOp::Gt, Fill::Ints),
+        (BinaryOp::Eq, Fill::Ints),
+        (BinaryOp::Gt, Fill::Signed),
+    ];
+    for (op, f) in ops {
+        for dims in SHAPES {
+            let g = graph(|b| {
+                let x = input(b, "x", dims);
+                let y = input(b, "y", dims);
+                vec![b.binary(op, x, y)]
+            });
+            check(&g, f);
+        }
+    }
+}
+
+#[test]
+fn pow_special_cases() {
+    // Negative bases with integer exponents, zero exponents, constant exponents.
+    let xs = [-2.0f32, -2.0, -1.5, 0.0, 0.0, 1.0, 3.0, -0.5, 2.0, 4.0];
+    let ys = [3.0f32, 2.0, 0.5, 2.0, 0.0, 7.5, -1.0, -3.0, 0.5, -0.5];
+    let g = graph(|b| {
+        let x = input(b, "x", &[xs.len()]);
+        let y = input(b, "y", &[ys.len()]);
+        vec![b.binary(BinaryOp::Pow, x, y)]
+    });
+    let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+    jit.input_mut(0).copy_from_slice(&xs);
+    jit.input_mut(1).copy_from_slice(&ys);
+    jit.run();
+    for ((&x, &y), &r) in xs.iter().zip(&ys).zip(jit.output(0)) {
+        let want = f64::from(x).powf(f64::from(y)) as f32;
+        let same = (want.is_nan() && r.is_nan()) || (want - r).abs() <= 2e-6 * want.abs();
+        assert!(same, "{x} ** {y} = {r}, want {want}");
+    }
+    for c in [0.0, 1.0, 2.0, 3.0, 4.0, 0.5, -0.5, -1.0, -2.0, 1.7] {
+        let g = graph(|b| {
+            let x = input(b, "x", &[3, 7]);
+            let k = b.full_like(c, x);
+            vec![b.binary(BinaryOp::Pow, x, k)]
+        });
+        check(&g, Fill::Positive);
+    }
+}
+
+#[test]
+fn stop_gradient_constant_iota() {
+    for dims in SHAPES {
+        let g = graph(|b| {
+            let x = input(b, "x", dims);
+            let s = b.stop_gradient(x);
+            let c = b.full(2.5, &Shape::known(dims));
+            let sum = b.add(s, c);
+            let mut outs = vec![s, c, sum];
+            for axis in 0..dims.len() {
+                outs.push(b.iota(&Shape::known(dims), axis));
+            }
+            outs
+        });
+        check(&g, Fill::Signed);
+    }
+    // A scalar constant as an output.
+    let g = graph(|b| vec![b.scalar(-3.25)]);
+    check(&g, Fill::Signed);
+}
+
+// ---- movement -------------------------------------------------------------------
+
+#[test]
+fn broadcasts() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[], &[5]),
+        (&[], &[3, 4]),
+        (&[7], &[3, 7]),
+        (&[1], &[13]),
+        (&[3, 1], &[3, 65]),
+        (&[1, 7], &[5, 7]),
+        (&[3, 1, 5], &[3, 4, 5]),
+        (&[1, 1, 5], &[2, 3, 5]),
+        (&[4, 1], &[2, 3, 4, 7]),
+        (&[2, 1, 1], &[2, 3, 13]),
+    ];
+    for (from, to) in cases {
+        let g = graph(|b| {
+            let x = input(b, "x", from);
+            let bc = b.broadcast(x, &Shape::known(to));
+            // Also fused into a consumer.
+            let y = input(b, "y", to);
+            let z = b.mul(bc, y);
+            vec![bc, z]
+        });
+        check(&g, Fill::Signed);
+    }
+}
+
+#[test]
+fn reshapes() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 4], &[12]),
+        (&[12], &[2, 6]),
+        (&[2, 3, 5], &[6, 5]),
+        (&[1], &[]),
+        (&[7, 1], &[1, 7]),
+    ];
+    for (from, to) in cases {
+        let g = graph(|b| {
+            let x = input(b, "x", from);
+            let e = b.exp(x);
+            let r = b.reshape(e, &Shape::known(to));
+            let r2 = b.reshape(x, &Shape::known(to));
+            let n = b.neg(r2);
+            vec![r, n, r2]
+        });
+        check(&g, Fill::Signed);
+    }
+}
+
+#[test]
+fn transposes() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 5], &[1, 0]),
+        (&[13, 65], &[1, 0]),
+        (&[1, 7], &[1, 0]),
+        (&[2, 3, 5], &[0, 2, 1]),
+        (&[2, 3, 5], &[2, 0, 1]),
+        (&[2, 3, 5], &[1, 2, 0]),
+        (&[4, 3, 7], &[2, 1, 0]),
+        (&[2, 3, 4, 5], &[3, 1, 0, 2]),
+    ];
+    for (dims, perm) in cases {
+        let g = graph(|b| {
+            let x = input(b, "x", dims);
+            let t = b.transpose(x, perm);
+            let s = b.sqrt(x);
+            let ts = b.transpose(s, perm);
+            vec![t, ts]
+        });
+        check(&g, Fill::Positive);
+    }
+}
+
+#[test]
+fn slices_and_pads() {
+    let cases: &[(&[usize], usize, usize, usize)] = &[
+        (&[7], 0, 2, 5),
+        (&[13, 7], 0, 0, 13),
+        (&[13, 7], 1, 3, 4),
+        (&[2, 3, 65], 2, 1, 64),
+        (&[2, 3, 5], 1, 1, 3),
+        (&[5, 4], 0, 4, 5),
+    ];
+    for (dims, axis, start, end) in cases {
+        let g = graph(|b| {
+            let x = input(b, "x", dims);
+            let s = b.slice(x, *axis, *start, *end);
+            let e = b.exp(x);
+            let se = b.slice(e, *axis, *start, *end);
+            let p = b.pad(x, *axis, *start, *end);
+            let pe = b.pad(e, *axis, 0, 2);
+            vec![s, se, p, pe]
+        });
+        check(&g, Fill::Signed);
+    }
+}
+
+#[test]
+fn concats() {
+    let cases: &[(&[&[usize]], usize)] = &[
+        (&[&[3], &[4]], 0),
+        (&[&[3, 5], &[2, 5]], 0),
+        (&[&[3, 5], &[3, 1]], 1),
+        (&[&[3, 5], &[3, 7], &[3, 2]], 1),
+        (&[&[2, 3, 4], &[2, 1, 4], &[2, 5, 4]], 1),
+        (&[&[2, 3, 4], &[2, 3, 13], &[2, 3, 1]], 2),
+    ];
+    for (shapes, axis) in cases {
+        let g = graph(|b| {
+            let xs: Vec<ValueId> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, d)| input(b, &format!("x{i}"), d))
+                .collect();
+            let c = b.concat(&xs, *axis);
+            let t = b.tanh_via_exp(xs[0]);
+            let mut ys = xs.clone();
+            ys[0] = t;
+            let c2 = b.concat(&ys, *axis);
+            vec![c, c2]
+        });
+        check(&g, Fill::Signed);
+    }
+}
+
+/// `tanh` spelled with other ops, to have a fused producer in front of concat.
+trait TanhViaExp {
+    fn tanh_via_exp(&mut self, x: ValueId) -> ValueId;
+}
+
+impl TanhViaExp for Builder<'_> {
+    fn tanh_via_exp(&mut self, x: ValueId) -> ValueId {
+        let e = self.exp(x);
+        let n = self.neg(x);
+        let en = self.exp(n);
+        let num = self.sub(e, en);
+        let den = self.add(e, en);
+        self.div(num, den)
+    }
+}
+
+// ---- reductions -------------------------------------------------------------------
+
+#[test]
+fn reductions() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[7], &[0]),
+        (&[65], &[0]),
+        (&[1], &[0]),
+        (&[13, 7], &[0]),
+        (&[13, 7], &[1]),
+        (&[13, 7], &[0, 1]),
+        (&[3, 1, 5], &[1]),
+        (&[2, 3, 13], &[0, 2]),
+        (&[2, 3, 13], &[1]),
+        (&[2, 3, 13], &[0, 1, 2]),
+        (&[4, 65, 3], &[1]),
+        (&[65, 65], &[1]),
+    ];
+    for (dims, axes) in cases {
+        for kind in [ReduceKind::Sum, ReduceKind::Max] {
+            for f in [Fill::Signed, Fill::Ints] {
+                let g = graph(|b| {
+                    let x = input(b, "x", dims);
+                    let r = b.op(
+                        Op::Reduce {
+                            kind,
+                            axes: axes.to_vec(),
+                        },
+                        &[x],
+                    );
+                    // Fused operand: exp(x) reduced.
+                    let e = b.exp(x);
+                    let re = b.op(
+                        Op::Reduce {
+                            kind,
+                            axes: axes.to_vec(),
+                        },
+                        &[e],
+                    );
+                    vec![r, re]
+                });
+                check_with(&g, f, 1e-5, 11);
+            }
+        }
+    }
+}
+
+// ---- linear algebra ------------------------------------------------------------------
+
+#[test]
+fn matmuls() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 5], &[5, 7]),
+        (&[1, 1], &[1, 1]),
+        (&[13, 65], &[65, 7]),
+        (&[1, 5], &[5, 1]),
+        (&[4, 3, 5], &[4, 5, 7]),
+        (&[2, 1, 3], &[2, 3, 1]),
+        (&[2, 3, 4, 5], &[2, 3, 5, 2]),
+    ];
+    for (a, bd) in cases {
+        let g = graph(|b| {
+            let x = input(b, "a", a);
+            let y = input(b, "b", bd);
+            let m = b.matmul(x, y);
+            // Transposed operands (passed as strides) and a fused producer.
+            let xt = b.matrix_transpose(x);
+            let xtt = b.matrix_transpose(xt);
+            let ey = b.exp(y);
+            let m2 = b.matmul(xtt, ey);
+            vec![m, m2]
+        });
+        check_with(&g, Fill::Signed, 1e-5, 3);
+    }
+}
+
+#[test]
+fn matmul_of_transposes() {
+    // Aᵀ B and A Bᵀ, the shapes the matmul gradient produces.
+    let g = graph(|b| {
+        let x = input(b, "a", &[7, 3]);
+        let y = input(b, "b", &[7, 5]);
+        let xt = b.matrix_transpose(x);
+        let m = b.matmul(xt, y);
+        let z = input(b, "c", &[4, 5]);
+        let zt = b.matrix_transpose(z);
+        let m2 = b.matmul(m, zt);
+        vec![m, m2]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 5);
+    assert_eq!(
+        jit.kernel_count(),
+        2,
+        "transposes should be passed as strides"
+    );
+}
+
+#[test]
+fn solves() {
+    for (n, k) in [(1, 1), (3, 2), (7, 5), (13, 1)] {
+        let g = graph(|b| {
+            let a = input(b, "a", &[n, n]);
+            let rhs = input(b, "b", &[n, k]);
+            // Diagonally dominant: A + n·I (built with iota and eq).
+            let ri = b.iota(&Shape::known(&[n, n]), 0);
+            let ci = b.iota(&Shape::known(&[n, n]), 1);
+            let eye = b.binary(BinaryOp::Eq, ri, ci);
+            let d = b.scale(eye, n as f64 + 2.0);
+            let aa = b.add(a, d);
+            vec![b.solve(aa, rhs)]
+        });
+        check_with(&g, Fill::Signed, 1e-5, 9);
+    }
+}
+
+// ---- composites ---------------------------------------------------------------------------
+
+/// A tiny MLP forward pass with a softmax built from primitives.
+fn mlp(batch: usize, din: usize, hidden: usize, classes: usize) -> Graph {
+    graph(|b| {
+        let x = input(b, "x", &[batch, din]);
+        let w1 = input(b, "w1", &[din, hidden]);
+        let b1 = input(b, "b1", &[hidden]);
+        let w2 = input(b, "w2", &[hidden, classes]);
+        let h = b.matmul(x, w1);
+        let bb = b.broadcast(b1, &Shape::known(&[batch, hidden]));
+        let h = b.add(h, bb);
+        let zero = b.full_like(0.0, h);
+        let h = b.binary(BinaryOp::Max, h, zero);
+        let logits = b.matmul(h, w2);
+        let m = b.reduce_max(logits, &[1]);
+        let mb = b.broadcast(m, &Shape::known(&[batch, classes]));
+        let z = b.sub(logits, mb);
+        let e = b.exp(z);
+        let s = b.reduce_sum(e, &[1]);
+        let sb = b.broadcast(s, &Shape::known(&[batch, classes]));
+        let p = b.div(e, sb);
+        let ls = b.log(sb);
+        let lp = b.sub(z, ls);
+        let total = b.sum_all(lp);
+        vec![p, total]
+    })
+}
+
+#[test]
+fn mlp_softmax_chain() {
+    for (batch, din, hidden, classes) in [(1, 3, 5, 2), (7, 13, 65, 10), (4, 4, 4, 4)] {
+        check_with(&mlp(batch, din, hidden, classes), Fill::Signed, 1e-5, 21);
+        check_with(&mlp(batch, din, hidden, classes), Fill::Small, 1e-5, 22);
+    }
+}
+
+#[test]
+fn fusion_counts() {
+    // exp(x) * 2 + y, then tanh: one loop.
+    let g = graph(|b| {
+        let x = input(b, "x", &[13, 7]);
+        let y = input(b, "y", &[13, 7]);
+        let e = b.exp(x);
+        let s = b.scale(e, 2.0);
+        let t = b.add(s, y);
+        vec![b.unary(UnaryOp::Tanh, t)]
+    });
+    let jit = check(&g, Fill::Signed);
+    assert_eq!(jit.kernel_count(), 1);
+}
+
+#[test]
+fn run_twice_same_result() {
+    let g = mlp(5, 6, 7, 3);
+    let mut jit = check_with(&g, Fill::Signed, 1e-5, 2);
+    let first: Vec<Vec<f32>> = (0..2).map(|i| jit.output(i).to_vec()).collect();
+    jit.run();
+    for (i, f) in first.iter().enumerate() {
+        assert_eq!(jit.output(i), f.as_slice());
+    }
+}
+
+// ---- updates ------------------------------------------------------------------------------
+
+/// SGD on a parameter: `w' = w - lr * g` with `g = x·w`-ish; output 1 is `w'`.
+fn sgd_graph(read_after: bool) -> Graph {
+    graph(|b| {
+        let w = input(b, "w", &[3, 5]);
+        let x = input(b, "x", &[3, 5]);
+        let g = b.mul(x, w);
+        let step = b.scale(g, 0.1);
+        let w2 = b.sub(w, step);
+        let loss = b.sum_all(g);
+        let mut outs = vec![loss, w2];
+        if read_after {
+            // A reader of the old `w` after `w'` is computed forces a copy.
+            let wt = b.transpose(w, &[1, 0]);
+            let w3 = b.matmul(wt, w2);
+            outs.push(w3);
+        }
+        outs
+    })
+}
+
+fn run_updates(read_after: bool) {
+    let g = sgd_graph(read_after);
+    let w_id = g.input("w").expect("w");
+    let mut jit = CompiledGraph::compile(&g, &[(1, w_id)]).expect("compile");
+    let mut rng = Rng::new(5);
+    let mut w: Vec<f64> = (0..15).map(|_| rng.range(-1.0, 1.0)).collect();
+    let x: Vec<f64> = (0..15).map(|_| rng.range(-1.0, 1.0)).collect();
+    let wi = jit.input_index("w").expect("w");
+    let xi = jit.input_index("x").expect("x");
+    for (d, s) in jit.input_mut(wi).iter_mut().zip(&w) {
+        *d = *s as f32;
+    }
+    for (d, s) in jit.input_mut(xi).iter_mut().zip(&x) {
+        *d = *s as f32;
+    }
+    for _ in 0..4 {
+        let w_now: Vec<f64> = jit.input(wi).iter().map(|&v| f64::from(v)).collect();
+        let mut inputs = Inputs::new();
+        inputs.insert(
+            "w".into(),
+            ArrayD::from_shape_vec(IxDyn(&[3, 5]), w_now).expect("w"),
+        );
+        inputs.insert(
+            "x".into(),
+            ArrayD::from_shape_vec(IxDyn(&[3, 5]), x.clone()).expect("x"),
+        );
+        let want = interp::run(&g, &inputs).expect("reference");
+        jit.run();
+        for (i, wv) in want.iter().enumerate() {
+            compare(jit.output(i), wv, 1e-6).unwrap_or_else(|e| panic!("output {i}: {e}"));
+        }
+        compare(jit.input(wi), &want[1], 1e-6).expect("w updated in place");
+        w = want[1].iter().copied().collect();
+    }
+    assert!(w.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn updates_aliased() {
+    run_updates(false);
+}
+
+#[test]
+fn updates_copied() {
+    run_updates(true);
+}
+
+#[test]
+fn update_of_output_that_is_an_input() {
+    // Swap two inputs through updates: a' = b, b' = a (both need copies).
+    let g = graph(|b| {
+        let a = input(b, "a", &[4]);
+        let c = input(b, "b", &[4]);
+        vec![c, a]
+    });
+    let (a, c) = (g.input("a").expect("a"), g.input("b").expect("b"));
+    let mut jit = CompiledGraph::compile(&g, &[(0, a), (1, c)]).expect("compile");
+    jit.input_mut(0).copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+    jit.input_mut(1).copy_from_slice(&[5.0, 6.0, 7.0, 8.0]);
+    jit.run();
+    assert_eq!(jit.input(0), &[5.0, 6.0, 7.0, 8.0]);
+    assert_eq!(jit.input(1), &[1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(jit.output(0), &[5.0, 6.0, 7.0, 8.0]);
+    assert_eq!(jit.output(1), &[1.0, 2.0, 3.0, 4.0]);
+}
+
+#[test]
+fn bad_updates_are_errors() {
+    let g = sgd_graph(false);
+    let w = g.input("w").expect("w");
+    let err = |r: Result<CompiledGraph, CodegenError>| r.err().expect("should fail");
+    assert!(matches!(
+        err(CompiledGraph::compile(&g, &[(5, w)])),
+        CodegenError::BadUpdate { .. }
+    ));
+    assert!(matches!(
+        err(CompiledGraph::compile(&g, &[(0, w)])),
+        CodegenError::BadUpdate { .. }
+    ));
+    assert!(matches!(
+        err(CompiledGraph::compile(&g, &[(1, w), (1, w)])),
+        CodegenError::BadUpdate { .. }
+    ));
+    let sym = graph(|b| {
+        let x = b.input(
+            "x",
+            InputKind::Data,
+            TensorType::f32(Shape(vec![nnc_compiler::ir::Dim::Sym("B".into())])),
+        );
+        vec![b.exp(x)]
+    });
+    assert!(matches!(
+        err(CompiledGraph::compile(&sym, &[])),
+        CodegenError::Symbolic(_)
+    ));
+}
+
+// ---- timing (printed, not asserted) --------------------------------------------------------
+
+#[test]
+fn timing() {
+    let g = graph(|b| {
+        let x = input(b, "a", &[64, 64]);
+        let y = input(b, "b", &[64, 256]);
+        vec![b.matmul(x, y)]
+    });
+    let mut jit = check_with(&g, Fill::Signed, 1e-5, 1);
+    let reps = 2000;
+    let t = Instant::now();
+    for _ in 0..reps {
+        jit.run();
+    }
+    let dt = t.elapsed().as_secs_f64() / reps as f64;
+    let gflops = 2.0 * 64.0 * 64.0 * 256.0 / dt / 1e9;
+    println!(
+        "matmul 64x64 @ 64x256: {:.1} us/run, {gflops:.1} GFLOP/s; compile {:?}",
+        dt * 1e6,
+        jit.compile_time()
+    );
+
+    let g = mlp(64, 256, 128, 10);
+    let mut jit = check_with(&g, Fill::Small, 1e-5, 1);
+    let t = Instant::now();
+    for _ in 0..200 {
+        jit.run();
+    }
+    let dt = t.elapsed().as_secs_f64() / 200.0;
+    println!(
+        "mlp forward (64x256 -> 128 -> 10, softmax): {:.1} us/run; compile {:?}, {} kernels",
+        dt * 1e6,
+        jit.compile_time(),
+        jit.kernel_count()
+    );
+
+    let n = 1 << 16;
+    type Case = (&'static str, fn(&mut Builder, ValueId) -> ValueId);
+    let cases: [Case; 5] = [
+        ("x + 1", |b, x| b.offset(x, 1.0)),
+        ("exp(x)", |b, x| b.exp(x)),
+        ("tanh(x)", |b, x| b.unary(UnaryOp::Tanh, x)),
+        ("erf(x)", |b, x| b.unary(UnaryOp::Erf, x)),
+        ("log(|x|)", |b, x| {
+            let a = b.unary(UnaryOp::Abs, x);
+            b.log(a)
+        }),
+    ];
+    for (name, f) in cases {
+        let g = graph(|b| {
+            let x = input(b, "x", &[n]);
+            vec![f(b, x)]
+        });
+        let mut jit = check(&g, Fill::Signed);
+        let t = Instant::now();
+        for _ in 0..200 {
+            jit.run();
+        }
+        let dt = t.elapsed().as_secs_f64() / 200.0;
+        println!(
+            "{name}, {n} elements: {:.2} ns/element",
+            dt * 1e9 / n as f64
+        );
+    }
+}
