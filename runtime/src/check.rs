@@ -5,7 +5,7 @@
 use crate::dataset::{self, Dataset};
 use crate::train::initial_params;
 use ndarray::{ArrayD, IxDyn};
-use nnc_compiler::ast::Item;
+use nnc_compiler::ast::{Expr, ExprKind, IndexItem, Item};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::{Session, TrainPlan};
 use nnc_compiler::interp::{self, Inputs};
@@ -31,6 +31,8 @@ pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Ve
     let mut datasets: Vec<Dataset> = Vec::new();
     let mut results = Vec::new();
     let mut errors = Vec::new();
+    // Data sets that failed to load: items using them would only repeat that error.
+    let mut unloaded: Vec<&str> = Vec::new();
     for item in &program.items {
         match item {
             Item::Module(_) | Item::Function(_) | Item::Plot(_) => {}
@@ -39,8 +41,16 @@ pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Ve
                     session.add_data(&ds.name, ds.shape.clone());
                     datasets.push(ds);
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    unloaded.push(&d.name.name);
+                    errors.push(e);
+                }
             },
+            Item::Train(t) if mentions(&t.data, &unloaded) || t.fields.iter().any(|f| mentions(&f.value, &unloaded)) => {
+                session.add_trained(&t.name.name, &t.model);
+            }
+            Item::Let(l) if mentions(&l.value, &unloaded) => {}
+            Item::Report(r) if mentions(&r.value, &unloaded) => {}
             Item::Train(t) => match session.train_plan(t) {
                 Ok(plan) => {
                     match gradient_check(&plan, &datasets) {
@@ -67,6 +77,27 @@ pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Ve
         Ok(results)
     } else {
         Err(errors)
+    }
+}
+
+/// Whether `e` uses any of `names`.
+fn mentions(e: &Expr, names: &[&str]) -> bool {
+    match &e.kind {
+        ExprKind::Name(n) => names.contains(&n.as_str()),
+        ExprKind::Number { .. } | ExprKind::Str(_) => false,
+        ExprKind::Field(base, _) | ExprKind::Neg(base) => mentions(base, names),
+        ExprKind::Call { callee, args } => mentions(callee, names) || args.iter().any(|a| mentions(&a.value, names)),
+        ExprKind::Index { base, indices } => {
+            mentions(base, names)
+                || indices.iter().any(|i| match i {
+                    IndexItem::Single(x) => mentions(x, names),
+                    IndexItem::Range { start, end, .. } => start.iter().chain(end).any(|x| mentions(x, names)),
+                })
+        }
+        ExprKind::Binary { lhs, rhs, .. } => mentions(lhs, names) || mentions(rhs, names),
+        ExprKind::List(items) => items.iter().any(|x| mentions(x, names)),
+        ExprKind::Repeat { item, count } => mentions(item, names) || mentions(count, names),
+        ExprKind::On { what, data } => mentions(what, names) || mentions(data, names),
     }
 }
 

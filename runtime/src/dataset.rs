@@ -5,6 +5,7 @@ use crate::data::{self, RowSelect, Standardizer, Table};
 use ndarray::{Array1, Array2};
 use nnc_compiler::ast::{self, DataDef, Expr, ExprKind, Span};
 use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::elaborate::error::closest;
 use nnc_compiler::elaborate::train::constant_number;
 use nnc_compiler::elaborate::DataShape;
 use std::path::Path;
@@ -134,15 +135,38 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
         return Err(error(opts.source.span, "`csv` needs a label column", "here"));
     };
     let table = data::load_csv(&path, label).map_err(|e| match &e {
-        data::DataError::MissingLabelColumn { .. } => error(*label_span, format!("no column `{label}` in {path_text}"), "this column is not in the file's header").note(e.to_string()),
-        data::DataError::Io { .. } => error(*path_span, format!("cannot read {}", path.display()), "this file").note(e.to_string()),
-        _ => error(*path_span, format!("cannot load {path_text}"), "this file").note(e.to_string()),
+        data::DataError::MissingLabelColumn { available, .. } => {
+            let d = error(*label_span, format!("`{path_text}` has no column `{label}`"), "not a column of this file");
+            let d = match closest(label, available.iter().map(String::as_str)) {
+                Some(s) => d.note(format!("help: did you mean `{s}`?")),
+                None => d,
+            };
+            d.note(format!("its columns are {}", column_summary(available)))
+        }
+        data::DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            let d = error(*path_span, format!("data file `{path_text}` not found"), "no such file");
+            let d = match similar_file(&path) {
+                Some(name) => d.note(format!("help: did you mean `{}`?", Path::new(path_text).with_file_name(name).display())),
+                None => d,
+            };
+            d.note(format!("looked for {} (paths are relative to the folder of the .nn file)", path.display()))
+        }
+        data::DataError::Io { source, .. } => error(*path_span, format!("cannot read `{path_text}`"), source.to_string()),
+        _ => error(*path_span, format!("cannot load `{path_text}`"), "this file").note(e.to_string()),
     })?;
     let classes = if *is_class { Some(class_count(&table, *label_span, label)?) } else { None };
     let mut splits = Vec::new();
     for s in &def.splits {
         let sel = row_select(&s.rows)?;
-        let mut t = data::select_rows(&table, &sel).map_err(|e| error(s.span, format!("split `{}` does not fit the data", s.name.name), e.to_string()))?;
+        let mut t = data::select_rows(&table, &sel).map_err(|e| match e {
+            data::DataError::RangeOutOfBounds { start, end, rows } => error(
+                s.span,
+                format!("split `{}` asks for rows {start}..{end}, but `{path_text}` has {rows} rows", s.name.name),
+                format!("the rows are numbered 0..{rows}"),
+            )
+            .note(format!("help: leave out the end, as in `rows[{start}..]`, to take every row up to the last")),
+            e => error(s.span, format!("split `{}` does not fit the data", s.name.name), e.to_string()),
+        })?;
         if let Some(f) = opts.scale {
             data::scale(&mut t, f);
         }
@@ -177,4 +201,25 @@ fn class_count(t: &Table, span: Span, label: &str) -> Result<usize, Diagnostic> 
         max = max.max(v);
     }
     Ok(max as usize + 1)
+}
+
+/// A file next to `path` with a similar name (`digit.csv` → `digits.csv`).
+fn similar_file(path: &Path) -> Option<String> {
+    let wanted = path.file_name()?.to_str()?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let names: Vec<String> = std::fs::read_dir(dir).ok()?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    closest(wanted, names.iter().map(String::as_str))
+}
+
+/// The columns of a header, abbreviated when there are many: `p0`, `p1`, `p2`, …, `p63`, `label` (65 columns).
+fn column_summary(columns: &[String]) -> String {
+    let quoted = |c: &[String]| c.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if columns.len() <= 8 {
+        quoted(columns)
+    } else {
+        format!("{}, …, {} ({} columns)", quoted(&columns[..3]), quoted(&columns[columns.len() - 2..]), columns.len())
+    }
 }

@@ -116,7 +116,10 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     let mut evaluators = Evaluators::new(plan, datasets)?;
     let compile_time = t0.elapsed();
 
-    let mut params = initial_params(plan)?;
+    let mut params = match &plan.load {
+        Some((file, span)) => load_params(plan, &opts.base_dir.join(file), *span)?,
+        None => initial_params(plan)?,
+    };
     for (path, _, v) in &params.tensors {
         full.set(path, v);
     }
@@ -255,6 +258,25 @@ pub fn format_metric(kind: MetricKind, v: f64) -> String {
         MetricKind::Accuracy => format!("{:.2}%", v * 100.0),
         MetricKind::Loss | MetricKind::Mse => format!("{v:.5}"),
     }
+}
+
+/// Parameters from a checkpoint, each checked against the model's shape.
+fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> Result<Params, Diagnostic> {
+    let loaded = checkpoint::load(path).map_err(|e| Diagnostic::new(format!("cannot load checkpoint {}", path.display())).label(span, e.to_string()))?;
+    let mut tensors = Vec::new();
+    for p in &plan.params {
+        let Some((_, shape, data)) = loaded.iter().find(|(n, _, _)| *n == p.path) else {
+            let have: Vec<&str> = loaded.iter().map(|(n, _, _)| n.as_str()).collect();
+            return Err(Diagnostic::new(format!("checkpoint {} has no parameter `{}`", path.display(), p.path))
+                .label(span, "loaded here")
+                .note(format!("it holds: {}", have.join(", "))));
+        };
+        if *shape != p.shape {
+            return Err(Diagnostic::new(format!("checkpoint parameter `{}` has shape {:?}, the model needs {:?}", p.path, shape, p.shape)).label(span, "loaded here"));
+        }
+        tensors.push((p.path.clone(), p.shape.clone(), data.clone()));
+    }
+    Ok(Params { tensors })
 }
 
 fn save_checkpoint(plan: &TrainPlan, params: &Params, path: &Path, epoch: usize) -> Result<(), Diagnostic> {

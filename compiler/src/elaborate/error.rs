@@ -4,7 +4,7 @@
 
 use crate::ast::Span;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{Shape, TensorType};
+use crate::ir::{DType, Dim, Shape, TensorType};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ElabError {
@@ -63,11 +63,86 @@ fn axis_names(names: &[Option<String>]) -> String {
     names.iter().map(|n| n.clone().unwrap_or_else(|| "_".into())).collect::<Vec<_>>().join(", ")
 }
 
+/// "1 argument", "2 arguments".
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The number of elements of a shape as text: `B × 64`, `49`.
+fn element_count(shape: &Shape) -> String {
+    let known: usize = shape.dims().iter().filter_map(Dim::known).product();
+    let mut parts: Vec<String> = shape.dims().iter().filter(|d| d.known().is_none()).map(ToString::to_string).collect();
+    if known != 1 || parts.is_empty() {
+        parts.push(known.to_string());
+    }
+    parts.join(" × ")
+}
+
+/// The dims before the last two: the batch dims of a matrix product.
+fn batch_dims(shape: &Shape) -> Shape {
+    let d = shape.dims();
+    Shape(d[..d.len().saturating_sub(2)].to_vec())
+}
+
+/// A shape without its last dimension: the labels that logits of this shape need.
+fn without_last(shape: &Shape) -> Shape {
+    let d = shape.dims();
+    Shape(d[..d.len().saturating_sub(1)].to_vec())
+}
+
+/// The first pair of dims, from the right, that neither match nor broadcast.
+fn broadcast_conflict(lhs: &Shape, rhs: &Shape) -> Option<(Dim, Dim)> {
+    let one = Dim::Known(1);
+    lhs.dims()
+        .iter()
+        .rev()
+        .zip(rhs.dims().iter().rev())
+        .find(|(a, b)| a != b && **a != one && **b != one)
+        .map(|(a, b)| (a.clone(), b.clone()))
+}
+
+/// "did you mean" for a named argument: names used by other libraries first.
+fn suggest_keyword(keyword: &str, allowed: &[String]) -> Option<String> {
+    const SYNONYMS: &[(&str, &str)] = &[
+        ("learning_rate", "lr"),
+        ("dim", "axis"),
+        ("axes", "axis"),
+        ("keepdim", "keepdims"),
+        ("keep_dims", "keepdims"),
+        ("label_smoothing", "smoothing"),
+        ("epsilon", "eps"),
+        ("decay", "weight_decay"),
+    ];
+    SYNONYMS
+        .iter()
+        .find(|(from, to)| *from == keyword && allowed.iter().any(|a| a == to))
+        .map(|(_, to)| to.to_string())
+        .or_else(|| closest(keyword, allowed.iter().map(String::as_str)))
+}
+
+fn with_suggestion(d: Diagnostic, suggestion: Option<String>) -> Diagnostic {
+    match suggestion {
+        Some(s) => d.note(format!("help: did you mean `{s}`?")),
+        None => d,
+    }
+}
+
+const INITIALISERS: &[&str] = &["zeros", "ones", "normal", "uniform", "he_normal", "xavier_uniform", "xavier_normal"];
+const OPTIMIZERS: &[&str] = &["gd", "sgd", "momentum", "nesterov", "adam", "adamw"];
+const METRICS: &[&str] = &["loss", "accuracy", "mse"];
+const TRAIN_SETTINGS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
+
 impl ElabError {
     pub fn to_diagnostic(&self) -> Diagnostic {
         let mut d = self.kind.to_diagnostic();
         for (span, callee) in &self.context {
-            d = d.label(*span, format!("in this call of `{callee}`"));
+            if d.labels.iter().all(|l| l.span != *span) {
+                d = d.label(*span, format!("in this call of `{callee}`"));
+            }
         }
         d
     }
@@ -78,113 +153,231 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             UnknownName { name, span, suggestion } => {
-                let d = Diagnostic::new(format!("unknown name `{name}`")).label(*span, "not defined here or above");
-                match suggestion {
-                    Some(s) => d.note(format!("help: did you mean `{s}`?")),
+                with_suggestion(Diagnostic::new(format!("unknown name `{name}`")).label(*span, "not found in this scope"), suggestion.clone())
+            }
+            UnknownField { field, span, of, available } => {
+                let d = Diagnostic::new(format!("`{of}` has no member `{field}`")).label(*span, format!("no `{field}` in `{of}`"));
+                let d = with_suggestion(d, closest(field, available.iter().map(String::as_str)));
+                if available.is_empty() {
+                    d
+                } else {
+                    d.note(format!("the members of `{of}` are {}", list(available)))
+                }
+            }
+            NotCallable { span, what } => {
+                let d = Diagnostic::new(format!("{what} cannot be called")).label(*span, "not a function or module");
+                match what.strip_prefix("the number ") {
+                    Some(n) => d.note(format!("help: to multiply, write the `*`: `{n} * (...)`")),
                     None => d,
                 }
             }
-            UnknownField { field, span, of, available } => Diagnostic::new(format!("`{of}` has no member `{field}`"))
-                .label(*span, format!("no `{field}` in `{of}`"))
-                .note(format!("its members are {}", list(available))),
-            NotCallable { span, what } => Diagnostic::new(format!("{what} cannot be called"))
-                .label(*span, "this is not a function or module"),
             Arity { span, callee, expected, found, def_span } => {
-                let d = Diagnostic::new(format!("`{callee}` takes {expected} argument{}, but {found} were given", plural(*expected)))
-                    .label(*span, format!("expected {expected}, found {found}"));
+                let given = if *found == 1 { "1 was given".to_string() } else { format!("{found} were given") };
+                let d = Diagnostic::new(format!("`{callee}` takes {}, but {given}", plural(*expected, "argument")))
+                    .label(*span, format!("expected {}, found {found}", plural(*expected, "argument")));
                 match def_span {
-                    Some(s) => d.label(*s, "defined here"),
+                    Some(s) => d.label(*s, format!("`{callee}` is defined here")),
                     None => d,
                 }
             }
             UnknownKeyword { span, callee, keyword, allowed } => {
-                let d = Diagnostic::new(format!("`{callee}` has no argument named `{keyword}`"))
-                    .label(*span, "unknown argument name");
+                let d = Diagnostic::new(format!("`{callee}` has no argument named `{keyword}`")).label(*span, "unknown argument name");
+                let d = with_suggestion(d, suggest_keyword(keyword, allowed));
                 if allowed.is_empty() {
                     d.note(format!("`{callee}` takes no named arguments"))
                 } else {
-                    d.note(format!("expected one of {}", list(allowed)))
+                    d.note(format!("the arguments of `{callee}` are {}", list(allowed)))
                 }
             }
-            MissingArgument { span, callee, name } => Diagnostic::new(format!("`{callee}` needs the argument `{name}`"))
-                .label(*span, format!("`{name}` is missing")),
-            WrongKind { span, expected, found } => Diagnostic::new(format!("expected {expected}, found {found}"))
-                .label(*span, format!("this is {found}")),
+            MissingArgument { span, callee, name } => {
+                Diagnostic::new(format!("`{callee}` needs the argument `{name}`")).label(*span, format!("`{name}` is missing from this call"))
+            }
+            WrongKind { span, expected, found } => {
+                // A hint may follow the description in parentheses: "the module type `Mlp` (instantiate ...)".
+                let (found, hint) = match found.split_once(" (") {
+                    Some((f, h)) => (f.to_string(), Some(h.strip_suffix(')').unwrap_or(h).to_string())),
+                    None => (found.clone(), None),
+                };
+                let d = Diagnostic::new(format!("expected {expected}, found {found}")).label(*span, format!("this is {found}"));
+                if found.starts_with("the module type") {
+                    d.note("help: a module type describes a model; to use one, make it a member (`net = Model(...)`) or take it as an argument (`m: Model`), and call that")
+                } else {
+                    match hint {
+                        Some(h) => d.note(h),
+                        None => d,
+                    }
+                }
+            }
             MatMulInner { span, lhs_span, rhs_span, lhs, rhs } => {
-                let (k1, k2) = (lhs.dims().last().map(ToString::to_string), rhs.dims().iter().rev().nth(1).map(ToString::to_string));
-                Diagnostic::new(format!("inner dimensions of `@` differ: {lhs} @ {rhs}"))
-                    .label(*span, format!("{lhs} @ {rhs}: inner dimensions {} and {} differ", k1.unwrap_or_default(), k2.unwrap_or_default()))
-                    .label(*lhs_span, format!("this is {lhs}"))
-                    .label(*rhs_span, format!("this is {rhs}"))
+                let k1 = lhs.dims().last().map(ToString::to_string).unwrap_or_default();
+                let rd = rhs.dims();
+                let k2 = rd.get(rd.len().saturating_sub(2)).map(ToString::to_string).unwrap_or_default();
+                let title = format!("inner dimensions of `@` differ: {lhs} @ {rhs}");
+                let d = if lhs_span == rhs_span {
+                    Diagnostic::new(title).label(*span, format!("{lhs} @ {rhs}: inner dimensions {k1} and {k2} differ"))
+                } else {
+                    let which = if rd.len() >= 2 { "rows" } else { "entries" };
+                    Diagnostic::new(title)
+                        .label(*lhs_span, format!("this is {lhs}: {k1} columns"))
+                        .label(*rhs_span, format!("this is {rhs}: {k2} {which}"))
+                };
+                let d = d.note(format!("`a @ b` needs the last dimension of `a` to equal the second-to-last dimension of `b`, but they are {k1} and {k2}"));
+                // A weight stored the other way round ([out, in] instead of [in, out]).
+                if rd.len() == 2 && rd.last() == lhs.dims().last() && rd[0] != rd[1] {
+                    d.note(format!(
+                        "help: the right operand transposed, [{}, {}], would fit: swap its dimensions where it is declared, or use `transpose(...)`",
+                        rd[1], rd[0]
+                    ))
+                } else {
+                    d
+                }
             }
-            MatMulRank { span, lhs_span, rhs_span, lhs, rhs } => Diagnostic::new(format!("`@` cannot multiply {lhs} by {rhs}"))
-                .label(*span, "matrix product needs matrices with equal batch dimensions")
-                .label(*lhs_span, format!("this is {lhs}"))
-                .label(*rhs_span, format!("this is {rhs}")),
-            Broadcast { op, span, lhs_span, rhs_span, lhs, rhs } => {
-                Diagnostic::new(format!("shapes {lhs} and {rhs} cannot be broadcast together in `{op}`"))
-                    .label(*span, format!("{lhs} {op} {rhs}"))
-                    .label(*lhs_span, format!("this is {lhs}"))
-                    .label(*rhs_span, format!("this is {rhs}"))
-                    .note("dimensions are matched from the right; each pair must be equal or one of them 1")
+            MatMulRank { span, lhs_span, rhs_span, lhs, rhs } => {
+                let d = Diagnostic::new(format!("`@` cannot multiply {lhs} by {rhs}"));
+                if lhs.rank() == 0 || rhs.rank() == 0 {
+                    let s = if lhs.rank() == 0 { lhs_span } else { rhs_span };
+                    return d.label(*s, "this is a scalar").note("help: `@` is the matrix product; to scale a tensor by a number, use `*`");
+                }
+                let d = if lhs_span == rhs_span {
+                    d.label(*span, format!("{lhs} @ {rhs}"))
+                } else {
+                    d.label(*lhs_span, format!("this is {lhs}")).label(*rhs_span, format!("this is {rhs}"))
+                };
+                d.note(format!(
+                    "`@` multiplies matrices in the last two dimensions; the dimensions before them must be equal (or the right operand a single matrix), but they are {} and {}",
+                    batch_dims(lhs),
+                    batch_dims(rhs)
+                ))
             }
-            NoSuchAxis { span, axis, shape, names } => Diagnostic::new(format!("no axis named `{axis}` in a tensor of shape {shape}"))
-                .label(*span, format!("`{axis}` is not an axis of {shape}"))
-                .note(format!("its axes are named [{}]; name them in a type annotation, or use an integer axis", axis_names(names))),
-            AxisOutOfRange { span, axis, rank } => Diagnostic::new(format!("axis {axis} is out of range for a tensor of rank {rank}"))
-                .label(*span, format!("expected an axis in -{rank}..{rank}")),
-            TypeMismatch { span, ann_span, expected, found, what } => Diagnostic::new(format!("{what} has type {found}, expected {expected}"))
-                .label(*span, format!("this is {found}"))
-                .label(*ann_span, format!("expected {expected} because of this annotation")),
+            Broadcast { op, span, lhs_span, rhs_span, lhs, rhs } => broadcast_diagnostic(op, *span, *lhs_span, *rhs_span, lhs, rhs),
+            NoSuchAxis { span, axis, shape, names } => {
+                let d = Diagnostic::new(format!("no axis named `{axis}` in a tensor of shape {shape}")).label(*span, format!("`{axis}` is not an axis of {shape}"));
+                let named: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+                if named.is_empty() {
+                    d.note("the axes of this tensor have no names: use an integer axis, or name them with a type annotation such as `let z: [B, K] = ...`")
+                } else {
+                    with_suggestion(d, closest(axis, named.iter().copied())).note(format!("the axes of {shape} are named [{}]", axis_names(names)))
+                }
+            }
+            AxisOutOfRange { span, axis, rank } => {
+                let label = match rank {
+                    0 => "a scalar has no axes".to_string(),
+                    1 => "the only axis is 0 (or -1)".to_string(),
+                    r => format!("the axes are 0 to {} (or -{r} to -1, counting from the end)", r - 1),
+                };
+                Diagnostic::new(format!("axis {axis} is out of range for a tensor of rank {rank}")).label(*span, label)
+            }
+            TypeMismatch { span, ann_span, expected, found, what } => {
+                let d = Diagnostic::new(format!("{what} has type {found}, expected {expected}"))
+                    .label(*span, format!("this is {found}"))
+                    .label(*ann_span, format!("expected {expected} because of this annotation"));
+                match found.dtype {
+                    DType::I32 if !expected.ends_with(" int") => {
+                        d.note(format!("help: this holds int class labels; add `int` to the annotation: `{expected} int`"))
+                    }
+                    DType::F32 if expected.ends_with(" int") => {
+                        d.note("this holds floats; int class labels come from `label:` in `csv(...)` (`target:` loads floats)")
+                    }
+                    _ => d,
+                }
+            }
             DimConflict { span, ann_span, var, first, second } => {
                 Diagnostic::new(format!("dimension `{var}` is {first} in one place and {second} in another"))
                     .label(*span, format!("here `{var}` would be {second}"))
                     .label(*ann_span, format!("`{var}` was bound to {first} by this annotation"))
+                    .note(format!("every `{var}` in a signature stands for the same size"))
             }
-            LabelsNotInt { span, found } => Diagnostic::new(format!("class labels must be an int tensor, found {found}"))
-                .label(*span, "these labels are floats")
-                .note("declare the argument as `[B] int`, or load the data with `label:` (not `target:`)"),
+            LabelsNotInt { span, found } => {
+                let found = match found.dtype {
+                    DType::F32 => format!("float {}", found.shape),
+                    DType::I32 => found.to_string(),
+                };
+                Diagnostic::new(format!("class labels must be an int tensor, found {found}"))
+                    .label(*span, format!("these labels are {found}"))
+                    .note("help: declare the labels as `[B] int`, and load the data with `label:` (`target:` is for regression)")
+            }
             IntOperand { span, op } => Diagnostic::new(format!("`{op}` needs float operands"))
-                .label(*span, "this is an int tensor (labels)"),
+                .label(*span, "this is an int tensor (class labels)")
+                .note("help: to compute with class labels, turn them into floats with `one_hot(labels, classes)`"),
             Reshape { span, from, to } => Diagnostic::new(format!("cannot reshape {from} into {to}"))
-                .label(*span, "the numbers of elements differ"),
-            Slice { span, shape, axis, start, end } => Diagnostic::new(format!("slice {start}:{end} is out of range for axis {axis} of {shape}"))
-                .label(*span, "out of range"),
+                .label(*span, format!("{from} has {} elements, but {to} has {}", element_count(from), element_count(to))),
+            Slice { span, shape, axis, start, end } => match shape.dims().get(*axis) {
+                Some(Dim::Known(n)) => Diagnostic::new(format!("slice {start}:{end} is out of range for axis {axis} of {shape}"))
+                    .label(*span, format!("axis {axis} has {n} entries, so the bounds must lie in 0..{n}")),
+                Some(d) => Diagnostic::new(format!("cannot index axis {axis} of {shape}: its size `{d}` is not known in advance"))
+                    .label(*span, format!("axis {axis} has size `{d}`"))
+                    .note("only axes of a fixed size can be indexed or sliced; write `:` to keep the whole axis"),
+                None => Diagnostic::new(format!("slice {start}:{end} is out of range for {shape}")).label(*span, "out of range"),
+            },
             Concat { span, lhs, rhs, axis } => Diagnostic::new(format!("cannot concatenate {lhs} and {rhs} along axis {axis}"))
-                .label(*span, "the other dimensions must be equal"),
-            NotConstant { span, what } => Diagnostic::new(format!("{what} must be a constant number"))
-                .label(*span, "not known before training starts"),
-            BadDim { span, found } => Diagnostic::new(format!("a dimension must be a positive integer, found {found}"))
-                .label(*span, "invalid dimension"),
-            UnknownInit { span, name } => Diagnostic::new(format!("unknown initialiser `{name}`"))
-                .label(*span, "not an initialiser")
-                .note("initialisers: zeros, ones, normal(std), uniform(low, high), he_normal, xavier_uniform, xavier_normal"),
-            UnknownOptimizer { span, name } => Diagnostic::new(format!("unknown optimizer `{name}`"))
-                .label(*span, "not an optimizer")
-                .note("optimizers: gd, sgd, momentum, nesterov, adam, adamw"),
-            UnknownMetric { span, name } => Diagnostic::new(format!("unknown metric `{name}`"))
-                .label(*span, "not a metric")
-                .note("metrics: loss, accuracy, mse"),
-            MissingField { span, field } => Diagnostic::new(format!("this train block has no `{field}`"))
-                .label(*span, format!("add `{field} = ...` here")),
-            UnknownTrainField { span, field } => Diagnostic::new(format!("unknown train setting `{field}`"))
-                .label(*span, "not a train setting")
-                .note("settings: loss, optimizer, batch, epochs, seed, schedule, metrics, checkpoint"),
-            BadFieldValue { span, field, expected } => Diagnostic::new(format!("`{field}` must be {expected}"))
-                .label(*span, format!("expected {expected}")),
+                .label(*span, format!("all dimensions except axis {axis} must be equal")),
+            NotConstant { span, what } => Diagnostic::new(format!("{what} must be a constant number")).label(*span, "not known before training starts"),
+            BadDim { span, found } => {
+                Diagnostic::new(format!("a dimension must be a positive integer, found {found}")).label(*span, "not a positive integer")
+            }
+            UnknownInit { span, name } => with_suggestion(
+                Diagnostic::new(format!("unknown initialiser `{name}`")).label(*span, "not an initialiser"),
+                closest(name, INITIALISERS.iter().copied()),
+            )
+            .note("the initialisers are zeros, ones, normal(std), uniform(low, high), he_normal, xavier_uniform and xavier_normal"),
+            UnknownOptimizer { span, name } => with_suggestion(
+                Diagnostic::new(format!("unknown optimizer `{name}`")).label(*span, "not an optimizer"),
+                closest(name, OPTIMIZERS.iter().copied()),
+            )
+            .note("the optimizers are gd, sgd, momentum, nesterov, adam and adamw"),
+            UnknownMetric { span, name } => with_suggestion(
+                Diagnostic::new(format!("unknown metric `{name}`")).label(*span, "not a metric"),
+                closest(name, METRICS.iter().copied()),
+            )
+            .note("the metrics are loss, accuracy and mse, as in `metrics = [accuracy on digits.test]`"),
+            MissingField { span, field } => {
+                let example = match field.as_str() {
+                    "optimizer" => "`optimizer = adam(lr: 1e-3)`",
+                    "loss" => "`loss = loss`, naming a `fn loss(m: Model, x: [B, F], y: [B] int) -> scalar`",
+                    "batch" => "`batch = 64` (only `gd`, which uses the whole split at once, needs none)",
+                    "epochs" => "`epochs = 10`",
+                    _ => "",
+                };
+                let d = Diagnostic::new(format!("this train block has no `{field}`")).label(*span, format!("this train block needs `{field} = ...`"));
+                if example.is_empty() {
+                    d
+                } else {
+                    d.note(format!("help: add a line such as {example}"))
+                }
+            }
+            UnknownTrainField { span, field } => with_suggestion(
+                Diagnostic::new(format!("unknown train setting `{field}`")).label(*span, "not a train setting"),
+                closest(field, TRAIN_SETTINGS.iter().copied()),
+            )
+            .note(format!("the settings are {}", TRAIN_SETTINGS.join(", "))),
+            BadFieldValue { span, field, expected } => Diagnostic::new(format!("`{field}` must be {expected}")).label(*span, format!("invalid `{field}`")),
             Duplicate { span, first, name } => Diagnostic::new(format!("`{name}` is defined twice"))
                 .label(*span, "defined again here")
-                .label(*first, "first defined here"),
+                .label(*first, "first defined here")
+                .note("help: rename one of them, or delete the one you do not need"),
             Recursion { span, name } => Diagnostic::new(format!("`{name}` calls itself"))
                 .label(*span, "recursive call")
                 .note("functions are inlined when compiled, so recursion is not allowed"),
-            NotScalar { span, what, shape } => Diagnostic::new(format!("{what} must be a scalar, found {shape}"))
-                .label(*span, format!("this is {shape}"))
-                .note("reduce it with `mean(...)` or `sum(...)`"),
-            ClassCount { span, logits, classes } => Diagnostic::new(format!("logits {logits} do not match the {classes} classes in the data"))
-                .label(*span, format!("expected the last dimension to be {classes}")),
-            Solve { span, a, b } => Diagnostic::new(format!("`solve` needs a square matrix and a matching right-hand side, found {a} and {b}"))
-                .label(*span, "here"),
+            NotScalar { span, what, shape } => {
+                if what.starts_with("the function") {
+                    Diagnostic::new(format!("{what} must return a scalar, found {shape}"))
+                        .label(*span, format!("this function returns {shape}"))
+                        .note("help: `grad` differentiates a function with a scalar result; reduce it with `sum(...)` or `mean(...)`")
+                } else {
+                    Diagnostic::new(format!("{what} must be a scalar, found {shape}"))
+                        .label(*span, format!("this is {shape}"))
+                        .note("help: average it over the batch with `mean(...)`, or add it up with `sum(...)`")
+                }
+            }
+            ClassCount { span, logits, classes } => {
+                let outputs = logits.dims().last().map(ToString::to_string).unwrap_or_default();
+                Diagnostic::new(format!("the model outputs {logits}, but the data has {classes} classes"))
+                    .label(*span, format!("this model has {outputs} outputs per example"))
+                    .note(format!("the labels run from 0 to {}, so the last dimension of the logits must be {classes}", classes.saturating_sub(1)))
+            }
+            Solve { span, a, b } => {
+                Diagnostic::new(format!("`solve` needs a square matrix and a matching right-hand side, found {a} and {b}")).label(*span, "here")
+            }
             Internal { span, message } => Diagnostic::new(format!("internal compiler error: {message}"))
                 .label(*span, "while compiling this")
                 .note("this is a bug in nnc; please report it with this file"),
@@ -192,24 +385,83 @@ impl ErrorKind {
     }
 }
 
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
+/// Shapes that do not fit an elementwise op, `mse` or `cross_entropy`.
+fn broadcast_diagnostic(op: &str, span: Span, lhs_span: Span, rhs_span: Span, lhs: &Shape, rhs: &Shape) -> Diagnostic {
+    match op {
+        "mse" => {
+            let d = Diagnostic::new(format!("`mse` needs a prediction and a target of the same shape, found {lhs} and {rhs}"))
+                .label(lhs_span, format!("the prediction is {lhs}"))
+                .label(rhs_span, format!("the target is {rhs}"));
+            // [B, 1] against [B]: broadcasting would compare every prediction with every target.
+            let (long, short) = if lhs.rank() > rhs.rank() { (lhs, rhs) } else { (rhs, lhs) };
+            if long.rank() == short.rank() + 1 && long.dims().last() == Some(&Dim::Known(1)) && without_last(long) == *short {
+                d.note(format!("`mse` does not broadcast: {long} against {short} would compare every prediction with every target"))
+                    .note(format!("help: make both {long} with `reshape(..., {long})`, or both {short} by indexing with `[:, 0]`"))
+            } else {
+                d
+            }
+        }
+        "cross_entropy" => Diagnostic::new(format!(
+            "`cross_entropy` needs one label per row of logits: logits {lhs} call for labels {}, found {rhs}",
+            without_last(lhs)
+        ))
+        .label(rhs_span, format!("these labels are {rhs}"))
+        .label(span, format!("the logits are {lhs}")),
+        "broadcast" => Diagnostic::new(format!("cannot broadcast {lhs} to {rhs}"))
+            .label(span, format!("{lhs} does not broadcast to {rhs}"))
+            .note("dimensions are matched from the right; each pair must be equal, or the first one 1"),
+        _ => {
+            let title = format!("shapes {lhs} and {rhs} cannot be broadcast together in `{op}`");
+            let d = if lhs_span == rhs_span {
+                Diagnostic::new(title).label(span, format!("{lhs} {op} {rhs}"))
+            } else {
+                Diagnostic::new(title).label(lhs_span, format!("this is {lhs}")).label(rhs_span, format!("this is {rhs}"))
+            };
+            match broadcast_conflict(lhs, rhs) {
+                Some((a, b)) => {
+                    d.note(format!("dimensions are matched from the right, and each pair must be equal or one of them 1; here {a} and {b} differ"))
+                }
+                None => d.note("dimensions are matched from the right; each pair must be equal or one of them 1"),
+            }
+        }
     }
 }
 
-/// The closest of `candidates` to `name` by edit distance, if close enough to suggest.
+/// The closest of `candidates` to `name`, if close enough to suggest: by
+/// edit distance ignoring case (so `w` finds `W`), then exact edit distance,
+/// then alphabetically, so the choice never depends on the candidates' order.
+/// Failing that, a candidate contained in `name` or starting with it
+/// (`label_smoothing` → `smoothing`, `acc` → `accuracy`).
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let mut best: Option<(usize, &str)> = None;
-    for c in candidates {
-        let d = edit_distance(name, c);
-        if d <= (name.len().max(2) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
+    let len = name.chars().count();
+    // One-letter names are all one edit apart: only suggest a change of case.
+    let limit = if len <= 1 { 0 } else { (len / 3).max(1) };
+    let lower = name.to_lowercase();
+    let mut candidates: Vec<&str> = candidates.into_iter().filter(|c| *c != name).collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut best: Option<((usize, usize), &str)> = None;
+    for &c in &candidates {
+        let folded = edit_distance(&lower, &c.to_lowercase());
+        if folded > limit {
+            continue;
+        }
+        let key = (folded, edit_distance(name, c));
+        if best.is_none_or(|(b, _)| key < b) {
+            best = Some((key, c));
         }
     }
-    best.map(|(_, c)| c.to_string())
+    if let Some((_, c)) = best {
+        return Some(c.to_string());
+    }
+    if len < 3 {
+        return None;
+    }
+    candidates
+        .iter()
+        .filter(|c| c.chars().count() >= 3 && (name.contains(**c) || c.starts_with(name)))
+        .max_by_key(|c| c.len())
+        .map(|c| c.to_string())
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

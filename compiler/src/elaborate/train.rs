@@ -121,6 +121,8 @@ pub struct TrainPlan {
     pub seed: u64,
     pub metrics: Vec<MetricSpec>,
     pub checkpoint: Option<String>,
+    /// Start from the parameters in this checkpoint instead of initialising.
+    pub load: Option<(String, Span)>,
     pub label_int: bool,
     pub features: usize,
     pub classes: Option<usize>,
@@ -132,7 +134,7 @@ pub const HYPER_LR: &str = "hyper.lr";
 pub const HYPER_BC1: &str = "hyper.bias_correction1";
 pub const HYPER_BC2: &str = "hyper.bias_correction2";
 
-const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint"];
+const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
 
 impl<'p> Session<'p> {
     /// Check and build everything a `train` block needs.
@@ -175,13 +177,17 @@ impl<'p> Session<'p> {
             Some(f) => metric_specs(&cx, &f.value)?,
             None => Vec::new(),
         };
-        let checkpoint = match field("checkpoint") {
-            Some(f) => match &f.value.kind {
-                ExprKind::Str(s) => Some(s.clone()),
-                _ => return Err(cx.err(ErrorKind::BadFieldValue { span: f.value.span, field: "checkpoint".into(), expected: "a file name in quotes".into() })),
-            },
-            None => None,
+        let file_field = |name: &str| -> Result<Option<(String, Span)>, ElabError> {
+            match field(name) {
+                Some(f) => match &f.value.kind {
+                    ExprKind::Str(s) => Ok(Some((s.clone(), f.value.span))),
+                    _ => Err(cx.err(ErrorKind::BadFieldValue { span: f.value.span, field: name.into(), expected: "a file name in quotes".into() })),
+                },
+                None => Ok(None),
+            }
         };
+        let checkpoint = file_field("checkpoint")?.map(|(s, _)| s);
+        let load = file_field("load")?;
 
         // The loss and its gradient.
         let (mut cx, loss, param_ids) = self.loss_graph_ctx(t, &loss_field.value, &shape)?;
@@ -234,6 +240,7 @@ impl<'p> Session<'p> {
             seed,
             metrics,
             checkpoint,
+            load,
             label_int: shape.label_int,
             features: shape.features,
             classes: shape.classes,
