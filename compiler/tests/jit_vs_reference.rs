@@ -163,11 +163,22 @@ fn unary_ops() {
     }
 }
 
+/// `u` applied by the JIT to each of `xs`.
+fn jit_unary(u: UnaryOp, xs: &[f32]) -> Vec<f32> {
+    let g = graph(|b| {
+        let x = input(b, "x", &[xs.len()]);
+        vec![b.unary(u, x)]
+    });
+    let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+    jit.input_mut(0).copy_from_slice(xs);
+    jit.run();
+    jit.output(0).to_vec()
+}
+
 #[test]
 fn unary_math_wide_range() {
-    // exp/tanh/erf/log over a wide range of arguments, 1000 points each.
-    let n = 1000;
-    let cases: [(UnaryOp, f64, f64); 5] = [
+    // 1000 points over a wide range of arguments for each function.
+    let cases = [
         (UnaryOp::Exp, -80.0, 80.0),
         (UnaryOp::Tanh, -12.0, 12.0),
         (UnaryOp::Erf, -6.0, 6.0),
@@ -175,17 +186,10 @@ fn unary_math_wide_range() {
         (UnaryOp::Log, 0.5, 2.0),
     ];
     for (u, lo, hi) in cases {
-        let g = graph(|b| {
-            let x = input(b, "x", &[n]);
-            vec![b.unary(u, x)]
-        });
-        let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
-        let xs: Vec<f32> = (0..n)
-            .map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64) as f32)
+        let xs: Vec<f32> = (0..1000)
+            .map(|i| (lo + (hi - lo) * f64::from(i) / 999.0) as f32)
             .collect();
-        jit.input_mut(0).copy_from_slice(&xs);
-        jit.run();
-        for (&x, &y) in xs.iter().zip(jit.output(0)) {
+        for (&x, y) in xs.iter().zip(jit_unary(u, &xs)) {
             let want = u.apply(f64::from(x));
             let err = (f64::from(y) - want).abs();
             assert!(
@@ -217,14 +221,7 @@ fn special_values() {
         UnaryOp::Sqrt,
         UnaryOp::Abs,
     ] {
-        let g = graph(|b| {
-            let x = input(b, "x", &[xs.len()]);
-            vec![b.unary(u, x)]
-        });
-        let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
-        jit.input_mut(0).copy_from_slice(&xs);
-        jit.run();
-        for (&x, &y) in xs.iter().zip(jit.output(0)) {
+        for (&x, y) in xs.iter().zip(jit_unary(u, &xs)) {
             let want = u.apply(f64::from(x)) as f32;
             // Results below the smallest normal f32 may flush to zero.
             let tol = (1e-6 * want.abs()).max(f32::MIN_POSITIVE);
@@ -427,29 +424,13 @@ fn concats() {
                 .map(|(i, d)| input(b, &format!("x{i}"), d))
                 .collect();
             let c = b.concat(&xs, *axis);
-            let t = b.tanh_via_exp(xs[0]);
+            let t = b.exp(xs[0]);
             let mut ys = xs.clone();
             ys[0] = t;
             let c2 = b.concat(&ys, *axis);
             vec![c, c2]
         });
         check(&g, Fill::Signed);
-    }
-}
-
-/// `tanh` spelled with other ops, to have a fused producer in front of concat.
-trait TanhViaExp {
-    fn tanh_via_exp(&mut self, x: ValueId) -> ValueId;
-}
-
-impl TanhViaExp for Builder<'_> {
-    fn tanh_via_exp(&mut self, x: ValueId) -> ValueId {
-        let e = self.exp(x);
-        let n = self.neg(x);
-        let en = self.exp(n);
-        let num = self.sub(e, en);
-        let den = self.add(e, en);
-        self.div(num, den)
     }
 }
 
@@ -748,6 +729,69 @@ fn bad_updates_are_errors() {
         err(CompiledGraph::compile(&sym, &[])),
         CodegenError::Symbolic(_)
     ));
+}
+
+#[test]
+fn update_read_through_transpose_is_copied() {
+    // w' = wᵀ + w reads w transposed while writing it: must not be done in place.
+    let g = graph(|b| {
+        let w = input(b, "w", &[4, 4]);
+        let wt = b.transpose(w, &[1, 0]);
+        vec![b.add(wt, w)]
+    });
+    let w = g.input("w").expect("w");
+    let mut jit = CompiledGraph::compile(&g, &[(0, w)]).expect("compile");
+    let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    jit.input_mut(0).copy_from_slice(&x);
+    jit.run();
+    let want: Vec<f32> = (0..16).map(|i| x[i] + x[(i % 4) * 4 + i / 4]).collect();
+    assert_eq!(jit.input(0), want.as_slice());
+    assert_eq!(jit.output(0), want.as_slice());
+}
+
+// ---- graph shapes ----------------------------------------------------------------------------
+
+#[test]
+fn odd_graphs() {
+    // Zero-size tensors, a shared broadcast of a computed value, dead nodes,
+    // repeated outputs, an input and a reshape view as outputs.
+    let g = graph(|b| {
+        let x = input(b, "x", &[0, 3]);
+        let e = b.exp(x);
+        let s = b.reduce_sum(e, &[0]);
+        let m = b.reduce_max(x, &[0, 1]);
+        let y = input(b, "y", &[2, 0]);
+        let mm = b.matmul(y, x);
+        vec![e, s, m, mm]
+    });
+    check(&g, Fill::Signed);
+    let g = graph(|b| {
+        let x = input(b, "x", &[3, 5]);
+        let v = input(b, "v", &[5]);
+        let ev = b.exp(v);
+        let bv = b.broadcast(ev, &Shape::known(&[3, 5]));
+        let p = b.mul(x, bv);
+        let q = b.add(x, bv);
+        let _dead = b.log(p);
+        let r = b.reshape(q, &Shape::known(&[15]));
+        vec![p, q, p, x, r]
+    });
+    let jit = check(&g, Fill::Signed);
+    assert_eq!(jit.kernel_count(), 3, "exp(v) once, then p and q");
+}
+
+#[test]
+fn singular_solve_gives_nan() {
+    let g = graph(|b| {
+        let a = input(b, "a", &[2, 2]);
+        let r = input(b, "b", &[2, 1]);
+        vec![b.solve(a, r)]
+    });
+    let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+    jit.input_mut(0).copy_from_slice(&[1.0, 2.0, 2.0, 4.0]);
+    jit.input_mut(1).copy_from_slice(&[1.0, 1.0]);
+    jit.run();
+    assert!(jit.output(0).iter().all(|v| v.is_nan()));
 }
 
 // ---- timing (printed, not asserted) --------------------------------------------------------

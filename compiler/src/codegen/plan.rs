@@ -185,10 +185,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
                 st.kind = StorageKind::Output;
             }
         }
-        let len = graph
-            .outputs
-            .get(o)
-            .map_or(0, |n| p.dims[n.index()].iter().product());
+        let len = graph.outputs.get(o).map_or(0, |n| p.numel(*n));
         outputs.push((s, len));
     }
     p.apply_updates(updates, &mut outputs)?;
@@ -202,8 +199,13 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
 }
 
 impl Planner<'_> {
+    /// `id`'s dims (empty for an id outside the graph).
+    fn shape(&self, id: ValueId) -> &[usize] {
+        self.dims.get(id.index()).map_or(&[], |d| d.as_slice())
+    }
+
     fn numel(&self, id: ValueId) -> usize {
-        self.dims[id.index()].iter().product()
+        self.shape(id).iter().product()
     }
 
     fn new_storage(&mut self, i: usize, kind: StorageKind) -> StorageId {
@@ -404,7 +406,7 @@ impl Planner<'_> {
             Op::StopGradient => self.expr(eb, arg(0)?, map),
             Op::Broadcast { .. } => {
                 let x = arg(0)?;
-                let xd = &self.dims[x.index()];
+                let xd = self.shape(x);
                 let lead = map
                     .len()
                     .checked_sub(xd.len())
@@ -469,7 +471,7 @@ impl Planner<'_> {
                 l.off += l.strides.get(*axis).copied().unwrap_or(0) * *start as i64
             }
             Op::Broadcast { .. } => {
-                let (xd, od) = (&self.dims[x.index()], &self.dims[id.index()]);
+                let (xd, od) = (self.shape(x), self.shape(id));
                 let lead = od.len().saturating_sub(xd.len());
                 let mut s = vec![0i64; lead];
                 s.extend(
@@ -525,7 +527,7 @@ impl Planner<'_> {
 
     /// One fused loop over `id`'s shape.
     fn lower_map(&mut self, id: ValueId, out: &Layout) -> Result<(), CodegenError> {
-        let dims = self.dims[id.index()].clone();
+        let dims = self.shape(id).to_vec();
         let mut eb = ExprBuilder::new(dims.len());
         let root = self.expr_op(&mut eb, id, &identity(dims.len()))?;
         let out = Affine {
@@ -570,21 +572,24 @@ impl Planner<'_> {
         out: &Layout,
     ) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
-        let od = self.dims[id.index()].clone();
-        let n = self.dims[x.index()]
+        let od = self.shape(id).to_vec();
+        let n = self
+            .shape(x)
             .get(axis)
             .copied()
             .ok_or_else(|| malformed(id, "pad axis out of range"))?;
         let total = od.get(axis).copied().unwrap_or(0);
         let with = |len: usize| {
             let mut d = od.clone();
-            d[axis] = len;
+            if let Some(slot) = d.get_mut(axis) {
+                *slot = len;
+            }
             d
         };
         if before > 0 {
             self.lower_block(with(before), out, axis, 0, None)?;
         }
-        self.lower_block(self.dims[x.index()].clone(), out, axis, before, Some(x))?;
+        self.lower_block(self.shape(x).to_vec(), out, axis, before, Some(x))?;
         let after = total.saturating_sub(before + n);
         if after > 0 {
             self.lower_block(with(after), out, axis, before + n, None)?;
@@ -595,7 +600,7 @@ impl Planner<'_> {
     fn lower_concat(&mut self, id: ValueId, axis: usize, out: &Layout) -> Result<(), CodegenError> {
         let mut start = 0;
         for x in self.args(id).to_vec() {
-            let d = self.dims[x.index()].clone();
+            let d = self.shape(x).to_vec();
             let n = d
                 .get(axis)
                 .copied()
@@ -616,8 +621,8 @@ impl Planner<'_> {
         out: &Layout,
     ) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
-        let od = self.dims[id.index()].clone();
-        let xd = self.dims[x.index()].clone();
+        let od = self.shape(id).to_vec();
+        let xd = self.shape(x).to_vec();
         let init = match kind {
             ReduceKind::Sum => 0.0,
             ReduceKind::Max => f32::NEG_INFINITY,
@@ -651,9 +656,10 @@ impl Planner<'_> {
     fn lower_matmul(&mut self, id: ValueId, out: &Layout) -> Result<(), CodegenError> {
         let (x, y) = (self.arg(id, 0)?, self.arg(id, 1)?);
         let (a, b) = (self.mat_operand(x)?, self.mat_operand(y)?);
-        let od = &self.dims[id.index()];
+        let od = self.shape(id);
         let r = od.len();
-        let k = self.dims[x.index()]
+        let k = self
+            .shape(x)
             .last()
             .copied()
             .ok_or_else(|| malformed(id, "matmul of a scalar"))?;
@@ -683,8 +689,8 @@ impl Planner<'_> {
     fn lower_solve(&mut self, id: ValueId, out: &Layout) -> Result<(), CodegenError> {
         let (x, y) = (self.arg(id, 0)?, self.arg(id, 1)?);
         let (a, b) = (self.mat_operand(x)?, self.mat_operand(y)?);
-        let od = &self.dims[id.index()];
-        let [n, k] = od.as_slice() else {
+        let od = self.shape(id);
+        let [n, k] = od else {
             return Err(malformed(id, "solve result must be a matrix"));
         };
         let (n, k) = (*n, *k);
