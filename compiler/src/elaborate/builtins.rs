@@ -364,7 +364,7 @@ fn axes_arg(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Result<Vec<
                 let ErrorKind::UnknownName { name, .. } = &e.kind else { return Err((**e).clone()) };
                 axis_by_name(cx, x, name, s)?
             }
-            Value::SymDim(name) => axis_by_name(cx, x, name, s)?,
+            Value::SymDim(name) | Value::DimVar { name, .. } => axis_by_name(cx, x, name, s)?,
             _ => return Err(cx.err(ErrorKind::WrongKind { span: s, expected: "an axis (an integer or an axis name)".into(), found: "something else".into() })),
         };
         if !axes.contains(&axis) {

@@ -66,6 +66,14 @@ impl<'s, 'p> Ctx<'s, 'p> {
     fn args(&mut self, args: &[CallArg], scope: &Scope) -> Result<Vec<Arg>, ElabError> {
         let mut out = Vec::with_capacity(args.len());
         for a in args {
+            // A bare shape variable may name an axis (`sum(x, C)`).
+            if let ExprKind::Name(n) = &a.value.kind {
+                if let (Some((dim, _)), false) = (scope.dims.get(n), scope.vars.contains_key(n)) {
+                    let value = Value::DimVar { name: n.clone(), dim: dim.clone() };
+                    out.push(Arg { name: a.name.clone(), value, span: a.value.span });
+                    continue;
+                }
+            }
             // A bare unknown name may be an axis name (`sum(x, B)`): keep it unresolved.
             let value = match (&a.value.kind, self.expr(&a.value, scope)) {
                 (ExprKind::Name(_), Err(e)) if matches!(e.kind, ErrorKind::UnknownName { .. }) => Value::Unbound(Box::new(e)),
@@ -420,6 +428,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
     pub(crate) fn number(&mut self, v: &Value, span: Span, what: &str) -> Result<f64, ElabError> {
         match v {
             Value::Number { value, .. } => Ok(*value),
+            Value::DimVar { dim: Dim::Known(n), .. } => Ok(*n as f64),
             Value::Unbound(e) => Err((**e).clone()),
             _ => Err(self.err(ErrorKind::NotConstant { span, what: what.into() })),
         }
@@ -428,6 +437,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
     // ---- arithmetic -------------------------------------------------------------
 
     pub(crate) fn binary(&mut self, op: BinOp, l: Value, r: Value, lspan: Span, rspan: Span, span: Span) -> Result<Value, ElabError> {
+        let (l, r) = (known_dim_as_number(l), known_dim_as_number(r));
         // Numbers fold at compile time.
         if let (Value::Number { value: a, is_int: ia }, Value::Number { value: b, is_int: ib }) = (&l, &r) {
             let (a, b) = (*a, *b);
@@ -544,6 +554,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 IndexItem::Single(e) => {
                     let v = self.expr(e, scope)?;
                     let i = self.number(&v, e.span, "an index")? as i64;
+                    let i = if i < 0 { i + n as i64 } else { i };
                     squeeze.push(axis);
                     (i, i + 1, e.span)
                 }
@@ -688,6 +699,15 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
         }
         Ok(inst)
+    }
+}
+
+/// A known dimension used as a number.
+pub(crate) fn known_dim_as_number(v: Value) -> Value {
+    match v {
+        Value::DimVar { dim: Dim::Known(n), .. } => Value::Number { value: n as f64, is_int: true },
+        Value::DimVar { name, dim: Dim::Sym(_) } => Value::SymDim(name),
+        other => other,
     }
 }
 

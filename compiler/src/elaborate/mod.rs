@@ -146,6 +146,25 @@ impl<'p> Session<'p> {
         self.trained.insert(name.to_string(), TrainedModel { model: model.clone() });
     }
 
+    /// The graph of a top-level function applied to inputs `arg0`, `arg1`, …
+    /// of the given types (for tests, and for embedding nnc as a library).
+    pub fn function_graph(&self, name: &str, args: &[TensorType]) -> Result<Graph, Vec<Diagnostic>> {
+        let mut cx = Ctx::new(self);
+        let Some(def) = self.functions.get(name).copied() else {
+            let kind = ErrorKind::UnknownName { name: name.into(), span: Span::default(), suggestion: None };
+            return Err(vec![cx.err(kind).to_diagnostic()]);
+        };
+        let mut values = Vec::new();
+        for (i, ty) in args.iter().enumerate() {
+            let id = cx.builder(def.span).input(&format!("arg{i}"), InputKind::Data, ty.clone());
+            values.push(value::Arg { name: None, value: Value::Tensor(Tensor { id, names: Vec::new() }), span: def.span });
+        }
+        let out = cx.call_user(def, None, values, def.span).and_then(|v| cx.to_tensor(v, def.span)).map_err(|e| vec![e.to_diagnostic()])?;
+        cx.graph.outputs = vec![out.id];
+        cx.graph.output_names = vec![name.to_string()];
+        Ok(cx.graph)
+    }
+
     /// Elaborate a top-level expression into a graph with one output.
     pub fn expr_graph(&self, e: &Expr) -> Result<ExprGraph, Vec<Diagnostic>> {
         let mut cx = Ctx::new(self);
@@ -238,7 +257,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
 
     /// The tensor a value denotes: tensors as they are, numbers as scalar constants.
     pub fn to_tensor(&mut self, v: Value, span: Span) -> Result<Tensor, ElabError> {
-        match v {
+        match expr::known_dim_as_number(v) {
             Value::Tensor(t) => Ok(t),
             Value::Number { value, is_int } => {
                 let id = self.builder(span).scalar(value);
@@ -248,11 +267,25 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 Ok(Tensor { id, names: Vec::new() })
             }
             Value::Unbound(e) => Err(*e),
+            Value::List(items) if !items.is_empty() => self.list_literal(items, span),
             other => {
                 let found = other.describe(|id| self.graph.shape(id).clone());
                 Err(self.err(ErrorKind::WrongKind { span, expected: "a tensor".into(), found }))
             }
         }
+    }
+
+    /// A tensor literal `[[1, 2], [3, 4]]`: rows stacked along a new first axis.
+    fn list_literal(&mut self, items: Vec<(Value, Span)>, span: Span) -> Result<Tensor, ElabError> {
+        let mut rows = Vec::with_capacity(items.len());
+        for (v, s) in items {
+            let t = self.to_tensor(v, s)?;
+            let mut dims = vec![Dim::Known(1)];
+            dims.extend(self.shape(&t).0);
+            rows.push(self.op(crate::ops::Op::Reshape { shape: Shape(dims) }, &[t.id], s)?);
+        }
+        let id = if rows.len() == 1 { rows[0] } else { self.op(crate::ops::Op::Concat { axis: 0 }, &rows, span)? };
+        Ok(Tensor { id, names: Vec::new() })
     }
 
     /// A graph input, created once per name.

@@ -5,7 +5,7 @@
 use super::error::ErrorKind;
 use super::value::{Arg, Func, Tensor, Value};
 use super::{Ctx, ElabError, Scope, Session};
-use crate::ast::{Expr, ExprKind, Span, TrainDef};
+use crate::ast::{Expr, ExprKind, Ident, Span, TrainDef};
 use crate::autodiff;
 use crate::builder::Builder;
 use crate::diagnostic::Diagnostic;
@@ -286,6 +286,13 @@ impl<'p> Session<'p> {
         let arg = Arg { name: None, value: Value::Tensor(x), span: t.data.span };
         let out = cx.call(Value::Module(model), vec![arg], t.model.span, t.model.span)?;
         let out = cx.to_tensor(out, t.model.span)?;
+        // Class ids index the logits: 9 outputs for 10 classes would silently never predict class 9.
+        if let (true, Some(classes)) = (shape.label_int, shape.classes) {
+            let logits = cx.shape(&out);
+            if matches!(logits.dims().last(), Some(Dim::Known(n)) if *n > 1 && *n < classes) {
+                return Err(cx.err(ErrorKind::ClassCount { span: t.model.span, logits, classes }));
+            }
+        }
         cx.graph.outputs = vec![out.id];
         cx.graph.output_names = vec!["output".into()];
         Ok(opt::optimize(&cx.graph))
@@ -361,11 +368,11 @@ fn nonneg_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
 }
 
 /// A call such as `adam(lr: 1e-3)` split into its name and `(key, value, span)` arguments.
-fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, Vec<(Option<String>, &'e Expr)>), ElabError> {
+fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, Vec<(Option<&'e Ident>, &'e Expr)>), ElabError> {
     match &e.kind {
         ExprKind::Name(n) => Ok((n, e.span, Vec::new())),
         ExprKind::Call { callee, args } => match &callee.kind {
-            ExprKind::Name(n) => Ok((n, callee.span, args.iter().map(|a| (a.name.as_ref().map(|i| i.name.clone()), &a.value)).collect())),
+            ExprKind::Name(n) => Ok((n, callee.span, args.iter().map(|a| (a.name.as_ref(), &a.value)).collect())),
             _ => Err(cx.err(ErrorKind::WrongKind { span: callee.span, expected: "a name".into(), found: "an expression".into() })),
         },
         _ => Err(cx.err(ErrorKind::WrongKind { span: e.span, expected: "a name or a call".into(), found: "an expression".into() })),
@@ -373,13 +380,13 @@ fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, Vec<(Option<S
 }
 
 /// Look up named (or positional, in `order`) numeric arguments with defaults.
-fn numeric_args(cx: &Ctx, callee: &str, span: Span, args: &[(Option<String>, &Expr)], order: &[(&str, Option<f64>)]) -> Result<Vec<f64>, ElabError> {
+fn numeric_args(cx: &Ctx, callee: &str, span: Span, args: &[(Option<&Ident>, &Expr)], order: &[(&str, Option<f64>)]) -> Result<Vec<f64>, ElabError> {
     let mut values: Vec<Option<f64>> = order.iter().map(|(_, d)| *d).collect();
     let allowed: Vec<String> = order.iter().map(|(n, _)| n.to_string()).collect();
     for (i, (name, e)) in args.iter().enumerate() {
         let slot = match name {
-            Some(n) => order.iter().position(|(k, _)| k == n).ok_or_else(|| {
-                cx.err(ErrorKind::UnknownKeyword { span: e.span, callee: callee.into(), keyword: n.clone(), allowed: allowed.clone() })
+            Some(n) => order.iter().position(|(k, _)| *k == n.name).ok_or_else(|| {
+                cx.err(ErrorKind::UnknownKeyword { span: n.span, callee: callee.into(), keyword: n.name.clone(), allowed: allowed.clone() })
             })?,
             None if i < order.len() => i,
             None => return Err(cx.err(ErrorKind::Arity { span, callee: callee.into(), expected: order.len(), found: args.len(), def_span: None })),
@@ -438,8 +445,8 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
             Ok(ScheduleSpec::Step { every: v[0].max(1.0) as usize, gamma: v[1] })
         }
         "warmup" => {
-            let then = args.iter().find(|(n, _)| n.as_deref() == Some("then")).map(|(_, e)| *e);
-            let rest: Vec<_> = args.iter().filter(|(n, _)| n.as_deref() != Some("then")).cloned().collect();
+            let then = args.iter().find(|(n, _)| n.is_some_and(|n| n.name == "then")).map(|(_, e)| *e);
+            let rest: Vec<_> = args.iter().filter(|(n, _)| !n.is_some_and(|n| n.name == "then")).cloned().collect();
             let v = numeric_args(cx, name, span, &rest, &[("epochs", None)])?;
             let then = match then {
                 Some(t) => schedule_spec(cx, t)?,

@@ -26,6 +26,9 @@ pub enum Value {
     Data { name: String, split: Option<String> },
     /// A symbolic dimension bound by a signature (`B`), usable in `reshape`.
     SymDim(String),
+    /// A bare shape-variable name passed as an argument (`sum(x, C)`): an
+    /// axis name to reductions, its size (if known) anywhere else.
+    DimVar { name: String, dim: crate::ir::Dim },
     /// A bare name that resolved to nothing: fine as an axis name
     /// (`sum(x, B)`), an error anywhere else.
     Unbound(Box<ElabError>),
@@ -104,6 +107,7 @@ impl Value {
             Value::Data { name, split: None } => format!("the data set `{name}`"),
             Value::Data { name, split: Some(s) } => format!("the data split `{name}.{s}`"),
             Value::SymDim(d) => format!("the dimension `{d}`"),
+            Value::DimVar { name, .. } => format!("the dimension `{name}`"),
             Value::Unbound(_) => "an unknown name".into(),
         }
     }
