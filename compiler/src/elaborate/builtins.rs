@@ -151,7 +151,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let mut ids = Vec::new();
             let mut first: Option<Tensor> = None;
             for (v, s) in items {
-                let t = cx.to_tensor(v, s)?;
+                let t = cx.tensor_of(v, s)?;
                 ids.push(t.id);
                 first.get_or_insert(t);
             }
@@ -205,7 +205,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let Some(arg) = take(&mut a[0]) else { return Err(internal(cx, span)) };
             let tensors: Vec<Tensor> = match arg.value {
                 Value::Module(m) => m.all_params().into_iter().map(|(_, t)| t).collect(),
-                v => vec![cx.to_tensor(v, arg.span)?],
+                v => vec![cx.tensor_of(v, arg.span)?],
             };
             let mut total: Option<Tensor> = None;
             for t in tensors {
@@ -276,7 +276,7 @@ fn internal(cx: &Ctx, span: Span) -> ElabError {
 
 fn tensor_arg(cx: &mut Ctx, a: Option<Arg>, span: Span) -> Result<Tensor, ElabError> {
     match a {
-        Some(a) => cx.to_tensor(a.value, a.span),
+        Some(a) => cx.tensor_of(a.value, a.span),
         None => Err(internal(cx, span)),
     }
 }
@@ -361,7 +361,7 @@ fn axes_arg(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Result<Vec<
                 norm as usize
             }
             Value::Unbound(e) => {
-                let ErrorKind::UnknownName { name, .. } = &e.kind else { return Err((**e).clone()) };
+                let ErrorKind::UnknownName { name, .. } = &*e.kind else { return Err((**e).clone()) };
                 axis_by_name(cx, x, name, s)?
             }
             Value::SymDim(name) | Value::DimVar { name, .. } => axis_by_name(cx, x, name, s)?,
@@ -620,7 +620,7 @@ fn reshape_target(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Resul
     let mut dims: Vec<Option<Dim>> = Vec::new();
     for (v, s) in items {
         match v {
-            Value::Number { value, .. } if value == -1.0 => dims.push(None),
+            Value::Number { value: -1.0, .. } => dims.push(None),
             Value::Number { value, .. } if value >= 1.0 && value.fract() == 0.0 => dims.push(Some(Dim::Known(value as usize))),
             Value::SymDim(d) => dims.push(Some(Dim::Sym(d))),
             Value::Unbound(e) => return Err(*e),
@@ -660,7 +660,7 @@ fn infer_dim(from: &Shape, known: &[Dim]) -> Dim {
             fs.remove(i);
         }
     }
-    let c = if kc == 0 { 0 } else { fc / kc };
+    let c = fc.checked_div(kc).unwrap_or(0);
     match fs.as_slice() {
         [] => Dim::Known(c),
         [s] if c == 1 => Dim::Sym(s.clone()),
@@ -688,7 +688,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 (fresh, Some(copy))
             }
             v => {
-                let t = self.to_tensor(v, first.span)?;
+                let t = self.tensor_of(v, first.span)?;
                 (vec![self.fresh_copy(&t, span)], None)
             }
         };
@@ -700,7 +700,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             a.value = new_first;
         }
         let out = self.call(Value::Func(f), args, span, span)?;
-        let out = self.to_tensor(out, span)?;
+        let out = self.tensor_of(out, span)?;
         let shape = self.shape(&out);
         if shape.rank() != 0 {
             return Err(self.err(ErrorKind::NotScalar { span, what: "the function given to `grad`".into(), shape }));

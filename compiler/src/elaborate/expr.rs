@@ -76,7 +76,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             // A bare unknown name may be an axis name (`sum(x, B)`): keep it unresolved.
             let value = match (&a.value.kind, self.expr(&a.value, scope)) {
-                (ExprKind::Name(_), Err(e)) if matches!(e.kind, ErrorKind::UnknownName { .. }) => Value::Unbound(Box::new(e)),
+                (ExprKind::Name(_), Err(e)) if matches!(*e.kind, ErrorKind::UnknownName { .. }) => Value::Unbound(Box::new(e)),
                 (_, r) => r?,
             };
             out.push(Arg { name: a.name.clone(), value, span: a.value.span });
@@ -342,7 +342,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 }
             },
             TypeAnn::Scalar(ann_span) => {
-                let t = self.to_tensor(v, span)?;
+                let t = self.tensor_of(v, span)?;
                 let ty = self.ty(&t);
                 if ty.shape.rank() != 0 {
                     return Err(self.err(ErrorKind::TypeMismatch { span, ann_span: *ann_span, expected: "a scalar".into(), found: ty, what: what.into() }));
@@ -350,7 +350,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 Ok(Value::Tensor(t))
             }
             TypeAnn::Tensor { dims, int, span: ann_span } => {
-                let t = self.to_tensor(v, span)?;
+                let t = self.tensor_of(v, span)?;
                 let ty = self.ty(&t);
                 let expected_text = self.annotation_text(dims, *int, scope);
                 let mismatch = |cx: &Self| {
@@ -464,8 +464,8 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 }
             }
         }
-        let lt = self.to_tensor(l, lspan)?;
-        let rt = self.to_tensor(r, rspan)?;
+        let lt = self.tensor_of(l, lspan)?;
+        let rt = self.tensor_of(r, rspan)?;
         if op == BinOp::MatMul {
             return builtins::matmul(self, &lt, &rt, lspan, rspan, span).map(Value::Tensor);
         }
@@ -516,7 +516,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
         let mut out = Vec::with_capacity(n);
         for (a, b) in lp.into_iter().zip(rp) {
             let v = self.binary(op, a, b, lspan, rspan, span)?;
-            out.push(self.to_tensor(v, span)?);
+            out.push(self.tensor_of(v, span)?);
         }
         Ok(Some(Value::Module(Rc::new(template.with_params(&mut out.into_iter())))))
     }
@@ -535,7 +535,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 };
             }
         }
-        let t = self.to_tensor(base, span)?;
+        let t = self.tensor_of(base, span)?;
         let shape = self.shape(&t);
         if items.len() > shape.rank() {
             return Err(self.err(ErrorKind::AxisOutOfRange { span, axis: items.len() as i64 - 1, rank: shape.rank() }));

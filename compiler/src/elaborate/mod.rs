@@ -98,7 +98,7 @@ impl<'p> Session<'p> {
             if let Some(id) = ident {
                 if let Some(first) = seen.get(&id.name) {
                     let kind = ErrorKind::Duplicate { span: id.span, first: *first, name: id.name.clone() };
-                    errors.push(ElabError { kind, context: Vec::new() }.to_diagnostic());
+                    errors.push(ElabError { kind: Box::new(kind), context: Vec::new() }.to_diagnostic());
                 } else {
                     seen.insert(id.name.clone(), id.span);
                 }
@@ -159,7 +159,7 @@ impl<'p> Session<'p> {
             let id = cx.builder(def.span).input(&format!("arg{i}"), InputKind::Data, ty.clone());
             values.push(value::Arg { name: None, value: Value::Tensor(Tensor { id, names: Vec::new() }), span: def.span });
         }
-        let out = cx.call_user(def, None, values, def.span).and_then(|v| cx.to_tensor(v, def.span)).map_err(|e| vec![e.to_diagnostic()])?;
+        let out = cx.call_user(def, None, values, def.span).and_then(|v| cx.tensor_of(v, def.span)).map_err(|e| vec![e.to_diagnostic()])?;
         cx.graph.outputs = vec![out.id];
         cx.graph.output_names = vec![name.to_string()];
         Ok(cx.graph)
@@ -169,7 +169,7 @@ impl<'p> Session<'p> {
     pub fn expr_graph(&self, e: &Expr) -> Result<ExprGraph, Vec<Diagnostic>> {
         let mut cx = Ctx::new(self);
         let scope = Scope::default();
-        let result = cx.expr(e, &scope).and_then(|v| cx.to_tensor(v, e.span));
+        let result = cx.expr(e, &scope).and_then(|v| cx.tensor_of(v, e.span));
         match result {
             Ok(t) => {
                 cx.graph.outputs = vec![t.id];
@@ -210,7 +210,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
 
     /// An error at the current point, with the call stack as context.
     pub fn err(&self, kind: ErrorKind) -> ElabError {
-        ElabError { kind, context: self.call_stack.iter().rev().cloned().collect() }
+        ElabError { kind: Box::new(kind), context: self.call_stack.iter().rev().cloned().collect() }
     }
 
     pub fn builder(&mut self, span: Span) -> Builder<'_> {
@@ -256,7 +256,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
     }
 
     /// The tensor a value denotes: tensors as they are, numbers as scalar constants.
-    pub fn to_tensor(&mut self, v: Value, span: Span) -> Result<Tensor, ElabError> {
+    pub fn tensor_of(&mut self, v: Value, span: Span) -> Result<Tensor, ElabError> {
         match expr::known_dim_as_number(v) {
             Value::Tensor(t) => Ok(t),
             Value::Number { value, is_int } => {
@@ -279,7 +279,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
     fn list_literal(&mut self, items: Vec<(Value, Span)>, span: Span) -> Result<Tensor, ElabError> {
         let mut rows = Vec::with_capacity(items.len());
         for (v, s) in items {
-            let t = self.to_tensor(v, s)?;
+            let t = self.tensor_of(v, s)?;
             let mut dims = vec![Dim::Known(1)];
             dims.extend(self.shape(&t).0);
             rows.push(self.op(crate::ops::Op::Reshape { shape: Shape(dims) }, &[t.id], s)?);
