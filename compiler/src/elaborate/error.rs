@@ -8,7 +8,8 @@ use crate::ir::{DType, Dim, Shape, TensorType};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ElabError {
-    pub kind: ErrorKind,
+    /// Boxed so `Result<_, ElabError>` stays small on the happy path.
+    pub kind: Box<ErrorKind>,
     /// The calls we were inside when the error happened, innermost first:
     /// (call span, callee name).
     pub context: Vec<(Span, String)>,

@@ -270,7 +270,7 @@ impl<'p> Session<'p> {
             }
             f => cx.call(f, args, loss.span, loss.span)?,
         };
-        let out = cx.to_tensor(out, loss.span)?;
+        let out = cx.tensor_of(out, loss.span)?;
         let shape = cx.shape(&out);
         if shape.rank() != 0 {
             return Err(cx.err(ErrorKind::NotScalar { span: loss.span, what: "the loss".into(), shape }));
@@ -285,7 +285,7 @@ impl<'p> Session<'p> {
         let (x, _) = batch_inputs(&mut cx, shape, t.data.span);
         let arg = Arg { name: None, value: Value::Tensor(x), span: t.data.span };
         let out = cx.call(Value::Module(model), vec![arg], t.model.span, t.model.span)?;
-        let out = cx.to_tensor(out, t.model.span)?;
+        let out = cx.tensor_of(out, t.model.span)?;
         // Class ids index the logits: 9 outputs for 10 classes would silently never predict class 9.
         if let (true, Some(classes)) = (shape.label_int, shape.classes) {
             let logits = cx.shape(&out);
@@ -368,7 +368,10 @@ fn nonneg_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
 }
 
 /// A call such as `adam(lr: 1e-3)` split into its name and `(key, value, span)` arguments.
-fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, Vec<(Option<&'e Ident>, &'e Expr)>), ElabError> {
+/// The arguments of a call: an optional keyword and the value.
+type CallArgs<'e> = Vec<(Option<&'e Ident>, &'e Expr)>;
+
+fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, CallArgs<'e>), ElabError> {
     match &e.kind {
         ExprKind::Name(n) => Ok((n, e.span, Vec::new())),
         ExprKind::Call { callee, args } => match &callee.kind {
