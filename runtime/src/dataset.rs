@@ -35,6 +35,8 @@ impl Dataset {
 struct Options<'a> {
     path: (String, Span),
     label: Option<(String, Span, bool)>,
+    /// `idx(images: ..., labels: ...)`: IDX image and label files, concatenated in order.
+    idx: Option<(Vec<(String, Span)>, Vec<(String, Span)>)>,
     scale: Option<f32>,
     standardize: Option<(String, Span)>,
     source: &'a Expr,
@@ -49,12 +51,19 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
     let ExprKind::Call { callee, args } = &source.kind else {
         return Err(error(source.span, "a data source must be a call such as `csv(\"file.csv\", label: \"label\")`", "expected `csv(...)`"));
     };
-    match &callee.kind {
-        ExprKind::Name(n) if n == "csv" => {}
-        _ => return Err(error(callee.span, "unknown data source", "expected `csv`").note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT)")),
-    }
+    let is_idx = match &callee.kind {
+        ExprKind::Name(n) if n == "csv" => false,
+        ExprKind::Name(n) if n == "idx" => true,
+        _ => {
+            return Err(error(callee.span, "unknown data source", "expected `csv` or `idx`")
+                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER)"))
+        }
+    };
     let mut path = None;
-    let mut opts = Options { path: (String::new(), source.span), label: None, scale: None, standardize: None, source };
+    let mut opts = Options { path: (String::new(), source.span), label: None, idx: None, scale: None, standardize: None, source };
+    if is_idx {
+        return idx_options(args, opts);
+    }
     for a in args {
         let key = a.name.as_ref().map(|n| n.name.as_str());
         match (key, &a.value.kind) {
@@ -78,6 +87,48 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
         return Err(error(source.span, "`csv` needs a label column", "add `label: \"COLUMN\"` or `target: \"COLUMN\"`"));
     }
     Ok(opts)
+}
+
+/// A string or a list of strings: `"a.gz"` or `["a.gz", "b.gz"]`.
+fn file_list(e: &Expr) -> Option<Vec<(String, Span)>> {
+    match &e.kind {
+        ExprKind::Str(s) => Some(vec![(s.clone(), e.span)]),
+        ExprKind::List(items) => items
+            .iter()
+            .map(|i| match &i.kind {
+                ExprKind::Str(s) => Some((s.clone(), i.span)),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn idx_options<'a>(args: &[ast::CallArg], mut opts: Options<'a>) -> Result<Options<'a>, Diagnostic> {
+    let (mut images, mut labels) = (None, None);
+    for a in args {
+        let key = a.name.as_ref().map(|n| n.name.as_str());
+        let files = || file_list(&a.value).ok_or_else(|| error(a.value.span, "expected a file name or a list of file names", "here"));
+        match key {
+            Some("images") => images = Some(files()?),
+            Some("labels") => labels = Some(files()?),
+            Some("scale") => {
+                let v = constant_number(&a.value).ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/255"))?;
+                opts.scale = Some(v as f32);
+            }
+            _ => {
+                return Err(error(a.value.span, "unexpected argument to `idx`", "here").note("options: images: FILES, labels: FILES, scale: NUMBER"));
+            }
+        }
+    }
+    match (images, labels) {
+        (Some(i), Some(l)) => {
+            opts.idx = Some((i, l));
+            opts.label = Some(("label".into(), opts.source.span, true));
+            Ok(opts)
+        }
+        _ => Err(error(opts.source.span, "`idx` needs `images:` and `labels:`", "add both file lists")),
+    }
 }
 
 fn row_select(sel: &ast::RowSelect) -> Result<RowSelect, Diagnostic> {
@@ -134,9 +185,32 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
     let Some((label, label_span, is_class)) = &opts.label else {
         return Err(error(opts.source.span, "`csv` needs a label column", "here"));
     };
-    let table = data::load_csv(&path, label).map_err(|e| match &e {
+    let table = match &opts.idx {
+        Some((images, labels)) => load_idx(base_dir, images, labels)?,
+        None => load_table(&path, label, *label_span, path_text, *path_span)?,
+    };
+    let is_class = *is_class;
+    let classes = if is_class { Some(class_count(&table, *label_span, label)?) } else { None };
+    finish(def, opts, table, classes, is_class)
+}
+
+fn load_idx(base_dir: &Path, images: &[(String, Span)], labels: &[(String, Span)]) -> Result<Table, Diagnostic> {
+    let first_span = images.first().map(|(_, s)| *s).unwrap_or_default();
+    for (f, span) in images.iter().chain(labels) {
+        if !base_dir.join(f).exists() {
+            return Err(error(*span, format!("cannot read {}", base_dir.join(f).display()), "this file does not exist"));
+        }
+    }
+    let to_paths = |v: &[(String, Span)]| v.iter().map(|(f, _)| base_dir.join(f)).collect::<Vec<_>>();
+    let (x, y) = crate::idx::load(&to_paths(images), &to_paths(labels)).map_err(|e| error(first_span, "cannot load the IDX files", e.to_string()))?;
+    let feature_names = (0..x.ncols()).map(|i| format!("p{i}")).collect();
+    Ok(Table { features: x, labels: y, feature_names, label_name: "label".into() })
+}
+
+fn load_table(path: &Path, label: &str, label_span: Span, path_text: &str, path_span: Span) -> Result<Table, Diagnostic> {
+    data::load_csv(path, label).map_err(|e| match &e {
         data::DataError::MissingLabelColumn { available, .. } => {
-            let d = error(*label_span, format!("`{path_text}` has no column `{label}`"), "not a column of this file");
+            let d = error(label_span, format!("`{path_text}` has no column `{label}`"), "not a column of this file");
             let d = match closest(label, available.iter().map(String::as_str)) {
                 Some(s) => d.note(format!("help: did you mean `{s}`?")),
                 None => d,
@@ -144,17 +218,20 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
             d.note(format!("its columns are {}", column_summary(available)))
         }
         data::DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            let d = error(*path_span, format!("data file `{path_text}` not found"), "no such file");
-            let d = match similar_file(&path) {
+            let d = error(path_span, format!("data file `{path_text}` not found"), "no such file");
+            let d = match similar_file(path) {
                 Some(name) => d.note(format!("help: did you mean `{}`?", Path::new(path_text).with_file_name(name).display())),
                 None => d,
             };
             d.note(format!("looked for {} (paths are relative to the folder of the .nn file)", path.display()))
         }
-        data::DataError::Io { source, .. } => error(*path_span, format!("cannot read `{path_text}`"), source.to_string()),
-        _ => error(*path_span, format!("cannot load `{path_text}`"), "this file").note(e.to_string()),
-    })?;
-    let classes = if *is_class { Some(class_count(&table, *label_span, label)?) } else { None };
+        data::DataError::Io { source, .. } => error(path_span, format!("cannot read `{path_text}`"), source.to_string()),
+        _ => error(path_span, format!("cannot load `{path_text}`"), "this file").note(e.to_string()),
+    })
+}
+
+fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is_class: bool) -> Result<Dataset, Diagnostic> {
+    let path_text = &opts.path.0;
     let mut splits = Vec::new();
     for s in &def.splits {
         let sel = row_select(&s.rows)?;
@@ -183,7 +260,7 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
     }
     let shape = DataShape {
         features: table.n_features(),
-        label_int: *is_class,
+        label_int: is_class,
         classes,
         splits: splits.iter().map(|(n, s)| (n.clone(), s.x.nrows())).collect(),
     };

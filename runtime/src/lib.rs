@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dataset;
 pub mod exec;
+pub mod idx;
 pub mod init;
 pub mod plot;
 pub mod program;

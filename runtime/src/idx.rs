@@ -1,0 +1,95 @@
+//! The IDX format of the MNIST files (optionally gzip-compressed): a
+//! big-endian header — magic `0x0000_08DD` where DD is the number of dims,
+//! then one u32 per dim — followed by unsigned bytes in row-major order.
+
+use flate2::read::GzDecoder;
+use ndarray::{Array1, Array2};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub enum IdxError {
+    Io { path: PathBuf, source: std::io::Error },
+    /// The header is not an unsigned-byte IDX header.
+    BadHeader { path: PathBuf, why: String },
+    /// Fewer bytes than the header promises.
+    Truncated { path: PathBuf, expected: usize, found: usize },
+    /// Image and label files disagree on the number of items.
+    CountMismatch { images: usize, labels: usize },
+}
+
+impl fmt::Display for IdxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdxError::Io { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            IdxError::BadHeader { path, why } => write!(f, "{} is not an IDX file: {why}", path.display()),
+            IdxError::Truncated { path, expected, found } => {
+                write!(f, "{} is truncated: the header promises {expected} bytes of data, the file has {found}", path.display())
+            }
+            IdxError::CountMismatch { images, labels } => write!(f, "{images} images but {labels} labels"),
+        }
+    }
+}
+
+impl std::error::Error for IdxError {}
+
+/// Read an IDX file: its dims and its bytes.
+pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<u8>), IdxError> {
+    let raw = std::fs::read(path).map_err(|source| IdxError::Io { path: path.to_path_buf(), source })?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(|source| IdxError::Io { path: path.to_path_buf(), source })?;
+        out
+    } else {
+        raw
+    };
+    let bad = |why: &str| IdxError::BadHeader { path: path.to_path_buf(), why: why.to_string() };
+    let header = bytes.get(..4).ok_or_else(|| bad("shorter than its magic number"))?;
+    if header[0] != 0 || header[1] != 0 || header[2] != 0x08 {
+        return Err(bad("the magic number does not announce unsigned bytes (0x0000_08..)"));
+    }
+    let rank = header[3] as usize;
+    let mut dims = Vec::with_capacity(rank);
+    for i in 0..rank {
+        let at = 4 + 4 * i;
+        let d = bytes.get(at..at + 4).ok_or_else(|| bad("the header is cut short"))?;
+        dims.push(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize);
+    }
+    let start = 4 + 4 * rank;
+    let expected: usize = dims.iter().product();
+    let data = bytes.get(start..).unwrap_or_default();
+    if data.len() < expected {
+        return Err(IdxError::Truncated { path: path.to_path_buf(), expected, found: data.len() });
+    }
+    Ok((dims, data[..expected].to_vec()))
+}
+
+/// Images (flattened row-major, as floats 0..255) and labels from pairs of
+/// IDX files, concatenated in order.
+pub fn load(images: &[PathBuf], labels: &[PathBuf]) -> Result<(Array2<f32>, Array1<f32>), IdxError> {
+    let mut pixels = Vec::new();
+    let mut width = 0;
+    let mut rows = 0;
+    for p in images {
+        let (dims, data) = read(p)?;
+        let n = dims.first().copied().unwrap_or(0);
+        let w: usize = dims.iter().skip(1).product();
+        if rows > 0 && w != width {
+            return Err(IdxError::BadHeader { path: p.clone(), why: format!("items of {w} values, earlier files had {width}") });
+        }
+        width = w;
+        rows += n;
+        pixels.extend(data.iter().map(|&b| f32::from(b)));
+    }
+    let mut ys = Vec::new();
+    for p in labels {
+        let (_, data) = read(p)?;
+        ys.extend(data.iter().map(|&b| f32::from(b)));
+    }
+    if ys.len() != rows {
+        return Err(IdxError::CountMismatch { images: rows, labels: ys.len() });
+    }
+    let x = Array2::from_shape_vec((rows, width), pixels).map_err(|e| IdxError::BadHeader { path: PathBuf::new(), why: e.to_string() })?;
+    Ok((x, Array1::from_vec(ys)))
+}
