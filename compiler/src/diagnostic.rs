@@ -63,15 +63,23 @@ fn render_one(d: &Diagnostic, filename: &str, source: &str, color: bool, out: &m
         .with_config(Config::default().with_color(color).with_index_type(ariadne::IndexType::Char))
         .with_message(&d.title);
     let palette = [Color::Red, Color::Yellow, Color::Cyan, Color::Magenta, Color::Green];
-    for (i, l) in d.labels.iter().enumerate() {
-        let mut label = AriadneLabel::new((name.clone(), range(l.span))).with_message(&l.message).with_order(i as i32);
+    // Hand the labels over in source order: ariadne starts a new snippet
+    // (repeating the file header) whenever a label lies above the previous one.
+    let mut labels: Vec<(usize, &Label)> = d.labels.iter().enumerate().collect();
+    labels.sort_by_key(|(_, l)| (l.span.start, l.span.end));
+    for (i, l) in labels {
+        let mut label = AriadneLabel::new((name.clone(), range(l.span))).with_message(&l.message);
         if color {
             label = label.with_color(palette[i % palette.len()]);
         }
         report = report.with_label(label);
     }
+    // "help: ..." notes print as `Help:`, the rest as `Note:` (a leading "note: " is dropped).
     for n in &d.notes {
-        report = report.with_note(n);
+        report = match n.strip_prefix("help: ") {
+            Some(help) => report.with_help(help),
+            None => report.with_note(n.strip_prefix("note: ").unwrap_or(n)),
+        };
     }
     // Writing into a Vec cannot fail.
     let _ = report.finish().write((name, Source::from(source)), &mut *out);

@@ -17,51 +17,204 @@ pub struct ElabError {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ErrorKind {
-    UnknownName { name: String, span: Span, suggestion: Option<String> },
-    UnknownField { field: String, span: Span, of: String, available: Vec<String> },
-    NotCallable { span: Span, what: String },
-    Arity { span: Span, callee: String, expected: usize, found: usize, def_span: Option<Span> },
-    UnknownKeyword { span: Span, callee: String, keyword: String, allowed: Vec<String> },
-    MissingArgument { span: Span, callee: String, name: String },
+    UnknownName {
+        name: String,
+        span: Span,
+        suggestion: Option<String>,
+    },
+    /// An unknown name in the place of a function: `leaky_relu(x)`, `x |> leaky_relu`.
+    UnknownFunction {
+        name: String,
+        span: Span,
+        suggestion: Option<String>,
+    },
+    UnknownField {
+        field: String,
+        span: Span,
+        of: String,
+        available: Vec<String>,
+    },
+    NotCallable {
+        span: Span,
+        what: String,
+    },
+    Arity {
+        span: Span,
+        callee: String,
+        expected: usize,
+        found: usize,
+        def_span: Option<Span>,
+    },
+    UnknownKeyword {
+        span: Span,
+        callee: String,
+        keyword: String,
+        allowed: Vec<String>,
+    },
+    MissingArgument {
+        span: Span,
+        callee: String,
+        name: String,
+    },
     /// A value of the wrong kind: a module where a tensor was needed, etc.
-    WrongKind { span: Span, expected: String, found: String },
-    MatMulInner { span: Span, lhs_span: Span, rhs_span: Span, lhs: Shape, rhs: Shape },
-    MatMulRank { span: Span, lhs_span: Span, rhs_span: Span, lhs: Shape, rhs: Shape },
-    Broadcast { op: String, span: Span, lhs_span: Span, rhs_span: Span, lhs: Shape, rhs: Shape },
-    NoSuchAxis { span: Span, axis: String, shape: Shape, names: Vec<Option<String>> },
-    AxisOutOfRange { span: Span, axis: i64, rank: usize },
+    WrongKind {
+        span: Span,
+        expected: String,
+        found: String,
+    },
+    MatMulInner {
+        span: Span,
+        lhs_span: Span,
+        rhs_span: Span,
+        lhs: Shape,
+        rhs: Shape,
+    },
+    MatMulRank {
+        span: Span,
+        lhs_span: Span,
+        rhs_span: Span,
+        lhs: Shape,
+        rhs: Shape,
+    },
+    Broadcast {
+        op: String,
+        span: Span,
+        lhs_span: Span,
+        rhs_span: Span,
+        lhs: Shape,
+        rhs: Shape,
+    },
+    NoSuchAxis {
+        span: Span,
+        axis: String,
+        shape: Shape,
+        names: Vec<Option<String>>,
+    },
+    AxisOutOfRange {
+        span: Span,
+        axis: i64,
+        rank: usize,
+    },
     /// An argument or result whose type disagrees with its annotation.
-    TypeMismatch { span: Span, ann_span: Span, expected: String, found: TensorType, what: String },
+    TypeMismatch {
+        span: Span,
+        ann_span: Span,
+        expected: String,
+        found: TensorType,
+        what: String,
+    },
     /// A shape variable bound to two different sizes in one signature.
-    DimConflict { span: Span, ann_span: Span, var: String, first: String, second: String },
-    LabelsNotInt { span: Span, found: TensorType },
-    IntOperand { span: Span, op: String },
-    Reshape { span: Span, from: Shape, to: Shape },
-    Slice { span: Span, shape: Shape, axis: usize, start: i64, end: i64 },
-    Concat { span: Span, lhs: Shape, rhs: Shape, axis: usize },
-    NotConstant { span: Span, what: String },
-    BadDim { span: Span, found: String },
-    UnknownInit { span: Span, name: String },
-    UnknownOptimizer { span: Span, name: String },
-    UnknownMetric { span: Span, name: String },
-    MissingField { span: Span, field: String },
-    UnknownTrainField { span: Span, field: String },
-    BadFieldValue { span: Span, field: String, expected: String },
-    Duplicate { span: Span, first: Span, name: String },
-    Recursion { span: Span, name: String },
-    NotScalar { span: Span, what: String, shape: Shape },
-    ClassCount { span: Span, logits: Shape, classes: usize },
-    Solve { span: Span, a: Shape, b: Shape },
+    DimConflict {
+        span: Span,
+        ann_span: Span,
+        var: String,
+        first: String,
+        second: String,
+    },
+    LabelsNotInt {
+        span: Span,
+        found: TensorType,
+    },
+    IntOperand {
+        span: Span,
+        op: String,
+    },
+    Reshape {
+        span: Span,
+        from: Shape,
+        to: Shape,
+    },
+    Slice {
+        span: Span,
+        shape: Shape,
+        axis: usize,
+        start: i64,
+        end: i64,
+    },
+    Concat {
+        span: Span,
+        lhs: Shape,
+        rhs: Shape,
+        axis: usize,
+    },
+    NotConstant {
+        span: Span,
+        what: String,
+    },
+    BadDim {
+        span: Span,
+        found: String,
+    },
+    UnknownInit {
+        span: Span,
+        name: String,
+    },
+    UnknownOptimizer {
+        span: Span,
+        name: String,
+    },
+    UnknownMetric {
+        span: Span,
+        name: String,
+    },
+    MissingField {
+        span: Span,
+        field: String,
+    },
+    UnknownTrainField {
+        span: Span,
+        field: String,
+    },
+    BadFieldValue {
+        span: Span,
+        field: String,
+        expected: String,
+    },
+    Duplicate {
+        span: Span,
+        first: Span,
+        name: String,
+    },
+    Recursion {
+        span: Span,
+        name: String,
+    },
+    NotScalar {
+        span: Span,
+        what: String,
+        shape: Shape,
+    },
+    ClassCount {
+        span: Span,
+        logits: Shape,
+        classes: usize,
+    },
+    Solve {
+        span: Span,
+        a: Shape,
+        b: Shape,
+    },
     /// A bug in a derivative rule or in the elaborator itself.
-    Internal { span: Span, message: String },
+    Internal {
+        span: Span,
+        message: String,
+    },
 }
 
 fn list(names: &[String]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn axis_names(names: &[Option<String>]) -> String {
-    names.iter().map(|n| n.clone().unwrap_or_else(|| "_".into())).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| n.clone().unwrap_or_else(|| "_".into()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// "1 argument", "2 arguments".
@@ -76,7 +229,12 @@ fn plural(n: usize, word: &str) -> String {
 /// The number of elements of a shape as text: `B × 64`, `49`.
 fn element_count(shape: &Shape) -> String {
     let known: usize = shape.dims().iter().filter_map(Dim::known).product();
-    let mut parts: Vec<String> = shape.dims().iter().filter(|d| d.known().is_none()).map(ToString::to_string).collect();
+    let mut parts: Vec<String> = shape
+        .dims()
+        .iter()
+        .filter(|d| d.known().is_none())
+        .map(ToString::to_string)
+        .collect();
     if known != 1 || parts.is_empty() {
         parts.push(known.to_string());
     }
@@ -125,6 +283,25 @@ fn suggest_keyword(keyword: &str, allowed: &[String]) -> Option<String> {
         .or_else(|| closest(keyword, allowed.iter().map(String::as_str)))
 }
 
+/// "did you mean" for an initialiser: names used by other libraries first.
+fn suggest_init(name: &str) -> Option<String> {
+    const SYNONYMS: &[(&str, &str)] = &[
+        ("he_uniform", "he_normal"),
+        ("kaiming_normal", "he_normal"),
+        ("kaiming_uniform", "he_normal"),
+        ("glorot_uniform", "xavier_uniform"),
+        ("glorot_normal", "xavier_normal"),
+        ("zero", "zeros"),
+        ("randn", "normal"),
+        ("gaussian", "normal"),
+    ];
+    SYNONYMS
+        .iter()
+        .find(|(from, _)| *from == name)
+        .map(|(_, to)| to.to_string())
+        .or_else(|| closest(name, INITIALISERS.iter().copied()))
+}
+
 fn with_suggestion(d: Diagnostic, suggestion: Option<String>) -> Diagnostic {
     match suggestion {
         Some(s) => d.note(format!("help: did you mean `{s}`?")),
@@ -132,12 +309,51 @@ fn with_suggestion(d: Diagnostic, suggestion: Option<String>) -> Diagnostic {
     }
 }
 
-const INITIALISERS: &[&str] = &["zeros", "ones", "normal", "uniform", "he_normal", "xavier_uniform", "xavier_normal"];
+const INITIALISERS: &[&str] = &[
+    "zeros",
+    "ones",
+    "normal",
+    "uniform",
+    "he_normal",
+    "xavier_uniform",
+    "xavier_normal",
+];
 const OPTIMIZERS: &[&str] = &["gd", "sgd", "momentum", "nesterov", "adam", "adamw"];
 const METRICS: &[&str] = &["loss", "accuracy", "mse"];
-const TRAIN_SETTINGS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
+const TRAIN_SETTINGS: &[&str] = &[
+    "loss",
+    "optimizer",
+    "batch",
+    "epochs",
+    "seed",
+    "schedule",
+    "metrics",
+    "checkpoint",
+    "load",
+];
 
 impl ElabError {
+    /// Reword "unknown name" as "unknown function" when the name is `callee`,
+    /// the thing being called.
+    pub(crate) fn in_callee(mut self, callee: Span) -> ElabError {
+        if let ErrorKind::UnknownName {
+            name,
+            span,
+            suggestion,
+        } = &*self.kind
+        {
+            if *span == callee {
+                let (name, span, suggestion) = (name.clone(), *span, suggestion.clone());
+                self.kind = Box::new(ErrorKind::UnknownFunction {
+                    name,
+                    span,
+                    suggestion,
+                });
+            }
+        }
+        self
+    }
+
     pub fn to_diagnostic(&self) -> Diagnostic {
         let mut d = self.kind.to_diagnostic();
         for (span, callee) in &self.context {
@@ -155,6 +371,13 @@ impl ErrorKind {
         match self {
             UnknownName { name, span, suggestion } => {
                 with_suggestion(Diagnostic::new(format!("unknown name `{name}`")).label(*span, "not found in this scope"), suggestion.clone())
+            }
+            UnknownFunction { name, span, suggestion } => {
+                let d = Diagnostic::new(format!("unknown function `{name}`")).label(*span, "no function, module or built-in of this name");
+                match suggestion {
+                    Some(s) => d.note(format!("help: did you mean `{s}`?")),
+                    None => d.note(format!("help: to define it, add a function such as `fn {name}(x: [B, N]) -> [B, N] = ...`")),
+                }
             }
             UnknownField { field, span, of, available } => {
                 let d = Diagnostic::new(format!("`{of}` has no member `{field}`")).label(*span, format!("no `{field}` in `{of}`"));
@@ -200,8 +423,10 @@ impl ErrorKind {
                     None => (found.clone(), None),
                 };
                 let d = Diagnostic::new(format!("expected {expected}, found {found}")).label(*span, format!("this is {found}"));
-                if found.starts_with("the module type") {
-                    d.note("help: a module type describes a model; to use one, make it a member (`net = Model(...)`) or take it as an argument (`m: Model`), and call that")
+                if let Some(name) = found.strip_prefix("the module type `").and_then(|n| n.strip_suffix('`')) {
+                    d.note(format!(
+                        "help: `{name}` describes a model but is not one; make one a member (`net = {name}(...)`) or take one as an argument (`m: {name}`), and call that"
+                    ))
                 } else {
                     match hint {
                         Some(h) => d.note(h),
@@ -263,7 +488,8 @@ impl ErrorKind {
             AxisOutOfRange { span, axis, rank } => {
                 let label = match rank {
                     0 => "a scalar has no axes".to_string(),
-                    1 => "the only axis is 0 (or -1)".to_string(),
+                    1 => "the only axis is 0 (or -1, counting from the end)".to_string(),
+                    2 => "the axes are 0 and 1 (or -2 and -1, counting from the end)".to_string(),
                     r => format!("the axes are 0 to {} (or -{r} to -1, counting from the end)", r - 1),
                 };
                 Diagnostic::new(format!("axis {axis} is out of range for a tensor of rank {rank}")).label(*span, label)
@@ -318,7 +544,7 @@ impl ErrorKind {
             }
             UnknownInit { span, name } => with_suggestion(
                 Diagnostic::new(format!("unknown initialiser `{name}`")).label(*span, "not an initialiser"),
-                closest(name, INITIALISERS.iter().copied()),
+                suggest_init(name),
             )
             .note("the initialisers are zeros, ones, normal(std), uniform(low, high), he_normal, xavier_uniform and xavier_normal"),
             UnknownOptimizer { span, name } => with_suggestion(
@@ -351,7 +577,7 @@ impl ErrorKind {
                 closest(field, TRAIN_SETTINGS.iter().copied()),
             )
             .note(format!("the settings are {}", TRAIN_SETTINGS.join(", "))),
-            BadFieldValue { span, field, expected } => Diagnostic::new(format!("`{field}` must be {expected}")).label(*span, format!("invalid `{field}`")),
+            BadFieldValue { span, field, expected } => Diagnostic::new(format!("`{field}` must be {expected}")).label(*span, format!("this is not {expected}")),
             Duplicate { span, first, name } => Diagnostic::new(format!("`{name}` is defined twice"))
                 .label(*span, "defined again here")
                 .label(*first, "first defined here")
@@ -387,7 +613,14 @@ impl ErrorKind {
 }
 
 /// Shapes that do not fit an elementwise op, `mse` or `cross_entropy`.
-fn broadcast_diagnostic(op: &str, span: Span, lhs_span: Span, rhs_span: Span, lhs: &Shape, rhs: &Shape) -> Diagnostic {
+fn broadcast_diagnostic(
+    op: &str,
+    span: Span,
+    lhs_span: Span,
+    rhs_span: Span,
+    lhs: &Shape,
+    rhs: &Shape,
+) -> Diagnostic {
     match op {
         "mse" => {
             let d = Diagnostic::new(format!("`mse` needs a prediction and a target of the same shape, found {lhs} and {rhs}"))
@@ -396,8 +629,9 @@ fn broadcast_diagnostic(op: &str, span: Span, lhs_span: Span, rhs_span: Span, lh
             // [B, 1] against [B]: broadcasting would compare every prediction with every target.
             let (long, short) = if lhs.rank() > rhs.rank() { (lhs, rhs) } else { (rhs, lhs) };
             if long.rank() == short.rank() + 1 && long.dims().last() == Some(&Dim::Known(1)) && without_last(long) == *short {
-                d.note(format!("`mse` does not broadcast: {long} against {short} would compare every prediction with every target"))
-                    .note(format!("help: make both {long} with `reshape(..., {long})`, or both {short} by indexing with `[:, 0]`"))
+                d.note(format!(
+                    "help: make both {long} with `reshape(..., {long})`, or both {short} with `[:, 0]`; broadcasting them would compare every prediction with every target"
+                ))
             } else {
                 d
             }
@@ -431,8 +665,8 @@ fn broadcast_diagnostic(op: &str, span: Span, lhs_span: Span, rhs_span: Span, lh
 /// The closest of `candidates` to `name`, if close enough to suggest: by
 /// edit distance ignoring case (so `w` finds `W`), then exact edit distance,
 /// then alphabetically, so the choice never depends on the candidates' order.
-/// Failing that, a candidate contained in `name` or starting with it
-/// (`label_smoothing` → `smoothing`, `acc` → `accuracy`).
+/// Failing that, a candidate that starts with `name` (`acc` → `accuracy`) or
+/// makes up most of it (`label_smoothing` → `smoothing`).
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let len = name.chars().count();
     // One-letter names are all one edit apart: only suggest a change of case.
@@ -460,7 +694,8 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     }
     candidates
         .iter()
-        .filter(|c| c.chars().count() >= 3 && (name.contains(**c) || c.starts_with(name)))
+        // A contained candidate must be most of the name: `logits` is not a misspelt `log`.
+        .filter(|c| c.starts_with(name) || (2 * c.chars().count() > len && name.contains(**c)))
         .max_by_key(|c| c.len())
         .map(|c| c.to_string())
 }

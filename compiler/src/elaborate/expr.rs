@@ -20,7 +20,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 self.field(b, field, base.span)
             }
             ExprKind::Call { callee, args } => {
-                let f = self.expr(callee, scope)?;
+                let f = self.expr(callee, scope).map_err(|e| e.in_callee(callee.span))?;
                 let args = self.args(args, scope)?;
                 self.call(f, args, e.span, callee.span)
             }
@@ -30,7 +30,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             ExprKind::Binary { op: BinOp::Pipe, lhs, rhs } => {
                 let x = self.expr(lhs, scope)?;
-                let f = self.expr(rhs, scope)?;
+                let f = self.expr(rhs, scope).map_err(|e| e.in_callee(rhs.span))?;
                 let arg = Arg { name: None, value: x, span: lhs.span };
                 self.call(f, vec![arg], e.span, rhs.span)
             }

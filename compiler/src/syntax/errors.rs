@@ -248,6 +248,9 @@ fn parsing_error(source: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
         format!("{found_words} was not expected here")
     };
     let d = Diagnostic::new(title).label(found.span, message);
+    if let Some((span, label)) = unclosed_before_item(source, pos, &found, positives) {
+        return d.label(span, label);
+    }
     let in_block = positives
         .iter()
         .any(|r| matches!(r, Rule::kw_let | Rule::let_stmt));
@@ -476,9 +479,65 @@ fn innermost_unclosed(source: &str, open: u8) -> Option<Span> {
     (t.tok == Tok::Open(open)).then_some(t.span)
 }
 
+/// Words that start an item, and so cannot continue an unfinished one.
+const ITEM_STARTS: [&str; 7] = ["module", "fn", "data", "train", "let", "report", "plot"];
+
+/// The next item begins (on a later line) while a bracket is still open and
+/// its closer would have been accepted: the bracket was probably never
+/// closed. Returns a label for it (the header of a `{ ... }` construct).
+fn unclosed_before_item(
+    source: &str,
+    pos: usize,
+    found: &Found,
+    positives: &[Rule],
+) -> Option<(Span, String)> {
+    let word = found.text.as_deref()?;
+    if !ITEM_STARTS.contains(&word) {
+        return None;
+    }
+    let prefix = source.get(..pos)?;
+    let tokens = lex(prefix);
+    let last = tokens.last()?.span;
+    if !prefix.get(last.end..)?.contains('\n') {
+        return None;
+    }
+    let &innermost = unclosed(&tokens).last()?;
+    let opener = tokens.get(innermost)?;
+    let (open, closer) = match opener.tok {
+        Tok::Open(b'(') => ('(', Rule::rparen),
+        Tok::Open(b'[') => ('[', Rule::rbrack),
+        Tok::Open(b'{') => ('{', Rule::rbrace),
+        _ => return None,
+    };
+    if !positives.contains(&closer) {
+        return None;
+    }
+    Some(match (open, brace_owner(prefix)) {
+        ('{', Some((span, what))) => (
+            span,
+            format!("{what} starts here, and its `{{` is never closed"),
+        ),
+        _ => (opener.span, format!("this `{open}` is never closed")),
+    })
+}
+
 /// "expected `}` to close the module `Mlp` that starts here", pointing at the
 /// header of the construct whose `{` is never closed.
 fn unclosed_brace(source: &str, eof: Span) -> Option<Diagnostic> {
+    let (span, what) = brace_owner(source)?;
+    Some(
+        Diagnostic::new("unexpected end of file")
+            .label(
+                span,
+                format!("expected `}}` to close {what} that starts here"),
+            )
+            .label(eof, "the file ends here"),
+    )
+}
+
+/// The innermost `{` still open at the end of `source`, as the span of the
+/// construct's header (`module Mlp {`) and words for it ("the module `Mlp`").
+fn brace_owner(source: &str) -> Option<(Span, String)> {
     let tokens = lex(source);
     let stack = unclosed(&tokens);
     let &open = stack
@@ -528,14 +587,7 @@ fn unclosed_brace(source: &str, eof: Span) -> Option<Diagnostic> {
         }
         None => (brace, "the block".to_string()),
     };
-    Some(
-        Diagnostic::new("unexpected end of file")
-            .label(
-                span,
-                format!("expected `}}` to close {what} that starts here"),
-            )
-            .label(eof, "the file ends here"),
-    )
+    Some((span, what))
 }
 
 /// Reject bracket nesting deeper than `max` before pest sees the text (both
