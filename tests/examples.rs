@@ -50,10 +50,28 @@ fn mlp_digits_reaches_its_accuracy_bar() {
     let v = run_json("examples/mlp_digits.nn", &[]);
     assert_eq!(v["example"], "mlp_digits");
     assert_eq!(number(&v, "epochs"), 30.0);
-    assert!(number(&v, "train_loss") < 0.05, "{v}");
+    // Smoothed targets have entropy 0.50 nats (0.91 on the class, 0.01 on the
+    // nine others), the floor of the loss: training should get close to it.
+    let loss = number(&v, "train_loss");
+    assert!((0.50..0.55).contains(&loss), "train loss {loss} is not near the 0.50 floor");
     let acc = number(&v, "test_accuracy");
     assert!(acc >= 0.945, "test accuracy {acc} is below the 94.5% bar");
     assert!(number(&v, "seconds") > 0.0);
+}
+
+/// Without label smoothing the recipe lands where PyTorch and JAX land on
+/// this split (bench/results/digits_reference.txt: PyTorch 92.2–94.2% over
+/// ten seeds, JAX 91.9–93.9%).
+#[test]
+fn mlp_digits_plain_recipe_agrees_with_pytorch_and_jax() {
+    let dir = scratch("plain-recipe");
+    let text = std::fs::read_to_string(root().join("examples/mlp_digits.nn")).unwrap();
+    let plain = text.replace("cross_entropy(m(x), y, smoothing: 0.1)", "cross_entropy(m(x), y)").replace("data/digits.csv", &digits_path());
+    assert_ne!(plain, text);
+    std::fs::write(dir.join("plain.nn"), plain).unwrap();
+    let v = run_json(dir.join("plain.nn").to_str().unwrap(), &[]);
+    let acc = number(&v, "test_accuracy");
+    assert!((0.919..=0.945).contains(&acc), "plain-recipe accuracy {acc} is outside what PyTorch and JAX reach");
 }
 
 #[test]
