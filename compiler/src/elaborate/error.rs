@@ -320,17 +320,7 @@ const INITIALISERS: &[&str] = &[
 ];
 const OPTIMIZERS: &[&str] = &["gd", "sgd", "momentum", "nesterov", "adam", "adamw"];
 const METRICS: &[&str] = &["loss", "accuracy", "mse"];
-const TRAIN_SETTINGS: &[&str] = &[
-    "loss",
-    "optimizer",
-    "batch",
-    "epochs",
-    "seed",
-    "schedule",
-    "metrics",
-    "checkpoint",
-    "load",
-];
+use super::train::FIELDS as TRAIN_SETTINGS;
 
 impl ElabError {
     /// Reword "unknown name" as "unknown function" when the name is `callee`,

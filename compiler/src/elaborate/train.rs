@@ -134,7 +134,8 @@ pub const HYPER_LR: &str = "hyper.lr";
 pub const HYPER_BC1: &str = "hyper.bias_correction1";
 pub const HYPER_BC2: &str = "hyper.bias_correction2";
 
-const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
+/// The settings a `train` block accepts.
+pub(crate) const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
 
 impl<'p> Session<'p> {
     /// Check and build everything a `train` block needs.
