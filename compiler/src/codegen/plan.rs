@@ -181,11 +181,8 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
     }
     let mut outputs = Vec::with_capacity(graph.outputs.len());
     for (o, s) in out_storage.into_iter().enumerate() {
-        let s = s.ok_or_else(|| CodegenError::BadUpdate {
-            output: o,
-            input: ValueId(0),
-            reason: "output not computed".into(),
-        })?;
+        let node = graph.outputs.get(o).copied().unwrap_or(ValueId(0));
+        let s = s.ok_or_else(|| malformed(node, "output not computed"))?;
         if let Some(st) = p.storages.get_mut(s) {
             if st.kind == StorageKind::Temp {
                 st.kind = StorageKind::Output;
