@@ -90,13 +90,11 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
     };
     let base = base_dir(file);
     let opts = RunOptions { base_dir: &base, quiet: quiet || json, process_start, epochs };
+    runner.summary.echo = true;
     if let Err(d) = runner.run(&opts) {
         return report(file, &source, &d);
     }
     let summary = &runner.summary;
-    for line in &summary.lines {
-        eprintln!("{line}");
-    }
     if timings {
         for (name, r) in &summary.runs {
             let step_ms = r.train_time.as_secs_f64() * 1e3 / r.steps.max(1) as f64;

@@ -98,7 +98,7 @@ fn every_optimizer_reaches_the_ridge_optimum_and_curves_are_plotted() {
     }
     let csv = std::fs::read_to_string(root().join("examples/optimizers.csv")).expect("curves CSV");
     let header = csv.lines().next().unwrap_or_default();
-    assert_eq!(header, "step,gd,sgd,momentum,nesterov,adam,adamw");
+    assert_eq!(header, "epoch,gd,sgd,momentum,nesterov,adam,adamw");
     assert_eq!(csv.lines().count(), 301);
     let png = std::fs::read(root().join("examples/optimizers.png")).expect("plot PNG");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

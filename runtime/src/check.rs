@@ -62,7 +62,7 @@ pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Ve
                 Err(e) => errors.extend(e),
             },
             Item::Let(l) if session.add_const(&l.name.name, &l.value) => {}
-            Item::Let(l) => match session.expr_graph(&l.value) {
+            Item::Let(l) => match session.annotated_expr_graph(&l.value, l.ty.as_ref()) {
                 Ok(eg) => session.add_let(&l.name.name, TensorType::f32(eg.ty.shape.clone())),
                 Err(e) => errors.extend(e),
             },
@@ -176,7 +176,7 @@ pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Res
             }
             Item::Let(l) if session.add_const(&l.name.name, &l.value) => {}
             Item::Let(l) => {
-                let eg = session.expr_graph(&l.value)?;
+                let eg = session.annotated_expr_graph(&l.value, l.ty.as_ref())?;
                 session.add_let(&l.name.name, TensorType::f32(eg.ty.shape.clone()));
             }
             Item::Module(_) | Item::Function(_) | Item::Plot(_) | Item::Report(_) => {}

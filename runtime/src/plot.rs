@@ -119,7 +119,7 @@ fn csv_field(s: &str) -> String {
 fn write_csv(path: &Path, series: &[(String, Vec<f64>)]) -> Result<(), PlotError> {
     ensure_parent(path)?;
     let rows = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
-    let mut out = String::from("step");
+    let mut out = String::from("epoch");
     for (name, _) in series {
         out.push(',');
         out.push_str(&csv_field(name));

@@ -25,11 +25,23 @@ pub struct RunOptions<'a> {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub runs: Vec<(String, TrainResult)>,
+    /// Print each result line on stderr as soon as it is known.
+    pub echo: bool,
     /// `report` values, by label.
     pub reports: Vec<(String, f64)>,
     pub seconds: f64,
     /// Lines for the terminal (reports, final metrics).
     pub lines: Vec<String>,
+}
+
+impl Summary {
+    /// Record a result line (and show it now, so a later failure loses nothing).
+    fn say(&mut self, line: String) {
+        if self.echo {
+            eprintln!("{line}");
+        }
+        self.lines.push(line);
+    }
 }
 
 /// State shared by the items of one file as they run.
@@ -78,21 +90,21 @@ impl<'p> Runner<'p> {
                 for (m, v) in &result.metrics {
                     line.push_str(&format!(", {} {}", m.label(), train::format_metric(m.kind, *v)));
                 }
-                self.summary.lines.push(line);
+                self.summary.say(line);
                 self.session.add_trained(&plan.name, &t.model);
                 self.summary.runs.push((plan.name.clone(), result));
                 Ok(())
             }
             Item::Let(l) if self.session.add_const(&l.name.name, &l.value) => Ok(()),
             Item::Let(l) => {
-                let value = self.evaluate(&l.value)?;
+                let value = self.evaluate(&l.value, l.ty.as_ref())?;
                 let ty = TensorType::f32(nnc_compiler::ir::Shape::known(value.shape()));
                 self.session.add_let(&l.name.name, ty);
                 self.lets.push((l.name.name.clone(), value));
                 Ok(())
             }
             Item::Report(r) => {
-                let value = self.evaluate(&r.value)?;
+                let value = self.evaluate(&r.value, None)?;
                 let text = if value.len() == 1 {
                     let v = value.iter().copied().next().unwrap_or(f64::NAN);
                     self.summary.reports.push((r.label.clone(), v));
@@ -104,7 +116,7 @@ impl<'p> Runner<'p> {
                 } else {
                     format!("{value:.4}")
                 };
-                self.summary.lines.push(format!("{}: {text}", r.label));
+                self.summary.say(format!("{}: {text}", r.label));
                 Ok(())
             }
             Item::Plot(p) => {
@@ -120,15 +132,15 @@ impl<'p> Runner<'p> {
                 let png = opts.base_dir.join(&p.path);
                 let csv = png.with_extension("csv");
                 plot::write_curves(&png, &csv, "training loss", &series).map_err(|e| Diagnostic::new(format!("could not write {}", png.display())).label(p.span, e.to_string()))?;
-                self.summary.lines.push(format!("wrote {} and {}", p.path, csv.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()));
+                self.summary.say(format!("wrote {} and {}", p.path, csv.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()));
                 Ok(())
             }
         }
     }
 
     /// Evaluate a top-level expression with the reference interpreter (float64).
-    fn evaluate(&self, e: &nnc_compiler::ast::Expr) -> Result<ArrayD<f64>, Diagnostic> {
-        let eg = self.session.expr_graph(e).map_err(first)?;
+    fn evaluate(&self, e: &nnc_compiler::ast::Expr, ann: Option<&nnc_compiler::ast::TypeAnn>) -> Result<ArrayD<f64>, Diagnostic> {
+        let eg = self.session.annotated_expr_graph(e, ann).map_err(first)?;
         let mut inputs = Inputs::new();
         for (_, name, _) in eg.graph.inputs() {
             let value = self.input_value(name).ok_or_else(|| Diagnostic::new(format!("no value for `{name}`")).label(e.span, "needed here"))?;

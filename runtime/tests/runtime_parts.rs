@@ -630,7 +630,7 @@ fn curves_write_csv_and_png() {
     let text = fs::read_to_string(&csv).unwrap();
     assert_eq!(
         text,
-        "step,train,test\n1,2.5,2.75\n2,1.25,1.5\n3,0.5,\n4,0.25,\n"
+        "epoch,train,test\n1,2.5,2.75\n2,1.25,1.5\n3,0.5,\n4,0.25,\n"
     );
     let img = image::open(&png).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (PLOT_WIDTH, PLOT_HEIGHT));
@@ -668,6 +668,6 @@ fn curves_handle_log_scale_and_edge_cases() {
     // No data at all still gives a (blank) chart and a header-only CSV.
     let (png0, csv0) = (dir.join("empty.png"), dir.join("empty.csv"));
     write_curves(&png0, &csv0, "empty", &[]).unwrap();
-    assert_eq!(fs::read_to_string(&csv0).unwrap(), "step\n");
+    assert_eq!(fs::read_to_string(&csv0).unwrap(), "epoch\n");
     assert_eq!(image::open(&png0).unwrap().width(), PLOT_WIDTH);
 }

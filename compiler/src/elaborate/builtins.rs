@@ -636,25 +636,32 @@ fn reshape_target(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Resul
     let from = cx.shape(x);
     let known: Vec<Dim> = dims.iter().flatten().cloned().collect();
     let fill = infer_dim(&from, &known);
+    if fill == Dim::Known(0) {
+        let (c, syms) = split_dims(from.dims());
+        let product = if syms.is_empty() { c.to_string() } else { format!("{}·{c}", syms.join("·")) };
+        return Err(cx.err(ErrorKind::BadDim { span: a.span, found: format!("a `-1` that cannot be inferred ({from} has {product} elements); write the shape out") }));
+    }
     let shape: Vec<Dim> = dims.into_iter().map(|d| d.unwrap_or_else(|| fill.clone())).collect();
     Ok(Shape(shape))
 }
 
 /// The dim that makes `known` hold as many elements as `from` (best effort; the shape rule has the last word).
-fn infer_dim(from: &Shape, known: &[Dim]) -> Dim {
-    let split = |dims: &[Dim]| {
-        let mut c = 1usize;
-        let mut syms: Vec<String> = Vec::new();
-        for d in dims {
-            match d {
-                Dim::Known(n) => c *= n,
-                Dim::Sym(s) => syms.push(s.clone()),
-            }
+/// A shape's element count as a constant and the symbols it multiplies.
+fn split_dims(dims: &[Dim]) -> (usize, Vec<String>) {
+    let mut c = 1usize;
+    let mut syms: Vec<String> = Vec::new();
+    for d in dims {
+        match d {
+            Dim::Known(n) => c *= n,
+            Dim::Sym(s) => syms.push(s.clone()),
         }
-        (c, syms)
-    };
-    let (fc, mut fs) = split(from.dims());
-    let (kc, ks) = split(known);
+    }
+    (c, syms)
+}
+
+fn infer_dim(from: &Shape, known: &[Dim]) -> Dim {
+    let (fc, mut fs) = split_dims(from.dims());
+    let (kc, ks) = split_dims(known);
     for s in ks {
         if let Some(i) = fs.iter().position(|f| *f == s) {
             fs.remove(i);

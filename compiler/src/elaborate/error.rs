@@ -195,6 +195,11 @@ pub enum ErrorKind {
         b: Shape,
     },
     /// A bug in a derivative rule or in the elaborator itself.
+    /// A loss that reads data other than its batch (`digits.test.x`) or a tensor `let`.
+    ForeignInput {
+        span: Span,
+        name: String,
+    },
     Internal {
         span: Span,
         message: String,
@@ -595,6 +600,9 @@ impl ErrorKind {
             Solve { span, a, b } => {
                 Diagnostic::new(format!("`solve` needs a square matrix and a matching right-hand side, found {a} and {b}")).label(*span, "here")
             }
+            ForeignInput { span, name } => Diagnostic::new(format!("the loss uses `{name}`, which is not part of a training batch"))
+                .label(*span, format!("this loss reads `{name}`"))
+                .note("a loss sees the model, the batch `x` and its labels `y`; evaluate other data with `metrics = [...]` or `report`"),
             Internal { span, message } => Diagnostic::new(format!("internal compiler error: {message}"))
                 .label(*span, "while compiling this")
                 .note("this is a bug in nnc; please report it with this file"),

@@ -66,10 +66,15 @@ impl<'s, 'p> Ctx<'s, 'p> {
     fn args(&mut self, args: &[CallArg], scope: &Scope) -> Result<Vec<Arg>, ElabError> {
         let mut out = Vec::with_capacity(args.len());
         for a in args {
-            // A bare shape variable may name an axis (`sum(x, C)`).
+            // A bare shape variable or module constant may name an axis (`sum(x, C)`, `sum(h, out)`).
             if let ExprKind::Name(n) = &a.value.kind {
-                if let (Some((dim, _)), false) = (scope.dims.get(n), scope.vars.contains_key(n)) {
-                    let value = Value::DimVar { name: n.clone(), dim: dim.clone() };
+                let module_const = scope.this.as_ref().and_then(|m| m.consts.iter().find(|(c, _)| c == n)).and_then(|(_, v)| match v {
+                    Value::Number { value, is_int: true } => Some(Dim::Known(*value as usize)),
+                    _ => None,
+                });
+                let dim = scope.dims.get(n).map(|(d, _)| d.clone()).or(module_const);
+                if let (Some(dim), false) = (dim, scope.vars.contains_key(n)) {
+                    let value = Value::DimVar { name: n.clone(), dim };
                     out.push(Arg { name: a.name.clone(), value, span: a.value.span });
                     continue;
                 }
@@ -107,8 +112,8 @@ impl<'s, 'p> Ctx<'s, 'p> {
         if s.data.contains_key(name) || s.data_defs.contains_key(name) {
             return Ok(Value::Data { name: name.to_string(), split: None });
         }
-        if let Some(&value) = s.consts.get(name) {
-            return Ok(Value::Number { value, is_int: value.fract() == 0.0 });
+        if let Some(&(value, is_int)) = s.consts.get(name) {
+            return Ok(Value::Number { value, is_int });
         }
         if let Some(ty) = s.lets.get(name) {
             let t = self.lazy_input(&format!("let.{name}"), InputKind::Data, ty.clone(), span);
@@ -363,7 +368,9 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 let mut names = Vec::with_capacity(dims.len());
                 for (d, actual) in dims.iter().zip(ty.shape.dims()) {
                     if let ExprKind::Name(n) = &d.kind {
-                        let is_const = scope.vars.contains_key(n) || scope.this.as_ref().is_some_and(|m| m.consts.iter().any(|(c, _)| c == n));
+                        let is_const = scope.vars.contains_key(n)
+                            || self.session.consts.contains_key(n)
+                            || scope.this.as_ref().is_some_and(|m| m.consts.iter().any(|(c, _)| c == n));
                         if !is_const {
                             match scope.dims.get(n) {
                                 Some((bound, first_span)) if bound != actual => {
@@ -402,7 +409,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
         let parts: Vec<String> = dims
             .iter()
             .map(|d| match &d.kind {
-                ExprKind::Name(n) if !scope.vars.contains_key(n) && !scope.this.as_ref().is_some_and(|m| m.consts.iter().any(|(c, _)| c == n)) => {
+                ExprKind::Name(n)
+                    if !scope.vars.contains_key(n)
+                        && !self.session.consts.contains_key(n)
+                        && !scope.this.as_ref().is_some_and(|m| m.consts.iter().any(|(c, _)| c == n)) =>
+                {
                     scope.dims.get(n).map_or_else(|| n.clone(), |(dim, _)| dim.to_string())
                 }
                 _ => self.const_dim(d, scope).map_or_else(|_| "?".into(), |n| n.to_string()),
@@ -651,6 +662,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             return Err(self.err(ErrorKind::Arity { span, callee: name.into(), expected: def.const_params.len(), found: args.len(), def_span: Some(def.name.span) }));
         }
         let mut inst = ModuleInst { def_name: name.into(), path: path.into(), consts: Vec::new(), params: Vec::new(), subs: Vec::new(), stack: Vec::new() };
+        let args = self.bind_module_args(name, def, args)?;
         for (p, a) in def.const_params.iter().zip(args) {
             let n = self.number(&a.value, a.span, &format!("module argument `{}`", p.name.name))?;
             let is_int = p.ty.name == "int";
@@ -663,6 +675,33 @@ impl<'s, 'p> Ctx<'s, 'p> {
         let r = self.instantiate_members(def, inst);
         self.call_stack.pop();
         r.map(Rc::new)
+    }
+
+    /// Put named module arguments (`Linear(out: 1, in: 10)`) in parameter order.
+    fn bind_module_args(&self, name: &str, def: &ModuleDef, args: Vec<Arg>) -> Result<Vec<Arg>, ElabError> {
+        let mut slots: Vec<Option<Arg>> = vec![None; def.const_params.len()];
+        let mut positional = Vec::new();
+        for a in args {
+            match &a.name {
+                Some(n) => match def.const_params.iter().position(|p| p.name.name == n.name) {
+                    Some(i) => slots[i] = Some(a),
+                    None => {
+                        let allowed = def.const_params.iter().map(|p| p.name.name.clone()).collect();
+                        return Err(self.err(ErrorKind::UnknownKeyword { span: n.span, callee: name.into(), keyword: n.name.clone(), allowed }));
+                    }
+                },
+                None => positional.push(a),
+            }
+        }
+        let mut positional = positional.into_iter();
+        let mut out = Vec::with_capacity(slots.len());
+        for (slot, p) in slots.into_iter().zip(&def.const_params) {
+            match slot.or_else(|| positional.next()) {
+                Some(a) => out.push(a),
+                None => return Err(self.err(ErrorKind::MissingArgument { span: def.name.span, callee: name.into(), name: p.name.name.clone() })),
+            }
+        }
+        Ok(out)
     }
 
     fn instantiate_members(&mut self, def: &ModuleDef, mut inst: ModuleInst) -> Result<ModuleInst, ElabError> {

@@ -49,7 +49,7 @@ pub struct Session<'p> {
     data: HashMap<String, DataShape>,
     lets: HashMap<String, TensorType>,
     /// Top-level `let`s that are plain numbers (`let lambda = 0.1`): constants everywhere.
-    consts: HashMap<String, f64>,
+    consts: HashMap<String, (f64, bool)>,
     trained: HashMap<String, TrainedModel>,
 }
 
@@ -132,13 +132,19 @@ impl<'p> Session<'p> {
     /// Record a top-level `let` whose value is a constant number. Returns
     /// false (and records nothing) if the expression is not one.
     pub fn add_const(&mut self, name: &str, value: &Expr) -> bool {
-        match train::constant_number(value) {
+        match self.constant(value) {
             Some(v) => {
                 self.consts.insert(name.to_string(), v);
                 true
             }
             None => false,
         }
+    }
+
+    /// The value of a constant expression (numbers, arithmetic, numeric `let`s)
+    /// and whether it is an integer.
+    pub fn constant(&self, e: &Expr) -> Option<(f64, bool)> {
+        train::constant(e, &|n| self.consts.get(n).copied())
     }
 
     /// Record a trained model so later items can use it.
@@ -167,9 +173,18 @@ impl<'p> Session<'p> {
 
     /// Elaborate a top-level expression into a graph with one output.
     pub fn expr_graph(&self, e: &Expr) -> Result<ExprGraph, Vec<Diagnostic>> {
+        self.annotated_expr_graph(e, None)
+    }
+
+    /// `expr_graph`, checking the value against a `let`'s type annotation.
+    pub fn annotated_expr_graph(&self, e: &Expr, ann: Option<&crate::ast::TypeAnn>) -> Result<ExprGraph, Vec<Diagnostic>> {
         let mut cx = Ctx::new(self);
-        let scope = Scope::default();
-        let result = cx.expr(e, &scope).and_then(|v| cx.tensor_of(v, e.span));
+        let mut scope = Scope::default();
+        let result = cx.expr(e, &scope).and_then(|v| match ann {
+            Some(a) => cx.check_type(v, e.span, a, &mut scope, "this `let`"),
+            None => Ok(v),
+        });
+        let result = result.and_then(|v| cx.tensor_of(v, e.span));
         match result {
             Ok(t) => {
                 cx.graph.outputs = vec![t.id];
@@ -277,12 +292,27 @@ impl<'s, 'p> Ctx<'s, 'p> {
 
     /// A tensor literal `[[1, 2], [3, 4]]`: rows stacked along a new first axis.
     fn list_literal(&mut self, items: Vec<(Value, Span)>, span: Span) -> Result<Tensor, ElabError> {
+        // One float anywhere makes the whole literal float (`[1, 2.5]`).
+        let has_float = items.iter().any(|(v, _)| match v {
+            Value::Number { is_int, .. } => !is_int,
+            Value::Tensor(t) => self.graph.ty(t.id).dtype == DType::F32,
+            _ => false,
+        });
         let mut rows = Vec::with_capacity(items.len());
         for (v, s) in items {
+            let v = match v {
+                Value::Number { value, .. } if has_float => Value::Number { value, is_int: false },
+                other => other,
+            };
             let t = self.tensor_of(v, s)?;
             let mut dims = vec![Dim::Known(1)];
             dims.extend(self.shape(&t).0);
-            rows.push(self.op(crate::ops::Op::Reshape { shape: Shape(dims) }, &[t.id], s)?);
+            let row = self.op(crate::ops::Op::Reshape { shape: Shape(dims) }, &[t.id], s)?;
+            if has_float {
+                // Ints are stored as floats: widening is a change of type only.
+                self.graph.nodes[row.index()].ty.dtype = DType::F32;
+            }
+            rows.push(row);
         }
         let id = if rows.len() == 1 { rows[0] } else { self.op(crate::ops::Op::Concat { axis: 0 }, &rows, span)? };
         Ok(Tensor { id, names: Vec::new() })

@@ -221,6 +221,12 @@ impl<'p> Session<'p> {
             .filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id)))
             .collect();
 
+        // Only the batch, the parameters and the optimizer's own inputs are fed each step.
+        let fed = |name: &str| name == "x" || name == "y" || name.starts_with("hyper.") || params.iter().any(|p| p.path == name) || update.state.iter().any(|(n, _)| n == name);
+        if let Some((_, name, _)) = step_graph.inputs().into_iter().find(|(_, n, _)| !fed(n)) {
+            let name = name.strip_prefix("let.").unwrap_or(name).to_string();
+            return Err(cx.err(ErrorKind::ForeignInput { span: loss_field.value.span, name }));
+        }
         let forward_graph = self.forward_graph(t, &shape)?;
         Ok(TrainPlan {
             name: t.name.name.clone(),
@@ -332,21 +338,25 @@ fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
 
 /// The value of a constant numeric expression (`1e-3`, `1/16`, `-2`), if it is one.
 pub fn constant_number(e: &Expr) -> Option<f64> {
-    literal(e)
+    constant(e, &|_| None).map(|(v, _)| v)
 }
 
-fn literal(e: &Expr) -> Option<f64> {
+/// A constant expression's value and whether it is an integer, with names
+/// looked up by `lookup` (top-level numeric `let`s).
+pub fn constant(e: &Expr, lookup: &dyn Fn(&str) -> Option<(f64, bool)>) -> Option<(f64, bool)> {
     match &e.kind {
-        ExprKind::Number { value, .. } => Some(*value),
-        ExprKind::Neg(x) => literal(x).map(|v| -v),
+        ExprKind::Number { value, is_int } => Some((*value, *is_int)),
+        ExprKind::Name(n) => lookup(n),
+        ExprKind::Neg(x) => constant(x, lookup).map(|(v, i)| (-v, i)),
         ExprKind::Binary { op, lhs, rhs } => {
-            let (a, b) = (literal(lhs)?, literal(rhs)?);
+            let ((a, ia), (b, ib)) = (constant(lhs, lookup)?, constant(rhs, lookup)?);
+            let both = ia && ib;
             match op {
-                crate::ast::BinOp::Add => Some(a + b),
-                crate::ast::BinOp::Sub => Some(a - b),
-                crate::ast::BinOp::Mul => Some(a * b),
-                crate::ast::BinOp::Div => Some(a / b),
-                crate::ast::BinOp::Pow => Some(a.powf(b)),
+                crate::ast::BinOp::Add => Some((a + b, both)),
+                crate::ast::BinOp::Sub => Some((a - b, both)),
+                crate::ast::BinOp::Mul => Some((a * b, both)),
+                crate::ast::BinOp::Div => Some((a / b, false)),
+                crate::ast::BinOp::Pow => Some((a.powf(b), both && b >= 0.0)),
                 _ => None,
             }
         }
@@ -354,15 +364,22 @@ fn literal(e: &Expr) -> Option<f64> {
     }
 }
 
+impl Ctx<'_, '_> {
+    /// A constant, with top-level numeric `let`s in scope.
+    fn literal(&self, e: &Expr) -> Option<f64> {
+        self.session.constant(e).map(|(v, _)| v)
+    }
+}
+
 fn positive_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
-    match literal(e) {
+    match cx.literal(e) {
         Some(v) if v >= 1.0 && v.fract() == 0.0 => Ok(v as usize),
         _ => Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: field.into(), expected: "a positive integer".into() })),
     }
 }
 
 fn nonneg_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
-    match literal(e) {
+    match cx.literal(e) {
         Some(v) if v >= 0.0 && v.fract() == 0.0 => Ok(v as usize),
         _ => Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: field.into(), expected: "a non-negative integer".into() })),
     }
@@ -395,7 +412,7 @@ fn numeric_args(cx: &Ctx, callee: &str, span: Span, args: &[(Option<&Ident>, &Ex
             None if i < order.len() => i,
             None => return Err(cx.err(ErrorKind::Arity { span, callee: callee.into(), expected: order.len(), found: args.len(), def_span: None })),
         };
-        let v = literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: format!("`{}`", order[slot].0) }))?;
+        let v = cx.literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: format!("`{}`", order[slot].0) }))?;
         values[slot] = Some(v);
     }
     values
@@ -446,6 +463,9 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
         }
         "step" => {
             let v = numeric_args(cx, name, span, &args, &[("every", None), ("gamma", Some(0.1))])?;
+            if !(v[1] > 0.0 && v[1].is_finite()) {
+                return Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: "gamma".into(), expected: "a positive factor such as 0.1".into() }));
+            }
             Ok(ScheduleSpec::Step { every: v[0].max(1.0) as usize, gamma: v[1] })
         }
         "warmup" => {
