@@ -13,6 +13,7 @@ mod kernel;
 mod math;
 mod memory;
 mod plan;
+mod updates;
 
 use crate::ir::{Graph, Shape, ValueId};
 use cranelift_codegen::ir::types::I64;

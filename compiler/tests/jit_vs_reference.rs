@@ -143,13 +143,10 @@ const SHAPES: &[&[usize]] = &[
 
 #[test]
 fn unary_ops() {
+    #[rustfmt::skip]
     let ops = [
-        (UnaryOp::Neg, Fill::Signed),
-        (UnaryOp::Exp, Fill::Signed),
-        (UnaryOp::Log, Fill::Positive),
-        (UnaryOp::Sqrt, Fill::Positive),
-        (UnaryOp::Abs, Fill::Signed),
-        (UnaryOp::Tanh, Fill::Signed),
+        (UnaryOp::Neg, Fill::Signed), (UnaryOp::Exp, Fill::Signed), (UnaryOp::Log, Fill::Positive),
+        (UnaryOp::Sqrt, Fill::Positive), (UnaryOp::Abs, Fill::Signed), (UnaryOp::Tanh, Fill::Signed),
         (UnaryOp::Erf, Fill::Signed),
     ];
     for (u, f) in ops {
@@ -178,12 +175,10 @@ fn jit_unary(u: UnaryOp, xs: &[f32]) -> Vec<f32> {
 #[test]
 fn unary_math_wide_range() {
     // 1000 points over a wide range of arguments for each function.
+    #[rustfmt::skip]
     let cases = [
-        (UnaryOp::Exp, -80.0, 80.0),
-        (UnaryOp::Tanh, -12.0, 12.0),
-        (UnaryOp::Erf, -6.0, 6.0),
-        (UnaryOp::Log, 1e-30, 1e30),
-        (UnaryOp::Log, 0.5, 2.0),
+        (UnaryOp::Exp, -80.0, 80.0), (UnaryOp::Tanh, -12.0, 12.0), (UnaryOp::Erf, -6.0, 6.0),
+        (UnaryOp::Log, 1e-30, 1e30), (UnaryOp::Log, 0.5, 2.0),
     ];
     for (u, lo, hi) in cases {
         let xs: Vec<f32> = (0..1000)
@@ -233,16 +228,11 @@ fn special_values() {
 
 #[test]
 fn binary_ops() {
+    #[rustfmt::skip]
     let ops = [
-        (BinaryOp::Add, Fill::Signed),
-        (BinaryOp::Sub, Fill::Signed),
-        (BinaryOp::Mul, Fill::Signed),
-        (BinaryOp::Div, Fill::Positive),
-        (BinaryOp::Pow, Fill::Positive),
-        (BinaryOp::Max, Fill::Signed),
-        (BinaryOp::Max, Fill::Ints),
-        (BinaryOp::Gt, Fill::Ints),
-        (BinaryOp::Eq, Fill::Ints),
+        (BinaryOp::Add, Fill::Signed), (BinaryOp::Sub, Fill::Signed), (BinaryOp::Mul, Fill::Signed),
+        (BinaryOp::Div, Fill::Positive), (BinaryOp::Pow, Fill::Positive), (BinaryOp::Max, Fill::Signed),
+        (BinaryOp::Max, Fill::Ints), (BinaryOp::Gt, Fill::Ints), (BinaryOp::Eq, Fill::Ints),
         (BinaryOp::Gt, Fill::Signed),
     ];
     for (op, f) in ops {
@@ -311,16 +301,10 @@ fn stop_gradient_constant_iota() {
 
 #[test]
 fn broadcasts() {
+    #[rustfmt::skip]
     let cases: &[(&[usize], &[usize])] = &[
-        (&[], &[5]),
-        (&[], &[3, 4]),
-        (&[7], &[3, 7]),
-        (&[1], &[13]),
-        (&[3, 1], &[3, 65]),
-        (&[1, 7], &[5, 7]),
-        (&[3, 1, 5], &[3, 4, 5]),
-        (&[1, 1, 5], &[2, 3, 5]),
-        (&[4, 1], &[2, 3, 4, 7]),
+        (&[], &[5]), (&[], &[3, 4]), (&[7], &[3, 7]), (&[1], &[13]), (&[3, 1], &[3, 65]), (&[1, 7], &[5, 7]),
+        (&[3, 1, 5], &[3, 4, 5]), (&[1, 1, 5], &[2, 3, 5]), (&[4, 1], &[2, 3, 4, 7]),
         (&[2, 1, 1], &[2, 3, 13]),
     ];
     for (from, to) in cases {
@@ -338,12 +322,9 @@ fn broadcasts() {
 
 #[test]
 fn reshapes() {
+    #[rustfmt::skip]
     let cases: &[(&[usize], &[usize])] = &[
-        (&[3, 4], &[12]),
-        (&[12], &[2, 6]),
-        (&[2, 3, 5], &[6, 5]),
-        (&[1], &[]),
-        (&[7, 1], &[1, 7]),
+        (&[3, 4], &[12]), (&[12], &[2, 6]), (&[2, 3, 5], &[6, 5]), (&[1], &[]), (&[7, 1], &[1, 7]),
     ];
     for (from, to) in cases {
         let g = graph(|b| {
@@ -360,14 +341,10 @@ fn reshapes() {
 
 #[test]
 fn transposes() {
+    #[rustfmt::skip]
     let cases: &[(&[usize], &[usize])] = &[
-        (&[3, 5], &[1, 0]),
-        (&[13, 65], &[1, 0]),
-        (&[1, 7], &[1, 0]),
-        (&[2, 3, 5], &[0, 2, 1]),
-        (&[2, 3, 5], &[2, 0, 1]),
-        (&[2, 3, 5], &[1, 2, 0]),
-        (&[4, 3, 7], &[2, 1, 0]),
+        (&[3, 5], &[1, 0]), (&[13, 65], &[1, 0]), (&[1, 7], &[1, 0]), (&[2, 3, 5], &[0, 2, 1]),
+        (&[2, 3, 5], &[2, 0, 1]), (&[2, 3, 5], &[1, 2, 0]), (&[4, 3, 7], &[2, 1, 0]),
         (&[2, 3, 4, 5], &[3, 1, 0, 2]),
     ];
     for (dims, perm) in cases {
@@ -384,13 +361,10 @@ fn transposes() {
 
 #[test]
 fn slices_and_pads() {
+    #[rustfmt::skip]
     let cases: &[(&[usize], usize, usize, usize)] = &[
-        (&[7], 0, 2, 5),
-        (&[13, 7], 0, 0, 13),
-        (&[13, 7], 1, 3, 4),
-        (&[2, 3, 65], 2, 1, 64),
-        (&[2, 3, 5], 1, 1, 3),
-        (&[5, 4], 0, 4, 5),
+        (&[7], 0, 2, 5), (&[13, 7], 0, 0, 13), (&[13, 7], 1, 3, 4), (&[2, 3, 65], 2, 1, 64),
+        (&[2, 3, 5], 1, 1, 3), (&[5, 4], 0, 4, 5),
     ];
     for (dims, axis, start, end) in cases {
         let g = graph(|b| {
@@ -408,12 +382,10 @@ fn slices_and_pads() {
 
 #[test]
 fn concats() {
+    #[rustfmt::skip]
     let cases: &[(&[&[usize]], usize)] = &[
-        (&[&[3], &[4]], 0),
-        (&[&[3, 5], &[2, 5]], 0),
-        (&[&[3, 5], &[3, 1]], 1),
-        (&[&[3, 5], &[3, 7], &[3, 2]], 1),
-        (&[&[2, 3, 4], &[2, 1, 4], &[2, 5, 4]], 1),
+        (&[&[3], &[4]], 0), (&[&[3, 5], &[2, 5]], 0), (&[&[3, 5], &[3, 1]], 1),
+        (&[&[3, 5], &[3, 7], &[3, 2]], 1), (&[&[2, 3, 4], &[2, 1, 4], &[2, 5, 4]], 1),
         (&[&[2, 3, 4], &[2, 3, 13], &[2, 3, 1]], 2),
     ];
     for (shapes, axis) in cases {
@@ -438,19 +410,11 @@ fn concats() {
 
 #[test]
 fn reductions() {
+    #[rustfmt::skip]
     let cases: &[(&[usize], &[usize])] = &[
-        (&[7], &[0]),
-        (&[65], &[0]),
-        (&[1], &[0]),
-        (&[13, 7], &[0]),
-        (&[13, 7], &[1]),
-        (&[13, 7], &[0, 1]),
-        (&[3, 1, 5], &[1]),
-        (&[2, 3, 13], &[0, 2]),
-        (&[2, 3, 13], &[1]),
-        (&[2, 3, 13], &[0, 1, 2]),
-        (&[4, 65, 3], &[1]),
-        (&[65, 65], &[1]),
+        (&[7], &[0]), (&[65], &[0]), (&[1], &[0]), (&[13, 7], &[0]), (&[13, 7], &[1]), (&[13, 7], &[0, 1]),
+        (&[3, 1, 5], &[1]), (&[2, 3, 13], &[0, 2]), (&[2, 3, 13], &[1]), (&[2, 3, 13], &[0, 1, 2]),
+        (&[4, 65, 3], &[1]), (&[65, 65], &[1]),
     ];
     for (dims, axes) in cases {
         for kind in [ReduceKind::Sum, ReduceKind::Max] {
@@ -485,18 +449,12 @@ fn reductions() {
 
 #[test]
 fn matmuls() {
+    #[rustfmt::skip]
     let cases: &[(&[usize], &[usize])] = &[
-        (&[3, 5], &[5, 7]),
-        (&[1, 1], &[1, 1]),
-        (&[13, 65], &[65, 7]),
-        (&[1, 5], &[5, 1]),
-        (&[4, 3, 5], &[4, 5, 7]),
-        (&[2, 1, 3], &[2, 3, 1]),
-        (&[2, 3, 4, 5], &[2, 3, 5, 2]),
+        (&[3, 5], &[5, 7]), (&[1, 1], &[1, 1]), (&[13, 65], &[65, 7]), (&[1, 5], &[5, 1]),
+        (&[4, 3, 5], &[4, 5, 7]), (&[2, 1, 3], &[2, 3, 1]), (&[2, 3, 4, 5], &[2, 3, 5, 2]),
         // Large enough for the SGEMM library path (the rest are fused loops).
-        (&[40, 65], &[65, 33]),
-        (&[3, 33, 40], &[3, 40, 35]),
-        (&[1, 300], &[300, 200]),
+        (&[40, 65], &[65, 33]), (&[3, 33, 40], &[3, 40, 35]), (&[1, 300], &[300, 200]),
         (&[65, 300], &[300, 1]),
     ];
     for (a, bd) in cases {
@@ -847,15 +805,11 @@ fn timing() {
 
     let n = 1 << 16;
     type Case = (&'static str, fn(&mut Builder, ValueId) -> ValueId);
+    #[rustfmt::skip]
     let cases: [Case; 5] = [
-        ("x + 1", |b, x| b.offset(x, 1.0)),
-        ("exp(x)", |b, x| b.exp(x)),
-        ("tanh(x)", |b, x| b.unary(UnaryOp::Tanh, x)),
-        ("erf(x)", |b, x| b.unary(UnaryOp::Erf, x)),
-        ("log(|x|)", |b, x| {
-            let a = b.unary(UnaryOp::Abs, x);
-            b.log(a)
-        }),
+        ("x + 1", |b, x| b.offset(x, 1.0)), ("exp(x)", |b, x| b.exp(x)),
+        ("tanh(x)", |b, x| b.unary(UnaryOp::Tanh, x)), ("erf(x)", |b, x| b.unary(UnaryOp::Erf, x)),
+        ("log(|x|)", |b, x| { let a = b.unary(UnaryOp::Abs, x); b.log(a) }),
     ];
     for (name, f) in cases {
         let g = graph(|b| {

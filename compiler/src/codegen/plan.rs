@@ -12,7 +12,7 @@ use super::kernel::{
     contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage,
     StorageId, StorageKind,
 };
-use super::CodegenError;
+use super::{updates, CodegenError};
 use crate::ir::{Graph, Op, ValueId};
 use crate::ops::{BinaryOp, ReduceKind};
 
@@ -191,7 +191,11 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         let len = graph.outputs.get(o).map_or(0, |n| p.numel(*n));
         outputs.push((s, len));
     }
-    p.apply_updates(updates, &mut outputs)?;
+    let mut pairs = Vec::with_capacity(updates.len());
+    for &(o, v) in updates {
+        pairs.push((o, p.layout(v)?.storage));
+    }
+    updates::apply(&mut p.kernels, &mut p.storages, &pairs, &mut outputs);
     Ok(Plan {
         storages: p.storages,
         kernels: p.kernels,
@@ -784,60 +788,5 @@ impl Planner<'_> {
         let dst = self.storages.len() - 1;
         self.kernels.push(copy_kernel(src, dst, len));
         Ok(dst)
-    }
-
-    /// Make each updated input hold its output after the run: write the output
-    /// directly into the input's buffer when no later kernel reads the input,
-    /// else copy at the end.
-    fn apply_updates(
-        &mut self,
-        updates: &[(usize, ValueId)],
-        outputs: &mut [(StorageId, usize)],
-    ) -> Result<(), CodegenError> {
-        for &(o, v) in updates {
-            let dst = self.layout(v)?.storage;
-            let (src, len) = *outputs
-                .get(o)
-                .ok_or_else(|| bad_update(o, v, "no such output"))?;
-            if src == dst {
-                continue;
-            }
-            if self.can_alias(src, dst) {
-                for k in &mut self.kernels {
-                    k.rename(src, dst);
-                }
-                for out in outputs.iter_mut().filter(|(s, _)| *s == src) {
-                    out.0 = dst;
-                }
-                if let Some(st) = self.storages.get_mut(src) {
-                    st.len = 0;
-                    st.kind = StorageKind::Temp;
-                }
-            } else {
-                self.kernels.push(copy_kernel(src, dst, len));
-            }
-        }
-        Ok(())
-    }
-
-    fn can_alias(&self, src: StorageId, dst: StorageId) -> bool {
-        if self
-            .storages
-            .get(src)
-            .is_none_or(|s| s.kind == StorageKind::Input)
-        {
-            return false;
-        }
-        let writers: Vec<usize> = (0..self.kernels.len())
-            .filter(|&k| self.kernels[k].writes() == Some(src))
-            .collect();
-        let Some(&first) = writers.first() else {
-            return false;
-        };
-        self.kernels.iter().enumerate().all(|(k, kern)| {
-            !kern.reads().contains(&dst)
-                || k < first
-                || (writers.len() == 1 && k == first && kern.reads_in_place(dst))
-        })
     }
 }
