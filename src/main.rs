@@ -127,7 +127,15 @@ fn check_file(file: &Path) -> ExitCode {
                 let pass = r.worst_error <= TOLERANCE;
                 ok &= pass;
                 let shape = format!("{:?}", r.shape);
-                println!("{:<12} {:<24} {:<16} {:>8} {:>14.2e} {}", r.run, r.path, shape, r.checked, r.worst_error, if pass { "ok" } else { "FAIL" });
+                println!(
+                    "{:<12} {:<24} {:<16} {:>8} {:>14.2e} {}",
+                    r.run,
+                    r.path,
+                    shape,
+                    r.checked,
+                    r.worst_error,
+                    if pass { "ok" } else { "FAIL" }
+                );
             }
             if ok {
                 println!("{}: shapes check, and every gradient agrees with finite differences (tolerance {TOLERANCE:e})", file.display());

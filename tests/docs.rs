@@ -99,12 +99,7 @@ fn blocks_in(file: &Path, markdown: &str) -> Vec<Block> {
                 if let Some((start, info, body)) = open.take() {
                     let is_nn = info == "nn" || info.starts_with("nn ");
                     if is_nn {
-                        out.push(Block {
-                            file: file.to_path_buf(),
-                            line: start,
-                            kind: kind_of(&info),
-                            text: body.join("\n") + "\n",
-                        });
+                        out.push(Block { file: file.to_path_buf(), line: start, kind: kind_of(&info), text: body.join("\n") + "\n" });
                     }
                 }
             }
@@ -126,8 +121,7 @@ fn blocks_in(file: &Path, markdown: &str) -> Vec<Block> {
 fn all_blocks() -> Vec<Block> {
     let mut blocks = Vec::new();
     for file in markdown_files() {
-        let text = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
         blocks.extend(blocks_in(&file, &text));
     }
     blocks
@@ -151,12 +145,7 @@ fn check_kind(kind: Kind, what: fn(&Block) -> Result<(), String>) -> usize {
             _ => {}
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} documentation block(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} documentation block(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
     count
 }
 
@@ -172,19 +161,12 @@ fn check_program(b: &Block) -> Result<(), String> {
 /// Parse and check a complete program, with data paths relative to `base`.
 fn check_program_in(b: &Block, base: &Path) -> Result<(), String> {
     let name = b.source_name();
-    let program = parse(&b.text)
-        .map_err(|d| format!("does not parse:\n{}", render(&d, &name, &b.text, false)))?;
-    let results = check(&program, base)
-        .map_err(|d| format!("does not check:\n{}", render(&d, &name, &b.text, false)))?;
+    let program = parse(&b.text).map_err(|d| format!("does not parse:\n{}", render(&d, &name, &b.text, false)))?;
+    let results = check(&program, base).map_err(|d| format!("does not check:\n{}", render(&d, &name, &b.text, false)))?;
     let bad: Vec<String> = results
         .iter()
         .filter(|r| !passes(r.worst_error))
-        .map(|r| {
-            format!(
-                "gradient of `{}` in run `{}` is off by {:e}",
-                r.path, r.run, r.worst_error
-            )
-        })
+        .map(|r| format!("gradient of `{}` in run `{}` is off by {:e}", r.path, r.run, r.worst_error))
         .collect();
     if bad.is_empty() {
         Ok(())
@@ -199,12 +181,7 @@ fn check_fragment(b: &Block) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(as_items) => {
             let wrapped = format!("module Fragment {{\n{}}}\n", b.text);
-            parse(&wrapped).map(|_| ()).map_err(|_| {
-                format!(
-                    "fragment does not parse:\n{}",
-                    render(&as_items, &name, &b.text, false)
-                )
-            })
+            parse(&wrapped).map(|_| ()).map_err(|_| format!("fragment does not parse:\n{}", render(&as_items, &name, &b.text, false)))
         }
     }
 }
@@ -225,17 +202,14 @@ fn check_copy(b: &Block) -> Result<(), String> {
         return Err("not a copy".into());
     };
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    let original =
-        std::fs::read_to_string(&file).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let original = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {path}: {e}"))?;
     if original.trim_end() != b.text.trim_end() {
         let line = original
             .lines()
             .zip(b.text.lines())
             .position(|(a, c)| a != c)
             .map_or_else(|| "the end".to_string(), |i| format!("line {}", i + 1));
-        return Err(format!(
-            "this copy of {path} differs from the file (first at {line}); paste the file again"
-        ));
+        return Err(format!("this copy of {path} differs from the file (first at {line}); paste the file again"));
     }
     check_program_in(b, file.parent().unwrap_or(Path::new(".")))
 }
@@ -243,10 +217,7 @@ fn check_copy(b: &Block) -> Result<(), String> {
 #[test]
 fn complete_programs_parse_and_check() {
     let n = check_kind(Kind::Program, check_program);
-    assert!(
-        n >= 3,
-        "expected the docs to hold complete programs, found {n}"
-    );
+    assert!(n >= 3, "expected the docs to hold complete programs, found {n}");
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! reference interpreter: loss, every updated parameter and optimizer state.
 
 use ndarray::{ArrayD, IxDyn};
+use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{InputKind, SizeEnv};
-use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
 use nnc_runtime::check::train_plans;
 use nnc_runtime::exec::Exec;
 use std::path::Path;

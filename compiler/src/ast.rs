@@ -151,23 +151,42 @@ pub struct Expr {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprKind {
     /// A number literal; `is_int` when written without `.` or exponent.
-    Number { value: f64, is_int: bool },
+    Number {
+        value: f64,
+        is_int: bool,
+    },
     Str(String),
     Name(String),
     /// `a.b`
     Field(Box<Expr>, Ident),
     /// `f(a, b, key: c)`; the callee may itself be a call: `grad(f)(x)`.
-    Call { callee: Box<Expr>, args: Vec<CallArg> },
+    Call {
+        callee: Box<Expr>,
+        args: Vec<CallArg>,
+    },
     /// `x[0:3, :, 2]`
-    Index { base: Box<Expr>, indices: Vec<IndexItem> },
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Index {
+        base: Box<Expr>,
+        indices: Vec<IndexItem>,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     Neg(Box<Expr>),
     /// `[a, b, c]`
     List(Vec<Expr>),
     /// `[Block(64); 3]`: a stack of `count` independent instances applied in sequence.
-    Repeat { item: Box<Expr>, count: Box<Expr> },
+    Repeat {
+        item: Box<Expr>,
+        count: Box<Expr>,
+    },
     /// `accuracy on digits.test` (a metric evaluated on a data split).
-    On { what: Box<Expr>, data: Box<Expr> },
+    On {
+        what: Box<Expr>,
+        data: Box<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -30,13 +30,7 @@ pub fn grad(graph: &mut Graph, output: ValueId, wrt: &[ValueId], span: Span) -> 
 }
 
 /// Cotangents of `wrt` given the cotangent `seed` of `output`.
-pub fn vjp(
-    graph: &mut Graph,
-    output: ValueId,
-    seed: ValueId,
-    wrt: &[ValueId],
-    span: Span,
-) -> Result<Vec<ValueId>, AutodiffError> {
+pub fn vjp(graph: &mut Graph, output: ValueId, seed: ValueId, wrt: &[ValueId], span: Span) -> Result<Vec<ValueId>, AutodiffError> {
     if graph.shape(seed) != graph.shape(output) {
         return Err(AutodiffError::SeedShape);
     }

@@ -35,8 +35,10 @@ impl<'g> Builder<'g> {
         let mut ty = shape_rule(&op, &tys)?;
         // Comparisons and movement of integer tensors keep the operand's dtype;
         // arithmetic always yields floats except where the rule says otherwise.
-        if matches!(op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Broadcast { .. } | Op::Concat { .. } | Op::StopGradient)
-            && tys.first().is_some_and(|t| t.dtype == DType::I32)
+        if matches!(
+            op,
+            Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Broadcast { .. } | Op::Concat { .. } | Op::StopGradient
+        ) && tys.first().is_some_and(|t| t.dtype == DType::I32)
         {
             ty.dtype = DType::I32;
         }

@@ -7,7 +7,10 @@
 //! The library does no file or terminal IO: diagnostics are values, rendered
 //! to text by `diagnostic`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
 pub mod ast;
+pub mod autodiff;
 pub mod builder;
 pub mod codegen;
 pub mod diagnostic;
@@ -15,6 +18,5 @@ pub mod elaborate;
 pub mod interp;
 pub mod ir;
 pub mod ops;
-pub mod syntax;
-pub mod autodiff;
 pub mod opt;
+pub mod syntax;

@@ -9,9 +9,8 @@
 mod errors;
 
 use crate::ast::{
-    BinOp, Block, CallArg, ConstParam, DataDef, Expr, ExprKind, Field, FnArg, FnDef, Ident,
-    IndexItem, Item, LetStmt, Member, ModuleDef, ParamDecl, PlotItem, Program, ReportItem,
-    RowSelect, Span, SplitDef, SubDecl, TrainDef, TypeAnn,
+    BinOp, Block, CallArg, ConstParam, DataDef, Expr, ExprKind, Field, FnArg, FnDef, Ident, IndexItem, Item, LetStmt, Member, ModuleDef,
+    ParamDecl, PlotItem, Program, ReportItem, RowSelect, Span, SplitDef, SubDecl, TrainDef, TypeAnn,
 };
 use crate::diagnostic::Diagnostic;
 use pest::iterators::Pair;
@@ -37,11 +36,8 @@ pub fn parse(source: &str) -> Result<Program, Vec<Diagnostic>> {
     if let Some(d) = errors::check_nesting(source, MAX_NESTING) {
         return Err(vec![d]);
     }
-    let mut pairs =
-        NnParser::parse(Rule::program, source).map_err(|e| vec![errors::convert(source, &e)])?;
-    let program = pairs
-        .next()
-        .ok_or_else(|| vec![internal(Span::new(0, 0), "empty parse")])?;
+    let mut pairs = NnParser::parse(Rule::program, source).map_err(|e| vec![errors::convert(source, &e)])?;
+    let program = pairs.next().ok_or_else(|| vec![internal(Span::new(0, 0), "empty parse")])?;
     build_program(program).map_err(|d| vec![d])
 }
 
@@ -117,25 +113,16 @@ fn need<T>(v: Option<T>, span: Span, what: &str) -> R<T> {
 }
 
 fn ident(p: &Pair<'_, Rule>) -> Ident {
-    Ident {
-        name: p.as_str().to_string(),
-        span: span_of(p),
-    }
+    Ident { name: p.as_str().to_string(), span: span_of(p) }
 }
 
 fn node(kind: ExprKind, span: Span, depth: usize) -> R<Ex> {
     if depth > MAX_EXPR_DEPTH {
         return Err(Diagnostic::new("expression is nested too deeply")
-            .label(
-                span,
-                format!("this expression is more than {MAX_EXPR_DEPTH} levels deep"),
-            )
+            .label(span, format!("this expression is more than {MAX_EXPR_DEPTH} levels deep"))
             .note("split it into smaller parts with `let`"));
     }
-    Ok(Ex {
-        e: Expr { kind, span },
-        depth,
-    })
+    Ok(Ex { e: Expr { kind, span }, depth })
 }
 
 // ---------------------------------------------------------------- items
@@ -180,12 +167,7 @@ fn build_module(p: Pair<'_, Rule>) -> R<ModuleDef> {
             _ => return Err(internal(span_of(&c), "a module")),
         }
     }
-    Ok(ModuleDef {
-        name: need(name, span, "a module name")?,
-        const_params,
-        members,
-        span,
-    })
+    Ok(ModuleDef { name: need(name, span, "a module name")?, const_params, members, span })
 }
 
 fn build_const_param(p: Pair<'_, Rule>) -> R<ConstParam> {
@@ -198,11 +180,7 @@ fn build_const_param(p: Pair<'_, Rule>) -> R<ConstParam> {
             _ => return Err(internal(span_of(&c), "a module parameter")),
         }
     }
-    Ok(ConstParam {
-        name: need(name, span, "a parameter name")?,
-        ty: need(ty, span, "a parameter type")?,
-        span,
-    })
+    Ok(ConstParam { name: need(name, span, "a parameter name")?, ty: need(ty, span, "a parameter type")?, span })
 }
 
 fn build_member(p: Pair<'_, Rule>) -> R<Member> {
@@ -232,13 +210,7 @@ fn build_param(p: Pair<'_, Rule>) -> R<ParamDecl> {
         }
     }
     let (shape, shape_span) = need(shape, span, "a parameter shape")?;
-    Ok(ParamDecl {
-        name: need(name, span, "a parameter name")?,
-        shape,
-        shape_span,
-        init: need(init, span, "an initialiser")?,
-        span,
-    })
+    Ok(ParamDecl { name: need(name, span, "a parameter name")?, shape, shape_span, init: need(init, span, "an initialiser")?, span })
 }
 
 fn build_sub(p: Pair<'_, Rule>) -> R<SubDecl> {
@@ -251,11 +223,7 @@ fn build_sub(p: Pair<'_, Rule>) -> R<SubDecl> {
             _ => return Err(internal(span_of(&c), "a submodule declaration")),
         }
     }
-    Ok(SubDecl {
-        name: need(name, span, "a submodule name")?,
-        value: need(value, span, "a submodule value")?,
-        span,
-    })
+    Ok(SubDecl { name: need(name, span, "a submodule name")?, value: need(value, span, "a submodule value")?, span })
 }
 
 fn build_fn(p: Pair<'_, Rule>) -> R<FnDef> {
@@ -269,22 +237,13 @@ fn build_fn(p: Pair<'_, Rule>) -> R<FnDef> {
             Rule::eq_body => {
                 let s = span_of(&c);
                 let e = need(kids(c).into_iter().next(), s, "a function body")?;
-                body = Some(Block {
-                    stmts: Vec::new(),
-                    result: build_expr(e)?,
-                });
+                body = Some(Block { stmts: Vec::new(), result: build_expr(e)? });
             }
             Rule::block => body = Some(build_block(c)?),
             _ => return Err(internal(span_of(&c), "a function")),
         }
     }
-    Ok(FnDef {
-        name: need(name, span, "a function name")?,
-        args,
-        ret,
-        body: need(body, span, "a function body")?,
-        span,
-    })
+    Ok(FnDef { name: need(name, span, "a function name")?, args, ret, body: need(body, span, "a function body")?, span })
 }
 
 fn build_fn_arg(p: Pair<'_, Rule>) -> R<FnArg> {
@@ -297,10 +256,7 @@ fn build_fn_arg(p: Pair<'_, Rule>) -> R<FnArg> {
             _ => return Err(internal(span_of(&c), "a function argument")),
         }
     }
-    Ok(FnArg {
-        name: need(name, span, "an argument name")?,
-        ty: need(ty, span, "an argument type")?,
-    })
+    Ok(FnArg { name: need(name, span, "an argument name")?, ty: need(ty, span, "an argument type")? })
 }
 
 fn build_block(p: Pair<'_, Rule>) -> R<Block> {
@@ -313,10 +269,7 @@ fn build_block(p: Pair<'_, Rule>) -> R<Block> {
             _ => return Err(internal(span_of(&c), "a block")),
         }
     }
-    Ok(Block {
-        stmts,
-        result: need(result, span, "a block result")?,
-    })
+    Ok(Block { stmts, result: need(result, span, "a block result")? })
 }
 
 fn build_let(p: Pair<'_, Rule>) -> R<LetStmt> {
@@ -330,12 +283,7 @@ fn build_let(p: Pair<'_, Rule>) -> R<LetStmt> {
             _ => return Err(internal(span_of(&c), "a `let`")),
         }
     }
-    Ok(LetStmt {
-        name: need(name, span, "a `let` name")?,
-        ty,
-        value: need(value, span, "a `let` value")?,
-        span,
-    })
+    Ok(LetStmt { name: need(name, span, "a `let` name")?, ty, value: need(value, span, "a `let` value")?, span })
 }
 
 fn build_type(p: Pair<'_, Rule>) -> R<TypeAnn> {
@@ -352,11 +300,7 @@ fn build_type(p: Pair<'_, Rule>) -> R<TypeAnn> {
                     _ => return Err(internal(span_of(&d), "a tensor type")),
                 }
             }
-            Ok(TypeAnn::Tensor {
-                dims,
-                int,
-                span: cspan,
-            })
+            Ok(TypeAnn::Tensor { dims, int, span: cspan })
         }
         Rule::scalar_type => Ok(TypeAnn::Scalar(cspan)),
         Rule::module_type => {
@@ -378,12 +322,7 @@ fn build_data(p: Pair<'_, Rule>) -> R<DataDef> {
             _ => return Err(internal(span_of(&c), "a data definition")),
         }
     }
-    Ok(DataDef {
-        name: need(name, span, "a data set name")?,
-        source: need(source, span, "a data source")?,
-        splits,
-        span,
-    })
+    Ok(DataDef { name: need(name, span, "a data set name")?, source: need(source, span, "a data source")?, splits, span })
 }
 
 fn build_split(p: Pair<'_, Rule>) -> R<SplitDef> {
@@ -403,11 +342,7 @@ fn build_split(p: Pair<'_, Rule>) -> R<SplitDef> {
                         _ => {}
                     }
                 }
-                rows = Some(RowSelect::Range {
-                    start,
-                    end,
-                    span: rspan,
-                });
+                rows = Some(RowSelect::Range { start, end, span: rspan });
             }
             Rule::row_modulo => {
                 let rspan = span_of(&c);
@@ -436,12 +371,7 @@ fn build_split(p: Pair<'_, Rule>) -> R<SplitDef> {
             _ => return Err(internal(span_of(&c), "a split")),
         }
     }
-    Ok(SplitDef {
-        name: need(name, span, "a split name")?,
-        rows: need(rows, span, "a row selection")?,
-        modifiers,
-        span,
-    })
+    Ok(SplitDef { name: need(name, span, "a split name")?, rows: need(rows, span, "a row selection")?, modifiers, span })
 }
 
 fn build_train(p: Pair<'_, Rule>) -> R<TrainDef> {
@@ -458,13 +388,7 @@ fn build_train(p: Pair<'_, Rule>) -> R<TrainDef> {
     let mut exprs = exprs.into_iter();
     let model = need(exprs.next(), span, "a model")?;
     let data = need(exprs.next(), span, "a training split")?;
-    Ok(TrainDef {
-        name: need(name, span, "a training run name")?,
-        model,
-        data,
-        fields,
-        span,
-    })
+    Ok(TrainDef { name: need(name, span, "a training run name")?, model, data, fields, span })
 }
 
 fn build_field(p: Pair<'_, Rule>) -> R<Field> {
@@ -477,11 +401,7 @@ fn build_field(p: Pair<'_, Rule>) -> R<Field> {
             _ => return Err(internal(span_of(&c), "a training setting")),
         }
     }
-    Ok(Field {
-        key: need(key, span, "a setting name")?,
-        value: need(value, span, "a setting value")?,
-        span,
-    })
+    Ok(Field { key: need(key, span, "a setting name")?, value: need(value, span, "a setting value")?, span })
 }
 
 fn build_report(p: Pair<'_, Rule>) -> R<ReportItem> {
@@ -494,11 +414,7 @@ fn build_report(p: Pair<'_, Rule>) -> R<ReportItem> {
             _ => return Err(internal(span_of(&c), "a report")),
         }
     }
-    Ok(ReportItem {
-        label: need(label, span, "a report label")?,
-        value: need(value, span, "a report value")?,
-        span,
-    })
+    Ok(ReportItem { label: need(label, span, "a report label")?, value: need(value, span, "a report value")?, span })
 }
 
 fn build_plot(p: Pair<'_, Rule>) -> R<PlotItem> {
@@ -511,11 +427,7 @@ fn build_plot(p: Pair<'_, Rule>) -> R<PlotItem> {
             _ => return Err(internal(span_of(&c), "a plot")),
         }
     }
-    Ok(PlotItem {
-        path: need(path, span, "a plot path")?,
-        runs,
-        span,
-    })
+    Ok(PlotItem { path: need(path, span, "a plot path")?, runs, span })
 }
 
 /// The text of a string literal (with its quotes) with escapes resolved.
@@ -556,14 +468,7 @@ fn expr(p: Pair<'_, Rule>) -> R<Ex> {
                 Some(d) => {
                     let data = expr(d)?;
                     let (s, depth) = (what.e.span.to(data.e.span), 1 + what.depth.max(data.depth));
-                    node(
-                        ExprKind::On {
-                            what: Box::new(what.e),
-                            data: Box::new(data.e),
-                        },
-                        s,
-                        depth,
-                    )
+                    node(ExprKind::On { what: Box::new(what.e), data: Box::new(data.e) }, s, depth)
                 }
             }
         }
@@ -635,15 +540,7 @@ fn expr(p: Pair<'_, Rule>) -> R<Ex> {
 fn binary(op: BinOp, lhs: Ex, rhs: Ex) -> R<Ex> {
     let span = lhs.e.span.to(rhs.e.span);
     let depth = 1 + lhs.depth.max(rhs.depth);
-    node(
-        ExprKind::Binary {
-            op,
-            lhs: Box::new(lhs.e),
-            rhs: Box::new(rhs.e),
-        },
-        span,
-        depth,
-    )
+    node(ExprKind::Binary { op, lhs: Box::new(lhs.e), rhs: Box::new(rhs.e) }, span, depth)
 }
 
 /// Apply prefix `-`s (given left to right) to `operand`, innermost last.
@@ -677,19 +574,9 @@ fn apply_suffixes<'i>(base: Ex, suffixes: impl Iterator<Item = Pair<'i, Rule>>) 
                     }
                     let value = need(value, aspan, "an argument")?;
                     depth = depth.max(value.depth);
-                    args.push(CallArg {
-                        name,
-                        value: value.e,
-                    });
+                    args.push(CallArg { name, value: value.e });
                 }
-                acc = node(
-                    ExprKind::Call {
-                        callee: Box::new(acc.e),
-                        args,
-                    },
-                    span,
-                    depth + 1,
-                )?;
+                acc = node(ExprKind::Call { callee: Box::new(acc.e), args }, span, depth + 1)?;
             }
             Rule::index_suffix => {
                 let mut indices = Vec::new();
@@ -712,23 +599,12 @@ fn apply_suffixes<'i>(base: Ex, suffixes: impl Iterator<Item = Pair<'i, Rule>>) 
                         }
                     }
                     if range {
-                        indices.push(IndexItem::Range {
-                            start,
-                            end,
-                            span: ispan,
-                        });
+                        indices.push(IndexItem::Range { start, end, span: ispan });
                     } else {
                         indices.push(IndexItem::Single(need(start, ispan, "an index")?));
                     }
                 }
-                acc = node(
-                    ExprKind::Index {
-                        base: Box::new(acc.e),
-                        indices,
-                    },
-                    span,
-                    depth + 1,
-                )?;
+                acc = node(ExprKind::Index { base: Box::new(acc.e), indices }, span, depth + 1)?;
             }
             Rule::field_suffix => {
                 let name = need(kids(s).into_iter().next(), sspan, "a field name")?;
@@ -754,11 +630,7 @@ fn atom(p: Pair<'_, Rule>) -> R<Ex> {
         Rule::name => node(ExprKind::Name(p.as_str().to_string()), span, 1),
         Rule::paren => {
             // The parentheses belong to the expression's text.
-            let inner = need(
-                kids(p).into_iter().next(),
-                span,
-                "a parenthesised expression",
-            )?;
+            let inner = need(kids(p).into_iter().next(), span, "a parenthesised expression")?;
             let mut e = expr(inner)?;
             e.e.span = span;
             Ok(e)
@@ -778,20 +650,9 @@ fn atom(p: Pair<'_, Rule>) -> R<Ex> {
                 let mut it = items.into_iter();
                 let item = need(it.next(), span, "a repeated item")?;
                 let count = need(it.next(), span, "a repeat count")?;
-                node(
-                    ExprKind::Repeat {
-                        item: Box::new(item.e),
-                        count: Box::new(count.e),
-                    },
-                    span,
-                    depth,
-                )
+                node(ExprKind::Repeat { item: Box::new(item.e), count: Box::new(count.e) }, span, depth)
             } else {
-                node(
-                    ExprKind::List(items.into_iter().map(|i| i.e).collect()),
-                    span,
-                    depth,
-                )
+                node(ExprKind::List(items.into_iter().map(|i| i.e).collect()), span, depth)
             }
         }
         _ => Err(internal(span, "an expression")),

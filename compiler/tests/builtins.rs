@@ -73,11 +73,14 @@ fn types_of(name: &str) -> Vec<TensorType> {
     sig.split("],")
         .map(|a| {
             let dims = a.split('[').nth(1).unwrap().trim_end_matches(']');
-            let dims: Vec<usize> = dims.split(',').map(|d| match d.trim() {
-                "B" => 3,
-                "C" => 5,
-                n => n.parse().unwrap(),
-            }).collect();
+            let dims: Vec<usize> = dims
+                .split(',')
+                .map(|d| match d.trim() {
+                    "B" => 3,
+                    "C" => 5,
+                    n => n.parse().unwrap(),
+                })
+                .collect();
             TensorType { shape: Shape::known(&dims), dtype: DType::F32 }
         })
         .collect()
@@ -164,7 +167,8 @@ fn builtins_agree_with_closed_forms() {
     let program = syntax::parse(PROGRAM).unwrap();
     let session = Session::new(&program).unwrap();
     let erf = nnc_compiler::ops::elementwise::erf;
-    let cases: Vec<(&str, Box<dyn Fn(f64, f64) -> f64>)> = vec![
+    type Closed = Box<dyn Fn(f64, f64) -> f64>;
+    let cases: Vec<(&str, Closed)> = vec![
         ("t_gelu", Box::new(move |x, w| w * x * 0.5 * (1.0 + erf(x / 2f64.sqrt())))),
         ("t_softplus", Box::new(|x: f64, w| w * (1.0 + x.exp()).ln())),
         ("t_sigmoid", Box::new(|x: f64, w| w / (1.0 + (-x).exp()))),

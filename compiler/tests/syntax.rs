@@ -122,11 +122,9 @@ fn show(e: &Expr) -> String {
                 .iter()
                 .map(|i| match i {
                     IndexItem::Single(e) => show(e),
-                    IndexItem::Range { start, end, .. } => format!(
-                        "{}:{}",
-                        start.as_ref().map(show).unwrap_or_default(),
-                        end.as_ref().map(show).unwrap_or_default()
-                    ),
+                    IndexItem::Range { start, end, .. } => {
+                        format!("{}:{}", start.as_ref().map(show).unwrap_or_default(), end.as_ref().map(show).unwrap_or_default())
+                    }
                 })
                 .collect();
             format!("{}[{}]", show(base), items.join(", "))
@@ -135,10 +133,7 @@ fn show(e: &Expr) -> String {
             format!("({} {} {})", show(lhs), op.symbol(), show(rhs))
         }
         ExprKind::Neg(x) => format!("(-{})", show(x)),
-        ExprKind::List(items) => format!(
-            "[{}]",
-            items.iter().map(show).collect::<Vec<_>>().join(", ")
-        ),
+        ExprKind::List(items) => format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", ")),
         ExprKind::Repeat { item, count } => format!("[{}; {}]", show(item), show(count)),
         ExprKind::On { what, data } => format!("({} on {})", show(what), show(data)),
     }
@@ -155,82 +150,52 @@ fn full_example() {
     assert_eq!(program.items.len(), 9);
 
     // module Linear(in: int, out: int) { ... }
-    let Item::Module(linear) = &program.items[0] else {
-        panic!("item 0: {:?}", program.items[0])
-    };
+    let Item::Module(linear) = &program.items[0] else { panic!("item 0: {:?}", program.items[0]) };
     assert_eq!(linear.name.name, "Linear");
     assert_eq!(text(src, linear.name.span), "Linear");
     assert!(text(src, linear.span).starts_with("module Linear(in: int, out: int) {"));
     assert!(text(src, linear.span).ends_with("x @ W + b\n}"));
-    let cps: Vec<(&str, &str)> = linear
-        .const_params
-        .iter()
-        .map(|c| (c.name.name.as_str(), c.ty.name.as_str()))
-        .collect();
+    let cps: Vec<(&str, &str)> = linear.const_params.iter().map(|c| (c.name.name.as_str(), c.ty.name.as_str())).collect();
     assert_eq!(cps, [("in", "int"), ("out", "int")]);
     assert_eq!(text(src, linear.const_params[1].span), "out: int");
     assert_eq!(linear.members.len(), 3);
-    let Member::Param(w) = &linear.members[0] else {
-        panic!()
-    };
+    let Member::Param(w) = &linear.members[0] else { panic!() };
     assert_eq!(w.name.name, "W");
     assert_eq!(w.shape.iter().map(name).collect::<Vec<_>>(), ["in", "out"]);
     assert_eq!(text(src, w.shape_span), "[in, out]");
     assert_eq!(name(&w.init), "he_normal");
     assert_eq!(text(src, w.span), "param W: [in, out] = he_normal");
-    let Member::Param(b) = &linear.members[1] else {
-        panic!()
-    };
+    let Member::Param(b) = &linear.members[1] else { panic!() };
     assert_eq!((b.name.name.as_str(), name(&b.init)), ("b", "zeros"));
-    let Member::Fn(fwd) = &linear.members[2] else {
-        panic!()
-    };
+    let Member::Fn(fwd) = &linear.members[2] else { panic!() };
     assert_eq!(fwd.name.name, "forward");
     assert_eq!(fwd.args.len(), 1);
     assert_eq!(fwd.args[0].name.name, "x");
-    let TypeAnn::Tensor { dims, int, span } = &fwd.args[0].ty else {
-        panic!()
-    };
-    assert_eq!(
-        (dims.iter().map(name).collect::<Vec<_>>(), *int),
-        (vec!["B", "in"], false)
-    );
+    let TypeAnn::Tensor { dims, int, span } = &fwd.args[0].ty else { panic!() };
+    assert_eq!((dims.iter().map(name).collect::<Vec<_>>(), *int), (vec!["B", "in"], false));
     assert_eq!(text(src, *span), "[B, in]");
     assert!(matches!(&fwd.ret, Some(TypeAnn::Tensor { dims, .. }) if dims.len() == 2));
     assert!(fwd.body.stmts.is_empty());
     assert_eq!(show(&fwd.body.result), "((x @ W) + b)");
     assert_eq!(text(src, fwd.body.result.span), "x @ W + b");
-    assert_eq!(
-        text(src, fwd.span),
-        "fn forward(x: [B, in]) -> [B, out] = x @ W + b"
-    );
+    assert_eq!(text(src, fwd.span), "fn forward(x: [B, in]) -> [B, out] = x @ W + b");
 
     // module Mlp { ... }
-    let Item::Module(mlp) = &program.items[1] else {
-        panic!()
-    };
+    let Item::Module(mlp) = &program.items[1] else { panic!() };
     assert_eq!(mlp.name.name, "Mlp");
     assert!(mlp.const_params.is_empty());
     assert_eq!(mlp.members.len(), 4);
-    let Member::Sub(l1) = &mlp.members[0] else {
-        panic!()
-    };
+    let Member::Sub(l1) = &mlp.members[0] else { panic!() };
     assert_eq!(l1.name.name, "l1");
     assert_eq!(show(&l1.value), "Linear(64, 256)");
     assert_eq!(text(src, l1.value.span), "Linear(64, 256)");
     assert_eq!(text(src, l1.span), "l1 = Linear(64, 256)");
-    let Member::Sub(hidden) = &mlp.members[1] else {
-        panic!()
-    };
-    let ExprKind::Repeat { item, count } = &hidden.value.kind else {
-        panic!("{:?}", hidden.value)
-    };
+    let Member::Sub(hidden) = &mlp.members[1] else { panic!() };
+    let ExprKind::Repeat { item, count } = &hidden.value.kind else { panic!("{:?}", hidden.value) };
     assert_eq!(show(item), "Linear(256, 256)");
     assert_eq!(number(count), (2.0, true));
     assert_eq!(text(src, hidden.value.span), "[Linear(256, 256); 2]");
-    let Member::Fn(fwd) = &mlp.members[3] else {
-        panic!()
-    };
+    let Member::Fn(fwd) = &mlp.members[3] else { panic!() };
     assert_eq!(fwd.body.stmts.len(), 2);
     let h1 = &fwd.body.stmts[0];
     assert_eq!((h1.name.name.as_str(), h1.ty.is_none()), ("h", true));
@@ -242,117 +207,52 @@ fn full_example() {
     assert_eq!(show(&fwd.body.result), "l3(h)");
 
     // fn loss(m: Mlp, x: [B, 64], y: [B] int) -> scalar = ...
-    let Item::Function(loss) = &program.items[2] else {
-        panic!()
-    };
+    let Item::Function(loss) = &program.items[2] else { panic!() };
     assert_eq!(loss.name.name, "loss");
-    let TypeAnn::Module(m_ty) = &loss.args[0].ty else {
-        panic!()
-    };
+    let TypeAnn::Module(m_ty) = &loss.args[0].ty else { panic!() };
     assert_eq!(m_ty.name, "Mlp");
     assert_eq!(text(src, m_ty.span), "Mlp");
-    let TypeAnn::Tensor {
-        dims,
-        int: true,
-        span,
-    } = &loss.args[2].ty
-    else {
-        panic!("{:?}", loss.args[2])
-    };
+    let TypeAnn::Tensor { dims, int: true, span } = &loss.args[2].ty else { panic!("{:?}", loss.args[2]) };
     assert_eq!(dims.len(), 1);
     assert_eq!(text(src, *span), "[B] int");
-    let Some(TypeAnn::Scalar(s)) = &loss.ret else {
-        panic!()
-    };
+    let Some(TypeAnn::Scalar(s)) = &loss.ret else { panic!() };
     assert_eq!(text(src, *s), "scalar");
     let (callee, args) = call(&loss.body.result);
     assert_eq!(name(callee), "cross_entropy");
     assert_eq!(args.len(), 3);
     assert!(args[0].name.is_none() && args[1].name.is_none());
     let smoothing = args[2].name.as_ref().expect("named argument");
-    assert_eq!(
-        (smoothing.name.as_str(), text(src, smoothing.span)),
-        ("smoothing", "smoothing")
-    );
+    assert_eq!((smoothing.name.as_str(), text(src, smoothing.span)), ("smoothing", "smoothing"));
     assert_eq!(number(&args[2].value), (0.1, false));
-    assert_eq!(
-        text(src, loss.body.result.span),
-        "cross_entropy(m(x), y, smoothing: 0.1)"
-    );
+    assert_eq!(text(src, loss.body.result.span), "cross_entropy(m(x), y, smoothing: 0.1)");
 
     // data digits = csv(...) { ... }
-    let Item::Data(digits) = &program.items[3] else {
-        panic!()
-    };
+    let Item::Data(digits) = &program.items[3] else { panic!() };
     assert_eq!(digits.name.name, "digits");
-    assert_eq!(
-        show(&digits.source),
-        "csv(\"data/digits.csv\", label: \"label\", scale: (1 / 16))"
-    );
+    assert_eq!(show(&digits.source), "csv(\"data/digits.csv\", label: \"label\", scale: (1 / 16))");
     assert_eq!(digits.splits.len(), 2);
     let train = &digits.splits[0];
     assert_eq!(train.name.name, "train");
-    let RowSelect::Range {
-        start: Some(s0),
-        end: Some(e0),
-        span,
-    } = &train.rows
-    else {
-        panic!()
-    };
+    let RowSelect::Range { start: Some(s0), end: Some(e0), span } = &train.rows else { panic!() };
     assert_eq!((number(s0), number(e0)), ((0.0, true), (1437.0, true)));
     assert_eq!(text(src, *span), "rows[0..1437]");
-    assert_eq!(
-        train.modifiers.iter().map(show).collect::<Vec<_>>(),
-        ["shuffle(seed: 0)"]
-    );
-    assert_eq!(
-        text(src, train.span),
-        "train = rows[0..1437] shuffle(seed: 0)"
-    );
+    assert_eq!(train.modifiers.iter().map(show).collect::<Vec<_>>(), ["shuffle(seed: 0)"]);
+    assert_eq!(text(src, train.span), "train = rows[0..1437] shuffle(seed: 0)");
     let test = &digits.splits[1];
-    assert!(matches!(
-        &test.rows,
-        RowSelect::Range {
-            start: Some(_),
-            end: None,
-            ..
-        }
-    ));
+    assert!(matches!(&test.rows, RowSelect::Range { start: Some(_), end: None, .. }));
     assert!(test.modifiers.is_empty());
 
-    let Item::Data(diabetes) = &program.items[4] else {
-        panic!()
-    };
+    let Item::Data(diabetes) = &program.items[4] else { panic!() };
     let (_, args) = call(&diabetes.source);
-    assert_eq!(
-        args[2].name.as_ref().map(|n| n.name.as_str()),
-        Some("standardize")
-    );
+    assert_eq!(args[2].name.as_ref().map(|n| n.name.as_str()), Some("standardize"));
     assert_eq!(name(&args[2].value), "train");
-    let RowSelect::Modulo {
-        modulus,
-        remainder,
-        equal,
-        span,
-    } = &diabetes.splits[0].rows
-    else {
-        panic!()
-    };
-    assert_eq!(
-        (number(modulus), number(remainder), *equal),
-        ((5.0, true), (4.0, true), false)
-    );
+    let RowSelect::Modulo { modulus, remainder, equal, span } = &diabetes.splits[0].rows else { panic!() };
+    assert_eq!((number(modulus), number(remainder), *equal), ((5.0, true), (4.0, true), false));
     assert_eq!(text(src, *span), "rows where i % 5 != 4");
-    assert!(matches!(
-        &diabetes.splits[1].rows,
-        RowSelect::Modulo { equal: true, .. }
-    ));
+    assert!(matches!(&diabetes.splits[1].rows, RowSelect::Modulo { equal: true, .. }));
 
     // train m = Mlp on digits.train { ... }
-    let Item::Train(t) = &program.items[5] else {
-        panic!()
-    };
+    let Item::Train(t) = &program.items[5] else { panic!() };
     assert_eq!(t.name.name, "m");
     assert_eq!(name(&t.model), "Mlp");
     assert_eq!(show(&t.data), "digits.train");
@@ -362,21 +262,13 @@ fn full_example() {
     assert_eq!(show(&t.fields[1].value), "adam(lr: 0.001)");
     assert_eq!(number(&call(&t.fields[1].value).1[0].value), (1e-3, false));
     assert_eq!(text(src, t.fields[2].span), "batch = 64");
-    assert_eq!(
-        show(&t.fields[4].value),
-        "[(accuracy on digits.test), (loss on digits.test)]"
-    );
+    assert_eq!(show(&t.fields[4].value), "[(accuracy on digits.test), (loss on digits.test)]");
     assert!(text(src, t.span).starts_with("train m = Mlp on digits.train {"));
     assert!(text(src, t.span).ends_with("loss on digits.test]\n}"));
 
-    let Item::Let(beta) = &program.items[6] else {
-        panic!()
-    };
+    let Item::Let(beta) = &program.items[6] else { panic!() };
     assert_eq!(beta.name.name, "beta");
-    assert_eq!(
-        show(&beta.value),
-        "ridge(diabetes.train.x, diabetes.train.y, 0.1)"
-    );
+    assert_eq!(show(&beta.value), "ridge(diabetes.train.x, diabetes.train.y, 0.1)");
     let (callee, args) = call(&beta.value);
     let (inner, f) = field(&args[0].value);
     assert_eq!(f, "x");
@@ -384,28 +276,15 @@ fn full_example() {
     assert_eq!(name(callee), "ridge");
     assert_eq!(text(src, args[0].value.span), "diabetes.train.x");
 
-    let Item::Report(r) = &program.items[7] else {
-        panic!()
-    };
+    let Item::Report(r) = &program.items[7] else { panic!() };
     assert_eq!(r.label, "closed-form test MSE");
-    assert_eq!(
-        show(&r.value),
-        "mse((diabetes.test.x @ beta), diabetes.test.y)"
-    );
+    assert_eq!(show(&r.value), "mse((diabetes.test.x @ beta), diabetes.test.y)");
 
-    let Item::Plot(p) = &program.items[8] else {
-        panic!()
-    };
+    let Item::Plot(p) = &program.items[8] else { panic!() };
     assert_eq!(p.path, "out/optimizers.png");
-    assert_eq!(
-        p.runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        ["gd", "sgd", "adam"]
-    );
+    assert_eq!(p.runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["gd", "sgd", "adam"]);
     assert_eq!(text(src, p.runs[1].span), "sgd");
-    assert_eq!(
-        text(src, p.span),
-        "plot \"out/optimizers.png\" = [gd, sgd, adam]"
-    );
+    assert_eq!(text(src, p.span), "plot \"out/optimizers.png\" = [gd, sgd, adam]");
 }
 
 #[test]
@@ -438,9 +317,7 @@ fn binary_spans() {
     assert_eq!(text(&src, rhs.span), "b * c");
 
     let (src, e) = expr_of("-x ** 2");
-    let ExprKind::Neg(inner) = &e.kind else {
-        panic!("{e:?}")
-    };
+    let ExprKind::Neg(inner) = &e.kind else { panic!("{e:?}") };
     assert_eq!(text(&src, e.span), "-x ** 2");
     assert_eq!(text(&src, inner.span), "x ** 2");
     assert_eq!(binary(inner).0, BinOp::Pow);
@@ -469,10 +346,7 @@ fn calls_of_calls() {
 
     let (_, e) = expr_of("f(a, k: b + 1, j: [1, 2],)");
     let (_, args) = call(&e);
-    let names: Vec<Option<&str>> = args
-        .iter()
-        .map(|a| a.name.as_ref().map(|n| n.name.as_str()))
-        .collect();
+    let names: Vec<Option<&str>> = args.iter().map(|a| a.name.as_ref().map(|n| n.name.as_str())).collect();
     assert_eq!(names, [None, Some("k"), Some("j")]);
     assert_eq!(show(&args[1].value), "(b + 1)");
     assert_eq!(shown("f()"), "f()");
@@ -481,32 +355,13 @@ fn calls_of_calls() {
 #[test]
 fn indexing() {
     let (src, e) = expr_of("x[0:3, :, 2]");
-    let ExprKind::Index { base, indices } = &e.kind else {
-        panic!("{e:?}")
-    };
+    let ExprKind::Index { base, indices } = &e.kind else { panic!("{e:?}") };
     assert_eq!(name(base), "x");
     assert_eq!(text(&src, e.span), "x[0:3, :, 2]");
     assert_eq!(indices.len(), 3);
-    let IndexItem::Range {
-        start: Some(a),
-        end: Some(b),
-        span,
-    } = &indices[0]
-    else {
-        panic!()
-    };
-    assert_eq!(
-        (number(a).0, number(b).0, text(&src, *span)),
-        (0.0, 3.0, "0:3")
-    );
-    assert!(matches!(
-        &indices[1],
-        IndexItem::Range {
-            start: None,
-            end: None,
-            ..
-        }
-    ));
+    let IndexItem::Range { start: Some(a), end: Some(b), span } = &indices[0] else { panic!() };
+    assert_eq!((number(a).0, number(b).0, text(&src, *span)), (0.0, 3.0, "0:3"));
+    assert!(matches!(&indices[1], IndexItem::Range { start: None, end: None, .. }));
     assert!(matches!(&indices[2], IndexItem::Single(e) if number(e) == (2.0, true)));
     assert_eq!(shown("x[:-1, 2:]"), "x[:(-1), 2:]");
     assert_eq!(shown("x[i + 1]"), "x[(i + 1)]");
@@ -518,9 +373,7 @@ fn indexing() {
 #[test]
 fn lists_and_repeats() {
     let (src, e) = expr_of("[Block(4); 3]");
-    let ExprKind::Repeat { item, count } = &e.kind else {
-        panic!("{e:?}")
-    };
+    let ExprKind::Repeat { item, count } = &e.kind else { panic!("{e:?}") };
     assert_eq!(show(item), "Block(4)");
     assert_eq!(number(count), (3.0, true));
     assert_eq!(text(&src, e.span), "[Block(4); 3]");
@@ -539,10 +392,7 @@ fn literals() {
     assert_eq!(e.kind, ExprKind::Str(r#"a "quoted" \ path"#.to_string()));
     assert_eq!(text(&src, e.span), r#""a \"quoted\" \\ path""#);
     // Names that merely start with a keyword, and words that are not reserved.
-    assert_eq!(
-        shown("trainer + on_x + in + out + int + float + i"),
-        "((((((trainer + on_x) + in) + out) + int) + float) + i)"
-    );
+    assert_eq!(shown("trainer + on_x + in + out + int + float + i"), "((((((trainer + on_x) + in) + out) + int) + float) + i)");
 }
 
 #[test]
@@ -552,47 +402,22 @@ fn small_forms() {
                train t = Linear(3, 1) |> prep on d.train { epochs = 1, batch = 2; lr = 3 }";
     let program = parse_ok(src);
     assert_eq!(program.items.len(), 3);
-    let Item::Module(m) = &program.items[0] else {
-        panic!()
-    };
+    let Item::Module(m) = &program.items[0] else { panic!() };
     assert_eq!(m.members.len(), 2);
-    let Member::Fn(g) = &m.members[1] else {
-        panic!()
-    };
+    let Member::Fn(g) = &m.members[1] else { panic!() };
     assert!(g.args.is_empty() && g.ret.is_none());
-    let Item::Function(h) = &program.items[1] else {
-        panic!()
-    };
+    let Item::Function(h) = &program.items[1] else { panic!() };
     assert!(matches!(&h.args[0].ty, TypeAnn::Tensor { dims, int: false, .. } if dims.is_empty()));
-    let TypeAnn::Tensor {
-        dims, int: true, ..
-    } = &h.args[1].ty
-    else {
-        panic!()
-    };
-    assert_eq!(
-        dims.iter().map(show).collect::<Vec<_>>(),
-        ["(2 * d)", "((n + 1) / 2)"]
-    );
-    let Item::Train(t) = &program.items[2] else {
-        panic!()
-    };
+    let TypeAnn::Tensor { dims, int: true, .. } = &h.args[1].ty else { panic!() };
+    assert_eq!(dims.iter().map(show).collect::<Vec<_>>(), ["(2 * d)", "((n + 1) / 2)"]);
+    let Item::Train(t) = &program.items[2] else { panic!() };
     assert_eq!(show(&t.model), "(Linear(3, 1) |> prep)");
     assert_eq!(t.fields.len(), 3);
     assert_eq!(parse_ok("").items.len(), 0);
     assert_eq!(parse_ok("  // only a comment\n").items.len(), 0);
     let program = parse_ok("data d = csv(\"x\") { a = rows[..10], b = rows[10..] }");
-    let Item::Data(d) = &program.items[0] else {
-        panic!()
-    };
-    assert!(matches!(
-        &d.splits[0].rows,
-        RowSelect::Range {
-            start: None,
-            end: Some(_),
-            ..
-        }
-    ));
+    let Item::Data(d) = &program.items[0] else { panic!() };
+    assert!(matches!(&d.splits[0].rows, RowSelect::Range { start: None, end: Some(_), .. }));
 }
 
 // ---------------------------------------------------------------- errors
@@ -626,13 +451,7 @@ fn error_missing_paren() {
     let src = "let y = f(1, 2";
     let d = parse_err(src);
     assert_eq!(d.title, "unexpected end of file");
-    assert_eq!(
-        primary(&d),
-        (
-            Span::new(src.len(), src.len()),
-            "expected `,` or `)` here, found end of file"
-        )
-    );
+    assert_eq!(primary(&d), (Span::new(src.len(), src.len()), "expected `,` or `)` here, found end of file"));
     assert_eq!(text(src, d.labels[1].span), "(");
 }
 
@@ -693,38 +512,26 @@ fn error_unclosed_brace_at_eof() {
     assert_eq!(d.title, "unexpected end of file");
     let (span, msg) = primary(&d);
     assert_eq!(text(src, span), "module Mlp {");
-    assert_eq!(
-        msg,
-        "expected `}` to close the module `Mlp` that starts here"
-    );
+    assert_eq!(msg, "expected `}` to close the module `Mlp` that starts here");
     assert_eq!(d.labels[1].span, Span::new(src.len(), src.len()));
 
     let src = "module M {\n  fn f(x: [3]) -> [3] {\n    let y = x\n    y\n";
     let d = parse_err(src);
     let (span, msg) = primary(&d);
     assert_eq!(text(src, span), "fn f(x: [3]) -> [3] {");
-    assert_eq!(
-        msg,
-        "expected `}` to close the body of function `f` that starts here"
-    );
+    assert_eq!(msg, "expected `}` to close the body of function `f` that starts here");
 
     let src = "train m = Mlp on digits.train {\n  epochs = 3\n";
     let d = parse_err(src);
     let (span, msg) = primary(&d);
     assert_eq!(text(src, span), "train m = Mlp on digits.train {");
-    assert_eq!(
-        msg,
-        "expected `}` to close the training run `m` that starts here"
-    );
+    assert_eq!(msg, "expected `}` to close the training run `m` that starts here");
 
     let src = "data d = csv(\"x\", standardize: train) {\n  train = rows[0..10]\n";
     let d = parse_err(src);
     let (span, msg) = primary(&d);
     assert_eq!(text(src, span), "data d = csv(\"x\", standardize: train) {");
-    assert_eq!(
-        msg,
-        "expected `}` to close the data definition `d` that starts here"
-    );
+    assert_eq!(msg, "expected `}` to close the data definition `d` that starts here");
 }
 
 #[test]
@@ -734,10 +541,7 @@ fn error_keyword_as_name() {
     assert_eq!(d.title, "expected a name, found keyword `module`");
     let (span, msg) = primary(&d);
     assert_eq!((span.start, text(src, span)), (4, "module"));
-    assert_eq!(
-        msg,
-        "`module` is a reserved keyword and cannot be used as a name"
-    );
+    assert_eq!(msg, "`module` is a reserved keyword and cannot be used as a name");
 
     let src = "fn f(on: [3]) = on";
     let d = parse_err(src);
@@ -758,16 +562,16 @@ fn error_misc_messages() {
         ("train m = Mlp { }", "{", "expected `on` here, found `{`"),
         ("let x = [1, 2", "", "expected `,` or `]` here, found end of file"),
         ("plot \"p.png\" = [a, 3]", "3", "expected a name or `]` here, found `3`"),
-        ("let x = a on b on c", "on", "expected an item (`module`, `fn`, `data`, `train`, `let`, `report` or `plot`) here, found keyword `on`"),
+        (
+            "let x = a on b on c",
+            "on",
+            "expected an item (`module`, `fn`, `data`, `train`, `let`, `report` or `plot`) here, found keyword `on`",
+        ),
     ];
     for (src, found, message) in cases {
         let d = parse_err(src);
         let (span, msg) = primary(&d);
-        assert_eq!(
-            (text(src, span), msg),
-            (*found, *message),
-            "for {src:?}: {d:#?}"
-        );
+        assert_eq!((text(src, span), msg), (*found, *message), "for {src:?}: {d:#?}");
     }
     let d = parse_err("let s = \"a\\qb\"");
     assert_eq!(d.title, "unknown escape `\\q` in string");
@@ -789,9 +593,7 @@ fn too_deep_is_an_error_not_a_crash() {
     assert_eq!(parse_err(&calls).title, "expression is nested too deeply");
     // Moderate nesting is fine, on a small stack too.
     let ok = format!("let x = {}1{}", "(".repeat(60), ")".repeat(60));
-    let handle = std::thread::Builder::new()
-        .stack_size(1 << 20)
-        .spawn(move || parse(&ok).is_ok());
+    let handle = std::thread::Builder::new().stack_size(1 << 20).spawn(move || parse(&ok).is_ok());
     assert!(handle.expect("spawn").join().expect("no crash"));
 }
 
@@ -800,10 +602,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -817,15 +616,8 @@ fn never_panics() {
         Err(ds) => {
             assert_eq!(ds.len(), 1, "{src:?}");
             for l in &ds[0].labels {
-                assert!(
-                    l.span.start <= l.span.end && l.span.end <= src.len(),
-                    "{src:?}: {:?}",
-                    ds[0]
-                );
-                assert!(
-                    src.is_char_boundary(l.span.start) && src.is_char_boundary(l.span.end),
-                    "{src:?}"
-                );
+                assert!(l.span.start <= l.span.end && l.span.end <= src.len(), "{src:?}: {:?}", ds[0]);
+                assert!(src.is_char_boundary(l.span.start) && src.is_char_boundary(l.span.end), "{src:?}");
             }
             assert!(!ds[0].title.is_empty());
             assert_ne!(ds[0].title, "internal parser error", "{src:?}: {:?}", ds[0]);
@@ -836,12 +628,10 @@ fn never_panics() {
         check(&EXAMPLE[i..]);
     }
     // Random garbage from the language's alphabet, and random edits of the example.
-    let alphabet: Vec<char> = "()[]{}<>,;:.=+-*/@|!%\"\\ \n\tazAZ_09ié#\u{0}"
-        .chars()
-        .collect();
+    let alphabet: Vec<char> = "()[]{}<>,;:.=+-*/@|!%\"\\ \n\tazAZ_09ié#\u{0}".chars().collect();
     let words = [
-        "module", "fn", "let", "train", "on", "rows", "where", "param", "data", "x", "1", "2.5",
-        "\"s\"", "//", "/*", "*/", "**", "|>", "->", "..",
+        "module", "fn", "let", "train", "on", "rows", "where", "param", "data", "x", "1", "2.5", "\"s\"", "//", "/*", "*/", "**", "|>",
+        "->", "..",
     ];
     let mut rng = Lcg(12345);
     for _ in 0..3000 {
@@ -882,41 +672,25 @@ fn diagnostics_render() {
     let src = "let y = (1 + )";
     let out = nnc_compiler::diagnostic::render(&[parse_err(src)], "t.nn", src, false);
     assert!(out.contains("unexpected `)`"), "{out}");
-    assert!(
-        out.contains("expected an expression here, found `)`"),
-        "{out}"
-    );
+    assert!(out.contains("expected an expression here, found `)`"), "{out}");
 }
 
 #[test]
 fn spans_exclude_trailing_comments() {
-    let src =
-        "module M {\n  param W: [3] = normal(0.02) // init\n  s = [Block(4); 3] /* stack */\n}\n\
+    let src = "module M {\n  param W: [3] = normal(0.02) // init\n  s = [Block(4); 3] /* stack */\n}\n\
                let y = x[0:3 , 1] // trailing\n";
     let program = parse_ok(src);
-    let Item::Module(m) = &program.items[0] else {
-        panic!()
-    };
-    let Member::Param(w) = &m.members[0] else {
-        panic!()
-    };
+    let Item::Module(m) = &program.items[0] else { panic!() };
+    let Member::Param(w) = &m.members[0] else { panic!() };
     assert_eq!(text(src, w.span), "param W: [3] = normal(0.02)");
     assert_eq!(text(src, w.init.span), "normal(0.02)");
-    let Member::Sub(s) = &m.members[1] else {
-        panic!()
-    };
+    let Member::Sub(s) = &m.members[1] else { panic!() };
     assert_eq!(text(src, s.span), "s = [Block(4); 3]");
     assert!(text(src, m.span).ends_with("/* stack */\n}"));
-    let Item::Let(y) = &program.items[1] else {
-        panic!()
-    };
+    let Item::Let(y) = &program.items[1] else { panic!() };
     assert_eq!(text(src, y.span), "let y = x[0:3 , 1]");
-    let ExprKind::Index { indices, .. } = &y.value.kind else {
-        panic!()
-    };
-    let IndexItem::Range { span, .. } = &indices[0] else {
-        panic!()
-    };
+    let ExprKind::Index { indices, .. } = &y.value.kind else { panic!() };
+    let IndexItem::Range { span, .. } = &indices[0] else { panic!() };
     assert_eq!(text(src, *span), "0:3");
 }
 
@@ -925,9 +699,6 @@ fn error_block_without_result() {
     let src = "fn f(x: [3]) -> [3] {\n  let y = x\n}";
     let d = parse_err(src);
     assert_eq!(text(src, primary(&d).0), "}");
-    assert_eq!(
-        primary(&d).1,
-        "expected `let` or an expression here, found `}`"
-    );
+    assert_eq!(primary(&d).1, "expected `let` or an expression here, found `}`");
     assert_eq!(d.notes.len(), 1);
 }

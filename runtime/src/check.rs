@@ -146,7 +146,9 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
             let h = 1e-6;
             let mut plus = inputs.clone();
             let mut minus = inputs.clone();
-            if let (Some(p), Some(m)) = (plus.get_mut(path).and_then(|a| a.as_slice_mut()), minus.get_mut(path).and_then(|a| a.as_slice_mut())) {
+            if let (Some(p), Some(m)) =
+                (plus.get_mut(path).and_then(|a| a.as_slice_mut()), minus.get_mut(path).and_then(|a| a.as_slice_mut()))
+            {
                 p[i] += h;
                 m[i] -= h;
             }
@@ -155,7 +157,13 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
             let err = (a - numeric).abs() / (a.abs() + numeric.abs()).max(floor);
             worst = worst.max(if err.is_nan() { f64::INFINITY } else { err });
         }
-        results.push(ParamCheck { run: plan.name.clone(), path: path.clone(), shape: shape.clone(), worst_error: worst, checked: picks.len() });
+        results.push(ParamCheck {
+            run: plan.name.clone(),
+            path: path.clone(),
+            shape: shape.clone(),
+            worst_error: worst,
+            checked: picks.len(),
+        });
     }
     Ok(results)
 }

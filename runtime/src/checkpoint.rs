@@ -24,25 +24,13 @@ pub enum CheckpointError {
     /// The checkpoint file does not exist.
     NotFound { path: PathBuf },
     /// An I/O operation failed (`what` says which).
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        source: io::Error,
-    },
+    Io { path: PathBuf, what: &'static str, source: io::Error },
     /// The file is not a valid safetensors file (truncated, corrupt header...).
     Corrupt { path: PathBuf, message: String },
     /// A tensor in the file is not f32.
-    WrongDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-    },
+    WrongDtype { path: PathBuf, tensor: String, dtype: String },
     /// A tensor given to `save` whose data length does not match its shape.
-    ShapeMismatch {
-        tensor: String,
-        shape: Vec<usize>,
-        len: usize,
-    },
+    ShapeMismatch { tensor: String, shape: Vec<usize>, len: usize },
     /// Two tensors given to `save` with the same name.
     DuplicateName { tensor: String },
     /// The safetensors encoder refused the data.
@@ -58,25 +46,15 @@ impl fmt::Display for CheckpointError {
             CheckpointError::Io { path, what, source } => {
                 write!(f, "{}: {what}: {source}", path.display())
             }
-            CheckpointError::Corrupt { path, message } => write!(
-                f,
-                "{}: not a valid safetensors checkpoint (corrupt or truncated): {message}",
-                path.display()
-            ),
-            CheckpointError::WrongDtype {
-                path,
-                tensor,
-                dtype,
-            } => write!(
-                f,
-                "{}: tensor `{tensor}` has dtype {dtype}, only F32 is supported",
-                path.display()
-            ),
-            CheckpointError::ShapeMismatch { tensor, shape, len } => write!(
-                f,
-                "tensor `{tensor}`: shape {shape:?} needs {} values but {len} were given",
-                shape.iter().product::<usize>()
-            ),
+            CheckpointError::Corrupt { path, message } => {
+                write!(f, "{}: not a valid safetensors checkpoint (corrupt or truncated): {message}", path.display())
+            }
+            CheckpointError::WrongDtype { path, tensor, dtype } => {
+                write!(f, "{}: tensor `{tensor}` has dtype {dtype}, only F32 is supported", path.display())
+            }
+            CheckpointError::ShapeMismatch { tensor, shape, len } => {
+                write!(f, "tensor `{tensor}`: shape {shape:?} needs {} values but {len} were given", shape.iter().product::<usize>())
+            }
             CheckpointError::DuplicateName { tensor } => {
                 write!(f, "tensor name `{tensor}` is used twice")
             }
@@ -98,11 +76,7 @@ impl std::error::Error for CheckpointError {
 
 /// Saves `tensors` (name, shape, row-major f32 data) and `metadata` to `path`
 /// atomically, creating missing parent directories.
-pub fn save(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, &[f32])],
-    metadata: &HashMap<String, String>,
-) -> Result<(), CheckpointError> {
+pub fn save(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], metadata: &HashMap<String, String>) -> Result<(), CheckpointError> {
     let bytes = encode(path, tensors, metadata)?;
     write_atomic(path, |file| file.write_all(&bytes))
 }
@@ -113,34 +87,20 @@ pub fn load(path: &Path) -> Result<Vec<LoadedTensor>, CheckpointError> {
 }
 
 /// Loads every tensor (sorted by name) and the metadata of a checkpoint.
-pub fn load_with_metadata(
-    path: &Path,
-) -> Result<(Vec<LoadedTensor>, HashMap<String, String>), CheckpointError> {
+pub fn load_with_metadata(path: &Path) -> Result<(Vec<LoadedTensor>, HashMap<String, String>), CheckpointError> {
     let bytes = fs::read(path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
-            CheckpointError::NotFound {
-                path: path.to_path_buf(),
-            }
+            CheckpointError::NotFound { path: path.to_path_buf() }
         } else {
-            CheckpointError::Io {
-                path: path.to_path_buf(),
-                what: "cannot read checkpoint",
-                source,
-            }
+            CheckpointError::Io { path: path.to_path_buf(), what: "cannot read checkpoint", source }
         }
     })?;
     decode(path, &bytes)
 }
 
 /// Decodes the bytes of a safetensors file; `path` is only used in errors.
-pub fn decode(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(Vec<LoadedTensor>, HashMap<String, String>), CheckpointError> {
-    let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Vec<LoadedTensor>, HashMap<String, String>), CheckpointError> {
+    let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt { path: path.to_path_buf(), message: e.to_string() };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
     let mut out = Vec::with_capacity(st.len());
@@ -152,55 +112,34 @@ pub fn decode(
                 dtype: view.dtype().to_string(),
             });
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.push((name.to_string(), view.shape().to_vec(), values));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, header.metadata().clone().unwrap_or_default()))
 }
 
-fn encode(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, &[f32])],
-    metadata: &HashMap<String, String>,
-) -> Result<Vec<u8>, CheckpointError> {
+fn encode(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], metadata: &HashMap<String, String>) -> Result<Vec<u8>, CheckpointError> {
     let mut seen = std::collections::HashSet::new();
     let mut raw: Vec<(&str, &[usize], Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, shape, data) in tensors {
         if !seen.insert(name.as_str()) {
-            return Err(CheckpointError::DuplicateName {
-                tensor: name.clone(),
-            });
+            return Err(CheckpointError::DuplicateName { tensor: name.clone() });
         }
         let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if expected != Some(data.len()) {
-            return Err(CheckpointError::ShapeMismatch {
-                tensor: name.clone(),
-                shape: shape.clone(),
-                len: data.len(),
-            });
+            return Err(CheckpointError::ShapeMismatch { tensor: name.clone(), shape: shape.clone(), len: data.len() });
         }
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         raw.push((name, shape, bytes));
     }
-    let encode_err = |e: safetensors::SafeTensorError| CheckpointError::Encode {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
+    let encode_err = |e: safetensors::SafeTensorError| CheckpointError::Encode { path: path.to_path_buf(), message: e.to_string() };
     let mut views = Vec::with_capacity(raw.len());
     for (name, shape, bytes) in &raw {
         let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(encode_err)?;
         views.push((*name, view));
     }
-    let info = if metadata.is_empty() {
-        None
-    } else {
-        Some(metadata.clone())
-    };
+    let info = if metadata.is_empty() { None } else { Some(metadata.clone()) };
     safetensors::serialize(views, info).map_err(encode_err)
 }
 
@@ -209,17 +148,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes a file atomically: `fill` writes the content into a temporary file
 /// next to `path`; the file is synced and renamed over `path`. On any error
 /// the temporary file is removed and `path` is untouched.
-fn write_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<(), CheckpointError> {
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> Result<(), CheckpointError> {
     let io_err = |what: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| CheckpointError::Io {
-            path: p,
-            what,
-            source,
-        }
+        move |source| CheckpointError::Io { path: p, what, source }
     };
     let file_name = path.file_name().ok_or_else(|| CheckpointError::Io {
         path: path.to_path_buf(),
@@ -234,18 +166,13 @@ fn write_atomic(
 
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".tmp.{}.{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    tmp_name.push(format!(".tmp.{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let tmp = dir.join(tmp_name);
 
     let result = (|| {
         let mut file = File::create(&tmp).map_err(io_err("cannot create temporary file", &tmp))?;
         fill(&mut file).map_err(io_err("cannot write temporary file", &tmp))?;
-        file.sync_all()
-            .map_err(io_err("cannot sync temporary file", &tmp))?;
+        file.sync_all().map_err(io_err("cannot sync temporary file", &tmp))?;
         drop(file);
         fs::rename(&tmp, path).map_err(io_err("cannot rename temporary file over", path))
     })();

@@ -42,48 +42,21 @@ impl Table {
 #[derive(Debug)]
 pub enum DataError {
     /// The file could not be read (missing, unreadable, not UTF-8).
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// The file has no header row.
     EmptyFile { path: PathBuf },
     /// The file has a header but no data rows.
     NoRows { path: PathBuf },
     /// The header names the same column twice.
-    DuplicateColumn {
-        path: PathBuf,
-        column: String,
-        first: usize,
-        second: usize,
-    },
+    DuplicateColumn { path: PathBuf, column: String, first: usize, second: usize },
     /// The requested label column is not in the header.
-    MissingLabelColumn {
-        path: PathBuf,
-        label: String,
-        available: Vec<String>,
-        suggestion: Option<String>,
-    },
+    MissingLabelColumn { path: PathBuf, label: String, available: Vec<String>, suggestion: Option<String> },
     /// A cell is not a finite number.
-    NonNumeric {
-        path: PathBuf,
-        line: usize,
-        column: String,
-        text: String,
-    },
+    NonNumeric { path: PathBuf, line: usize, column: String, text: String },
     /// A row has a different number of cells than the header.
-    RaggedRow {
-        path: PathBuf,
-        line: usize,
-        expected: usize,
-        found: usize,
-    },
+    RaggedRow { path: PathBuf, line: usize, expected: usize, found: usize },
     /// A row range does not fit the table.
-    RangeOutOfBounds {
-        start: usize,
-        end: usize,
-        rows: usize,
-    },
+    RangeOutOfBounds { start: usize, end: usize, rows: usize },
     /// A modulo selection with modulus 0 or remainder >= modulus.
     InvalidModulo { modulus: usize, remainder: usize },
     /// A row index passed to a gather function is out of bounds.
@@ -114,59 +87,25 @@ impl fmt::Display for DataError {
             DataError::NoRows { path } => {
                 write!(f, "{}: file has a header but no data rows", path.display())
             }
-            DataError::DuplicateColumn {
-                path,
-                column,
-                first,
-                second,
-            } => write!(
-                f,
-                "{}:1: column `{column}` appears twice in the header (columns {} and {})",
-                path.display(),
-                first + 1,
-                second + 1
-            ),
-            DataError::MissingLabelColumn {
-                path,
-                label,
-                available,
-                suggestion,
-            } => {
-                write!(
-                    f,
-                    "{}: label column `{label}` not found; available columns: {}",
-                    path.display(),
-                    available.join(", ")
-                )?;
+            DataError::DuplicateColumn { path, column, first, second } => {
+                write!(f, "{}:1: column `{column}` appears twice in the header (columns {} and {})", path.display(), first + 1, second + 1)
+            }
+            DataError::MissingLabelColumn { path, label, available, suggestion } => {
+                write!(f, "{}: label column `{label}` not found; available columns: {}", path.display(), available.join(", "))?;
                 if let Some(s) = suggestion {
                     write!(f, " (did you mean `{s}`?)")?;
                 }
                 Ok(())
             }
-            DataError::NonNumeric {
-                path,
-                line,
-                column,
-                text,
-            } => write!(
-                f,
-                "{}:{line}: column `{column}`: `{text}` is not a finite number",
-                path.display()
-            ),
-            DataError::RaggedRow {
-                path,
-                line,
-                expected,
-                found,
-            } => write!(
-                f,
-                "{}:{line}: expected {expected} comma-separated values (as in the header), found {found}",
-                path.display()
-            ),
-            DataError::RangeOutOfBounds { start, end, rows } => write!(
-                f,
-                "row range {start}..{end} is out of bounds for a table of {rows} rows"
-            ),
+            DataError::NonNumeric { path, line, column, text } => {
+                write!(f, "{}:{line}: column `{column}`: `{text}` is not a finite number", path.display())
+            }
+            DataError::RaggedRow { path, line, expected, found } => {
+                write!(f, "{}:{line}: expected {expected} comma-separated values (as in the header), found {found}", path.display())
+            }
+            DataError::RangeOutOfBounds { start, end, rows } => {
+                write!(f, "row range {start}..{end} is out of bounds for a table of {rows} rows")
+            }
             DataError::InvalidModulo { modulus, remainder } => write!(
                 f,
                 "invalid modulo selection: remainder {remainder} with modulus {modulus} \
@@ -175,10 +114,7 @@ impl fmt::Display for DataError {
             DataError::RowIndexOutOfBounds { index, rows } => {
                 write!(f, "row index {index} is out of bounds for {rows} rows")
             }
-            DataError::BufferSize { expected, found } => write!(
-                f,
-                "output buffer has {found} elements, expected {expected}"
-            ),
+            DataError::BufferSize { expected, found } => write!(f, "output buffer has {found} elements, expected {expected}"),
             DataError::ColumnCount { expected, found } => {
                 write!(f, "matrix has {found} columns, expected {expected}")
             }
@@ -208,35 +144,21 @@ impl std::error::Error for DataError {
 /// `\r` (Windows line endings) and spaces around cells are stripped. Line
 /// numbers in errors are 1-based file lines (the header is line 1).
 pub fn load_csv(path: &Path, label_column: &str) -> Result<Table, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     parse_csv(&text, path, label_column)
 }
 
 /// Parses CSV text as [`load_csv`] does; `path` is only used in errors.
 pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, DataError> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r'))).filter(|(_, l)| !l.trim().is_empty());
 
     let Some((_, header)) = lines.next() else {
-        return Err(DataError::EmptyFile {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::EmptyFile { path: path.to_path_buf() });
     };
     let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
     for (i, c) in columns.iter().enumerate() {
         if let Some(j) = columns[i + 1..].iter().position(|d| d == c) {
-            return Err(DataError::DuplicateColumn {
-                path: path.to_path_buf(),
-                column: c.clone(),
-                first: i,
-                second: i + 1 + j,
-            });
+            return Err(DataError::DuplicateColumn { path: path.to_path_buf(), column: c.clone(), first: i, second: i + 1 + j });
         }
     }
     let Some(label_idx) = columns.iter().position(|c| c == label_column) else {
@@ -278,34 +200,18 @@ pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, D
             }
         }
         if found != n_cols {
-            return Err(DataError::RaggedRow {
-                path: path.to_path_buf(),
-                line: line_no,
-                expected: n_cols,
-                found,
-            });
+            return Err(DataError::RaggedRow { path: path.to_path_buf(), line: line_no, expected: n_cols, found });
         }
     }
     if labels.is_empty() {
-        return Err(DataError::NoRows {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::NoRows { path: path.to_path_buf() });
     }
     let n_rows = labels.len();
-    let features = Array2::from_shape_vec((n_rows, n_features), features).map_err(|_| {
-        DataError::BufferSize {
-            expected: n_rows * n_features,
-            found: 0,
-        }
-    })?;
+    let features = Array2::from_shape_vec((n_rows, n_features), features)
+        .map_err(|_| DataError::BufferSize { expected: n_rows * n_features, found: 0 })?;
     let mut feature_names = columns;
     let label_name = feature_names.remove(label_idx);
-    Ok(Table {
-        features,
-        labels: Array1::from(labels),
-        feature_names,
-        label_name,
-    })
+    Ok(Table { features, labels: Array1::from(labels), feature_names, label_name })
 }
 
 /// The candidate closest to `name` by (case-insensitive) edit distance.
@@ -348,11 +254,7 @@ pub enum RowSelect {
     /// Rows `i` with `(i % modulus == remainder) == equal`; e.g. the test split
     /// `{ modulus: 5, remainder: 4, equal: true }` and its training complement
     /// with `equal: false`.
-    Modulo {
-        modulus: usize,
-        remainder: usize,
-        equal: bool,
-    },
+    Modulo { modulus: usize, remainder: usize, equal: bool },
 }
 
 impl RowSelect {
@@ -366,17 +268,11 @@ impl RowSelect {
                 }
                 Ok((start..end).collect())
             }
-            RowSelect::Modulo {
-                modulus,
-                remainder,
-                equal,
-            } => {
+            RowSelect::Modulo { modulus, remainder, equal } => {
                 if modulus == 0 || remainder >= modulus {
                     return Err(DataError::InvalidModulo { modulus, remainder });
                 }
-                Ok((0..rows)
-                    .filter(|i| (i % modulus == remainder) == equal)
-                    .collect())
+                Ok((0..rows).filter(|i| (i % modulus == remainder) == equal).collect())
             }
         }
     }
@@ -429,11 +325,7 @@ impl Standardizer {
             let constant = col.iter().all(|&v| v == first);
             mean[j] = m as f32;
             let s = var.sqrt() as f32;
-            std[j] = if constant || s.is_nan() || s <= 0.0 {
-                1.0
-            } else {
-                s
-            };
+            std[j] = if constant || s.is_nan() || s <= 0.0 { 1.0 } else { s };
         }
         Ok(Standardizer { mean, std })
     }
@@ -441,10 +333,7 @@ impl Standardizer {
     /// Standardises `x` in place with the fitted statistics.
     pub fn apply(&self, x: &mut Array2<f32>) -> Result<(), DataError> {
         if x.ncols() != self.mean.len() {
-            return Err(DataError::ColumnCount {
-                expected: self.mean.len(),
-                found: x.ncols(),
-            });
+            return Err(DataError::ColumnCount { expected: self.mean.len(), found: x.ncols() });
         }
         for mut row in x.axis_iter_mut(Axis(0)) {
             for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
@@ -495,11 +384,7 @@ impl Batches {
         if batch_size == 0 {
             return Err(DataError::ZeroBatchSize);
         }
-        Ok(Batches {
-            len,
-            batch_size,
-            next: 0,
-        })
+        Ok(Batches { len, batch_size, next: 0 })
     }
 
     /// Total number of batches (`ceil(len / batch_size)`).
@@ -535,17 +420,11 @@ pub fn gather_rows(src: &Array2<f32>, rows: &[usize], out: &mut [f32]) -> Result
     let cols = src.ncols();
     let expected = rows.len() * cols;
     if out.len() != expected {
-        return Err(DataError::BufferSize {
-            expected,
-            found: out.len(),
-        });
+        return Err(DataError::BufferSize { expected, found: out.len() });
     }
     let n = src.nrows();
     if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
-        return Err(DataError::RowIndexOutOfBounds {
-            index: bad,
-            rows: n,
-        });
+        return Err(DataError::RowIndexOutOfBounds { index: bad, rows: n });
     }
     if cols == 0 {
         return Ok(());
@@ -571,10 +450,7 @@ pub fn gather_rows(src: &Array2<f32>, rows: &[usize], out: &mut [f32]) -> Result
 /// Does not allocate.
 pub fn gather_labels(src: &Array1<f32>, rows: &[usize], out: &mut [f32]) -> Result<(), DataError> {
     if out.len() != rows.len() {
-        return Err(DataError::BufferSize {
-            expected: rows.len(),
-            found: out.len(),
-        });
+        return Err(DataError::BufferSize { expected: rows.len(), found: out.len() });
     }
     let n = src.len();
     for (d, &r) in out.iter_mut().zip(rows) {
@@ -606,17 +482,9 @@ mod tests {
     #[test]
     fn errors_have_context() {
         let e = parse_csv("a,b\n1,x\n", p(), "a").unwrap_err().to_string();
-        assert!(
-            e.contains("t.csv:2") && e.contains("`b`") && e.contains("`x`"),
-            "{e}"
-        );
-        let e = parse_csv("a,b\n1,2\n1,2,3\n", p(), "a")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("t.csv:3") && e.contains("expected 2") && e.contains("found 3"),
-            "{e}"
-        );
+        assert!(e.contains("t.csv:2") && e.contains("`b`") && e.contains("`x`"), "{e}");
+        let e = parse_csv("a,b\n1,2\n1,2,3\n", p(), "a").unwrap_err().to_string();
+        assert!(e.contains("t.csv:3") && e.contains("expected 2") && e.contains("found 3"), "{e}");
         let e = parse_csv("a,b\n1\n", p(), "a").unwrap_err().to_string();
         assert!(e.contains("found 1"), "{e}");
         let e = parse_csv("", p(), "a").unwrap_err().to_string();
@@ -627,9 +495,7 @@ mod tests {
         assert!(e.contains("twice"), "{e}");
         let e = parse_csv("a,b\nnan,1\n", p(), "b").unwrap_err().to_string();
         assert!(e.contains("`nan`"), "{e}");
-        let e = parse_csv("sepal,Label\n1,2\n", p(), "label")
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv("sepal,Label\n1,2\n", p(), "label").unwrap_err().to_string();
         assert!(e.contains("did you mean `Label`"), "{e}");
     }
 
@@ -643,17 +509,9 @@ mod tests {
 
     #[test]
     fn modulo_validation() {
-        let sel = RowSelect::Modulo {
-            modulus: 0,
-            remainder: 0,
-            equal: true,
-        };
+        let sel = RowSelect::Modulo { modulus: 0, remainder: 0, equal: true };
         assert!(sel.indices(10).is_err());
-        let sel = RowSelect::Modulo {
-            modulus: 3,
-            remainder: 1,
-            equal: true,
-        };
+        let sel = RowSelect::Modulo { modulus: 3, remainder: 1, equal: true };
         assert_eq!(sel.indices(8).unwrap(), vec![1, 4, 7]);
     }
 

@@ -32,11 +32,14 @@ impl Dataset {
     }
 }
 
+/// File names with the spans where they were written.
+type Files = Vec<(String, Span)>;
+
 struct Options<'a> {
     path: (String, Span),
     label: Option<(String, Span, bool)>,
     /// `idx(images: ..., labels: ...)`: IDX image and label files, concatenated in order.
-    idx: Option<(Vec<(String, Span)>, Vec<(String, Span)>)>,
+    idx: Option<(Files, Files)>,
     scale: Option<f32>,
     standardize: Option<(String, Span)>,
     source: &'a Expr,
@@ -49,7 +52,11 @@ fn error(span: Span, title: impl Into<String>, label: impl Into<String>) -> Diag
 fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
     let source = &def.source;
     let ExprKind::Call { callee, args } = &source.kind else {
-        return Err(error(source.span, "a data source must be a call such as `csv(\"file.csv\", label: \"label\")`", "expected `csv(...)`"));
+        return Err(error(
+            source.span,
+            "a data source must be a call such as `csv(\"file.csv\", label: \"label\")`",
+            "expected `csv(...)`",
+        ));
     };
     let is_idx = match &callee.kind {
         ExprKind::Name(n) if n == "csv" => false,
@@ -70,7 +77,8 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
             (None, ExprKind::Str(s)) if path.is_none() => path = Some((s.clone(), a.value.span)),
             (Some(k @ ("label" | "target")), ExprKind::Str(s)) => opts.label = Some((s.clone(), a.value.span, k == "label")),
             (Some("scale"), _) => {
-                let v = constant_number(&a.value).ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/16"))?;
+                let v = constant_number(&a.value)
+                    .ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/16"))?;
                 opts.scale = Some(v as f32);
             }
             (Some("standardize"), ExprKind::Name(s)) => opts.standardize = Some((s.clone(), a.value.span)),
@@ -113,11 +121,13 @@ fn idx_options<'a>(args: &[ast::CallArg], mut opts: Options<'a>) -> Result<Optio
             Some("images") => images = Some(files()?),
             Some("labels") => labels = Some(files()?),
             Some("scale") => {
-                let v = constant_number(&a.value).ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/255"))?;
+                let v = constant_number(&a.value)
+                    .ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/255"))?;
                 opts.scale = Some(v as f32);
             }
             _ => {
-                return Err(error(a.value.span, "unexpected argument to `idx`", "here").note("options: images: FILES, labels: FILES, scale: NUMBER"));
+                return Err(error(a.value.span, "unexpected argument to `idx`", "here")
+                    .note("options: images: FILES, labels: FILES, scale: NUMBER"));
             }
         }
     }
@@ -139,10 +149,9 @@ fn row_select(sel: &ast::RowSelect) -> Result<RowSelect, Diagnostic> {
         }
     };
     Ok(match sel {
-        ast::RowSelect::Range { start, end, .. } => RowSelect::Range {
-            start: start.as_ref().map(int).transpose()?.unwrap_or(0),
-            end: end.as_ref().map(int).transpose()?,
-        },
+        ast::RowSelect::Range { start, end, .. } => {
+            RowSelect::Range { start: start.as_ref().map(int).transpose()?.unwrap_or(0), end: end.as_ref().map(int).transpose()? }
+        }
         ast::RowSelect::Modulo { modulus, remainder, equal, .. } => {
             let m = int(modulus)?;
             if m == 0 {
@@ -202,7 +211,8 @@ fn load_idx(base_dir: &Path, images: &[(String, Span)], labels: &[(String, Span)
         }
     }
     let to_paths = |v: &[(String, Span)]| v.iter().map(|(f, _)| base_dir.join(f)).collect::<Vec<_>>();
-    let (x, y) = crate::idx::load(&to_paths(images), &to_paths(labels)).map_err(|e| error(first_span, "cannot load the IDX files", e.to_string()))?;
+    let (x, y) = crate::idx::load(&to_paths(images), &to_paths(labels))
+        .map_err(|e| error(first_span, "cannot load the IDX files", e.to_string()))?;
     let feature_names = (0..x.ncols()).map(|i| format!("p{i}")).collect();
     Ok(Table { features: x, labels: y, feature_names, label_name: "label".into() })
 }
@@ -272,8 +282,12 @@ fn class_count(t: &Table, span: Span, label: &str) -> Result<usize, Diagnostic> 
     let mut max = 0.0f32;
     for (i, &v) in t.labels.iter().enumerate() {
         if v < 0.0 || v.fract() != 0.0 {
-            return Err(error(span, format!("column `{label}` holds {v} in data row {i}, not a class id 0, 1, 2, …"), "declared as class labels here")
-                .note("use `target:` for a regression target"));
+            return Err(error(
+                span,
+                format!("column `{label}` holds {v} in data row {i}, not a class id 0, 1, 2, …"),
+                "declared as class labels here",
+            )
+            .note("use `target:` for a regression target"));
         }
         max = max.max(v);
     }

@@ -10,13 +10,26 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
 pub enum IdxError {
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The header is not an unsigned-byte IDX header.
-    BadHeader { path: PathBuf, why: String },
+    BadHeader {
+        path: PathBuf,
+        why: String,
+    },
     /// Fewer bytes than the header promises.
-    Truncated { path: PathBuf, expected: usize, found: usize },
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+    },
     /// Image and label files disagree on the number of items.
-    CountMismatch { images: usize, labels: usize },
+    CountMismatch {
+        images: usize,
+        labels: usize,
+    },
 }
 
 impl fmt::Display for IdxError {

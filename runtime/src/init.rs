@@ -46,14 +46,10 @@ pub enum InitError {
 impl fmt::Display for InitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            InitError::InvalidStd { std } => write!(
-                f,
-                "normal initialiser: std must be finite and >= 0, got {std}"
-            ),
-            InitError::InvalidBounds { low, high } => write!(
-                f,
-                "uniform initialiser: need finite bounds with low <= high, got [{low}, {high})"
-            ),
+            InitError::InvalidStd { std } => write!(f, "normal initialiser: std must be finite and >= 0, got {std}"),
+            InitError::InvalidBounds { low, high } => {
+                write!(f, "uniform initialiser: need finite bounds with low <= high, got [{low}, {high})")
+            }
             InitError::ShapeOverflow { shape } => {
                 write!(f, "tensor shape {shape:?} has too many elements")
             }
@@ -79,17 +75,9 @@ pub fn fans(shape: &[usize]) -> (usize, usize) {
 /// A freshly initialised tensor of `shape`, row-major.
 ///
 /// Deterministic given the state of `rng` (use [`crate::rng::seeded`]).
-pub fn initialize<R: Rng + ?Sized>(
-    init: &Init,
-    shape: &[usize],
-    rng: &mut R,
-) -> Result<Vec<f32>, InitError> {
-    let n = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| InitError::ShapeOverflow {
-            shape: shape.to_vec(),
-        })?;
+pub fn initialize<R: Rng + ?Sized>(init: &Init, shape: &[usize], rng: &mut R) -> Result<Vec<f32>, InitError> {
+    let n =
+        shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| InitError::ShapeOverflow { shape: shape.to_vec() })?;
     let (fan_in, fan_out) = fans(shape);
     // Fans are only 0 when the tensor is empty; keep the formulas finite anyway.
     let fan_in = fan_in.max(1) as f64;
@@ -116,19 +104,12 @@ fn normal<R: Rng + ?Sized>(n: usize, std: f64, rng: &mut R) -> Result<Vec<f32>, 
     Ok((0..n).map(|_| dist.sample(rng) as f32).collect())
 }
 
-fn uniform<R: Rng + ?Sized>(
-    n: usize,
-    low: f64,
-    high: f64,
-    rng: &mut R,
-) -> Result<Vec<f32>, InitError> {
+fn uniform<R: Rng + ?Sized>(n: usize, low: f64, high: f64, rng: &mut R) -> Result<Vec<f32>, InitError> {
     if !low.is_finite() || !high.is_finite() || low > high {
         return Err(InitError::InvalidBounds { low, high });
     }
     let width = high - low;
-    Ok((0..n)
-        .map(|_| (low + width * unit_f64(rng)) as f32)
-        .collect())
+    Ok((0..n).map(|_| (low + width * unit_f64(rng)) as f32).collect())
 }
 
 #[cfg(test)]
@@ -149,15 +130,9 @@ mod tests {
         let mut rng = crate::rng::seeded(0, 0);
         assert!(initialize(&Init::Normal { std: -1.0 }, &[2], &mut rng).is_err());
         assert!(initialize(&Init::Normal { std: f64::NAN }, &[2], &mut rng).is_err());
-        let bad = Init::Uniform {
-            low: 1.0,
-            high: 0.0,
-        };
+        let bad = Init::Uniform { low: 1.0, high: 0.0 };
         assert!(initialize(&bad, &[2], &mut rng).is_err());
         assert!(initialize(&Init::Zeros, &[usize::MAX, 2], &mut rng).is_err());
-        assert_eq!(
-            initialize(&Init::HeNormal, &[0, 4], &mut rng).unwrap(),
-            Vec::<f32>::new()
-        );
+        assert_eq!(initialize(&Init::HeNormal, &[0, 4], &mut rng).unwrap(), Vec::<f32>::new());
     }
 }

@@ -31,10 +31,7 @@ const COLORS: [RGBColor; 10] = [
 #[derive(Debug)]
 pub enum PlotError {
     /// Creating a directory or writing a file failed.
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// The chart could not be drawn or encoded.
     Draw { path: PathBuf, message: String },
 }
@@ -73,12 +70,7 @@ impl std::error::Error for PlotError {
 ///
 /// If text cannot be rendered (no usable system font), the chart is drawn
 /// without text rather than failing.
-pub fn write_curves(
-    png: &Path,
-    csv: &Path,
-    title: &str,
-    series: &[(String, Vec<f64>)],
-) -> Result<(), PlotError> {
+pub fn write_curves(png: &Path, csv: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Result<(), PlotError> {
     write_csv(csv, series)?;
     ensure_parent(png)?;
     match draw_png(png, title, series, true) {
@@ -90,10 +82,7 @@ pub fn write_curves(
 fn ensure_parent(path: &Path) -> Result<(), PlotError> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => {
-            fs::create_dir_all(dir).map_err(|source| PlotError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })
+            fs::create_dir_all(dir).map_err(|source| PlotError::Io { path: dir.to_path_buf(), source })
         }
         _ => Ok(()),
     }
@@ -136,21 +125,13 @@ fn write_csv(path: &Path, series: &[(String, Vec<f64>)]) -> Result<(), PlotError
         }
         out.push('\n');
     }
-    fs::write(path, out).map_err(|source| PlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::write(path, out).map_err(|source| PlotError::Io { path: path.to_path_buf(), source })
 }
 
 /// The y range to plot and whether it is logarithmic.
 fn y_range(series: &[(String, Vec<f64>)]) -> (f64, f64, bool) {
-    let finite = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
-        .filter(|v| v.is_finite());
-    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let finite = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return (0.0, 1.0, false); // no finite data
     }
@@ -165,16 +146,8 @@ fn y_range(series: &[(String, Vec<f64>)]) -> (f64, f64, bool) {
     (lo - pad, hi + pad, false)
 }
 
-fn draw_png(
-    png: &Path,
-    title: &str,
-    series: &[(String, Vec<f64>)],
-    with_text: bool,
-) -> Result<(), PlotError> {
-    let err = |e: &dyn fmt::Display| PlotError::Draw {
-        path: png.to_path_buf(),
-        message: e.to_string(),
-    };
+fn draw_png(png: &Path, title: &str, series: &[(String, Vec<f64>)], with_text: bool) -> Result<(), PlotError> {
+    let err = |e: &dyn fmt::Display| PlotError::Draw { path: png.to_path_buf(), message: e.to_string() };
     let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     let x_max = (n.max(2)) as f64;
     let (y_lo, y_hi, log) = y_range(series);
@@ -182,32 +155,15 @@ fn draw_png(
     let root = BitMapBackend::new(png, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     if log {
-        draw_chart(
-            &root,
-            (1.0..x_max, (y_lo..y_hi).log_scale()),
-            title,
-            series,
-            with_text,
-            true,
-        )
-        .map_err(|e| err(&e))?;
+        draw_chart(&root, (1.0..x_max, (y_lo..y_hi).log_scale()), title, series, with_text, true).map_err(|e| err(&e))?;
     } else {
-        draw_chart(
-            &root,
-            (1.0..x_max, y_lo..y_hi),
-            title,
-            series,
-            with_text,
-            false,
-        )
-        .map_err(|e| err(&e))?;
+        draw_chart(&root, (1.0..x_max, y_lo..y_hi), title, series, with_text, false).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
 
-type DrawResult =
-    Result<(), DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+type DrawResult = Result<(), DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
 
 fn draw_chart<Y>(
     root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
@@ -224,10 +180,7 @@ where
     let mut builder = ChartBuilder::on(root);
     builder.margin(20);
     if with_text {
-        builder
-            .caption(title, ("sans-serif", 26))
-            .x_label_area_size(50)
-            .y_label_area_size(80);
+        builder.caption(title, ("sans-serif", 26)).x_label_area_size(50).y_label_area_size(80);
     } else {
         builder.x_label_area_size(10).y_label_area_size(10);
     }
@@ -263,18 +216,12 @@ where
 
     for (i, (name, values)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = values
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.is_finite() && (!log || **v > 0.0))
-            .map(|(k, v)| ((k + 1) as f64, *v))
-            .collect();
+        let points: Vec<(f64, f64)> =
+            values.iter().enumerate().filter(|(_, v)| v.is_finite() && (!log || **v > 0.0)).map(|(k, v)| ((k + 1) as f64, *v)).collect();
         let style = ShapeStyle::from(&color).stroke_width(2);
         let drawn = chart.draw_series(LineSeries::new(points.clone(), style))?;
         if with_text {
-            drawn.label(name.as_str()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-            });
+            drawn.label(name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
         }
         if points.len() == 1 {
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;

@@ -84,9 +84,15 @@ impl<'p> Runner<'p> {
             }
             Item::Train(t) => {
                 let plan = self.session.train_plan(t).map_err(first)?;
-                let topts = TrainOptions { base_dir: opts.base_dir, quiet: opts.quiet, process_start: opts.process_start, epochs: opts.epochs };
+                let topts =
+                    TrainOptions { base_dir: opts.base_dir, quiet: opts.quiet, process_start: opts.process_start, epochs: opts.epochs };
                 let result = train::train(&plan, &self.datasets, &topts)?;
-                let mut line = format!("{}: {} epochs, final train loss {:.5}", plan.name, result.epoch_losses.len(), result.epoch_losses.last().copied().unwrap_or(f64::NAN));
+                let mut line = format!(
+                    "{}: {} epochs, final train loss {:.5}",
+                    plan.name,
+                    result.epoch_losses.len(),
+                    result.epoch_losses.last().copied().unwrap_or(f64::NAN)
+                );
                 for (m, v) in &result.metrics {
                     line.push_str(&format!(", {} {}", m.label(), train::format_metric(m.kind, *v)));
                 }
@@ -125,14 +131,20 @@ impl<'p> Runner<'p> {
                     match self.summary.runs.iter().find(|(n, _)| *n == run.name) {
                         Some((n, r)) => series.push((n.clone(), r.epoch_losses.clone())),
                         None => {
-                            return Err(Diagnostic::new(format!("no training run named `{}` before this plot", run.name)).label(run.span, "not trained above"))
+                            return Err(Diagnostic::new(format!("no training run named `{}` before this plot", run.name))
+                                .label(run.span, "not trained above"))
                         }
                     }
                 }
                 let png = opts.base_dir.join(&p.path);
                 let csv = png.with_extension("csv");
-                plot::write_curves(&png, &csv, "training loss", &series).map_err(|e| Diagnostic::new(format!("could not write {}", png.display())).label(p.span, e.to_string()))?;
-                self.summary.say(format!("wrote {} and {}", p.path, csv.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()));
+                plot::write_curves(&png, &csv, "training loss", &series)
+                    .map_err(|e| Diagnostic::new(format!("could not write {}", png.display())).label(p.span, e.to_string()))?;
+                self.summary.say(format!(
+                    "wrote {} and {}",
+                    p.path,
+                    csv.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+                ));
                 Ok(())
             }
         }
@@ -143,10 +155,12 @@ impl<'p> Runner<'p> {
         let eg = self.session.annotated_expr_graph(e, ann).map_err(first)?;
         let mut inputs = Inputs::new();
         for (_, name, _) in eg.graph.inputs() {
-            let value = self.input_value(name).ok_or_else(|| Diagnostic::new(format!("no value for `{name}`")).label(e.span, "needed here"))?;
+            let value =
+                self.input_value(name).ok_or_else(|| Diagnostic::new(format!("no value for `{name}`")).label(e.span, "needed here"))?;
             inputs.insert(name.to_string(), value);
         }
-        let out = interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err:?}")).label(e.span, "here"))?;
+        let out =
+            interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err:?}")).label(e.span, "here"))?;
         out.into_iter().next().ok_or_else(|| Diagnostic::new("no value").label(e.span, "here"))
     }
 

@@ -103,10 +103,7 @@ mod tests {
 
     #[test]
     fn step_and_constant() {
-        let s = Schedule::Step {
-            every: 10,
-            gamma: 0.5,
-        };
+        let s = Schedule::Step { every: 10, gamma: 0.5 };
         assert_eq!(s.factor(0), 1.0);
         assert_eq!(s.factor(9), 1.0);
         assert_eq!(s.factor(10), 0.5);
@@ -116,10 +113,7 @@ mod tests {
 
     #[test]
     fn cosine_endpoints_and_midpoint() {
-        let s = Schedule::Cosine {
-            total: 100,
-            min_factor: 0.1,
-        };
+        let s = Schedule::Cosine { total: 100, min_factor: 0.1 };
         assert_eq!(s.factor(0), 1.0);
         assert!((s.factor(50) - 0.55).abs() < 1e-12);
         assert_eq!(s.factor(100), 0.1);
@@ -131,13 +125,7 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = Schedule::Warmup {
-            steps: 4,
-            then: Box::new(Schedule::Cosine {
-                total: 10,
-                min_factor: 0.0,
-            }),
-        };
+        let s = Schedule::Warmup { steps: 4, then: Box::new(Schedule::Cosine { total: 10, min_factor: 0.0 }) };
         assert_eq!(s.factor(0), 0.25);
         assert_eq!(s.factor(1), 0.5);
         assert_eq!(s.factor(2), 0.75);
@@ -150,19 +138,10 @@ mod tests {
 
     #[test]
     fn validation() {
-        let bad = Schedule::Warmup {
-            steps: 2,
-            then: Box::new(Schedule::Step {
-                every: 0,
-                gamma: 0.5,
-            }),
-        };
+        let bad = Schedule::Warmup { steps: 2, then: Box::new(Schedule::Step { every: 0, gamma: 0.5 }) };
         assert_eq!(bad.validate(), Err(ScheduleError::ZeroStepInterval));
         assert_eq!(bad.factor(5), 1.0);
-        let bad = Schedule::Cosine {
-            total: 3,
-            min_factor: -1.0,
-        };
+        let bad = Schedule::Cosine { total: 3, min_factor: -1.0 };
         assert!(bad.validate().is_err());
     }
 }

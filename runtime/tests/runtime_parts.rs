@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nnc_runtime::checkpoint::{self, CheckpointError};
 use nnc_runtime::data::{
-    gather_labels, gather_rows, load_csv, scale, select_rows, shuffled_order, Batches, DataError,
-    RowSelect, Standardizer, Table,
+    gather_labels, gather_rows, load_csv, scale, select_rows, shuffled_order, Batches, DataError, RowSelect, Standardizer, Table,
 };
 use nnc_runtime::init::{initialize, Init};
 use nnc_runtime::plot::{write_curves, PLOT_HEIGHT, PLOT_WIDTH};
@@ -55,11 +54,7 @@ fn digits_loads_with_expected_shape_and_classes() {
         assert!((0.0..=9.0).contains(&y), "label {y}");
         counts[y as usize] += 1;
     }
-    assert_eq!(
-        counts,
-        [178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
-        "class counts"
-    );
+    assert_eq!(counts, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180], "class counts");
     assert!(t.features.iter().all(|&p| (0.0..=16.0).contains(&p)));
     assert_eq!(t.features.iter().cloned().fold(0.0f32, f32::max), 16.0);
 }
@@ -69,49 +64,18 @@ fn digits_split_and_scale() {
     let mut t = digits();
     scale(&mut t, 1.0 / 16.0);
     assert_eq!(t.features.iter().cloned().fold(0.0f32, f32::max), 1.0);
-    let train = select_rows(
-        &t,
-        &RowSelect::Range {
-            start: 0,
-            end: Some(1437),
-        },
-    )
-    .unwrap();
-    let test = select_rows(
-        &t,
-        &RowSelect::Range {
-            start: 1437,
-            end: None,
-        },
-    )
-    .unwrap();
+    let train = select_rows(&t, &RowSelect::Range { start: 0, end: Some(1437) }).unwrap();
+    let test = select_rows(&t, &RowSelect::Range { start: 1437, end: None }).unwrap();
     assert_eq!(train.n_rows(), 1437);
     assert_eq!(test.n_rows(), 360);
     assert_eq!(test.features.row(0), t.features.row(1437));
     assert_eq!(test.labels[359], t.labels[1796]);
     assert_eq!(train.feature_names, t.feature_names);
 
-    let err = select_rows(
-        &t,
-        &RowSelect::Range {
-            start: 1000,
-            end: Some(1800),
-        },
-    )
-    .unwrap_err();
-    assert!(matches!(
-        err,
-        DataError::RangeOutOfBounds { rows: 1797, .. }
-    ));
+    let err = select_rows(&t, &RowSelect::Range { start: 1000, end: Some(1800) }).unwrap_err();
+    assert!(matches!(err, DataError::RangeOutOfBounds { rows: 1797, .. }));
     assert!(err.to_string().contains("1797 rows"), "{err}");
-    assert!(select_rows(
-        &t,
-        &RowSelect::Range {
-            start: 5,
-            end: Some(4)
-        }
-    )
-    .is_err());
+    assert!(select_rows(&t, &RowSelect::Range { start: 5, end: Some(4) }).is_err());
 }
 
 #[test]
@@ -119,10 +83,7 @@ fn diabetes_loads_and_modulo_split() {
     let t = diabetes();
     assert_eq!(t.features.dim(), (442, 10));
     assert_eq!(t.labels.len(), 442);
-    assert_eq!(
-        t.feature_names,
-        ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
-    );
+    assert_eq!(t.feature_names, ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]);
     assert_eq!(t.label_name, "target");
     // First data row: 59,2,32.1,101,157,93.2,38,4,4.8598,87,151
     assert_eq!(t.features[[0, 0]], 59.0);
@@ -132,16 +93,8 @@ fn diabetes_loads_and_modulo_split() {
     let mean_target = t.labels.iter().map(|&v| f64::from(v)).sum::<f64>() / 442.0;
     assert!((mean_target - 152.13).abs() < 0.01, "{mean_target}");
 
-    let test_sel = RowSelect::Modulo {
-        modulus: 5,
-        remainder: 4,
-        equal: true,
-    };
-    let train_sel = RowSelect::Modulo {
-        modulus: 5,
-        remainder: 4,
-        equal: false,
-    };
+    let test_sel = RowSelect::Modulo { modulus: 5, remainder: 4, equal: true };
+    let train_sel = RowSelect::Modulo { modulus: 5, remainder: 4, equal: false };
     let train = select_rows(&t, &train_sel).unwrap();
     let test = select_rows(&t, &test_sel).unwrap();
     assert_eq!(train.n_rows(), 354);
@@ -149,50 +102,21 @@ fn diabetes_loads_and_modulo_split() {
     assert_eq!(test.features.row(0), t.features.row(4));
     assert_eq!(test.features.row(1), t.features.row(9));
     assert_eq!(train.features.row(4), t.features.row(5));
-    assert!(select_rows(
-        &t,
-        &RowSelect::Modulo {
-            modulus: 5,
-            remainder: 5,
-            equal: true
-        }
-    )
-    .is_err());
+    assert!(select_rows(&t, &RowSelect::Modulo { modulus: 5, remainder: 5, equal: true }).is_err());
 }
 
 fn column_stats(x: &ndarray::Array2<f32>, j: usize) -> (f64, f64) {
     let n = x.nrows() as f64;
     let mean = x.column(j).iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = x
-        .column(j)
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n;
+    let var = x.column(j).iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
     (mean, var.sqrt())
 }
 
 #[test]
 fn standardizer_fits_on_train_and_applies_to_test() {
     let t = diabetes();
-    let mut train = select_rows(
-        &t,
-        &RowSelect::Modulo {
-            modulus: 5,
-            remainder: 4,
-            equal: false,
-        },
-    )
-    .unwrap();
-    let mut test = select_rows(
-        &t,
-        &RowSelect::Modulo {
-            modulus: 5,
-            remainder: 4,
-            equal: true,
-        },
-    )
-    .unwrap();
+    let mut train = select_rows(&t, &RowSelect::Modulo { modulus: 5, remainder: 4, equal: false }).unwrap();
+    let mut test = select_rows(&t, &RowSelect::Modulo { modulus: 5, remainder: 4, equal: true }).unwrap();
     let raw_test = test.features.clone();
     let st = Standardizer::fit(&train.features).unwrap();
     st.apply(&mut train.features).unwrap();
@@ -229,17 +153,10 @@ fn missing_label_column_lists_columns_and_suggests() {
     let msg = err.to_string();
     assert!(msg.contains("diabetes.csv"), "{msg}");
     assert!(msg.contains("`targt`"), "{msg}");
-    assert!(
-        msg.contains("age, sex, bmi, bp, s1, s2, s3, s4, s5, s6, target"),
-        "{msg}"
-    );
+    assert!(msg.contains("age, sex, bmi, bp, s1, s2, s3, s4, s5, s6, target"), "{msg}");
     assert!(msg.contains("did you mean `target`"), "{msg}");
     match err {
-        DataError::MissingLabelColumn {
-            available,
-            suggestion,
-            ..
-        } => {
+        DataError::MissingLabelColumn { available, suggestion, .. } => {
             assert_eq!(available.len(), 11);
             assert_eq!(suggestion.as_deref(), Some("target"));
         }
@@ -252,10 +169,7 @@ fn csv_errors_carry_context() {
     let dir = scratch("csv-errors");
     let missing = dir.join("nope.csv");
     let msg = load_csv(&missing, "y").unwrap_err().to_string();
-    assert!(
-        msg.contains("nope.csv") && msg.contains("not found"),
-        "{msg}"
-    );
+    assert!(msg.contains("nope.csv") && msg.contains("not found"), "{msg}");
 
     let bad = dir.join("bad.csv");
     fs::write(&bad, "x1,x2,y\n1,2,0\n3,abc,1\n").unwrap();
@@ -268,15 +182,7 @@ fn csv_errors_carry_context() {
     let ragged = dir.join("ragged.csv");
     fs::write(&ragged, "x1,x2,y\n1,2,0\n1,2,3,4\n").unwrap();
     let err = load_csv(&ragged, "y").unwrap_err();
-    assert!(matches!(
-        err,
-        DataError::RaggedRow {
-            line: 3,
-            expected: 3,
-            found: 4,
-            ..
-        }
-    ));
+    assert!(matches!(err, DataError::RaggedRow { line: 3, expected: 3, found: 4, .. }));
     assert!(err.to_string().contains("ragged.csv:3"), "{err}");
 
     let empty = dir.join("empty.csv");
@@ -334,10 +240,7 @@ fn gather_copies_selected_rows() {
         gather_rows(&t.features, rows, &mut xbuf[..k * 10]).unwrap();
         gather_labels(&t.labels, rows, &mut ybuf[..k]).unwrap();
         for (b, &i) in rows.iter().enumerate() {
-            assert_eq!(
-                &xbuf[b * 10..(b + 1) * 10],
-                t.features.row(i).as_slice().unwrap()
-            );
+            assert_eq!(&xbuf[b * 10..(b + 1) * 10], t.features.row(i).as_slice().unwrap());
             assert_eq!(ybuf[b], t.labels[i]);
         }
     }
@@ -366,10 +269,7 @@ fn check_stats(v: &[f32], var: f64, kurtosis: f64) {
     let se_mean = (var / n).sqrt();
     let se_var = var * ((kurtosis - 1.0) / n).sqrt();
     assert!(m.abs() < 5.0 * se_mean, "mean {m}, se {se_mean}");
-    assert!(
-        (s2 - var).abs() < 5.0 * se_var,
-        "variance {s2}, expected {var} (se {se_var})"
-    );
+    assert!((s2 - var).abs() < 5.0 * se_var, "variance {s2}, expected {var} (se {se_var})");
 }
 
 #[test]
@@ -393,15 +293,7 @@ fn initialisers_have_the_right_statistics() {
     let nrm = initialize(&Init::Normal { std: 0.02 }, &shape, &mut rng).unwrap();
     check_stats(&nrm, 0.0004, 3.0);
 
-    let u = initialize(
-        &Init::Uniform {
-            low: 2.0,
-            high: 4.0,
-        },
-        &[n],
-        &mut rng,
-    )
-    .unwrap();
+    let u = initialize(&Init::Uniform { low: 2.0, high: 4.0 }, &[n], &mut rng).unwrap();
     assert!(u.iter().all(|&x| (2.0..4.0).contains(&x)));
     let shifted: Vec<f32> = u.iter().map(|x| x - 3.0).collect();
     check_stats(&shifted, 1.0 / 3.0, 9.0 / 5.0);
@@ -410,14 +302,8 @@ fn initialisers_have_the_right_statistics() {
     let conv = initialize(&Init::HeNormal, &[64, 8, 3, 3], &mut rng).unwrap();
     check_stats(&conv, 2.0 / 72.0, 3.0);
 
-    assert_eq!(
-        initialize(&Init::Zeros, &[2, 3], &mut rng).unwrap(),
-        vec![0.0; 6]
-    );
-    assert_eq!(
-        initialize(&Init::Ones, &[4], &mut rng).unwrap(),
-        vec![1.0; 4]
-    );
+    assert_eq!(initialize(&Init::Zeros, &[2, 3], &mut rng).unwrap(), vec![0.0; 6]);
+    assert_eq!(initialize(&Init::Ones, &[4], &mut rng).unwrap(), vec![1.0; 4]);
 }
 
 #[test]
@@ -435,44 +321,23 @@ fn initialisers_are_deterministic() {
 
 #[test]
 fn schedules_give_exact_factors() {
-    let step = Schedule::Step {
-        every: 3,
-        gamma: 0.1,
-    };
+    let step = Schedule::Step { every: 3, gamma: 0.1 };
     let got: Vec<f64> = (0..7).map(|s| step.factor(s)).collect();
     assert_eq!(got[..3], [1.0, 1.0, 1.0]);
     assert_eq!(got[3..6], [0.1, 0.1, 0.1]);
     assert_eq!(got[6], 0.1f64.powi(2));
 
-    let cos = Schedule::Cosine {
-        total: 4,
-        min_factor: 0.0,
-    };
-    let expect = [
-        1.0,
-        0.853_553_390_593_273_8,
-        0.5,
-        0.146_446_609_406_726_3,
-        0.0,
-    ];
+    let cos = Schedule::Cosine { total: 4, min_factor: 0.0 };
+    let expect = [1.0, 0.853_553_390_593_273_8, 0.5, 0.146_446_609_406_726_3, 0.0];
     for (s, e) in expect.iter().enumerate() {
         assert!((cos.factor(s) - e).abs() < 1e-15, "step {s}");
     }
 
-    let warm = Schedule::Warmup {
-        steps: 5,
-        then: Box::new(Schedule::Constant),
-    };
+    let warm = Schedule::Warmup { steps: 5, then: Box::new(Schedule::Constant) };
     let got: Vec<f64> = (0..7).map(|s| warm.factor(s)).collect();
     assert_eq!(got, [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0]);
 
-    let warm_cos = Schedule::Warmup {
-        steps: 2,
-        then: Box::new(Schedule::Cosine {
-            total: 2,
-            min_factor: 0.2,
-        }),
-    };
+    let warm_cos = Schedule::Warmup { steps: 2, then: Box::new(Schedule::Cosine { total: 2, min_factor: 0.2 }) };
     let got: Vec<f64> = (0..6).map(|s| warm_cos.factor(s)).collect();
     assert_eq!(got[..3], [0.5, 1.0, 1.0]);
     assert!((got[3] - 0.6).abs() < 1e-15);
@@ -497,23 +362,9 @@ fn checkpoint_round_trip_with_metadata() {
     let mut meta = HashMap::new();
     meta.insert("epoch".to_string(), "7".to_string());
     meta.insert("model".to_string(), "mlp".to_string());
-    checkpoint::save(
-        &path,
-        &[
-            ("layer1.w".to_string(), vec![3, 4], &w),
-            ("layer1.b".to_string(), vec![3], &b),
-        ],
-        &meta,
-    )
-    .unwrap();
+    checkpoint::save(&path, &[("layer1.w".to_string(), vec![3, 4], &w), ("layer1.b".to_string(), vec![3], &b)], &meta).unwrap();
     let (tensors, meta2) = checkpoint::load_with_metadata(&path).unwrap();
-    assert_eq!(
-        tensors,
-        vec![
-            ("layer1.b".to_string(), vec![3], b.clone()),
-            ("layer1.w".to_string(), vec![3, 4], w.clone()),
-        ]
-    );
+    assert_eq!(tensors, vec![("layer1.b".to_string(), vec![3], b.clone()), ("layer1.w".to_string(), vec![3, 4], w.clone()),]);
     assert_eq!(meta2, meta);
     assert_eq!(checkpoint::load(&path).unwrap(), tensors);
 
@@ -535,24 +386,13 @@ fn checkpoint_missing_and_corrupt_files_are_errors() {
 
     let path = dir.join("m.safetensors");
     let (w, b) = sample_tensors();
-    checkpoint::save(
-        &path,
-        &[
-            ("w".to_string(), vec![12], &w),
-            ("b".to_string(), vec![3], &b),
-        ],
-        &HashMap::new(),
-    )
-    .unwrap();
+    checkpoint::save(&path, &[("w".to_string(), vec![12], &w), ("b".to_string(), vec![3], &b)], &HashMap::new()).unwrap();
     let full = fs::read(&path).unwrap();
     let truncated = dir.join("truncated.safetensors");
     for len in [0, 3, 8, 20, full.len() / 2, full.len() - 1] {
         fs::write(&truncated, &full[..len]).unwrap();
         let err = checkpoint::load(&truncated).unwrap_err();
-        assert!(
-            matches!(err, CheckpointError::Corrupt { .. }),
-            "len {len}: {err:?}"
-        );
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "len {len}: {err:?}");
         let msg = err.to_string();
         assert!(msg.contains("truncated.safetensors"), "{msg}");
     }
@@ -560,10 +400,7 @@ fn checkpoint_missing_and_corrupt_files_are_errors() {
     let mut junk = 16u64.to_le_bytes().to_vec();
     junk.extend_from_slice(b"{not json at all");
     fs::write(&truncated, &junk).unwrap();
-    assert!(matches!(
-        checkpoint::load(&truncated),
-        Err(CheckpointError::Corrupt { .. })
-    ));
+    assert!(matches!(checkpoint::load(&truncated), Err(CheckpointError::Corrupt { .. })));
 }
 
 #[test]
@@ -575,40 +412,21 @@ fn failed_save_leaves_previous_checkpoint_intact() {
     let before = fs::read(&path).unwrap();
 
     // Shape does not match the data: rejected before anything is written.
-    let err =
-        checkpoint::save(&path, &[("w".to_string(), vec![5], &b)], &HashMap::new()).unwrap_err();
-    assert!(
-        matches!(err, CheckpointError::ShapeMismatch { .. }),
-        "{err}"
-    );
+    let err = checkpoint::save(&path, &[("w".to_string(), vec![5], &b)], &HashMap::new()).unwrap_err();
+    assert!(matches!(err, CheckpointError::ShapeMismatch { .. }), "{err}");
     // Duplicate names are rejected too.
-    let err = checkpoint::save(
-        &path,
-        &[
-            ("w".to_string(), vec![3], &b),
-            ("w".to_string(), vec![3], &b),
-        ],
-        &HashMap::new(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, CheckpointError::DuplicateName { .. }),
-        "{err}"
-    );
+    let err = checkpoint::save(&path, &[("w".to_string(), vec![3], &b), ("w".to_string(), vec![3], &b)], &HashMap::new()).unwrap_err();
+    assert!(matches!(err, CheckpointError::DuplicateName { .. }), "{err}");
     // The rename fails because the target is a non-empty directory.
     let blocked = dir.join("blocked.safetensors");
     fs::create_dir_all(blocked.join("inside")).unwrap();
-    let err =
-        checkpoint::save(&blocked, &[("w".to_string(), vec![3], &b)], &HashMap::new()).unwrap_err();
+    let err = checkpoint::save(&blocked, &[("w".to_string(), vec![3], &b)], &HashMap::new()).unwrap_err();
     assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
     assert!(blocked.join("inside").is_dir());
 
     assert_eq!(fs::read(&path).unwrap(), before);
     assert_eq!(checkpoint::load(&path).unwrap()[0].2, w);
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["blocked.safetensors", "model.safetensors"]);
 }
@@ -622,16 +440,10 @@ fn curves_write_csv_and_png() {
     let dir = scratch("plot");
     let png = dir.join("out/loss.png");
     let csv = dir.join("out/loss.csv");
-    let series = vec![
-        ("train".to_string(), vec![2.5, 1.25, 0.5, 0.25]),
-        ("test".to_string(), vec![2.75, 1.5]),
-    ];
+    let series = vec![("train".to_string(), vec![2.5, 1.25, 0.5, 0.25]), ("test".to_string(), vec![2.75, 1.5])];
     write_curves(&png, &csv, "digits MLP", &series).unwrap();
     let text = fs::read_to_string(&csv).unwrap();
-    assert_eq!(
-        text,
-        "epoch,train,test\n1,2.5,2.75\n2,1.25,1.5\n3,0.5,\n4,0.25,\n"
-    );
+    assert_eq!(text, "epoch,train,test\n1,2.5,2.75\n2,1.25,1.5\n3,0.5,\n4,0.25,\n");
     let img = image::open(&png).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (PLOT_WIDTH, PLOT_HEIGHT));
     // The first series colour (tab10 blue) appears somewhere.
@@ -649,16 +461,7 @@ fn curves_handle_log_scale_and_edge_cases() {
     let loss: Vec<f64> = (0..50).map(|i| 10f64.powf(1.0 - i as f64 / 12.0)).collect();
     let mut with_nan = loss.clone();
     with_nan[10] = f64::NAN;
-    write_curves(
-        &png,
-        &csv,
-        "log",
-        &[
-            ("loss".to_string(), with_nan),
-            ("single".to_string(), vec![1.0]),
-        ],
-    )
-    .unwrap();
+    write_curves(&png, &csv, "log", &[("loss".to_string(), with_nan), ("single".to_string(), vec![1.0])]).unwrap();
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (PLOT_WIDTH, PLOT_HEIGHT));
     let text = fs::read_to_string(&csv).unwrap();

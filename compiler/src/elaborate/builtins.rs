@@ -14,9 +14,38 @@ use std::rc::Rc;
 
 /// Every built-in name, for lookup and "did you mean" suggestions.
 pub const NAMES: &[&str] = &[
-    "exp", "log", "sqrt", "abs", "tanh", "erf", "sigmoid", "relu", "gelu", "softplus", "stop_gradient", "pow", "maximum",
-    "sum", "mean", "max", "logsumexp", "softmax", "log_softmax", "reshape", "transpose", "concat", "one_hot", "gather",
-    "mse", "cross_entropy", "l2", "solve", "eye", "zeros", "ones", "grad",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "tanh",
+    "erf",
+    "sigmoid",
+    "relu",
+    "gelu",
+    "softplus",
+    "stop_gradient",
+    "pow",
+    "maximum",
+    "sum",
+    "mean",
+    "max",
+    "logsumexp",
+    "softmax",
+    "log_softmax",
+    "reshape",
+    "transpose",
+    "concat",
+    "one_hot",
+    "gather",
+    "mse",
+    "cross_entropy",
+    "l2",
+    "solve",
+    "eye",
+    "zeros",
+    "ones",
+    "grad",
 ];
 
 pub fn lookup(name: &str) -> Option<&'static str> {
@@ -146,7 +175,11 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let mut a = bind(cx, name, args, &["xs", "axis"], 1, span)?;
             let Some(list) = take(&mut a[0]) else { return Err(internal(cx, span)) };
             let Value::List(items) = list.value else {
-                return Err(cx.err(ErrorKind::WrongKind { span: list.span, expected: "a list of tensors `[a, b]`".into(), found: "something else".into() }));
+                return Err(cx.err(ErrorKind::WrongKind {
+                    span: list.span,
+                    expected: "a list of tensors `[a, b]`".into(),
+                    found: "something else".into(),
+                }));
             };
             let mut ids = Vec::new();
             let mut first: Option<Tensor> = None;
@@ -365,7 +398,13 @@ fn axes_arg(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Result<Vec<
                 axis_by_name(cx, x, name, s)?
             }
             Value::SymDim(name) | Value::DimVar { name, .. } => axis_by_name(cx, x, name, s)?,
-            _ => return Err(cx.err(ErrorKind::WrongKind { span: s, expected: "an axis (an integer or an axis name)".into(), found: "something else".into() })),
+            _ => {
+                return Err(cx.err(ErrorKind::WrongKind {
+                    span: s,
+                    expected: "an axis (an integer or an axis name)".into(),
+                    found: "something else".into(),
+                }))
+            }
         };
         if !axes.contains(&axis) {
             axes.push(axis);
@@ -492,7 +531,14 @@ fn cross_entropy(cx: &mut Ctx, logits: &Tensor, labels: &Tensor, alpha: f64, lab
     let batch = Shape(ls.dims().get(..ls.rank().saturating_sub(1)).unwrap_or_default().to_vec());
     if batch != lty.shape {
         let logits_shape = ls.clone();
-        return Err(cx.err(ErrorKind::Broadcast { op: "cross_entropy".into(), span, lhs_span: span, rhs_span: label_span, lhs: logits_shape, rhs: lty.shape }));
+        return Err(cx.err(ErrorKind::Broadcast {
+            op: "cross_entropy".into(),
+            span,
+            lhs_span: span,
+            rhs_span: label_span,
+            lhs: logits_shape,
+            rhs: lty.shape,
+        }));
     }
     let axis = ls.rank() - 1;
     let lse = logsumexp(cx, logits, &[axis], true, span)?;
@@ -615,7 +661,11 @@ fn int_list(cx: &mut Ctx, a: &Arg) -> Result<Vec<usize>, ElabError> {
 fn reshape_target(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Result<Shape, ElabError> {
     let Some(a) = a else { return Err(internal(cx, span)) };
     let Value::List(items) = a.value else {
-        return Err(cx.err(ErrorKind::WrongKind { span: a.span, expected: "a shape such as `[B, 64]`".into(), found: "something else".into() }));
+        return Err(cx.err(ErrorKind::WrongKind {
+            span: a.span,
+            expected: "a shape such as `[B, 64]`".into(),
+            found: "something else".into(),
+        }));
     };
     let mut dims: Vec<Option<Dim>> = Vec::new();
     for (v, s) in items {
@@ -639,7 +689,10 @@ fn reshape_target(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Resul
     if fill == Dim::Known(0) {
         let (c, syms) = split_dims(from.dims());
         let product = if syms.is_empty() { c.to_string() } else { format!("{}·{c}", syms.join("·")) };
-        return Err(cx.err(ErrorKind::BadDim { span: a.span, found: format!("a `-1` that cannot be inferred ({from} has {product} elements); write the shape out") }));
+        return Err(cx.err(ErrorKind::BadDim {
+            span: a.span,
+            found: format!("a `-1` that cannot be inferred ({from} has {product} elements); write the shape out"),
+        }));
     }
     let shape: Vec<Dim> = dims.into_iter().map(|d| d.unwrap_or_else(|| fill.clone())).collect();
     Ok(Shape(shape))

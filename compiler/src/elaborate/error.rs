@@ -207,19 +207,11 @@ pub enum ErrorKind {
 }
 
 fn list(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 fn axis_names(names: &[Option<String>]) -> String {
-    names
-        .iter()
-        .map(|n| n.clone().unwrap_or_else(|| "_".into()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| n.clone().unwrap_or_else(|| "_".into())).collect::<Vec<_>>().join(", ")
 }
 
 /// "1 argument", "2 arguments".
@@ -234,12 +226,7 @@ fn plural(n: usize, word: &str) -> String {
 /// The number of elements of a shape as text: `B × 64`, `49`.
 fn element_count(shape: &Shape) -> String {
     let known: usize = shape.dims().iter().filter_map(Dim::known).product();
-    let mut parts: Vec<String> = shape
-        .dims()
-        .iter()
-        .filter(|d| d.known().is_none())
-        .map(ToString::to_string)
-        .collect();
+    let mut parts: Vec<String> = shape.dims().iter().filter(|d| d.known().is_none()).map(ToString::to_string).collect();
     if known != 1 || parts.is_empty() {
         parts.push(known.to_string());
     }
@@ -300,11 +287,7 @@ fn suggest_init(name: &str) -> Option<String> {
         ("randn", "normal"),
         ("gaussian", "normal"),
     ];
-    SYNONYMS
-        .iter()
-        .find(|(from, _)| *from == name)
-        .map(|(_, to)| to.to_string())
-        .or_else(|| closest(name, INITIALISERS.iter().copied()))
+    SYNONYMS.iter().find(|(from, _)| *from == name).map(|(_, to)| to.to_string()).or_else(|| closest(name, INITIALISERS.iter().copied()))
 }
 
 fn with_suggestion(d: Diagnostic, suggestion: Option<String>) -> Diagnostic {
@@ -314,15 +297,7 @@ fn with_suggestion(d: Diagnostic, suggestion: Option<String>) -> Diagnostic {
     }
 }
 
-const INITIALISERS: &[&str] = &[
-    "zeros",
-    "ones",
-    "normal",
-    "uniform",
-    "he_normal",
-    "xavier_uniform",
-    "xavier_normal",
-];
+const INITIALISERS: &[&str] = &["zeros", "ones", "normal", "uniform", "he_normal", "xavier_uniform", "xavier_normal"];
 const OPTIMIZERS: &[&str] = &["gd", "sgd", "momentum", "nesterov", "adam", "adamw"];
 const METRICS: &[&str] = &["loss", "accuracy", "mse"];
 use super::train::FIELDS as TRAIN_SETTINGS;
@@ -331,19 +306,10 @@ impl ElabError {
     /// Reword "unknown name" as "unknown function" when the name is `callee`,
     /// the thing being called.
     pub(crate) fn in_callee(mut self, callee: Span) -> ElabError {
-        if let ErrorKind::UnknownName {
-            name,
-            span,
-            suggestion,
-        } = &*self.kind
-        {
+        if let ErrorKind::UnknownName { name, span, suggestion } = &*self.kind {
             if *span == callee {
                 let (name, span, suggestion) = (name.clone(), *span, suggestion.clone());
-                self.kind = Box::new(ErrorKind::UnknownFunction {
-                    name,
-                    span,
-                    suggestion,
-                });
+                self.kind = Box::new(ErrorKind::UnknownFunction { name, span, suggestion });
             }
         }
         self
@@ -364,9 +330,10 @@ impl ErrorKind {
     fn to_diagnostic(&self) -> Diagnostic {
         use ErrorKind::*;
         match self {
-            UnknownName { name, span, suggestion } => {
-                with_suggestion(Diagnostic::new(format!("unknown name `{name}`")).label(*span, "not found in this scope"), suggestion.clone())
-            }
+            UnknownName { name, span, suggestion } => with_suggestion(
+                Diagnostic::new(format!("unknown name `{name}`")).label(*span, "not found in this scope"),
+                suggestion.clone(),
+            ),
             UnknownFunction { name, span, suggestion } => {
                 let d = Diagnostic::new(format!("unknown function `{name}`")).label(*span, "no function, module or built-in of this name");
                 match suggestion {
@@ -408,9 +375,8 @@ impl ErrorKind {
                     d.note(format!("the arguments of `{callee}` are {}", list(allowed)))
                 }
             }
-            MissingArgument { span, callee, name } => {
-                Diagnostic::new(format!("`{callee}` needs the argument `{name}`")).label(*span, format!("`{name}` is missing from this call"))
-            }
+            MissingArgument { span, callee, name } => Diagnostic::new(format!("`{callee}` needs the argument `{name}`"))
+                .label(*span, format!("`{name}` is missing from this call")),
             WrongKind { span, expected, found } => {
                 // A hint may follow the description in parentheses: "the module type `Mlp` (instantiate ...)".
                 let (found, hint) = match found.split_once(" (") {
@@ -442,7 +408,9 @@ impl ErrorKind {
                         .label(*lhs_span, format!("this is {lhs}: {k1} columns"))
                         .label(*rhs_span, format!("this is {rhs}: {k2} {which}"))
                 };
-                let d = d.note(format!("`a @ b` needs the last dimension of `a` to equal the second-to-last dimension of `b`, but they are {k1} and {k2}"));
+                let d = d.note(format!(
+                    "`a @ b` needs the last dimension of `a` to equal the second-to-last dimension of `b`, but they are {k1} and {k2}"
+                ));
                 // A weight stored the other way round ([out, in] instead of [in, out]).
                 if rd.len() == 2 && rd.last() == lhs.dims().last() && rd[0] != rd[1] {
                     d.note(format!(
@@ -472,12 +440,14 @@ impl ErrorKind {
             }
             Broadcast { op, span, lhs_span, rhs_span, lhs, rhs } => broadcast_diagnostic(op, *span, *lhs_span, *rhs_span, lhs, rhs),
             NoSuchAxis { span, axis, shape, names } => {
-                let d = Diagnostic::new(format!("no axis named `{axis}` in a tensor of shape {shape}")).label(*span, format!("`{axis}` is not an axis of {shape}"));
+                let d = Diagnostic::new(format!("no axis named `{axis}` in a tensor of shape {shape}"))
+                    .label(*span, format!("`{axis}` is not an axis of {shape}"));
                 let named: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
                 if named.is_empty() {
                     d.note("the axes of this tensor have no names: use an integer axis, or name them with a type annotation such as `let z: [B, K] = ...`")
                 } else {
-                    with_suggestion(d, closest(axis, named.iter().copied())).note(format!("the axes of {shape} are named [{}]", axis_names(names)))
+                    with_suggestion(d, closest(axis, named.iter().copied()))
+                        .note(format!("the axes of {shape} are named [{}]", axis_names(names)))
                 }
             }
             AxisOutOfRange { span, axis, rank } => {
@@ -533,7 +503,9 @@ impl ErrorKind {
             },
             Concat { span, lhs, rhs, axis } => Diagnostic::new(format!("cannot concatenate {lhs} and {rhs} along axis {axis}"))
                 .label(*span, format!("all dimensions except axis {axis} must be equal")),
-            NotConstant { span, what } => Diagnostic::new(format!("{what} must be a constant number")).label(*span, "not known before training starts"),
+            NotConstant { span, what } => {
+                Diagnostic::new(format!("{what} must be a constant number")).label(*span, "not known before training starts")
+            }
             BadDim { span, found } => {
                 Diagnostic::new(format!("a dimension must be a positive integer, found {found}")).label(*span, "not a positive integer")
             }
@@ -560,7 +532,8 @@ impl ErrorKind {
                     "epochs" => "`epochs = 10`",
                     _ => "",
                 };
-                let d = Diagnostic::new(format!("this train block has no `{field}`")).label(*span, format!("this train block needs `{field} = ...`"));
+                let d = Diagnostic::new(format!("this train block has no `{field}`"))
+                    .label(*span, format!("this train block needs `{field} = ...`"));
                 if example.is_empty() {
                     d
                 } else {
@@ -572,7 +545,9 @@ impl ErrorKind {
                 closest(field, TRAIN_SETTINGS.iter().copied()),
             )
             .note(format!("the settings are {}", TRAIN_SETTINGS.join(", "))),
-            BadFieldValue { span, field, expected } => Diagnostic::new(format!("`{field}` must be {expected}")).label(*span, format!("this is not {expected}")),
+            BadFieldValue { span, field, expected } => {
+                Diagnostic::new(format!("`{field}` must be {expected}")).label(*span, format!("this is not {expected}"))
+            }
             Duplicate { span, first, name } => Diagnostic::new(format!("`{name}` is defined twice"))
                 .label(*span, "defined again here")
                 .label(*first, "first defined here")
@@ -595,10 +570,14 @@ impl ErrorKind {
                 let outputs = logits.dims().last().map(ToString::to_string).unwrap_or_default();
                 Diagnostic::new(format!("the model outputs {logits}, but the data has {classes} classes"))
                     .label(*span, format!("this model has {outputs} outputs per example"))
-                    .note(format!("the labels run from 0 to {}, so the last dimension of the logits must be {classes}", classes.saturating_sub(1)))
+                    .note(format!(
+                        "the labels run from 0 to {}, so the last dimension of the logits must be {classes}",
+                        classes.saturating_sub(1)
+                    ))
             }
             Solve { span, a, b } => {
-                Diagnostic::new(format!("`solve` needs a square matrix and a matching right-hand side, found {a} and {b}")).label(*span, "here")
+                Diagnostic::new(format!("`solve` needs a square matrix and a matching right-hand side, found {a} and {b}"))
+                    .label(*span, "here")
             }
             ForeignInput { span, name } => Diagnostic::new(format!("the loss uses `{name}`, which is not part of a training batch"))
                 .label(*span, format!("this loss reads `{name}`"))
@@ -611,14 +590,7 @@ impl ErrorKind {
 }
 
 /// Shapes that do not fit an elementwise op, `mse` or `cross_entropy`.
-fn broadcast_diagnostic(
-    op: &str,
-    span: Span,
-    lhs_span: Span,
-    rhs_span: Span,
-    lhs: &Shape,
-    rhs: &Shape,
-) -> Diagnostic {
+fn broadcast_diagnostic(op: &str, span: Span, lhs_span: Span, rhs_span: Span, lhs: &Shape, rhs: &Shape) -> Diagnostic {
     match op {
         "mse" => {
             let d = Diagnostic::new(format!("`mse` needs a prediction and a target of the same shape, found {lhs} and {rhs}"))
@@ -651,9 +623,9 @@ fn broadcast_diagnostic(
                 Diagnostic::new(title).label(lhs_span, format!("this is {lhs}")).label(rhs_span, format!("this is {rhs}"))
             };
             match broadcast_conflict(lhs, rhs) {
-                Some((a, b)) => {
-                    d.note(format!("dimensions are matched from the right, and each pair must be equal or one of them 1; here {a} and {b} differ"))
-                }
+                Some((a, b)) => d.note(format!(
+                    "dimensions are matched from the right, and each pair must be equal or one of them 1; here {a} and {b} differ"
+                )),
                 None => d.note("dimensions are matched from the right; each pair must be equal or one of them 1"),
             }
         }

@@ -183,7 +183,12 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             other => {
                 let found = other.describe(|id| self.graph.shape(id).clone());
-                Err(self.err(ErrorKind::UnknownField { field: field.name.clone(), span: base_span.to(span), of: found, available: vec!["T".into()] }))
+                Err(self.err(ErrorKind::UnknownField {
+                    field: field.name.clone(),
+                    span: base_span.to(span),
+                    of: found,
+                    available: vec!["T".into()],
+                }))
             }
         }
     }
@@ -350,7 +355,13 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 let t = self.tensor_of(v, span)?;
                 let ty = self.ty(&t);
                 if ty.shape.rank() != 0 {
-                    return Err(self.err(ErrorKind::TypeMismatch { span, ann_span: *ann_span, expected: "a scalar".into(), found: ty, what: what.into() }));
+                    return Err(self.err(ErrorKind::TypeMismatch {
+                        span,
+                        ann_span: *ann_span,
+                        expected: "a scalar".into(),
+                        found: ty,
+                        what: what.into(),
+                    }));
                 }
                 Ok(Value::Tensor(t))
             }
@@ -359,7 +370,13 @@ impl<'s, 'p> Ctx<'s, 'p> {
                 let ty = self.ty(&t);
                 let expected_text = self.annotation_text(dims, *int, scope);
                 let mismatch = |cx: &Self| {
-                    cx.err(ErrorKind::TypeMismatch { span, ann_span: *ann_span, expected: expected_text.clone(), found: ty.clone(), what: what.into() })
+                    cx.err(ErrorKind::TypeMismatch {
+                        span,
+                        ann_span: *ann_span,
+                        expected: expected_text.clone(),
+                        found: ty.clone(),
+                        what: what.into(),
+                    })
                 };
                 let want_dtype = if *int { DType::I32 } else { DType::F32 };
                 if ty.shape.rank() != dims.len() || ty.dtype != want_dtype {
@@ -493,7 +510,16 @@ impl<'s, 'p> Ctx<'s, 'p> {
 
     /// An elementwise binary op with NumPy broadcasting.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn elementwise(&mut self, op: BinaryOp, l: &Tensor, r: &Tensor, lspan: Span, rspan: Span, span: Span, symbol: &str) -> Result<Tensor, ElabError> {
+    pub(crate) fn elementwise(
+        &mut self,
+        op: BinaryOp,
+        l: &Tensor,
+        r: &Tensor,
+        lspan: Span,
+        rspan: Span,
+        span: Span,
+        symbol: &str,
+    ) -> Result<Tensor, ElabError> {
         let (ls, rs) = (self.shape(l), self.shape(r));
         let Some(shape) = broadcast_shapes(&ls, &rs) else {
             return Err(self.err(ErrorKind::Broadcast { op: symbol.into(), span, lhs_span: lspan, rhs_span: rspan, lhs: ls, rhs: rs }));
@@ -522,7 +548,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
         let lp = parts(l).unwrap_or_else(|| vec![l.clone(); n]);
         let rp = parts(r).unwrap_or_else(|| vec![r.clone(); n]);
         if lp.len() != rp.len() {
-            return Err(self.err(ErrorKind::WrongKind { span, expected: "modules of the same type".into(), found: "different modules".into() }));
+            return Err(self.err(ErrorKind::WrongKind {
+                span,
+                expected: "modules of the same type".into(),
+                found: "different modules".into(),
+            }));
         }
         let mut out = Vec::with_capacity(n);
         for (a, b) in lp.into_iter().zip(rp) {
@@ -624,7 +654,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
             ExprKind::Name(n) => self.instantiate(n, Vec::new(), e.span, path),
             ExprKind::Call { callee, args } => {
                 let ExprKind::Name(n) = &callee.kind else {
-                    return Err(self.err(ErrorKind::WrongKind { span: callee.span, expected: "a module name".into(), found: "an expression".into() }));
+                    return Err(self.err(ErrorKind::WrongKind {
+                        span: callee.span,
+                        expected: "a module name".into(),
+                        found: "an expression".into(),
+                    }));
                 };
                 let args = self.args(args, scope)?;
                 self.instantiate(n, args, e.span, path)
@@ -649,7 +683,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     stack,
                 }))
             }
-            _ => Err(self.err(ErrorKind::WrongKind { span: e.span, expected: "a module such as `Linear(64, 10)`".into(), found: "an expression".into() })),
+            _ => Err(self.err(ErrorKind::WrongKind {
+                span: e.span,
+                expected: "a module such as `Linear(64, 10)`".into(),
+                found: "an expression".into(),
+            })),
         }
     }
 
@@ -659,9 +697,22 @@ impl<'s, 'p> Ctx<'s, 'p> {
             return Err(self.err(ErrorKind::UnknownName { name: name.to_string(), span, suggestion }));
         };
         if args.len() != def.const_params.len() {
-            return Err(self.err(ErrorKind::Arity { span, callee: name.into(), expected: def.const_params.len(), found: args.len(), def_span: Some(def.name.span) }));
+            return Err(self.err(ErrorKind::Arity {
+                span,
+                callee: name.into(),
+                expected: def.const_params.len(),
+                found: args.len(),
+                def_span: Some(def.name.span),
+            }));
         }
-        let mut inst = ModuleInst { def_name: name.into(), path: path.into(), consts: Vec::new(), params: Vec::new(), subs: Vec::new(), stack: Vec::new() };
+        let mut inst = ModuleInst {
+            def_name: name.into(),
+            path: path.into(),
+            consts: Vec::new(),
+            params: Vec::new(),
+            subs: Vec::new(),
+            stack: Vec::new(),
+        };
         let args = self.bind_module_args(name, def, args)?;
         for (p, a) in def.const_params.iter().zip(args) {
             let n = self.number(&a.value, a.span, &format!("module argument `{}`", p.name.name))?;
@@ -687,7 +738,12 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     Some(i) => slots[i] = Some(a),
                     None => {
                         let allowed = def.const_params.iter().map(|p| p.name.name.clone()).collect();
-                        return Err(self.err(ErrorKind::UnknownKeyword { span: n.span, callee: name.into(), keyword: n.name.clone(), allowed }));
+                        return Err(self.err(ErrorKind::UnknownKeyword {
+                            span: n.span,
+                            callee: name.into(),
+                            keyword: n.name.clone(),
+                            allowed,
+                        }));
                     }
                 },
                 None => positional.push(a),
@@ -698,7 +754,13 @@ impl<'s, 'p> Ctx<'s, 'p> {
         for (slot, p) in slots.into_iter().zip(&def.const_params) {
             match slot.or_else(|| positional.next()) {
                 Some(a) => out.push(a),
-                None => return Err(self.err(ErrorKind::MissingArgument { span: def.name.span, callee: name.into(), name: p.name.name.clone() })),
+                None => {
+                    return Err(self.err(ErrorKind::MissingArgument {
+                        span: def.name.span,
+                        callee: name.into(),
+                        name: p.name.name.clone(),
+                    }))
+                }
             }
         }
         Ok(out)

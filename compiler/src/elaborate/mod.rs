@@ -253,15 +253,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
             ShapeError::Solve { a, b } => ErrorKind::Solve { span, a, b },
             ShapeError::MatMulInner { lhs, rhs } => ErrorKind::MatMulInner { span, lhs_span: span, rhs_span: span, lhs, rhs },
             ShapeError::MatMulRank { lhs, rhs } => ErrorKind::MatMulRank { span, lhs_span: span, rhs_span: span, lhs, rhs },
-            ShapeError::Mismatch { op, lhs, rhs } => {
-                ErrorKind::Broadcast { op: op.into(), span, lhs_span: span, rhs_span: span, lhs, rhs }
-            }
+            ShapeError::Mismatch { op, lhs, rhs } => ErrorKind::Broadcast { op: op.into(), span, lhs_span: span, rhs_span: span, lhs, rhs },
             ShapeError::Broadcast { from, to } => {
                 ErrorKind::Broadcast { op: "broadcast".into(), span, lhs_span: span, rhs_span: span, lhs: from, rhs: to }
             }
-            ShapeError::Slice { start, end, shape, axis } => {
-                ErrorKind::Slice { span, shape, axis, start: start as i64, end: end as i64 }
-            }
+            ShapeError::Slice { start, end, shape, axis } => ErrorKind::Slice { span, shape, axis, start: start as i64, end: end as i64 },
             ShapeError::Axis { axis, shape } => ErrorKind::AxisOutOfRange { span, axis: axis as i64, rank: shape.rank() },
             ShapeError::Arity { op, expected, found } => {
                 ErrorKind::Internal { span, message: format!("{op} given {found} operands, expected {expected}") }

@@ -16,8 +16,13 @@ use crate::opt;
 pub enum ParamInit {
     Zeros,
     Ones,
-    Normal { std: f64 },
-    Uniform { low: f64, high: f64 },
+    Normal {
+        std: f64,
+    },
+    Uniform {
+        low: f64,
+        high: f64,
+    },
     /// N(0, 2/fan_in), as in the notes.
     HeNormal,
     XavierUniform,
@@ -59,11 +64,19 @@ pub struct OptimizerSpec {
 pub enum ScheduleSpec {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f64 },
+    Step {
+        every: usize,
+        gamma: f64,
+    },
     /// Cosine decay from 1 to `min_factor` over the whole run.
-    Cosine { min_factor: f64 },
+    Cosine {
+        min_factor: f64,
+    },
     /// Linear warmup over `epochs`, then `then`.
-    Warmup { epochs: usize, then: Box<ScheduleSpec> },
+    Warmup {
+        epochs: usize,
+        then: Box<ScheduleSpec>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,10 +165,15 @@ impl<'p> Session<'p> {
         }
         let field = |name: &str| t.fields.iter().find(|f| f.key.name == name);
         let (data, split) = data_split(&cx, &t.data)?;
-        let shape = self.data.get(&data).cloned().ok_or_else(|| cx.err(ErrorKind::Internal { span: t.data.span, message: "data not loaded".into() }))?;
+        let shape = self
+            .data
+            .get(&data)
+            .cloned()
+            .ok_or_else(|| cx.err(ErrorKind::Internal { span: t.data.span, message: "data not loaded".into() }))?;
 
         let loss_field = field("loss").ok_or_else(|| cx.err(ErrorKind::MissingField { span: t.name.span, field: "loss".into() }))?;
-        let opt_field = field("optimizer").ok_or_else(|| cx.err(ErrorKind::MissingField { span: t.name.span, field: "optimizer".into() }))?;
+        let opt_field =
+            field("optimizer").ok_or_else(|| cx.err(ErrorKind::MissingField { span: t.name.span, field: "optimizer".into() }))?;
         let optimizer = optimizer_spec(&cx, &opt_field.value)?;
         let batch = match (optimizer.kind, field("batch")) {
             (OptimizerKind::Gd, _) => None,
@@ -182,7 +200,11 @@ impl<'p> Session<'p> {
             match field(name) {
                 Some(f) => match &f.value.kind {
                     ExprKind::Str(s) => Ok(Some((s.clone(), f.value.span))),
-                    _ => Err(cx.err(ErrorKind::BadFieldValue { span: f.value.span, field: name.into(), expected: "a file name in quotes".into() })),
+                    _ => Err(cx.err(ErrorKind::BadFieldValue {
+                        span: f.value.span,
+                        field: name.into(),
+                        expected: "a file name in quotes".into(),
+                    })),
                 },
                 None => Ok(None),
             }
@@ -201,7 +223,8 @@ impl<'p> Session<'p> {
             .map_err(|e| cx.err(ErrorKind::Internal { span: t.span, message: format!("{e:?}") }))?;
         let mut grad_graph = cx.graph.clone();
         grad_graph.outputs = std::iter::once(loss).chain(grads.iter().copied()).collect();
-        grad_graph.output_names = std::iter::once("loss".to_string()).chain(params.iter().map(|p| format!("d loss/d {}", p.path))).collect();
+        grad_graph.output_names =
+            std::iter::once("loss".to_string()).chain(params.iter().map(|p| format!("d loss/d {}", p.path))).collect();
         let (grad_graph, backward_start) = opt::optimize_split(&grad_graph, backward_raw);
 
         // The optimizer update, appended to the same graph.
@@ -214,15 +237,17 @@ impl<'p> Session<'p> {
         step.outputs = std::iter::once(loss).chain(update.outputs.iter().map(|(v, _, _)| *v)).collect();
         step.output_names = std::iter::once("loss".to_string()).chain(update.outputs.iter().map(|(_, n, _)| n.clone())).collect();
         let step_graph = opt::optimize(&step);
-        let updates = update
-            .outputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id)))
-            .collect();
+        let updates =
+            update.outputs.iter().enumerate().filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id))).collect();
 
         // Only the batch, the parameters and the optimizer's own inputs are fed each step.
-        let fed = |name: &str| name == "x" || name == "y" || name.starts_with("hyper.") || params.iter().any(|p| p.path == name) || update.state.iter().any(|(n, _)| n == name);
+        let fed = |name: &str| {
+            name == "x"
+                || name == "y"
+                || name.starts_with("hyper.")
+                || params.iter().any(|p| p.path == name)
+                || update.state.iter().any(|(n, _)| n == name)
+        };
         if let Some((_, name, _)) = step_graph.inputs().into_iter().find(|(_, n, _)| !fed(n)) {
             let name = name.strip_prefix("let.").unwrap_or(name).to_string();
             return Err(cx.err(ErrorKind::ForeignInput { span: loss_field.value.span, name }));
@@ -256,7 +281,12 @@ impl<'p> Session<'p> {
     }
 
     /// Instantiate the model and elaborate the loss on a symbolic batch `[B, F]`.
-    fn loss_graph_ctx(&self, t: &TrainDef, loss: &Expr, shape: &super::DataShape) -> Result<(Ctx<'_, 'p>, ValueId, Vec<ValueId>), ElabError> {
+    fn loss_graph_ctx(
+        &self,
+        t: &TrainDef,
+        loss: &Expr,
+        shape: &super::DataShape,
+    ) -> Result<(Ctx<'_, 'p>, ValueId, Vec<ValueId>), ElabError> {
         let mut cx = Ctx::new(self);
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
         let (x, y) = batch_inputs(&mut cx, shape, t.data.span);
@@ -333,7 +363,11 @@ fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
             };
         }
     }
-    Err(cx.err(ErrorKind::WrongKind { span: e.span, expected: "a data split such as `digits.train`".into(), found: "an expression".into() }))
+    Err(cx.err(ErrorKind::WrongKind {
+        span: e.span,
+        expected: "a data split such as `digits.train`".into(),
+        found: "an expression".into(),
+    }))
 }
 
 /// The value of a constant numeric expression (`1e-3`, `1/16`, `-2`), if it is one.
@@ -401,7 +435,13 @@ fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, CallArgs<'e>)
 }
 
 /// Look up named (or positional, in `order`) numeric arguments with defaults.
-fn numeric_args(cx: &Ctx, callee: &str, span: Span, args: &[(Option<&Ident>, &Expr)], order: &[(&str, Option<f64>)]) -> Result<Vec<f64>, ElabError> {
+fn numeric_args(
+    cx: &Ctx,
+    callee: &str,
+    span: Span,
+    args: &[(Option<&Ident>, &Expr)],
+    order: &[(&str, Option<f64>)],
+) -> Result<Vec<f64>, ElabError> {
     let mut values: Vec<Option<f64>> = order.iter().map(|(_, d)| *d).collect();
     let allowed: Vec<String> = order.iter().map(|(n, _)| n.to_string()).collect();
     for (i, (name, e)) in args.iter().enumerate() {
@@ -410,7 +450,15 @@ fn numeric_args(cx: &Ctx, callee: &str, span: Span, args: &[(Option<&Ident>, &Ex
                 cx.err(ErrorKind::UnknownKeyword { span: n.span, callee: callee.into(), keyword: n.name.clone(), allowed: allowed.clone() })
             })?,
             None if i < order.len() => i,
-            None => return Err(cx.err(ErrorKind::Arity { span, callee: callee.into(), expected: order.len(), found: args.len(), def_span: None })),
+            None => {
+                return Err(cx.err(ErrorKind::Arity {
+                    span,
+                    callee: callee.into(),
+                    expected: order.len(),
+                    found: args.len(),
+                    def_span: None,
+                }))
+            }
         };
         let v = cx.literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: format!("`{}`", order[slot].0) }))?;
         values[slot] = Some(v);
@@ -439,7 +487,9 @@ fn optimizer_spec(cx: &Ctx, e: &Expr) -> Result<OptimizerSpec, ElabError> {
     let v = numeric_args(cx, name, span, &args, order)?;
     let get = |i: usize, d: f64| v.get(i).copied().unwrap_or(d);
     let spec = match kind {
-        OptimizerKind::Gd | OptimizerKind::Sgd => OptimizerSpec { kind, lr: get(0, 0.0), beta1: 0.0, beta2: 0.0, eps: 0.0, weight_decay: 0.0 },
+        OptimizerKind::Gd | OptimizerKind::Sgd => {
+            OptimizerSpec { kind, lr: get(0, 0.0), beta1: 0.0, beta2: 0.0, eps: 0.0, weight_decay: 0.0 }
+        }
         OptimizerKind::Momentum | OptimizerKind::Nesterov => {
             OptimizerSpec { kind, lr: get(0, 0.0), beta1: get(1, 0.9), beta2: 0.0, eps: 0.0, weight_decay: 0.0 }
         }
@@ -464,7 +514,11 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
         "step" => {
             let v = numeric_args(cx, name, span, &args, &[("every", None), ("gamma", Some(0.1))])?;
             if !(v[1] > 0.0 && v[1].is_finite()) {
-                return Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: "gamma".into(), expected: "a positive factor such as 0.1".into() }));
+                return Err(cx.err(ErrorKind::BadFieldValue {
+                    span: e.span,
+                    field: "gamma".into(),
+                    expected: "a positive factor such as 0.1".into(),
+                }));
             }
             Ok(ScheduleSpec::Step { every: v[0].max(1.0) as usize, gamma: v[1] })
         }
@@ -488,12 +542,20 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
 
 fn metric_specs(cx: &Ctx, e: &Expr) -> Result<Vec<MetricSpec>, ElabError> {
     let ExprKind::List(items) = &e.kind else {
-        return Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: "metrics".into(), expected: "a list such as `[accuracy on digits.test]`".into() }));
+        return Err(cx.err(ErrorKind::BadFieldValue {
+            span: e.span,
+            field: "metrics".into(),
+            expected: "a list such as `[accuracy on digits.test]`".into(),
+        }));
     };
     let mut out = Vec::new();
     for it in items {
         let ExprKind::On { what, data } = &it.kind else {
-            return Err(cx.err(ErrorKind::BadFieldValue { span: it.span, field: "metrics".into(), expected: "`METRIC on DATA.SPLIT`".into() }));
+            return Err(cx.err(ErrorKind::BadFieldValue {
+                span: it.span,
+                field: "metrics".into(),
+                expected: "`METRIC on DATA.SPLIT`".into(),
+            }));
         };
         let kind = match &what.kind {
             ExprKind::Name(n) if n == "loss" => MetricKind::Loss,

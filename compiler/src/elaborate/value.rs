@@ -17,18 +17,27 @@ pub struct Tensor {
 pub enum Value {
     Tensor(Tensor),
     /// A compile-time number (literal, module constant, hyperparameter).
-    Number { value: f64, is_int: bool },
+    Number {
+        value: f64,
+        is_int: bool,
+    },
     Str(String),
     List(Vec<(Value, Span)>),
     Module(Rc<ModuleInst>),
     Func(Func),
     /// A whole data set (`digits`) or one split of it (`digits.train`).
-    Data { name: String, split: Option<String> },
+    Data {
+        name: String,
+        split: Option<String>,
+    },
     /// A symbolic dimension bound by a signature (`B`), usable in `reshape`.
     SymDim(String),
     /// A bare shape-variable name passed as an argument (`sum(x, C)`): an
     /// axis name to reductions, its size (if known) anywhere else.
-    DimVar { name: String, dim: crate::ir::Dim },
+    DimVar {
+        name: String,
+        dim: crate::ir::Dim,
+    },
     /// A bare name that resolved to nothing: fine as an axis name
     /// (`sum(x, B)`), an error anywhere else.
     Unbound(Box<ElabError>),

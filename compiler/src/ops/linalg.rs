@@ -92,9 +92,7 @@ pub fn solve_eval(args: &[&ArrayD<f64>]) -> Result<ArrayD<f64>, EvalError> {
     let mut x: Vec<f64> = rhs.iter().copied().collect();
     let scale = m.iter().fold(0.0f64, |s, v| s.max(v.abs())).max(f64::MIN_POSITIVE);
     for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
-            .unwrap_or(col);
+        let pivot = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
         if m[pivot * n + col].abs() <= scale * 1e-14 {
             return Err(EvalError::Singular);
         }

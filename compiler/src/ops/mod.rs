@@ -28,11 +28,16 @@ pub use reduce::ReduceKind;
 pub enum Op {
     // ---- sources -------------------------------------------------------
     /// A value fed from outside: parameter, data batch, optimizer state, hyperparameter.
-    Input { name: String, kind: InputKind },
+    Input {
+        name: String,
+        kind: InputKind,
+    },
     /// A scalar constant (shape `[]`); `Broadcast` gives it a shape.
     Constant(f64),
     /// The index along `axis` at every position of the node's shape (for one-hot, masks).
-    Iota { axis: usize },
+    Iota {
+        axis: usize,
+    },
     // ---- elementwise (operands of equal shape) -------------------------
     Unary(UnaryOp),
     Binary(BinaryOp),
@@ -40,18 +45,37 @@ pub enum Op {
     StopGradient,
     // ---- movement ------------------------------------------------------
     /// NumPy broadcasting to `shape` (operand dims aligned on the right; each 1 or equal).
-    Broadcast { shape: Shape },
-    Reshape { shape: Shape },
+    Broadcast {
+        shape: Shape,
+    },
+    Reshape {
+        shape: Shape,
+    },
     /// Output axis `i` is input axis `perm[i]`.
-    Transpose { perm: Vec<usize> },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// Elements `start..end` along `axis`.
-    Slice { axis: usize, start: usize, end: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Zeros added before and after along `axis` (the transpose of `Slice`).
-    Pad { axis: usize, before: usize, after: usize },
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
     /// Operands joined along `axis`.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     // ---- reductions (reduced axes kept with size 1) --------------------
-    Reduce { kind: ReduceKind, axes: Vec<usize> },
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<usize>,
+    },
     // ---- linear algebra ------------------------------------------------
     /// `[.., M, K] @ [.., K, N] -> [.., M, N]`; leading (batch) dims equal.
     MatMul,
@@ -125,9 +149,7 @@ impl Op {
 /// Source ops (`Input`, `Constant`, `Iota`) are typed by whoever creates them.
 pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
     match op {
-        Op::Input { .. } | Op::Iota { .. } => {
-            Err(ShapeError::Arity { op: op.name(), expected: 0, found: args.len() })
-        }
+        Op::Input { .. } | Op::Iota { .. } => Err(ShapeError::Arity { op: op.name(), expected: 0, found: args.len() }),
         Op::Constant(_) => Ok(TensorType::f32(Shape::scalar())),
         Op::Unary(u) => elementwise::unary_shape_rule(*u, args),
         Op::Binary(b) => elementwise::binary_shape_rule(*b, args),
@@ -148,13 +170,7 @@ pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeErro
 /// `out`, build (in IR, through `b`) the cotangent of each argument, or `None`
 /// where the argument gets no gradient. Rules only use differentiable IR ops,
 /// so the result can itself be differentiated (grad of grad).
-pub fn vjp_rule(
-    b: &mut Builder,
-    op: &Op,
-    args: &[ValueId],
-    out: ValueId,
-    g: ValueId,
-) -> Vec<Option<ValueId>> {
+pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: ValueId) -> Vec<Option<ValueId>> {
     match op {
         Op::Input { .. } | Op::Constant(_) | Op::Iota { .. } => Vec::new(),
         Op::Unary(u) => elementwise::unary_vjp_rule(b, *u, args, out, g),

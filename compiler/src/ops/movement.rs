@@ -43,9 +43,7 @@ pub fn broadcast_vjp_rule(b: &mut Builder, args: &[ValueId], g: ValueId) -> Vec<
 }
 
 pub fn broadcast_eval(args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
-    args.first()
-        .and_then(|x| x.broadcast(IxDyn(out)).map(|v| v.to_owned()))
-        .unwrap_or_else(|| ArrayD::zeros(IxDyn(out)))
+    args.first().and_then(|x| x.broadcast(IxDyn(out)).map(|v| v.to_owned())).unwrap_or_else(|| ArrayD::zeros(IxDyn(out)))
 }
 
 // ---- reshape ------------------------------------------------------------------
@@ -115,9 +113,7 @@ pub fn transpose_vjp_rule(b: &mut Builder, perm: &[usize], g: ValueId) -> Vec<Op
 }
 
 pub fn transpose_eval(perm: &[usize], args: &[&ArrayD<f64>]) -> ArrayD<f64> {
-    args.first()
-        .map(|x| x.view().permuted_axes(IxDyn(perm)).as_standard_layout().to_owned())
-        .unwrap_or_default()
+    args.first().map(|x| x.view().permuted_axes(IxDyn(perm)).as_standard_layout().to_owned()).unwrap_or_default()
 }
 
 // ---- slice and pad --------------------------------------------------------------
@@ -146,9 +142,7 @@ pub fn slice_vjp_rule(b: &mut Builder, axis: usize, start: usize, end: usize, ar
 }
 
 pub fn slice_eval(axis: usize, start: usize, end: usize, args: &[&ArrayD<f64>]) -> ArrayD<f64> {
-    args.first()
-        .map(|x| x.slice_axis(Axis(axis), Slice::from(start..end)).to_owned())
-        .unwrap_or_default()
+    args.first().map(|x| x.slice_axis(Axis(axis), Slice::from(start..end)).to_owned()).unwrap_or_default()
 }
 
 pub fn pad_shape_rule(axis: usize, before: usize, after: usize, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -188,8 +182,7 @@ pub fn concat_shape_rule(axis: usize, args: &[&TensorType]) -> Result<TensorType
     let mut total = 0;
     for x in args {
         let same_rank = x.shape.rank() == first.shape.rank();
-        let agree = same_rank
-            && x.shape.dims().iter().zip(first.shape.dims()).enumerate().all(|(i, (a, c))| i == axis || a == c);
+        let agree = same_rank && x.shape.dims().iter().zip(first.shape.dims()).enumerate().all(|(i, (a, c))| i == axis || a == c);
         if !agree {
             return Err(ShapeError::Concat { lhs: first.shape.clone(), rhs: x.shape.clone(), axis });
         }

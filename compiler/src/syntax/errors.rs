@@ -7,10 +7,7 @@ use crate::ast::Span;
 use crate::diagnostic::Diagnostic;
 use pest::error::{Error, ErrorVariant, InputLocation};
 
-const KEYWORDS: [&str; 12] = [
-    "module", "param", "fn", "let", "data", "train", "on", "report", "plot", "rows", "where",
-    "scalar",
-];
+const KEYWORDS: [&str; 12] = ["module", "param", "fn", "let", "data", "train", "on", "report", "plot", "rows", "where", "scalar"];
 
 /// What pest expected, in words: either something that must come next, or a
 /// way the previous construct could have continued (an operator, a call, ...),
@@ -45,9 +42,7 @@ fn describe(rule: Rule) -> Expect {
         Rule::let_stmt => Main("a `let` statement"),
         Rule::split_def | Rule::split_name => Main("a split such as `train = rows[0..100]`"),
         Rule::field => Main("a setting such as `epochs = 10`"),
-        Rule::type_ann | Rule::tensor_type | Rule::scalar_type | Rule::module_type => {
-            Main("a type such as `[B, 64]`")
-        }
+        Rule::type_ann | Rule::tensor_type | Rule::scalar_type | Rule::module_type => Main("a type such as `[B, 64]`"),
         Rule::shape => Main("a shape such as `[in, out]`"),
         Rule::const_params | Rule::const_param => Main("a parameter such as `n: int`"),
         Rule::fn_arg => Main("an argument such as `x: [B, 64]`"),
@@ -103,23 +98,8 @@ fn describe(rule: Rule) -> Expect {
 /// Where a description goes in a list of expectations: words first (in the
 /// order pest tried them), then punctuation in reading order, closers last.
 fn rank(words: &str) -> usize {
-    const ORDER: [&str; 15] = [
-        "`:`",
-        "`->`",
-        "`=`",
-        "`{`",
-        "`(`",
-        "`[`",
-        "`..`",
-        "`%`",
-        "`==` or `!=`",
-        "`,`",
-        "`;`",
-        "`]`",
-        "`)`",
-        "`}`",
-        "end of file",
-    ];
+    const ORDER: [&str; 15] =
+        ["`:`", "`->`", "`=`", "`{`", "`(`", "`[`", "`..`", "`%`", "`==` or `!=`", "`,`", "`;`", "`]`", "`)`", "`}`", "end of file"];
     ORDER.iter().position(|w| *w == words).map_or(0, |i| i + 1)
 }
 
@@ -170,8 +150,7 @@ fn parsing_error(source: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
                 .note("the escapes are `\\\"`, `\\\\`, `\\n` and `\\t`");
         }
         Special::UnterminatedComment => {
-            return Diagnostic::new("unterminated block comment")
-                .label(found.span, "this comment is never closed with `*/`");
+            return Diagnostic::new("unterminated block comment").label(found.span, "this comment is never closed with `*/`");
         }
         Special::None => {}
     }
@@ -205,14 +184,8 @@ fn parsing_error(source: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
     if let Some(word) = found.text.as_deref().filter(|t| KEYWORDS.contains(t)) {
         if expects_name {
             return Diagnostic::new(format!("expected a name, found keyword `{word}`"))
-                .label(
-                    found.span,
-                    format!("`{word}` is a reserved keyword and cannot be used as a name"),
-                )
-                .note(format!(
-                    "the reserved keywords are {}",
-                    KEYWORDS.map(|k| format!("`{k}`")).join(", ")
-                ));
+                .label(found.span, format!("`{word}` is a reserved keyword and cannot be used as a name"))
+                .note(format!("the reserved keywords are {}", KEYWORDS.map(|k| format!("`{k}`")).join(", ")));
         }
     }
 
@@ -227,14 +200,8 @@ fn parsing_error(source: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
                 if let Some(open_span) = innermost_unclosed(source, open) {
                     let expected = join_or(&main);
                     return Diagnostic::new(title)
-                        .label(
-                            found.span,
-                            format!("expected {expected} here, found end of file"),
-                        )
-                        .label(
-                            open_span,
-                            format!("this `{}` is never closed with `{close}`", open as char),
-                        );
+                        .label(found.span, format!("expected {expected} here, found end of file"))
+                        .label(open_span, format!("this `{}` is never closed with `{close}`", open as char));
                 }
             }
         }
@@ -251,9 +218,7 @@ fn parsing_error(source: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
     if let Some((span, label)) = unclosed_before_item(source, pos, &found, positives) {
         return d.label(span, label);
     }
-    let in_block = positives
-        .iter()
-        .any(|r| matches!(r, Rule::kw_let | Rule::let_stmt));
+    let in_block = positives.iter().any(|r| matches!(r, Rule::kw_let | Rule::let_stmt));
     if in_block && found.text.as_deref() == Some("}") {
         return d.note("a block `{ ... }` ends with the expression it evaluates to");
     }
@@ -288,10 +253,7 @@ fn is_word_byte(b: u8) -> bool {
 
 /// The length in bytes of the char starting at `i` (1 if `i` is not on a boundary).
 fn char_len(source: &str, i: usize) -> usize {
-    source
-        .get(i..)
-        .and_then(|s| s.chars().next())
-        .map_or(1, char::len_utf8)
+    source.get(i..).and_then(|s| s.chars().next()).map_or(1, char::len_utf8)
 }
 
 /// The end of a string literal starting at `start` (a `"`): `Ok(end)` past the
@@ -312,25 +274,14 @@ fn scan_string(bytes: &[u8], start: usize) -> Result<usize, usize> {
 /// The token at `pos`, up to the next whitespace or delimiter.
 fn found_at(source: &str, pos: usize) -> Found {
     let bytes = source.as_bytes();
-    let at = |span: Span, special: Special| Found {
-        span,
-        text: Some(slice(source, span).to_string()),
-        special,
-    };
+    let at = |span: Span, special: Special| Found { span, text: Some(slice(source, span).to_string()), special };
     let Some(&first) = bytes.get(pos) else {
-        return Found {
-            span: Span::new(source.len(), source.len()),
-            text: None,
-            special: Special::None,
-        };
+        return Found { span: Span::new(source.len(), source.len()), text: None, special: Special::None };
     };
     let second = bytes.get(pos + 1).copied();
     if first == b'"' {
         return match scan_string(bytes, pos) {
-            Err(end) => at(
-                Span::new(pos, end.min(bytes.len())),
-                Special::UnterminatedString,
-            ),
+            Err(end) => at(Span::new(pos, end.min(bytes.len())), Special::UnterminatedString),
             Ok(end) => {
                 let end = end.min(bytes.len());
                 let mut j = pos + 1;
@@ -356,9 +307,7 @@ fn found_at(source: &str, pos: usize) -> Found {
         let mut end = pos;
         while end < bytes.len()
             && (is_word_byte(bytes[end])
-                || (first.is_ascii_digit()
-                    && bytes[end] == b'.'
-                    && bytes.get(end + 1).is_some_and(|b| b.is_ascii_digit())))
+                || (first.is_ascii_digit() && bytes[end] == b'.' && bytes.get(end + 1).is_some_and(|b| b.is_ascii_digit())))
         {
             end += 1;
         }
@@ -448,10 +397,7 @@ fn lex(source: &str) -> Vec<Token> {
                 Tok::Other
             }
         };
-        out.push(Token {
-            tok,
-            span: Span::new(start, i.max(start + 1).min(bytes.len())),
-        });
+        out.push(Token { tok, span: Span::new(start, i.max(start + 1).min(bytes.len())) });
     }
     out
 }
@@ -485,12 +431,7 @@ const ITEM_STARTS: [&str; 7] = ["module", "fn", "data", "train", "let", "report"
 /// The next item begins (on a later line) while a bracket is still open and
 /// its closer would have been accepted: the bracket was probably never
 /// closed. Returns a label for it (the header of a `{ ... }` construct).
-fn unclosed_before_item(
-    source: &str,
-    pos: usize,
-    found: &Found,
-    positives: &[Rule],
-) -> Option<(Span, String)> {
+fn unclosed_before_item(source: &str, pos: usize, found: &Found, positives: &[Rule]) -> Option<(Span, String)> {
     let word = found.text.as_deref()?;
     if !ITEM_STARTS.contains(&word) {
         return None;
@@ -513,10 +454,7 @@ fn unclosed_before_item(
         return None;
     }
     Some(match (open, brace_owner(prefix)) {
-        ('{', Some((span, what))) => (
-            span,
-            format!("{what} starts here, and its `{{` is never closed"),
-        ),
+        ('{', Some((span, what))) => (span, format!("{what} starts here, and its `{{` is never closed")),
         _ => (opener.span, format!("this `{open}` is never closed")),
     })
 }
@@ -527,10 +465,7 @@ fn unclosed_brace(source: &str, eof: Span) -> Option<Diagnostic> {
     let (span, what) = brace_owner(source)?;
     Some(
         Diagnostic::new("unexpected end of file")
-            .label(
-                span,
-                format!("expected `}}` to close {what} that starts here"),
-            )
+            .label(span, format!("expected `}}` to close {what} that starts here"))
             .label(eof, "the file ends here"),
     )
 }
@@ -540,10 +475,7 @@ fn unclosed_brace(source: &str, eof: Span) -> Option<Diagnostic> {
 fn brace_owner(source: &str) -> Option<(Span, String)> {
     let tokens = lex(source);
     let stack = unclosed(&tokens);
-    let &open = stack
-        .iter()
-        .rev()
-        .find(|&&i| tokens.get(i).is_some_and(|t| t.tok == Tok::Open(b'{')))?;
+    let &open = stack.iter().rev().find(|&&i| tokens.get(i).is_some_and(|t| t.tok == Tok::Open(b'{')))?;
     let brace = tokens.get(open)?.span;
 
     // Walk back over the header to the keyword that introduced this block,
@@ -572,11 +504,8 @@ fn brace_owner(source: &str) -> Option<(Span, String)> {
 
     let (span, what) = match owner {
         Some((k, word)) => {
-            let name = tokens
-                .get(k + 1)
-                .filter(|t| t.tok == Tok::Word)
-                .map(|t| format!(" `{}`", slice(source, t.span)))
-                .unwrap_or_default();
+            let name =
+                tokens.get(k + 1).filter(|t| t.tok == Tok::Word).map(|t| format!(" `{}`", slice(source, t.span))).unwrap_or_default();
             let what = match word {
                 "module" => format!("the module{name}"),
                 "fn" => format!("the body of function{name}"),
@@ -601,13 +530,7 @@ pub(super) fn check_nesting(source: &str, max: usize) -> Option<Diagnostic> {
                 if depth > max {
                     return Some(
                         Diagnostic::new("brackets are nested too deeply")
-                            .label(
-                                t.span,
-                                format!(
-                                    "this `{}` is nested more than {max} levels deep",
-                                    b as char
-                                ),
-                            )
+                            .label(t.span, format!("this `{}` is nested more than {max} levels deep", b as char))
                             .note("split the expression into smaller parts with `let`"),
                     );
                 }
@@ -642,14 +565,9 @@ mod tests {
         assert_eq!(f(21).as_deref(), Some("\"ab\\\"c\""));
         assert_eq!(f(src.len() - 2).as_deref(), Some("é"));
         assert_eq!(f(src.len()), None);
-        assert_eq!(
-            found_at("\"abc\ndef", 0).special,
-            Special::UnterminatedString
-        );
+        assert_eq!(found_at("\"abc\ndef", 0).special, Special::UnterminatedString);
         assert_eq!(found_at("/* x", 0).special, Special::UnterminatedComment);
-        assert!(
-            matches!(found_at("\"a\\qb\"", 0).special, Special::BadEscape(s) if s == Span::new(2, 4))
-        );
+        assert!(matches!(found_at("\"a\\qb\"", 0).special, Special::BadEscape(s) if s == Span::new(2, 4)));
     }
 
     #[test]
@@ -657,17 +575,7 @@ mod tests {
         let src = "a(\"(\" /* ( */ // (\n [b]";
         let tokens = lex(src);
         let kinds: Vec<Tok> = tokens.iter().map(|t| t.tok).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                Tok::Word,
-                Tok::Open(b'('),
-                Tok::Other,
-                Tok::Open(b'['),
-                Tok::Word,
-                Tok::Close(b']')
-            ]
-        );
+        assert_eq!(kinds, vec![Tok::Word, Tok::Open(b'('), Tok::Other, Tok::Open(b'['), Tok::Word, Tok::Close(b']')]);
         assert_eq!(unclosed(&tokens), vec![1]);
     }
 }
