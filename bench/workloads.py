@@ -1,0 +1,69 @@
+"""Workload definitions shared by every side, and the deterministic random data.
+
+Throughput workloads train on random data (uniform integer pixels 0..255 scaled by
+1/255, uniform labels 0..9) written once to bench/data/*.csv; every side reads the
+same file, so data loading costs the same work everywhere.
+"""
+import gzip
+import os
+
+import numpy as np
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(BENCH, "data")
+MNIST_DIR = os.path.normpath(os.path.join(BENCH, "..", "..", "shared", "data"))
+
+# name: layer sizes, batch, rows in the data file (a multiple of batch), epochs, .nn file
+WORKLOADS = {
+    "W1": dict(title="MLP-small", sizes=[64, 256, 256, 10], batch=64, rows=64 * 50, epochs=100,
+               nn="w1_mlp_small.nn"),
+    "W2": dict(title="MLP-large", sizes=[784, 1024, 1024, 10], batch=256, rows=256 * 10, epochs=10,
+               nn="w2_mlp_large.nn"),
+    "MNIST": dict(title="MNIST (W2 net, 10k/10k, 3 epochs)", sizes=[784, 1024, 1024, 10], batch=256,
+                  rows=10000, epochs=3, nn=None),
+}
+LR = 1e-3
+
+
+def n_params(sizes):
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def csv_path(name):
+    return os.path.join(DATA, f"{name.lower()}.csv")
+
+
+def generate(name):
+    """Write the random data set of a throughput workload (deterministic, seed 0)."""
+    w = WORKLOADS[name]
+    path = csv_path(name)
+    if os.path.exists(path):
+        return path
+    os.makedirs(DATA, exist_ok=True)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(w["rows"], w["sizes"][0]))
+    y = rng.integers(0, w["sizes"][-1], size=(w["rows"], 1))
+    header = ",".join([f"f{i}" for i in range(w["sizes"][0])] + ["label"])
+    np.savetxt(path + ".tmp", np.hstack([x, y]), fmt="%d", delimiter=",", header=header, comments="")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def load(name):
+    """(x_train, y_train, x_test, y_test) as float32 / int32 numpy arrays."""
+    if name == "MNIST":
+        def idx(f):
+            with gzip.open(os.path.join(MNIST_DIR, f)) as fh:
+                raw = fh.read()
+            ndim = raw[3]
+            return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+        xs = [idx(f"mnist-{s}-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255 for s in ("train10k", "t10k")]
+        ys = [idx(f"mnist-{s}-labels-idx1-ubyte.gz").astype(np.int32) for s in ("train10k", "t10k")]
+        return xs[0], ys[0], xs[1], ys[1]
+    raw = np.loadtxt(csv_path(name), delimiter=",", skiprows=1, dtype=np.float32)
+    x, y = raw[:, :-1] / 255, raw[:, -1].astype(np.int32)
+    return x, y, x[:0], y[:0]
+
+
+def mnist_available():
+    return os.path.exists(os.path.join(MNIST_DIR, "mnist-t10k-images-idx3-ubyte.gz"))
