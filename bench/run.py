@@ -124,7 +124,7 @@ def bench_workload(name, w, sides, repeats, log):
     errors = {s: None for s in sides}
     for s in sides:
         if cmds[s] is None:
-            errors[s] = "n/a: nnc cannot read MNIST idx files yet"
+            errors[s] = "n/a: no .nn file for this workload"
     for rep in range(repeats + 1):  # rep 0 is the warm-up
         for s in sides:
             if errors[s]:

@@ -11,7 +11,7 @@ import numpy as np
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(BENCH, "data")
-MNIST_DIR = os.path.normpath(os.path.join(BENCH, "..", "..", "shared", "data"))
+MNIST_DIR = os.path.normpath(os.path.join(BENCH, "..", "examples", "data"))
 
 # name: layer sizes, batch, rows in the data file (a multiple of batch), epochs, .nn file
 WORKLOADS = {
@@ -20,7 +20,7 @@ WORKLOADS = {
     "W2": dict(title="MLP-large", sizes=[784, 1024, 1024, 10], batch=256, rows=256 * 10, epochs=10,
                nn="w2_mlp_large.nn"),
     "MNIST": dict(title="MNIST (W2 net, 10k/10k, 3 epochs)", sizes=[784, 1024, 1024, 10], batch=256,
-                  rows=10000, epochs=3, nn=None),
+                  rows=10000, epochs=3, nn="../examples/mlp_mnist.nn"),
 }
 LR = 1e-3
 
