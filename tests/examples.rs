@@ -185,3 +185,56 @@ fn check_passes_on_every_example_and_ir_prints_the_backward_pass() {
     let bwd = String::from_utf8_lossy(&nnc(&["ir", "examples/mlp_digits.nn", "--grad"]).stdout).to_string();
     assert!(bwd.contains("transpose") && bwd.contains("d loss/d l1.W"), "{bwd}");
 }
+
+/// Parameters declared after a submodule, and a trained model used by a
+/// later loss (distillation): both once trained the wrong tensors silently.
+#[test]
+fn parameter_order_and_trained_teachers_are_respected() {
+    let dir = scratch("teacher");
+    let text = format!(
+        r#"
+module Linear(in: int, out: int) {{
+  param W: [in, out] = he_normal
+  param b: [out] = zeros
+  fn forward(x: [B, in]) -> [B, out] = x @ W + b
+}}
+module Net {{
+  l1 = Linear(64, 32)
+  param W2: [32, 10] = he_normal
+  param b2: [10] = zeros
+  fn forward(x: [B, 64]) -> [B, 10] = relu(l1(x)) @ W2 + b2
+}}
+data digits = csv("{}", label: "label", scale: 1/16) {{
+  train = rows[0..1437] shuffle(seed: 3)
+  test = rows[1437..]
+}}
+train teacher = Net on digits.train {{
+  loss = cross_entropy
+  optimizer = adam(lr: 3e-3)
+  batch = 64
+  epochs = 8
+  metrics = [accuracy on digits.test]
+}}
+fn distill(m: Net, x: [B, 64], y: [B] int) -> scalar = mse(m(x), teacher(x))
+train student = Net on digits.train {{
+  loss = distill
+  optimizer = adam(lr: 3e-3)
+  batch = 64
+  epochs = 8
+  seed = 1
+  metrics = [accuracy on digits.test]
+}}
+"#,
+        digits_path()
+    );
+    let path = dir.join("teacher.nn");
+    std::fs::write(&path, text).unwrap();
+    let check = nnc(&["check", path.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && !out.contains("FAIL"), "{out}{}", String::from_utf8_lossy(&check.stderr));
+    let v = run_json(path.to_str().unwrap(), &[]);
+    let acc = |run: &str| v["runs"][run]["metrics"]["accuracy on digits.test"].as_f64().unwrap();
+    assert!(acc("teacher") > 0.85, "teacher {}", acc("teacher"));
+    // The student learns from the trained teacher's outputs, so it ends close to it.
+    assert!(acc("student") > acc("teacher") - 0.05, "student {} vs teacher {}", acc("student"), acc("teacher"));
+}

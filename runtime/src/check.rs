@@ -123,6 +123,16 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
         let a = ArrayD::from_shape_vec(IxDyn(shape), v.iter().map(|&x| f64::from(x)).collect()).map_err(|e| bad(e.to_string()))?;
         inputs.insert(path.clone(), a);
     }
+    // Earlier models the loss reads (`teacher(x)`) are not trained by `check`:
+    // any fixed values serve for comparing derivatives.
+    for name in &plan.frozen {
+        if let Some(id) = graph.input(name) {
+            let shape = graph.shape(id).concrete().unwrap_or_default();
+            let n: usize = shape.iter().product();
+            let values = (0..n).map(|i| ((i * 7919 % 1000) as f64 / 1000.0 - 0.5) * 0.2).collect();
+            inputs.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| bad(e.to_string()))?);
+        }
+    }
     let analytic = interp::run(&graph, &inputs).map_err(|e| bad(format!("{e:?}")))?;
     let mut loss_only = graph.clone();
     loss_only.outputs.truncate(1);

@@ -85,7 +85,13 @@ impl<'p> Runner<'p> {
             Item::Train(t) => {
                 let plan = self.session.train_plan(t).map_err(first)?;
                 let topts =
-                    TrainOptions { base_dir: opts.base_dir, quiet: opts.quiet, process_start: opts.process_start, epochs: opts.epochs };
+                    TrainOptions {
+                    base_dir: opts.base_dir,
+                    quiet: opts.quiet,
+                    process_start: opts.process_start,
+                    epochs: opts.epochs,
+                    previous: &self.summary.runs,
+                };
                 let result = train::train(&plan, &self.datasets, &topts)?;
                 let mut line = format!(
                     "{}: {} epochs, final train loss {:.5}",

@@ -50,6 +50,8 @@ pub struct TrainOptions<'a> {
     pub process_start: Instant,
     /// Override the plan's epoch count (benchmarks, quick runs).
     pub epochs: Option<usize>,
+    /// Earlier training runs of the file, whose trained models this run may use.
+    pub previous: &'a [(String, TrainResult)],
 }
 
 fn init_of(p: &ParamInit) -> Init {
@@ -99,7 +101,9 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     let split = find(&plan.data, &plan.split).ok_or_else(|| Diagnostic::new("training data not loaded").label(plan.span, "here"))?;
     let n = split.x.nrows();
     if n == 0 {
-        return Err(Diagnostic::new(format!("the split `{}.{}` has no rows", plan.data, plan.split)).label(plan.span, "nothing to train on"));
+        return Err(
+            Diagnostic::new(format!("the split `{}.{}` has no rows", plan.data, plan.split)).label(plan.span, "nothing to train on")
+        );
     }
     let batch = plan.batch.unwrap_or(n).min(n);
     let epochs = opts.epochs.unwrap_or(plan.epochs);
@@ -112,9 +116,20 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     let t0 = Instant::now();
     let mut full = Exec::compile(&plan.step_graph, &sizes(batch), &updates).map_err(|e| compile_error(plan, e))?;
     let rem = n % batch;
-    let mut partial = if rem > 0 { Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates).map_err(|e| compile_error(plan, e))?) } else { None };
+    let mut partial =
+        if rem > 0 { Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates).map_err(|e| compile_error(plan, e))?) } else { None };
     let mut evaluators = Evaluators::new(plan, datasets)?;
     let compile_time = t0.elapsed();
+    // Earlier models used by this loss (`teacher(x)`) keep their trained values.
+    for (name, value) in frozen_values(plan, opts.previous)? {
+        full.set(&name, &value);
+        if let Some(p) = partial.as_mut() {
+            p.set(&name, &value);
+        }
+        for (_, exec, _) in &mut evaluators.entries {
+            exec.set(&name, &value);
+        }
+    }
 
     let mut params = match &plan.load {
         Some((file, span)) => load_params(plan, &opts.base_dir.join(file), *span)?,
@@ -160,9 +175,14 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
             }
             if !loss.is_finite() {
                 bar.abandon();
-                return Err(Diagnostic::new(format!("training `{}` diverged: the loss is {loss} at epoch {}, step {}", plan.name, epoch + 1, step + 1))
-                    .label(plan.span, "in this training run")
-                    .note("try a smaller learning rate, or check the data for extreme values"));
+                return Err(Diagnostic::new(format!(
+                    "training `{}` diverged: the loss is {loss} at epoch {}, step {}",
+                    plan.name,
+                    epoch + 1,
+                    step + 1
+                ))
+                .label(plan.span, "in this training run")
+                .note("try a smaller learning rate, or check the data for extreme values"));
             }
             if step == 0 {
                 result.first_step_at = Some(opts.process_start.elapsed());
@@ -260,9 +280,24 @@ pub fn format_metric(kind: MetricKind, v: f64) -> String {
     }
 }
 
+/// The trained values of the earlier models a plan reads (`teacher.l1.W`).
+fn frozen_values(plan: &TrainPlan, previous: &[(String, TrainResult)]) -> Result<Vec<(String, Vec<f32>)>, Diagnostic> {
+    plan.frozen
+        .iter()
+        .map(|name| {
+            let value = name
+                .split_once('.')
+                .and_then(|(run, path)| previous.iter().find(|(r, _)| r == run).and_then(|(_, res)| res.params.get(path)))
+                .map(|(_, _, v)| v.clone());
+            value.map(|v| (name.clone(), v)).ok_or_else(|| Diagnostic::new(format!("no trained value for `{name}`")).label(plan.span, "used here"))
+        })
+        .collect()
+}
+
 /// Parameters from a checkpoint, each checked against the model's shape.
 fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> Result<Params, Diagnostic> {
-    let loaded = checkpoint::load(path).map_err(|e| Diagnostic::new(format!("cannot load checkpoint {}", path.display())).label(span, e.to_string()))?;
+    let loaded = checkpoint::load(path)
+        .map_err(|e| Diagnostic::new(format!("cannot load checkpoint {}", path.display())).label(span, e.to_string()))?;
     let mut tensors = Vec::new();
     for p in &plan.params {
         let Some((_, shape, data)) = loaded.iter().find(|(n, _, _)| *n == p.path) else {
@@ -272,7 +307,8 @@ fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> 
                 .note(format!("it holds: {}", have.join(", "))));
         };
         if *shape != p.shape {
-            return Err(Diagnostic::new(format!("checkpoint parameter `{}` has shape {:?}, the model needs {:?}", p.path, shape, p.shape)).label(span, "loaded here"));
+            return Err(Diagnostic::new(format!("checkpoint parameter `{}` has shape {:?}, the model needs {:?}", p.path, shape, p.shape))
+                .label(span, "loaded here"));
         }
         tensors.push((p.path.clone(), p.shape.clone(), data.clone()));
     }
@@ -281,8 +317,10 @@ fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> 
 
 fn save_checkpoint(plan: &TrainPlan, params: &Params, path: &Path, epoch: usize) -> Result<(), Diagnostic> {
     let tensors: Vec<(String, Vec<usize>, &[f32])> = params.tensors.iter().map(|(p, s, v)| (p.clone(), s.clone(), v.as_slice())).collect();
-    let meta: HashMap<String, String> = [("model".to_string(), plan.name.clone()), ("epoch".to_string(), epoch.to_string())].into_iter().collect();
-    checkpoint::save(path, &tensors, &meta).map_err(|e| Diagnostic::new(format!("could not save checkpoint {}", path.display())).label(plan.span, e.to_string()))
+    let meta: HashMap<String, String> =
+        [("model".to_string(), plan.name.clone()), ("epoch".to_string(), epoch.to_string())].into_iter().collect();
+    checkpoint::save(path, &tensors, &meta)
+        .map_err(|e| Diagnostic::new(format!("could not save checkpoint {}", path.display())).label(plan.span, e.to_string()))
 }
 
 /// Compiled evaluation functions, one per metric split, reused every epoch.

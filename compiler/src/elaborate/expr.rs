@@ -120,7 +120,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             return Ok(Value::Tensor(t));
         }
         if let Some(tm) = s.trained.get(name).cloned() {
-            let m = self.instantiate_expr(&tm.model, &format!("{name}."), span)?;
+            let m = self.trained_model(name, &tm.model, span)?;
             return Ok(Value::Module(m));
         }
         if let Some(b) = builtins::lookup(name) {

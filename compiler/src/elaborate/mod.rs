@@ -216,11 +216,23 @@ pub(crate) struct Ctx<'s, 'p> {
     lazy_inputs: HashMap<String, Tensor>,
     /// Parameter shapes and initialisers of instantiated models, by path.
     pub params: Vec<ParamSpec>,
+    /// Trained models referenced by name (`teacher(x)`), instantiated once each.
+    trained_insts: HashMap<String, Rc<ModuleInst>>,
+    /// Their parameters: inputs fed with the trained values, never trained here.
+    pub frozen: Vec<ParamSpec>,
 }
 
 impl<'s, 'p> Ctx<'s, 'p> {
     pub fn new(session: &'s Session<'p>) -> Ctx<'s, 'p> {
-        Ctx { session, graph: Graph::default(), call_stack: Vec::new(), lazy_inputs: HashMap::new(), params: Vec::new() }
+        Ctx {
+            session,
+            graph: Graph::default(),
+            call_stack: Vec::new(),
+            lazy_inputs: HashMap::new(),
+            params: Vec::new(),
+            trained_insts: HashMap::new(),
+            frozen: Vec::new(),
+        }
     }
 
     /// An error at the current point, with the call stack as context.
@@ -312,6 +324,32 @@ impl<'s, 'p> Ctx<'s, 'p> {
         }
         let id = if rows.len() == 1 { rows[0] } else { self.op(crate::ops::Op::Concat { axis: 0 }, &rows, span)? };
         Ok(Tensor { id, names: Vec::new() })
+    }
+
+    /// A model trained by an earlier `train` block, by name: its parameters are
+    /// inputs holding the trained values (frozen), shared by every use.
+    pub(crate) fn trained_model(&mut self, name: &str, model: &Expr, span: Span) -> Result<Rc<ModuleInst>, ElabError> {
+        if let Some(m) = self.trained_insts.get(name) {
+            return Ok(m.clone());
+        }
+        let first = self.params.len();
+        let m = self.instantiate_expr(model, &format!("{name}."), span)?;
+        let specs = self.params.split_off(first.min(self.params.len()));
+        for (_, t) in m.all_params() {
+            if let Some(crate::ops::Op::Input { kind, .. }) = self.graph.nodes.get_mut(t.id.index()).map(|n| &mut n.op) {
+                *kind = InputKind::Data;
+            }
+        }
+        self.frozen.extend(specs);
+        self.trained_insts.insert(name.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// Order `params` as the model lists them (`ModuleInst::all_params`), which
+    /// is also the order of the gradients.
+    pub(crate) fn order_params_like(&mut self, model: &ModuleInst) {
+        let order: Vec<String> = model.all_params().into_iter().map(|(p, _)| p).collect();
+        self.params.sort_by_key(|p| order.iter().position(|o| *o == p.path).unwrap_or(usize::MAX));
     }
 
     /// A graph input, created once per name.

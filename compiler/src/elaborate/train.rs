@@ -136,6 +136,9 @@ pub struct TrainPlan {
     pub checkpoint: Option<String>,
     /// Start from the parameters in this checkpoint instead of initialising.
     pub load: Option<(String, Span)>,
+    /// Inputs holding parameters of earlier trained models (`teacher.l1.W`),
+    /// fed with their trained values and never updated.
+    pub frozen: Vec<String>,
     pub label_int: bool,
     pub features: usize,
     pub classes: Option<usize>,
@@ -241,11 +244,13 @@ impl<'p> Session<'p> {
             update.outputs.iter().enumerate().filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id))).collect();
 
         // Only the batch, the parameters and the optimizer's own inputs are fed each step.
+        let frozen: Vec<String> = cx.frozen.iter().map(|p| p.path.clone()).collect();
         let fed = |name: &str| {
             name == "x"
                 || name == "y"
                 || name.starts_with("hyper.")
                 || params.iter().any(|p| p.path == name)
+                || frozen.iter().any(|p| p == name)
                 || update.state.iter().any(|(n, _)| n == name)
         };
         if let Some((_, name, _)) = step_graph.inputs().into_iter().find(|(_, n, _)| !fed(n)) {
@@ -273,6 +278,7 @@ impl<'p> Session<'p> {
             metrics,
             checkpoint,
             load,
+            frozen,
             label_int: shape.label_int,
             features: shape.features,
             classes: shape.classes,
@@ -289,6 +295,7 @@ impl<'p> Session<'p> {
     ) -> Result<(Ctx<'_, 'p>, ValueId, Vec<ValueId>), ElabError> {
         let mut cx = Ctx::new(self);
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
+        cx.order_params_like(&model);
         let (x, y) = batch_inputs(&mut cx, shape, t.data.span);
         let param_ids: Vec<ValueId> = model.all_params().iter().map(|(_, p)| p.id).collect();
         let scope = Scope::default();
