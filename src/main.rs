@@ -97,7 +97,7 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
     let summary = &runner.summary;
     if timings {
         for (name, r) in &summary.runs {
-            let step_ms = r.train_time.as_secs_f64() * 1e3 / r.steps.max(1) as f64;
+            let step_ms = r.step_time.as_secs_f64() * 1e3 / r.steps.max(1) as f64;
             eprintln!("{name}: compile {:.1} ms, {} steps, {step_ms:.3} ms/step", r.compile_time.as_secs_f64() * 1e3, r.steps);
         }
         eprintln!("total compile {:.1} ms", program::total_compile_time(summary).as_secs_f64() * 1e3);

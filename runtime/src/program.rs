@@ -214,7 +214,8 @@ pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
                 };
             }
         }
-        let secs = r.train_time.as_secs_f64();
+        // Steps per second over the steps themselves (evaluation between epochs excluded).
+        let secs = r.step_time.as_secs_f64();
         if r.steps > 0 {
             top.insert("step_ms".into(), json!(secs * 1e3 / r.steps as f64));
             top.insert("steps_per_second".into(), json!(r.steps as f64 / secs.max(1e-12)));

@@ -40,6 +40,9 @@ pub struct TrainResult {
     pub steps: usize,
     pub compile_time: Duration,
     pub train_time: Duration,
+    /// Time inside training steps only (batch gathering + the compiled step),
+    /// without per-epoch evaluation and checkpoints: what steps/s is based on.
+    pub step_time: Duration,
     /// Seconds from process start to the end of the first step.
     pub first_step_at: Option<Duration>,
 }
@@ -145,6 +148,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     let mut xbuf = vec![0.0f32; batch * features];
     let mut ybuf = vec![0.0f32; batch];
     for epoch in 0..epochs {
+        let epoch_started = Instant::now();
         let order: Vec<usize> = match split.shuffle_seed {
             Some(seed) => shuffled_order(n, seed, epoch),
             None => (0..n).collect(),
@@ -191,6 +195,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
             step += 1;
             bar.inc(1);
         }
+        result.step_time += epoch_started.elapsed();
         let epoch_loss = loss_sum / n as f64;
         result.epoch_losses.push(epoch_loss);
         read_params(&full, &mut params);
