@@ -154,7 +154,8 @@ def bench_workload(name, w, sides, repeats, log):
                   "first_step_seconds": med(rs, "first_step_seconds"),
                   "peak_rss_mb": med(rs, "peak_rss_mb"),
                   "steps": rs[0].get("steps"), "train_loss": med(rs, "train_loss"),
-                  "test_accuracy": med(rs, "test_accuracy")}
+                  "test_accuracy": med(rs, "test_accuracy"),
+                  "wall_seconds": med(rs, "wall_seconds")}
         if name == "W2":
             import workloads
             out[s]["gflops"] = 6 * workloads.n_params(w["sizes"]) * w["batch"] * out[s]["steps_per_second"] / 1e9
@@ -190,15 +191,16 @@ def markdown(res):
              f"jax {m['jax']}, numpy {m['numpy']}. Load average at start {m['loadavg_start'][0]:.1f}, "
              f"at end {m['loadavg_end'][0]:.1f} (shared machine: timings are noisy).", "",
              f"Medians of {res['repeats']} timed runs (separate processes, after one warm-up run). "
-             "steps/s: nnc's own figure (whole training loop); Python sides after the first epoch. "
+             "steps/s: over the training steps (nnc: every step, evaluation between epochs excluded; Python sides: after the first epoch). "
              "First step: seconds from process start to the end of the first training step "
              "(imports, data loading, compilation included). Peak RSS: the process's VmHWM, polled by the parent every 10 ms.", "",
-             "| workload | side | steps/s | runs | first step (s) | peak RSS (MB) | GFLOP/s | nnc / best peer |",
-             "|---|---|---:|---|---:|---:|---:|---|"]
+             "Wall: the whole process, start to exit (for MNIST: load, compile, 3 epochs, test evaluation).", "",
+             "| workload | side | steps/s | runs | first step (s) | wall (s) | peak RSS (MB) | GFLOP/s | nnc / best peer |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|"]
     for name, sides in res["workloads"].items():
         for s, v in sides.items():
             if "error" in v:
-                lines.append(f"| {name} | {s} | {v['error'].replace('|', '/')} | | | | | |")
+                lines.append(f"| {name} | {s} | {v['error'].replace('|', '/')} | | | | | | |")
                 continue
             ratio = ""
             if "vs_best_peer" in v:
@@ -208,11 +210,11 @@ def markdown(res):
             acc = f" (test acc {100 * v['test_accuracy']:.1f}%)" if v.get("test_accuracy") else ""
             lines.append(f"| {name} | {s}{acc} | {fmt(v['steps_per_second'], '.1f')} | "
                          f"{' '.join(fmt(x, '.0f') for x in v['steps_per_second_all'])} | "
-                         f"{fmt(v['first_step_seconds'], '.2f')} | {fmt(v['peak_rss_mb'], '.0f')} | "
+                         f"{fmt(v['first_step_seconds'], '.2f')} | {fmt(v.get('wall_seconds'), '.1f')} | {fmt(v['peak_rss_mb'], '.0f')} | "
                          f"{fmt(v.get('gflops'), '.1f') if name == 'W2' else ''} | {ratio} |")
         if name == "W2" and res.get("peak"):
             for lib, p in res["peak"].items():
-                lines.append(f"| W2 peak | 2048² matmul, {lib} | | | | | {fmt(p.get('gflops'), '.1f')} | "
+                lines.append(f"| W2 peak | 2048² matmul, {lib} | | | | | | {fmt(p.get('gflops'), '.1f')} | "
                              f"{p.get('error', 'machine peak (median of runs, best of 20 matmuls each)')} |")
     lines += ["", "Workloads: " + "; ".join(f"{k} = {w['title']} {'→'.join(map(str, w['sizes']))}, batch {w['batch']}, "
                                              f"{w['rows']} rows × {w['epochs']} epochs" for k, w in res["definitions"].items()) +
