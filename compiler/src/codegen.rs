@@ -8,11 +8,13 @@
 //! `fn(arena: *mut f32, scratch: *mut f64)`. `run` is one call of it.
 
 mod emit;
+mod gemm;
 mod helpers;
 mod kernel;
 mod math;
 mod memory;
 mod plan;
+mod pool;
 mod updates;
 
 use crate::ir::{Graph, Shape, ValueId};
@@ -32,11 +34,7 @@ pub enum CodegenError {
     /// Cranelift rejected the host or the generated code.
     Cranelift(String),
     /// An `updates` pair that cannot be honoured.
-    BadUpdate {
-        output: usize,
-        input: ValueId,
-        reason: String,
-    },
+    BadUpdate { output: usize, input: ValueId, reason: String },
     /// A node that its op's shape rule should have rejected.
     Malformed { node: ValueId, reason: String },
 }
@@ -48,15 +46,8 @@ impl fmt::Display for CodegenError {
                 write!(f, "cannot compile shape {s}: it has symbolic dims")
             }
             CodegenError::Cranelift(e) => write!(f, "code generation failed: {e}"),
-            CodegenError::BadUpdate {
-                output,
-                input,
-                reason,
-            } => {
-                write!(
-                    f,
-                    "bad update of input {input} from output {output}: {reason}"
-                )
+            CodegenError::BadUpdate { output, input, reason } => {
+                write!(f, "bad update of input {input} from output {output}: {reason}")
             }
             CodegenError::Malformed { node, reason } => {
                 write!(f, "malformed node {node}: {reason}")
@@ -66,6 +57,38 @@ impl fmt::Display for CodegenError {
 }
 
 impl std::error::Error for CodegenError {}
+
+/// Threads the worker pool runs (the caller included): `NNC_THREADS`, else the
+/// CPUs this process may use.
+pub fn threads() -> usize {
+    pool::pool().threads()
+}
+
+/// The JIT's SGEMM on strided row/column views, for benchmarks:
+/// `C[i·rsc + j·csc] = Σ_l A[i·rsa + l·csa] · B[l·rsb + j·csb]` on up to
+/// `threads` threads.
+///
+/// # Safety
+///
+/// Every addressed element of `a`, `b`, `c` must be in bounds, and `c` must
+/// not overlap `a` or `b` nor address one element twice.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_strided(
+    mkn: [usize; 3],
+    a: *const f32,
+    a_strides: [isize; 2],
+    b: *const f32,
+    b_strides: [isize; 2],
+    c: *mut f32,
+    c_strides: [isize; 2],
+    threads: usize,
+) {
+    let [m, k, n] = mkn;
+    let mat = |p: *const f32, s: [isize; 2]| gemm::Mat { ptr: p.cast_mut(), rs: s[0], cs: s[1] };
+    // SAFETY: the caller's contract is `gemm::sgemm`'s.
+    unsafe { gemm::sgemm(m, k, n, mat(a, a_strides), mat(b, b_strides), mat(c, c_strides), threads) }
+}
 
 fn cl(e: impl fmt::Display) -> CodegenError {
     CodegenError::Cranelift(e.to_string())
@@ -85,10 +108,7 @@ impl<T: Copy + Default> RawBuf<T> {
     fn new(len: usize) -> RawBuf<T> {
         let b: Box<[T]> = vec![T::default(); len].into_boxed_slice();
         let len = b.len();
-        RawBuf {
-            ptr: Box::into_raw(b).cast::<T>(),
-            len,
-        }
+        RawBuf { ptr: Box::into_raw(b).cast::<T>(), len }
     }
 }
 
@@ -96,11 +116,7 @@ impl<T> Drop for RawBuf<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice of
         // exactly `len` elements in `new`, and this is the only place freeing it.
-        unsafe {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.ptr, self.len,
-            )))
-        }
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
     }
 }
 
@@ -142,48 +158,45 @@ unsafe fn entry_from_ptr(ptr: *const u8) -> Entry {
 fn new_module() -> Result<JITModule, CodegenError> {
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(cl)?;
-    flags
-        .set(
-            "enable_verifier",
-            if cfg!(debug_assertions) {
-                "true"
-            } else {
-                "false"
-            },
-        )
-        .map_err(cl)?;
+    flags.set("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }).map_err(cl)?;
     flags.set("use_colocated_libcalls", "false").map_err(cl)?;
     flags.set("is_pic", "false").map_err(cl)?;
-    let isa = cranelift_native::builder()
-        .map_err(cl)?
-        .finish(settings::Flags::new(flags))
-        .map_err(cl)?;
+    let isa = cranelift_native::builder().map_err(cl)?.finish(settings::Flags::new(flags)).map_err(cl)?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
     jb.symbol("nnc_sgemm", helpers::nnc_sgemm as *const u8);
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
+    jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     Ok(JITModule::new(jb))
 }
 
 /// Declare and define the graph's function in `module`.
-fn define(
-    module: &mut JITModule,
-    plan: &plan::Plan,
-    offsets: &[usize],
-) -> Result<FuncId, CodegenError> {
+fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Result<FuncId, CodegenError> {
     let import = |module: &mut JITModule, name: &str, n: usize| {
         let mut sig = module.make_signature();
         sig.params = vec![AbiParam::new(I64); n];
-        module
-            .declare_function(name, Linkage::Import, &sig)
-            .map_err(cl)
+        module.declare_function(name, Linkage::Import, &sig).map_err(cl)
     };
     let sgemm_id = import(module, "nnc_sgemm", 12)?;
     let solve_id = import(module, "nnc_solve", 10)?;
+    let parallel_id = import(module, "nnc_parallel", 3)?;
+    // Large elementwise loops: one function per kernel, over a range of rows.
+    let mut pieces: Vec<Option<(FuncId, usize)>> = Vec::with_capacity(plan.kernels.len());
+    for (i, k) in plan.kernels.iter().enumerate() {
+        let form = match k {
+            kernel::Kernel::Map(m) if pool::pool().threads() > 1 => emit::parallel_form(m),
+            _ => None,
+        };
+        pieces.push(match form {
+            Some(pk) => {
+                let rows = pk.dims.first().copied().unwrap_or(1);
+                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, [sgemm_id, solve_id])?, rows))
+            }
+            None => None,
+        });
+    }
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64), AbiParam::new(I64)];
-    let id = module
-        .declare_function("nnc_graph", Linkage::Export, &ctx.func.signature)
-        .map_err(cl)?;
+    let id = module.declare_function("nnc_graph", Linkage::Export, &ctx.func.signature).map_err(cl)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
     let sgemm = module.declare_func_in_func(sgemm_id, b.func);
@@ -196,24 +209,58 @@ fn define(
         _ => return Err(CodegenError::Cranelift("entry block parameters".into())),
     };
     {
-        let mut em = emit::Emitter {
-            b: &mut b,
-            arena,
-            scratch,
-            offsets,
-            sgemm,
-            solve,
-        };
-        for k in &plan.kernels {
-            em.emit_kernel(k)?;
+        let parallel = module.declare_func_in_func(parallel_id, b.func);
+        let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
+        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, rows: None };
+        for (k, piece) in plan.kernels.iter().zip(refs) {
+            match piece {
+                Some((f, rows)) => {
+                    let addr = em.b.ins().func_addr(I64, f);
+                    let n = em.b.ins().iconst(I64, rows as i64);
+                    em.b.ins().call(parallel, &[addr, arena, n]);
+                }
+                None => em.emit_kernel(k)?,
+            }
         }
     }
     b.ins().return_(&[]);
     b.seal_all_blocks();
     b.finalize(module.target_config());
-    module
-        .define_function(id, &mut ctx)
-        .map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
+    module.define_function(id, &mut ctx).map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
+    Ok(id)
+}
+
+/// Define `fn(arena, lo, hi)` running rows `[lo, hi)` of the map kernel `k`
+/// (in `parallel_form`).
+fn define_piece(
+    module: &mut JITModule,
+    name: &str,
+    k: &kernel::MapKernel,
+    offsets: &[usize],
+    helpers: [FuncId; 2],
+) -> Result<FuncId, CodegenError> {
+    let mut ctx = module.make_context();
+    ctx.func.signature.params = vec![AbiParam::new(I64); 3];
+    let id = module.declare_function(name, Linkage::Local, &ctx.func.signature).map_err(cl)?;
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+    let sgemm = module.declare_func_in_func(helpers[0], b.func);
+    let solve = module.declare_func_in_func(helpers[1], b.func);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let (arena, lo, hi) = match b.block_params(entry) {
+        [a, l, h] => (*a, *l, *h),
+        _ => return Err(CodegenError::Cranelift("piece parameters".into())),
+    };
+    {
+        let mut em = emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, rows: Some((lo, hi)) };
+        em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
+    }
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(module.target_config());
+    module.define_function(id, &mut ctx).map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
     Ok(id)
 }
 
@@ -222,10 +269,7 @@ impl CompiledGraph {
     /// `(o, v)` in `updates` holds output `o`'s new value: the output is written
     /// straight into the input's buffer when no later kernel reads the input
     /// (in-place elementwise is fine), else copied there at the end.
-    pub fn compile(
-        graph: &Graph,
-        updates: &[(usize, ValueId)],
-    ) -> Result<CompiledGraph, CodegenError> {
+    pub fn compile(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<CompiledGraph, CodegenError> {
         let start = Instant::now();
         let plan = plan::plan(graph, updates)?;
         let layout = memory::assign(&plan.storages, &plan.kernels);
@@ -243,23 +287,13 @@ impl CompiledGraph {
         let slot = |s: usize, len: usize| -> Result<Slot, CodegenError> {
             let off = layout.offsets.get(s).copied().unwrap_or(usize::MAX);
             if off.saturating_add(len) > layout.len {
-                return Err(CodegenError::Cranelift(format!(
-                    "storage {s} outside the arena"
-                )));
+                return Err(CodegenError::Cranelift(format!("storage {s} outside the arena")));
             }
             Ok(Slot { off, len })
         };
         let len_of = |s: usize| plan.storages.get(s).map_or(0, |st| st.len);
-        let inputs = plan
-            .inputs
-            .iter()
-            .map(|(n, s)| Ok((n.clone(), slot(*s, len_of(*s))?)))
-            .collect::<Result<_, _>>()?;
-        let outputs = plan
-            .outputs
-            .iter()
-            .map(|&(s, len)| slot(s, len))
-            .collect::<Result<_, _>>()?;
+        let inputs = plan.inputs.iter().map(|(n, s)| Ok((n.clone(), slot(*s, len_of(*s))?))).collect::<Result<_, _>>()?;
+        let outputs = plan.outputs.iter().map(|&(s, len)| slot(s, len)).collect::<Result<_, _>>()?;
         Ok(CompiledGraph {
             module: Some(module),
             entry,

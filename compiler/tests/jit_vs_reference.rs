@@ -49,11 +49,7 @@ fn graph(f: impl FnOnce(&mut Builder) -> Vec<ValueId>) -> Graph {
     let mut g = Graph::default();
     let mut b = Builder::new(&mut g, Span::default());
     let outs = f(&mut b);
-    assert!(
-        b.internal_error.is_none(),
-        "shape error building the test graph: {:?}",
-        b.internal_error
-    );
+    assert!(b.internal_error.is_none(), "shape error building the test graph: {:?}", b.internal_error);
     g.output_names = outs.iter().map(|o| format!("out{}", o.0)).collect();
     g.outputs = outs;
     g
@@ -76,10 +72,7 @@ fn fill(jit: &mut CompiledGraph, g: &Graph, fill: Fill, seed: u64) -> Inputs {
             };
         }
         let data: Vec<f64> = buf.iter().map(|&v| f64::from(v)).collect();
-        inputs.insert(
-            name.to_string(),
-            ArrayD::from_shape_vec(IxDyn(&dims), data).expect("shape"),
-        );
+        inputs.insert(name.to_string(), ArrayD::from_shape_vec(IxDyn(&dims), data).expect("shape"));
     }
     inputs
 }
@@ -93,8 +86,7 @@ fn compare(got: &[f32], want: &ArrayD<f64>, atol_rel: f64) -> Result<(), String>
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())) * atol_rel;
     for (i, (&g, &w)) in got.iter().zip(want.iter()).enumerate() {
         let g = f64::from(g);
-        let ok =
-            (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-5 * w.abs() + scale + 1e-30;
+        let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-5 * w.abs() + scale + 1e-30;
         if !ok {
             return Err(format!("element {i}: jit {g} vs reference {w}"));
         }
@@ -104,20 +96,13 @@ fn compare(got: &[f32], want: &ArrayD<f64>, atol_rel: f64) -> Result<(), String>
 
 /// Compile, run on random inputs, and compare every output with the interpreter.
 fn check_with(g: &Graph, f: Fill, atol_rel: f64, seed: u64) -> CompiledGraph {
-    let mut jit =
-        CompiledGraph::compile(g, &[]).unwrap_or_else(|e| panic!("compile failed: {e}\n{g:#?}"));
+    let mut jit = CompiledGraph::compile(g, &[]).unwrap_or_else(|e| panic!("compile failed: {e}\n{g:#?}"));
     let inputs = fill(&mut jit, g, f, seed);
     jit.run();
     let want = interp::run(g, &inputs).expect("reference run");
     for (i, w) in want.iter().enumerate() {
         if let Err(e) = compare(jit.output(i), w, atol_rel) {
-            panic!(
-                "output {i}: {e}\ngraph: {:#?}",
-                g.nodes
-                    .iter()
-                    .map(|n| (&n.op, n.ty.to_string()))
-                    .collect::<Vec<_>>()
-            );
+            panic!("output {i}: {e}\ngraph: {:#?}", g.nodes.iter().map(|n| (&n.op, n.ty.to_string())).collect::<Vec<_>>());
         }
     }
     jit
@@ -127,17 +112,7 @@ fn check(g: &Graph, f: Fill) -> CompiledGraph {
     check_with(g, f, 1e-6, 7)
 }
 
-const SHAPES: &[&[usize]] = &[
-    &[1],
-    &[3],
-    &[7],
-    &[65],
-    &[13, 7],
-    &[3, 1, 5],
-    &[2, 3, 13],
-    &[1, 65],
-    &[4, 4, 4],
-];
+const SHAPES: &[&[usize]] = &[&[1], &[3], &[7], &[65], &[13, 7], &[3, 1, 5], &[2, 3, 13], &[1, 65], &[4, 4, 4]];
 
 // ---- elementwise ----------------------------------------------------------------
 
@@ -181,41 +156,19 @@ fn unary_math_wide_range() {
         (UnaryOp::Log, 1e-30, 1e30), (UnaryOp::Log, 0.5, 2.0),
     ];
     for (u, lo, hi) in cases {
-        let xs: Vec<f32> = (0..1000)
-            .map(|i| (lo + (hi - lo) * f64::from(i) / 999.0) as f32)
-            .collect();
+        let xs: Vec<f32> = (0..1000).map(|i| (lo + (hi - lo) * f64::from(i) / 999.0) as f32).collect();
         for (&x, y) in xs.iter().zip(jit_unary(u, &xs)) {
             let want = u.apply(f64::from(x));
             let err = (f64::from(y) - want).abs();
-            assert!(
-                err <= 2e-6 * want.abs() + 1e-7,
-                "{u:?}({x}) = {y}, want {want}"
-            );
+            assert!(err <= 2e-6 * want.abs() + 1e-7, "{u:?}({x}) = {y}, want {want}");
         }
     }
 }
 
 #[test]
 fn special_values() {
-    let xs = [
-        0.0f32,
-        -0.0,
-        1.0,
-        -1.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-        100.0,
-        -100.0,
-    ];
-    for u in [
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Tanh,
-        UnaryOp::Erf,
-        UnaryOp::Sqrt,
-        UnaryOp::Abs,
-    ] {
+    let xs = [0.0f32, -0.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 100.0, -100.0];
+    for u in [UnaryOp::Exp, UnaryOp::Log, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Sqrt, UnaryOp::Abs] {
         for (&x, y) in xs.iter().zip(jit_unary(u, &xs)) {
             let want = u.apply(f64::from(x)) as f32;
             // Results below the smallest normal f32 may flush to zero.
@@ -390,11 +343,7 @@ fn concats() {
     ];
     for (shapes, axis) in cases {
         let g = graph(|b| {
-            let xs: Vec<ValueId> = shapes
-                .iter()
-                .enumerate()
-                .map(|(i, d)| input(b, &format!("x{i}"), d))
-                .collect();
+            let xs: Vec<ValueId> = shapes.iter().enumerate().map(|(i, d)| input(b, &format!("x{i}"), d)).collect();
             let c = b.concat(&xs, *axis);
             let t = b.exp(xs[0]);
             let mut ys = xs.clone();
@@ -421,22 +370,10 @@ fn reductions() {
             for f in [Fill::Signed, Fill::Ints] {
                 let g = graph(|b| {
                     let x = input(b, "x", dims);
-                    let r = b.op(
-                        Op::Reduce {
-                            kind,
-                            axes: axes.to_vec(),
-                        },
-                        &[x],
-                    );
+                    let r = b.op(Op::Reduce { kind, axes: axes.to_vec() }, &[x]);
                     // Fused operand: exp(x) reduced.
                     let e = b.exp(x);
-                    let re = b.op(
-                        Op::Reduce {
-                            kind,
-                            axes: axes.to_vec(),
-                        },
-                        &[e],
-                    );
+                    let re = b.op(Op::Reduce { kind, axes: axes.to_vec() }, &[e]);
                     vec![r, re]
                 });
                 check_with(&g, f, 1e-5, 11);
@@ -456,6 +393,8 @@ fn matmuls() {
         // Large enough for the SGEMM library path (the rest are fused loops).
         (&[40, 65], &[65, 33]), (&[3, 33, 40], &[3, 40, 35]), (&[1, 300], &[300, 200]),
         (&[65, 300], &[300, 1]),
+        // Threaded SGEMM (m·k·n ≥ 2^21), and a narrow product computed transposed.
+        (&[130, 200], &[200, 90]), (&[300, 70], &[70, 5]),
     ];
     for (a, bd) in cases {
         let g = graph(|b| {
@@ -615,14 +554,8 @@ fn run_updates(read_after: bool) {
     for _ in 0..4 {
         let w_now: Vec<f64> = jit.input(wi).iter().map(|&v| f64::from(v)).collect();
         let mut inputs = Inputs::new();
-        inputs.insert(
-            "w".into(),
-            ArrayD::from_shape_vec(IxDyn(&[3, 5]), w_now).expect("w"),
-        );
-        inputs.insert(
-            "x".into(),
-            ArrayD::from_shape_vec(IxDyn(&[3, 5]), x.clone()).expect("x"),
-        );
+        inputs.insert("w".into(), ArrayD::from_shape_vec(IxDyn(&[3, 5]), w_now).expect("w"));
+        inputs.insert("x".into(), ArrayD::from_shape_vec(IxDyn(&[3, 5]), x.clone()).expect("x"));
         let want = interp::run(&g, &inputs).expect("reference");
         jit.run();
         for (i, wv) in want.iter().enumerate() {
@@ -632,6 +565,84 @@ fn run_updates(read_after: bool) {
         w = want[1].iter().copied().collect();
     }
     assert!(w.iter().all(|v| v.is_finite()));
+}
+
+/// Adam on `w` with gradient `x·w`: outputs loss, m', v', w'.
+fn adam_graph(dims: &[usize]) -> Graph {
+    graph(|b| {
+        let w = input(b, "w", dims);
+        let m = input(b, "m", dims);
+        let v = input(b, "v", dims);
+        let x = input(b, "x", dims);
+        let g = b.mul(x, w);
+        let loss = b.sum_all(g);
+        let (m9, g1) = (b.scale(m, 0.9), b.scale(g, 0.1));
+        let m2 = b.add(m9, g1);
+        let gg = b.mul(g, g);
+        let (v9, g2) = (b.scale(v, 0.999), b.scale(gg, 0.001));
+        let v2 = b.add(v9, g2);
+        let sv = b.sqrt(v2);
+        let den = b.offset(sv, 1e-8);
+        let r = b.div(m2, den);
+        let step = b.scale(r, 0.01);
+        let w2 = b.sub(w, step);
+        vec![loss, m2, v2, w2]
+    })
+}
+
+#[test]
+fn adam_is_one_pass() {
+    // The large one runs its loops on the worker pool.
+    for dims in [[33, 17], [512, 300]] {
+        adam_case(&dims);
+    }
+}
+
+fn adam_case(dims: &[usize]) {
+    let g = adam_graph(dims);
+    let ids: Vec<ValueId> = ["m", "v", "w"].iter().map(|n| g.input(n).expect("input")).collect();
+    let mut jit = CompiledGraph::compile(&g, &[(1, ids[0]), (2, ids[1]), (3, ids[2])]).expect("compile");
+    // x·w (read twice), the loss (fill + sum), and one loop writing m', v', w'.
+    assert_eq!(jit.kernel_count(), 4);
+    let mut rng = Rng::new(17);
+    for name in ["w", "m", "v", "x"] {
+        let i = jit.input_index(name).expect("input");
+        for d in jit.input_mut(i).iter_mut() {
+            *d = if name == "v" { rng.range(0.0, 1.0) } else { rng.range(-1.0, 1.0) } as f32;
+        }
+    }
+    for _ in 0..3 {
+        let mut inputs = Inputs::new();
+        for name in ["w", "m", "v", "x"] {
+            let i = jit.input_index(name).expect("input");
+            let now: Vec<f64> = jit.input(i).iter().map(|&v| f64::from(v)).collect();
+            inputs.insert(name.into(), ArrayD::from_shape_vec(IxDyn(dims), now).expect("shape"));
+        }
+        let want = interp::run(&g, &inputs).expect("reference");
+        jit.run();
+        for (i, w) in want.iter().enumerate() {
+            compare(jit.output(i), w, 1e-6).unwrap_or_else(|e| panic!("output {i}: {e}"));
+        }
+        for (k, name) in ["m", "v", "w"].iter().enumerate() {
+            let i = jit.input_index(name).expect("input");
+            compare(jit.input(i), &want[k + 1], 1e-6).unwrap_or_else(|e| panic!("{name} updated in place: {e}"));
+        }
+    }
+}
+
+#[test]
+fn large_strided_maps_in_parallel() {
+    // Above the parallel threshold, with a transposed operand and an iota.
+    let g = graph(|b| {
+        let x = input(b, "x", &[400, 400]);
+        let y = input(b, "y", &[400, 400]);
+        let xt = b.transpose(x, &[1, 0]);
+        let e = b.exp(xt);
+        let i = b.iota(&Shape::known(&[400, 400]), 1);
+        let s = b.add(e, i);
+        vec![b.mul(s, y)]
+    });
+    check_with(&g, Fill::Signed, 1e-6, 3);
 }
 
 #[test]
@@ -668,30 +679,14 @@ fn bad_updates_are_errors() {
     let g = sgd_graph(false);
     let w = g.input("w").expect("w");
     let err = |r: Result<CompiledGraph, CodegenError>| r.err().expect("should fail");
-    assert!(matches!(
-        err(CompiledGraph::compile(&g, &[(5, w)])),
-        CodegenError::BadUpdate { .. }
-    ));
-    assert!(matches!(
-        err(CompiledGraph::compile(&g, &[(0, w)])),
-        CodegenError::BadUpdate { .. }
-    ));
-    assert!(matches!(
-        err(CompiledGraph::compile(&g, &[(1, w), (1, w)])),
-        CodegenError::BadUpdate { .. }
-    ));
+    assert!(matches!(err(CompiledGraph::compile(&g, &[(5, w)])), CodegenError::BadUpdate { .. }));
+    assert!(matches!(err(CompiledGraph::compile(&g, &[(0, w)])), CodegenError::BadUpdate { .. }));
+    assert!(matches!(err(CompiledGraph::compile(&g, &[(1, w), (1, w)])), CodegenError::BadUpdate { .. }));
     let sym = graph(|b| {
-        let x = b.input(
-            "x",
-            InputKind::Data,
-            TensorType::f32(Shape(vec![nnc_compiler::ir::Dim::Sym("B".into())])),
-        );
+        let x = b.input("x", InputKind::Data, TensorType::f32(Shape(vec![nnc_compiler::ir::Dim::Sym("B".into())])));
         vec![b.exp(x)]
     });
-    assert!(matches!(
-        err(CompiledGraph::compile(&sym, &[])),
-        CodegenError::Symbolic(_)
-    ));
+    assert!(matches!(err(CompiledGraph::compile(&sym, &[])), CodegenError::Symbolic(_)));
 }
 
 #[test]
@@ -761,14 +756,7 @@ fn singular_solve_gives_nan() {
 
 #[test]
 fn timing() {
-    for (m, k, n) in [
-        (64, 64, 256),
-        (8, 8, 8),
-        (32, 32, 32),
-        (1, 784, 128),
-        (64, 784, 1),
-        (64, 784, 128),
-    ] {
+    for (m, k, n) in [(64, 64, 256), (8, 8, 8), (32, 32, 32), (1, 784, 128), (64, 784, 1), (64, 784, 128)] {
         let g = graph(|b| {
             let x = input(b, "a", &[m, k]);
             let y = input(b, "b", &[k, n]);
@@ -782,11 +770,7 @@ fn timing() {
         }
         let dt = t.elapsed().as_secs_f64() / reps as f64;
         let gflops = 2.0 * (m * k * n) as f64 / dt / 1e9;
-        println!(
-            "matmul {m}x{k} @ {k}x{n}: {:.2} us/run, {gflops:.1} GFLOP/s; compile {:?}",
-            dt * 1e6,
-            jit.compile_time()
-        );
+        println!("matmul {m}x{k} @ {k}x{n}: {:.2} us/run, {gflops:.1} GFLOP/s; compile {:?}", dt * 1e6, jit.compile_time());
     }
 
     let g = mlp(64, 256, 128, 10);
@@ -822,9 +806,6 @@ fn timing() {
             jit.run();
         }
         let dt = t.elapsed().as_secs_f64() / 200.0;
-        println!(
-            "{name}, {n} elements: {:.2} ns/element",
-            dt * 1e9 / n as f64
-        );
+        println!("{name}, {n} elements: {:.2} ns/element", dt * 1e9 / n as f64);
     }
 }

@@ -9,9 +9,7 @@ use super::CodegenError;
 use crate::ops::{BinaryOp, ReduceKind};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
-use cranelift_codegen::ir::{
-    Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value,
-};
+use cranelift_codegen::ir::{Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 
 pub(crate) struct Emitter<'a, 'b> {
@@ -24,6 +22,45 @@ pub(crate) struct Emitter<'a, 'b> {
     pub offsets: &'a [usize],
     pub sgemm: FuncRef,
     pub solve: FuncRef,
+    /// In a parallel piece's function: the range `[lo, hi)` of the first axis
+    /// of every map kernel emitted (see `parallel_form`).
+    pub rows: Option<(Value, Value)>,
+}
+
+/// Map kernels with at least this many elements are split across the worker
+/// pool (measured: see docs/performance.md).
+pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 17;
+
+/// `k` with its (simplified) first axis the one to split across threads, or
+/// `None` if it should run on one thread: too small, or accumulating (pieces
+/// would race on the same output elements).
+pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
+    let numel: usize = k.dims.iter().product();
+    if k.acc.is_some() || numel < PARALLEL_ELEMENTS {
+        return None;
+    }
+    let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(k.extra.iter().map(|(a, _)| a)).collect();
+    let mut strides: Vec<Vec<i64>> = affines.iter().map(|a| a.strides.clone()).collect();
+    let mut dims = simplify(&k.dims, &mut strides);
+    if dims.len() == 1 {
+        // One long row: cut it into rows of a multiple of 16 elements.
+        let n = dims[0];
+        let rows = [64usize, 32, 16, 8].into_iter().find(|&r| n % r == 0 && (n / r) % 16 == 0)?;
+        dims = vec![rows, n / rows];
+        for st in &mut strides {
+            let s = st.first().copied().unwrap_or(0);
+            *st = vec![s * (n / rows) as i64, s];
+        }
+    }
+    if dims.first().is_none_or(|&d| d < 2) {
+        return None;
+    }
+    let mut it = strides.into_iter();
+    let mut with = |a: &Affine| Affine { storage: a.storage, off: a.off, strides: it.next().unwrap_or_default() };
+    let out = with(&k.out);
+    let operands = k.operands.iter().map(&mut with).collect();
+    let extra = k.extra.iter().map(|(a, n)| (with(a), *n)).collect();
+    Some(MapKernel { dims, out, operands, nodes: k.nodes.clone(), root: k.root, acc: None, extra })
 }
 
 type Body<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value]) -> Result<(), CodegenError> + 'x;
@@ -42,11 +79,7 @@ pub(crate) fn simplify(dims: &[usize], strides: &mut [Vec<i64>]) -> Vec<usize> {
             continue;
         }
         let at = |s: &Vec<i64>| s.get(i).copied().unwrap_or(0);
-        let merge = !out_dims.is_empty()
-            && strides
-                .iter()
-                .zip(&out_strides)
-                .all(|(s, o)| o.last() == Some(&(at(s) * d as i64)));
+        let merge = !out_dims.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| o.last() == Some(&(at(s) * d as i64)));
         if let (true, Some(last)) = (merge, out_dims.last_mut()) {
             *last *= d;
             for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
@@ -92,15 +125,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     pub fn emit_kernel(&mut self, k: &Kernel) -> Result<(), CodegenError> {
         match k {
             Kernel::Map(m) => self.emit_map(m),
-            Kernel::MatMul {
-                batch,
-                m,
-                k,
-                n,
-                a,
-                b,
-                c,
-            } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
+            Kernel::MatMul { batch, m, k, n, a, b, c } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
             Kernel::Solve { n, k, a, b, x } => self.emit_solve(*n, *k, a, b, x),
         }
     }
@@ -108,21 +133,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
     // ---- loops ----------------------------------------------------------------------
 
     /// Run `body` inside loops over `dims`, with the loop counters.
-    fn loop_nest(
-        &mut self,
-        dims: &[usize],
-        body: &mut Body<'_, 'a, 'b>,
-    ) -> Result<(), CodegenError> {
+    fn loop_nest(&mut self, dims: &[usize], body: &mut Body<'_, 'a, 'b>) -> Result<(), CodegenError> {
         let mut idx = Vec::with_capacity(dims.len());
         self.nest(dims, &mut idx, body)
     }
 
-    fn nest(
-        &mut self,
-        dims: &[usize],
-        idx: &mut Vec<Value>,
-        body: &mut Body<'_, 'a, 'b>,
-    ) -> Result<(), CodegenError> {
+    fn nest(&mut self, dims: &[usize], idx: &mut Vec<Value>, body: &mut Body<'_, 'a, 'b>) -> Result<(), CodegenError> {
         let Some((&d, rest)) = dims.split_first() else {
             return body(self, idx);
         };
@@ -153,10 +169,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             })
             .collect();
         let zero = self.b.ins().iconst(I64, 0);
-        let args: Vec<BlockArg> = std::iter::once(zero)
-            .chain(carried.iter().copied())
-            .map(BlockArg::from)
-            .collect();
+        let args: Vec<BlockArg> = std::iter::once(zero).chain(carried.iter().copied()).map(BlockArg::from).collect();
         self.b.ins().jump(blk, &args);
         self.b.switch_to_block(blk);
         (blk, i, params)
@@ -164,14 +177,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Close the loop: `i += step` and repeat while `i < limit`; returns the
     /// carried values after the loop.
-    fn loop_end(
-        &mut self,
-        blk: Block,
-        i: Value,
-        step: i64,
-        limit: i64,
-        carried: &[Value],
-    ) -> Vec<Value> {
+    fn loop_end(&mut self, blk: Block, i: Value, step: i64, limit: i64, carried: &[Value]) -> Vec<Value> {
         let exit = self.b.create_block();
         let outs = carried
             .iter()
@@ -182,10 +188,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             .collect();
         let next = self.b.ins().iadd_imm_s(i, step);
         let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, limit);
-        let back: Vec<BlockArg> = std::iter::once(next)
-            .chain(carried.iter().copied())
-            .map(BlockArg::from)
-            .collect();
+        let back: Vec<BlockArg> = std::iter::once(next).chain(carried.iter().copied()).map(BlockArg::from).collect();
         let fwd: Vec<BlockArg> = carried.iter().copied().map(BlockArg::from).collect();
         self.b.ins().brif(more, blk, &back, exit, &fwd);
         self.b.switch_to_block(exit);
@@ -194,19 +197,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Byte address (with a storage) or integer value (without) of an affine
     /// access at the loop counters `idx`.
-    fn base(
-        &mut self,
-        storage: Option<usize>,
-        off: i64,
-        strides: &[i64],
-        idx: &[Value],
-    ) -> Result<Value, CodegenError> {
+    fn base(&mut self, storage: Option<usize>, off: i64, strides: &[i64], idx: &[Value]) -> Result<Value, CodegenError> {
         let (mut v, scale) = match storage {
             Some(s) => {
-                let o =
-                    self.offsets.get(s).copied().ok_or_else(|| {
-                        CodegenError::Cranelift(format!("storage {s} has no offset"))
-                    })?;
+                let o = self.offsets.get(s).copied().ok_or_else(|| CodegenError::Cranelift(format!("storage {s} has no offset")))?;
                 (self.b.ins().iadd_imm_s(self.arena, (o as i64 + off) * 4), 4)
             }
             None => (self.b.ins().iconst(I64, off), 1),
@@ -226,24 +220,19 @@ impl<'a, 'b> Emitter<'a, 'b> {
         if k.dims.contains(&0) {
             return Ok(());
         }
-        let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).collect();
+        let extra = k.extra.iter().map(|(a, _)| a);
+        let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(extra).collect();
         let mut strides: Vec<Vec<i64>> = affines.iter().map(|a| a.strides.clone()).collect();
+        if let Some((lo, hi)) = self.rows {
+            return self.emit_map_rows(k, affines, strides, lo, hi);
+        }
         let dims = simplify(&k.dims, &mut strides);
         let r = dims.len();
         let (outer, n) = match dims.split_last() {
             Some((&n, outer)) => (outer.to_vec(), n),
             None => (Vec::new(), 1),
         };
-        let inner: Vec<i64> = strides
-            .iter()
-            .map(|s| {
-                if r == 0 {
-                    0
-                } else {
-                    s.get(r - 1).copied().unwrap_or(0)
-                }
-            })
-            .collect();
+        let inner: Vec<i64> = strides.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
         self.loop_nest(&outer, &mut |em, idx| {
             let mut bases = Vec::with_capacity(affines.len());
             for (a, s) in affines.iter().zip(&strides) {
@@ -253,18 +242,55 @@ impl<'a, 'b> Emitter<'a, 'b> {
         })
     }
 
-    /// The innermost axis of a map kernel: `n` elements.
-    fn emit_row(
+    /// A `parallel_form` kernel for the rows `[lo, hi)` of its first axis.
+    fn emit_map_rows(
         &mut self,
         k: &MapKernel,
-        n: usize,
-        inner: Vec<i64>,
-        bases: Vec<Value>,
+        affines: Vec<&Affine>,
+        strides: Vec<Vec<i64>>,
+        lo: Value,
+        hi: Value,
     ) -> Result<(), CodegenError> {
+        let first: Vec<i64> = strides.iter().map(|s| s.first().copied().unwrap_or(0)).collect();
+        let mut rest: Vec<Vec<i64>> = strides.iter().map(|s| s.get(1..).unwrap_or_default().to_vec()).collect();
+        let dims = simplify(k.dims.get(1..).unwrap_or_default(), &mut rest);
+        let r = dims.len();
+        let (outer, n) = match dims.split_last() {
+            Some((&n, outer)) => (outer.to_vec(), n),
+            None => (Vec::new(), 1),
+        };
+        let inner: Vec<i64> = rest.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
+        // for row in lo..hi (bottom-tested, entered only if lo < hi)
+        let blk = self.b.create_block();
+        let row = self.b.append_block_param(blk, I64);
+        let exit = self.b.create_block();
+        let any = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
+        self.b.ins().brif(any, blk, &[BlockArg::from(lo)], exit, &[]);
+        self.b.switch_to_block(blk);
+        self.loop_nest(&outer, &mut |em, idx| {
+            let mut bases = Vec::with_capacity(affines.len());
+            for ((a, s), &f) in affines.iter().zip(&rest).zip(&first) {
+                let base = em.base(a.storage, a.off, &s[..r.saturating_sub(1)], idx)?;
+                let step = em.b.ins().imul_imm_s(row, f * if a.storage.is_some() { 4 } else { 1 });
+                bases.push(em.b.ins().iadd(base, step));
+            }
+            em.emit_row(k, n, inner.clone(), bases)
+        })?;
+        let next = self.b.ins().iadd_imm_s(row, 1);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, hi);
+        self.b.ins().brif(more, blk, &[BlockArg::from(next)], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// The innermost axis of a map kernel: `n` elements.
+    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
         let nn = k.nodes.len();
         let mut needed = vec![false; nn];
-        if let Some(r) = needed.get_mut(k.root) {
-            *r = true;
+        for &r in std::iter::once(&k.root).chain(k.extra.iter().map(|(_, n)| n)) {
+            if let Some(slot) = needed.get_mut(r) {
+                *slot = true;
+            }
         }
         for i in (0..nn).rev() {
             match (needed[i], k.nodes[i]) {
@@ -287,20 +313,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
             };
             inv.push(v);
         }
-        let mut row = Row {
-            k,
-            inner,
-            bases,
-            needed,
-            pre: vec![None; nn],
-        };
+        let mut row = Row { k, inner, bases, needed, pre: vec![None; nn] };
         // Row invariants: computed here, before the loop.
         let zero = self.b.ins().iconst(I64, 0);
-        let at0 = At {
-            pos: zero,
-            g: 0,
-            lanes: 4,
-        };
+        let at0 = At { pos: zero, g: 0, lanes: 4 };
         let hoisted: Vec<usize> = (0..nn).filter(|&i| row.needed[i] && inv[i]).collect();
         for i in hoisted {
             let v = self.eval_node(&row, i, &row.pre, at0)?;
@@ -320,49 +336,30 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let iters = groups / unroll;
         let horiz = k.acc.filter(|_| row.inner.first() == Some(&0));
         let mut accs: Vec<Value> = match horiz {
-            Some(kind) => (0..unroll)
-                .map(|_| math::splat(self.b, math::identity(kind)))
-                .collect(),
+            Some(kind) => (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect(),
             None => Vec::new(),
         };
         let mut done = 0;
         if iters >= 2 {
             let (blk, pos, mut cur) = self.loop_begin(&accs);
             for j in 0..unroll {
-                let at = At {
-                    pos,
-                    g: 4 * j as i64,
-                    lanes: 4,
-                };
+                let at = At { pos, g: 4 * j as i64, lanes: 4 };
                 self.group(&row, at, horiz, cur.get_mut(j))?;
             }
-            accs = self.loop_end(
-                blk,
-                pos,
-                4 * unroll as i64,
-                (4 * iters * unroll) as i64,
-                &cur,
-            );
+            accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
             done = iters * unroll;
         }
         for j in done..groups {
-            let at = At {
-                pos: zero,
-                g: 4 * j as i64,
-                lanes: 4,
-            };
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
             self.group(&row, at, horiz, accs.get_mut(j % unroll))?;
         }
-        let tail_at = At {
-            pos: zero,
-            g: 4 * groups as i64,
-            lanes: tail,
-        };
+        let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
         match horiz {
             Some(kind) => {
                 let mut s = math::scalar(self.b, math::identity(kind));
                 if tail > 0 {
-                    let v = self.eval_group(&row, tail_at)?;
+                    let vals = self.eval_group(&row, tail_at)?;
+                    let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
                     s = math::reduce_lanes(self.b, kind, v, tail, s);
                 }
                 let mut it = accs.into_iter();
@@ -370,11 +367,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                     let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
                     s = math::reduce_lanes(self.b, kind, v, 4, s);
                 }
-                let out = row
-                    .bases
-                    .first()
-                    .copied()
-                    .ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+                let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
                 let old = self.b.ins().load(F32, mem(), out, 0);
                 let new = math::combine_scalar(self.b, kind, old, s);
                 self.b.ins().store(mem(), new, out, 0);
@@ -387,22 +380,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// One group: evaluate, then store, accumulate into the output, or (for a
     /// reduction along the innermost axis) fold into the register `acc`.
-    fn group(
-        &mut self,
-        row: &Row,
-        at: At,
-        horiz: Option<ReduceKind>,
-        acc: Option<&mut Value>,
-    ) -> Result<(), CodegenError> {
-        let v = self.eval_group(row, at)?;
+    fn group(&mut self, row: &Row, at: At, horiz: Option<ReduceKind>, acc: Option<&mut Value>) -> Result<(), CodegenError> {
+        let vals = self.eval_group(row, at)?;
+        let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
         if let (Some(kind), Some(acc)) = (horiz, acc) {
             *acc = math::combine(self.b, kind, *acc, v);
             return Ok(());
         }
-        let (s, out) = (
-            row.inner.first().copied().unwrap_or(1),
-            row.bases.first().copied(),
-        );
+        let (s, out) = (row.inner.first().copied().unwrap_or(1), row.bases.first().copied());
         let out = out.ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
         let v = match row.k.acc {
             Some(kind) => {
@@ -412,10 +397,17 @@ impl<'a, 'b> Emitter<'a, 'b> {
             None => v,
         };
         self.store(s, out, at, v);
+        let nops = row.k.operands.len();
+        for (e, (_, node)) in row.k.extra.iter().enumerate() {
+            let (s, base) = (row.inner.get(1 + nops + e).copied().unwrap_or(1), row.bases.get(1 + nops + e).copied());
+            let base = base.ok_or_else(|| CodegenError::Cranelift("no extra output".into()))?;
+            let x = vals.get(*node).copied().flatten().ok_or_else(|| CodegenError::Cranelift("extra output not computed".into()))?;
+            self.store(s, base, at, x);
+        }
         Ok(())
     }
 
-    fn eval_group(&mut self, row: &Row, at: At) -> Result<Value, CodegenError> {
+    fn eval_group(&mut self, row: &Row, at: At) -> Result<Vec<Option<Value>>, CodegenError> {
         let mut vals = row.pre.clone();
         for i in 0..vals.len() {
             if row.needed[i] && vals[i].is_none() {
@@ -423,63 +415,34 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 vals[i] = Some(v);
             }
         }
-        vals.get(row.k.root)
-            .copied()
-            .flatten()
-            .ok_or_else(|| CodegenError::Cranelift("empty expression".into()))
+        Ok(vals)
     }
 
-    fn eval_node(
-        &mut self,
-        row: &Row,
-        i: usize,
-        vals: &[Option<Value>],
-        at: At,
-    ) -> Result<Value, CodegenError> {
-        let get = |j: usize| {
-            vals.get(j)
-                .copied()
-                .flatten()
-                .ok_or_else(|| CodegenError::Cranelift("operand not ready".into()))
-        };
+    fn eval_node(&mut self, row: &Row, i: usize, vals: &[Option<Value>], at: At) -> Result<Value, CodegenError> {
+        let get = |j: usize| vals.get(j).copied().flatten().ok_or_else(|| CodegenError::Cranelift("operand not ready".into()));
         let nodes = &row.k.nodes;
-        Ok(
-            match nodes
-                .get(i)
-                .copied()
-                .ok_or_else(|| CodegenError::Cranelift("bad node".into()))?
-            {
-                ENode::Const(bits) => math::splat(self.b, f32::from_bits(bits)),
-                ENode::Operand(o) => {
-                    let a = row
-                        .k
-                        .operands
-                        .get(o)
-                        .ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
-                    let (s, base) = (
-                        row.inner.get(o + 1).copied().unwrap_or(0),
-                        row.bases.get(o + 1).copied(),
-                    );
-                    let base = base.ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
-                    self.load(a.storage.is_some(), s, base, at)
+        Ok(match nodes.get(i).copied().ok_or_else(|| CodegenError::Cranelift("bad node".into()))? {
+            ENode::Const(bits) => math::splat(self.b, f32::from_bits(bits)),
+            ENode::Operand(o) => {
+                let a = row.k.operands.get(o).ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
+                let (s, base) = (row.inner.get(o + 1).copied().unwrap_or(0), row.bases.get(o + 1).copied());
+                let base = base.ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
+                self.load(a.storage.is_some(), s, base, at)
+            }
+            ENode::Unary(u, a) => math::unary(self.b, u, get(a)?),
+            ENode::Binary(BinaryOp::Pow, a, c) => {
+                let x = get(a)?;
+                let special = match nodes.get(c) {
+                    Some(ENode::Const(bits)) => math::pow_const(self.b, x, f32::from_bits(*bits)),
+                    _ => None,
+                };
+                match special {
+                    Some(v) => v,
+                    None => math::pow(self.b, x, get(c)?),
                 }
-                ENode::Unary(u, a) => math::unary(self.b, u, get(a)?),
-                ENode::Binary(BinaryOp::Pow, a, c) => {
-                    let x = get(a)?;
-                    let special = match nodes.get(c) {
-                        Some(ENode::Const(bits)) => {
-                            math::pow_const(self.b, x, f32::from_bits(*bits))
-                        }
-                        _ => None,
-                    };
-                    match special {
-                        Some(v) => v,
-                        None => math::pow(self.b, x, get(c)?),
-                    }
-                }
-                ENode::Binary(op, a, c) => math::binary(self.b, op, get(a)?, get(c)?),
-            },
-        )
+            }
+            ENode::Binary(op, a, c) => math::binary(self.b, op, get(a)?, get(c)?),
+        })
     }
 
     /// `base + bytes` as an (address, immediate offset) pair.
@@ -502,9 +465,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             if s == 0 {
                 return v;
             }
-            let lanes: Vec<u8> = (0..4)
-                .flat_map(|l| ((l * s) as f32).to_le_bytes())
-                .collect();
+            let lanes: Vec<u8> = (0..4).flat_map(|l| ((l * s) as f32).to_le_bytes()).collect();
             let c = self.b.func.dfg.constants.insert(ConstantData::from(lanes));
             let steps = self.b.ins().vconst(F32X4, c);
             return self.b.ins().fadd(v, steps);
@@ -562,39 +523,20 @@ impl<'a, 'b> Emitter<'a, 'b> {
             return Ok(());
         }
         self.loop_nest(batch, &mut |em, idx| {
-            let (pa, pb, pc) = (
-                em.mat_ptr(a, idx)?,
-                em.mat_ptr(b, idx)?,
-                em.mat_ptr(c, idx)?,
-            );
-            let ints = [
-                m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs,
-            ];
+            let (pa, pb, pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
+            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
             let v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
-            let args = [
-                v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8],
-            ];
+            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]];
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })
     }
 
-    fn emit_solve(
-        &mut self,
-        n: usize,
-        k: usize,
-        a: &MatOperand,
-        b: &MatOperand,
-        x: &MatOperand,
-    ) -> Result<(), CodegenError> {
+    fn emit_solve(&mut self, n: usize, k: usize, a: &MatOperand, b: &MatOperand, x: &MatOperand) -> Result<(), CodegenError> {
         if n == 0 || k == 0 {
             return Ok(());
         }
-        let (pa, pb, px) = (
-            self.mat_ptr(a, &[])?,
-            self.mat_ptr(b, &[])?,
-            self.mat_ptr(x, &[])?,
-        );
+        let (pa, pb, px) = (self.mat_ptr(a, &[])?, self.mat_ptr(b, &[])?, self.mat_ptr(x, &[])?);
         let ints = [n as i64, k as i64, a.rs, a.cs, b.rs, b.cs];
         let v: Vec<Value> = ints.iter().map(|&i| self.b.ins().iconst(I64, i)).collect();
         let args = [v[0], v[1], pa, v[2], v[3], pb, v[4], v[5], px, self.scratch];

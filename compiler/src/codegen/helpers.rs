@@ -1,5 +1,7 @@
 //! Rust helpers the generated code calls (registered with `JITBuilder::symbol`):
-//! strided SGEMM through `matrixmultiply`, and a linear solve.
+//! strided SGEMM (`gemm`), and a linear solve.
+
+use super::gemm::{self, Mat};
 
 /// `C = A · B` for one `m×k` by `k×n` matrix pair, every operand with its own
 /// row and column strides (in elements). `C` is overwritten.
@@ -21,28 +23,13 @@ pub(crate) extern "C" fn nnc_sgemm(
     let (Ok(m), Ok(k), Ok(n)) = (usize::try_from(m), usize::try_from(k), usize::try_from(n)) else {
         return;
     };
+    let mat = |p: *const f32, rs: i64, cs: i64| Mat { ptr: p.cast_mut(), rs: rs as isize, cs: cs as isize };
+    let threads = super::pool::pool().threads();
     // SAFETY: the generated code passes pointers into the arena with strides and
     // sizes taken from the planned (shape-checked) layouts, so every element
     // `a[i·rsa + l·csa]`, `b[l·rsb + j·csb]`, `c[i·rsc + j·csc]` is in bounds, and
     // `c` never overlaps `a` or `b` (the planner gives matmul a fresh buffer).
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a,
-            rsa as isize,
-            csa as isize,
-            b,
-            rsb as isize,
-            csb as isize,
-            0.0,
-            c,
-            rsc as isize,
-            csc as isize,
-        );
-    }
+    unsafe { gemm::sgemm(m, k, n, mat(a, rsa, csa), mat(b, rsb, csb), mat(c, rsc, csc), threads) }
 }
 
 /// `X = A⁻¹ B` for `A [n, n]` and `B [n, k]` (strided), into the contiguous
@@ -66,12 +53,7 @@ pub(crate) extern "C" fn nnc_solve(
     };
     // SAFETY: the planner sized `scratch` to at least n·n + n·k f64 and sized `x`
     // to n·k contiguous f32; neither overlaps the other or `a`/`b`.
-    let (s, out) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(scratch, nu * nu + nu * ku),
-            std::slice::from_raw_parts_mut(x, nu * ku),
-        )
-    };
+    let (s, out) = unsafe { (std::slice::from_raw_parts_mut(scratch, nu * nu + nu * ku), std::slice::from_raw_parts_mut(x, nu * ku)) };
     let (m, rhs) = s.split_at_mut(nu * nu);
     for i in 0..n {
         for j in 0..n {
@@ -80,8 +62,7 @@ pub(crate) extern "C" fn nnc_solve(
         }
         for j in 0..k {
             // SAFETY: i < n, j < k index the strided n×k operand `b`.
-            rhs[(i * k + j) as usize] =
-                f64::from(unsafe { *b.offset((i * rsb + j * csb) as isize) });
+            rhs[(i * k + j) as usize] = f64::from(unsafe { *b.offset((i * rsb + j * csb) as isize) });
         }
     }
     if gauss(m, rhs, nu, ku) {
@@ -96,14 +77,9 @@ pub(crate) extern "C" fn nnc_solve(
 /// Solve in place (`rhs` becomes the solution); false if `m` is singular.
 /// Mirrors `ops::linalg::solve_eval`.
 fn gauss(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
-    let scale = m
-        .iter()
-        .fold(0.0f64, |s, v| s.max(v.abs()))
-        .max(f64::MIN_POSITIVE);
+    let scale = m.iter().fold(0.0f64, |s, v| s.max(v.abs())).max(f64::MIN_POSITIVE);
     for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
-            .unwrap_or(col);
+        let pivot = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
         if m[pivot * n + col].abs() <= scale * 1e-14 {
             return false;
         }
@@ -140,4 +116,27 @@ fn gauss(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
         }
     }
     true
+}
+
+/// A parallel piece's function: rows `[lo, hi)` of one map kernel.
+pub(crate) type Piece = unsafe extern "C" fn(*mut f32, i64, i64);
+
+/// Run `piece` over rows `0..rows`, split into ranges across the worker pool.
+pub(crate) extern "C" fn nnc_parallel(piece: Piece, arena: *mut f32, rows: i64) {
+    struct Arena(*mut f32);
+    // SAFETY: the pieces write disjoint rows of their outputs and only read
+    // their inputs, so sharing the arena pointer between threads is sound.
+    unsafe impl Sync for Arena {}
+    let arena = Arena(arena);
+    let p = super::pool::pool();
+    let rows = rows.max(0);
+    let chunks = (p.threads() as i64 * 4).min(rows).max(1);
+    let f = |t: usize| {
+        let (lo, hi) = (rows * t as i64 / chunks, rows * (t as i64 + 1) / chunks);
+        let a = &arena;
+        // SAFETY: `piece` was compiled for this arena's layout; rows in `lo..hi`
+        // are inside the kernel's first axis.
+        unsafe { piece(a.0, lo, hi) }
+    };
+    p.run(chunks as usize, &f);
 }

@@ -54,6 +54,10 @@ pub(crate) struct MapKernel {
     pub nodes: Vec<ENode>,
     pub root: usize,
     pub acc: Option<ReduceKind>,
+    /// More outputs of the same loop (no `acc`): node `.1` stored through `.0`.
+    /// Several results of one elementwise pass (Adam's new moments and weight)
+    /// are written by one loop instead of three.
+    pub extra: Vec<(Affine, usize)>,
 }
 
 /// A strided matrix operand, batched over leading dims.
@@ -69,22 +73,8 @@ pub(crate) struct MatOperand {
 #[derive(Clone, Debug)]
 pub(crate) enum Kernel {
     Map(MapKernel),
-    MatMul {
-        batch: Vec<usize>,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: MatOperand,
-        b: MatOperand,
-        c: MatOperand,
-    },
-    Solve {
-        n: usize,
-        k: usize,
-        a: MatOperand,
-        b: MatOperand,
-        x: MatOperand,
-    },
+    MatMul { batch: Vec<usize>, m: usize, k: usize, n: usize, a: MatOperand, b: MatOperand, c: MatOperand },
+    Solve { n: usize, k: usize, a: MatOperand, b: MatOperand, x: MatOperand },
 }
 
 impl Kernel {
@@ -102,12 +92,12 @@ impl Kernel {
         }
     }
 
-    /// The storage this kernel writes.
-    pub fn writes(&self) -> Option<StorageId> {
+    /// The storages this kernel writes.
+    pub fn writes(&self) -> Vec<StorageId> {
         match self {
-            Kernel::Map(m) => m.out.storage,
-            Kernel::MatMul { c, .. } => Some(c.storage),
-            Kernel::Solve { x, .. } => Some(x.storage),
+            Kernel::Map(m) => m.out.storage.into_iter().chain(m.extra.iter().filter_map(|(a, _)| a.storage)).collect(),
+            Kernel::MatMul { c, .. } => vec![c.storage],
+            Kernel::Solve { x, .. } => vec![x.storage],
         }
     }
 
@@ -119,31 +109,31 @@ impl Kernel {
         };
         match self {
             Kernel::Map(m) => {
-                for a in m.operands.iter_mut().chain(std::iter::once(&mut m.out)) {
+                let extra = m.extra.iter_mut().map(|(a, _)| a);
+                for a in m.operands.iter_mut().chain(std::iter::once(&mut m.out)).chain(extra) {
                     if let Some(s) = a.storage.as_mut() {
                         fix(s);
                     }
                 }
             }
-            Kernel::MatMul { a, b, c, .. } => {
-                [a, b, c].into_iter().for_each(|o| fix(&mut o.storage))
-            }
-            Kernel::Solve { a, b, x, .. } => {
-                [a, b, x].into_iter().for_each(|o| fix(&mut o.storage))
-            }
+            Kernel::MatMul { a, b, c, .. } => [a, b, c].into_iter().for_each(|o| fix(&mut o.storage)),
+            Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
         }
     }
 
-    /// True if this kernel only ever reads `s` at the element it is writing
-    /// (an in-place elementwise update).
-    pub fn reads_in_place(&self, s: StorageId) -> bool {
+    /// True if this kernel only ever reads `s` at the element it writes to
+    /// `src` (an in-place elementwise update once `src` becomes `s`).
+    pub fn reads_in_place(&self, s: StorageId, src: StorageId) -> bool {
         match self {
             Kernel::Map(m) => {
+                let outs: Vec<&Affine> =
+                    std::iter::once(&m.out).chain(m.extra.iter().map(|(a, _)| a)).filter(|a| a.storage == Some(src)).collect();
                 m.acc.is_none()
+                    && outs.len() == 1
                     && m.operands
                         .iter()
                         .filter(|a| a.storage == Some(s))
-                        .all(|a| a.off == m.out.off && a.strides == m.out.strides)
+                        .all(|a| outs.iter().all(|o| a.off == o.off && a.strides == o.strides))
             }
             Kernel::MatMul { .. } | Kernel::Solve { .. } => !self.reads().contains(&s),
         }
@@ -167,16 +157,15 @@ pub(crate) struct ExprBuilder {
     operands: Vec<Affine>,
     nodes: Vec<ENode>,
     memo: HashMap<ENode, usize>,
+    /// The kernel's index space when extra outputs may be added (plain maps).
+    pub tee_dims: Option<Vec<usize>>,
+    /// Extra outputs: graph node index, where, and the expression node.
+    pub tees: Vec<(usize, Affine, usize)>,
 }
 
 impl ExprBuilder {
     pub fn new(rank: usize) -> ExprBuilder {
-        ExprBuilder {
-            rank,
-            operands: Vec::new(),
-            nodes: Vec::new(),
-            memo: HashMap::new(),
-        }
+        ExprBuilder { rank, operands: Vec::new(), nodes: Vec::new(), memo: HashMap::new(), tee_dims: None, tees: Vec::new() }
     }
 
     pub fn node(&mut self, n: ENode) -> usize {
@@ -203,39 +192,14 @@ impl ExprBuilder {
         self.node(ENode::Const(c.to_bits()))
     }
 
-    pub fn finish(
-        self,
-        dims: Vec<usize>,
-        out: Affine,
-        root: usize,
-        acc: Option<ReduceKind>,
-    ) -> Kernel {
-        Kernel::Map(MapKernel {
-            dims,
-            out,
-            operands: self.operands,
-            nodes: self.nodes,
-            root,
-            acc,
-        })
+    pub fn finish(self, dims: Vec<usize>, out: Affine, root: usize, acc: Option<ReduceKind>) -> Kernel {
+        let extra = self.tees.into_iter().map(|(_, a, n)| (a, n)).collect();
+        Kernel::Map(MapKernel { dims, out, operands: self.operands, nodes: self.nodes, root, acc, extra })
     }
 }
 
 pub(crate) fn copy_kernel(src: StorageId, dst: StorageId, len: usize) -> Kernel {
     let mut eb = ExprBuilder::new(1);
-    let root = eb.operand(Affine {
-        storage: Some(src),
-        off: 0,
-        strides: vec![1],
-    });
-    eb.finish(
-        vec![len],
-        Affine {
-            storage: Some(dst),
-            off: 0,
-            strides: vec![1],
-        },
-        root,
-        None,
-    )
+    let root = eb.operand(Affine { storage: Some(src), off: 0, strides: vec![1] });
+    eb.finish(vec![len], Affine { storage: Some(dst), off: 0, strides: vec![1] }, root, None)
 }

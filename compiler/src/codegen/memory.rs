@@ -34,11 +34,7 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
             }
         }
     }
-    let is_temp = |s: usize| {
-        storages
-            .get(s)
-            .is_some_and(|st| st.kind == StorageKind::Temp && st.len > 0)
-    };
+    let is_temp = |s: usize| storages.get(s).is_some_and(|st| st.kind == StorageKind::Temp && st.len > 0);
 
     // Temps starting at / released before each kernel.
     let mut starts: Vec<Vec<usize>> = vec![Vec::new(); kernels.len() + 1];
@@ -59,12 +55,8 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
         }
         for &s in starting {
             let need = storages.get(s).map_or(0, |st| st.len);
-            let fitting = (0..slots.len())
-                .filter(|&i| slots[i].free && slots[i].cap >= need)
-                .min_by_key(|&i| slots[i].cap);
-            let any = (0..slots.len())
-                .filter(|&i| slots[i].free)
-                .max_by_key(|&i| slots[i].cap);
+            let fitting = (0..slots.len()).filter(|&i| slots[i].free && slots[i].cap >= need).min_by_key(|&i| slots[i].cap);
+            let any = (0..slots.len()).filter(|&i| slots[i].free).max_by_key(|&i| slots[i].cap);
             let chosen = match fitting.or(any) {
                 Some(i) => {
                     slots[i].cap = slots[i].cap.max(need);
@@ -72,10 +64,7 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
                     i
                 }
                 None => {
-                    slots.push(Slot {
-                        cap: need,
-                        free: false,
-                    });
+                    slots.push(Slot { cap: need, free: false });
                     slots.len() - 1
                 }
             };
@@ -101,8 +90,5 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
             }
         };
     }
-    Arena {
-        offsets,
-        len: len.max(ALIGN),
-    }
+    Arena { offsets, len: len.max(ALIGN) }
 }

@@ -8,10 +8,7 @@
 //! live node either owns a contiguous buffer (`Kernel`, `Buffer` for inputs) or
 //! is a contiguous view of one (`View`, for reshape).
 
-use super::kernel::{
-    contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage,
-    StorageId, StorageKind,
-};
+use super::kernel::{contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage, StorageId, StorageKind};
 use super::{updates, CodegenError};
 use crate::ir::{Graph, Op, ValueId};
 use crate::ops::{BinaryOp, ReduceKind};
@@ -42,6 +39,10 @@ enum Mode {
     View,
     Inline,
     Kernel,
+    /// Elementwise, read by fused consumers and also a graph output: computed
+    /// inside the first consumer loop that covers it exactly, which also stores
+    /// it (so Adam's moments and weight update are one pass).
+    Tee,
 }
 
 /// What a consumer needs from an operand.
@@ -52,8 +53,10 @@ enum Need {
     Fuse { expanding: bool },
     /// A strided view of a buffer (library calls).
     Strided,
-    /// A contiguous buffer (reshape, graph outputs).
+    /// A contiguous buffer (reshape).
     Contig,
+    /// A graph output (a contiguous buffer after the run).
+    Output,
 }
 
 /// Where a node's value lives: `storage[off + Σ idx[j] * strides[j]]`.
@@ -73,12 +76,7 @@ struct AxisRef {
 }
 
 fn identity(rank: usize) -> Vec<AxisRef> {
-    (0..rank)
-        .map(|i| AxisRef {
-            src: Some(i),
-            off: 0,
-        })
-        .collect()
+    (0..rank).map(|i| AxisRef { src: Some(i), off: 0 }).collect()
 }
 
 struct Planner<'g> {
@@ -89,21 +87,16 @@ struct Planner<'g> {
     storages: Vec<Storage>,
     kernels: Vec<Kernel>,
     scratch: usize,
+    /// The buffer of each `Tee` node, which has a layout only once stored.
+    tee: Vec<Option<StorageId>>,
 }
 
 fn malformed(id: ValueId, reason: &str) -> CodegenError {
-    CodegenError::Malformed {
-        node: id,
-        reason: reason.to_string(),
-    }
+    CodegenError::Malformed { node: id, reason: reason.to_string() }
 }
 
 fn bad_update(output: usize, input: ValueId, reason: &str) -> CodegenError {
-    CodegenError::BadUpdate {
-        output,
-        input,
-        reason: reason.to_string(),
-    }
+    CodegenError::BadUpdate { output, input, reason: reason.to_string() }
 }
 
 /// Plan `graph` (all dims known) with the given in-place `updates`.
@@ -111,11 +104,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
     let dims = graph
         .nodes
         .iter()
-        .map(|n| {
-            n.ty.shape
-                .concrete()
-                .ok_or_else(|| CodegenError::Symbolic(n.ty.shape.clone()))
-        })
+        .map(|n| n.ty.shape.concrete().ok_or_else(|| CodegenError::Symbolic(n.ty.shape.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     let mut p = Planner {
         g: graph,
@@ -125,6 +114,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         storages: Vec::new(),
         kernels: Vec::new(),
         scratch: 0,
+        tee: vec![None; graph.nodes.len()],
     };
     let dests = p.check_updates(updates)?;
     p.decide_modes()?;
@@ -143,21 +133,18 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
                 }
             }
             Mode::View => {
-                let arg = *node
-                    .args
-                    .first()
-                    .ok_or_else(|| malformed(id, "reshape without operand"))?;
+                let arg = *node.args.first().ok_or_else(|| malformed(id, "reshape without operand"))?;
                 let base = p.layout(arg)?.clone();
                 let strides = contiguous_strides(&p.dims[i]);
-                p.layouts[i] = Some(Layout {
-                    storage: base.storage,
-                    off: base.off,
-                    strides,
-                });
+                p.layouts[i] = Some(Layout { storage: base.storage, off: base.off, strides });
             }
             Mode::Kernel => {
                 p.new_storage(i, StorageKind::Temp);
                 p.lower_op(id)?;
+            }
+            Mode::Tee => {
+                p.new_storage(i, StorageKind::Temp);
+                p.tee[i] = p.layouts[i].take().map(|l| l.storage);
             }
         }
         // An output that shows an input's buffer while that input is overwritten
@@ -166,17 +153,23 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
             if out != id {
                 continue;
             }
-            let s = p.layout(id)?.storage;
+            let s = match p.tee[i] {
+                Some(s) => s,
+                None => p.layout(id)?.storage,
+            };
             let overwritten = dests.iter().any(|&(src, v)| {
                 p.layouts[v.index()].as_ref().map(|l| l.storage) == Some(s)
-                    && graph
-                        .outputs
-                        .get(src)
-                        .and_then(|&n| p.layouts[n.index()].as_ref())
-                        .map(|l| l.storage)
-                        != Some(s)
+                    && graph.outputs.get(src).and_then(|&n| p.layouts[n.index()].as_ref()).map(|l| l.storage) != Some(s)
             });
             out_storage[o] = Some(if overwritten { p.copy_of(id)? } else { s });
+        }
+    }
+    // Tees that no consumer loop stored: a loop of their own.
+    for i in 0..graph.nodes.len() {
+        if let (Some(s), None) = (p.tee[i], &p.layouts[i]) {
+            let layout = Layout { storage: s, off: 0, strides: contiguous_strides(&p.dims[i]) };
+            p.lower_map(ValueId(i as u32), &layout)?;
+            p.layouts[i] = Some(layout);
         }
     }
     let mut outputs = Vec::with_capacity(graph.outputs.len());
@@ -196,13 +189,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         pairs.push((o, p.layout(v)?.storage));
     }
     updates::apply(&mut p.kernels, &mut p.storages, &pairs, &mut outputs);
-    Ok(Plan {
-        storages: p.storages,
-        kernels: p.kernels,
-        inputs,
-        outputs,
-        scratch: p.scratch,
-    })
+    Ok(Plan { storages: p.storages, kernels: p.kernels, inputs, outputs, scratch: p.scratch })
 }
 
 impl Planner<'_> {
@@ -219,18 +206,12 @@ impl Planner<'_> {
         let len = self.dims[i].iter().product();
         self.storages.push(Storage { len, kind });
         let s = self.storages.len() - 1;
-        self.layouts[i] = Some(Layout {
-            storage: s,
-            off: 0,
-            strides: contiguous_strides(&self.dims[i]),
-        });
+        self.layouts[i] = Some(Layout { storage: s, off: 0, strides: contiguous_strides(&self.dims[i]) });
         s
     }
 
     fn layout(&self, id: ValueId) -> Result<&Layout, CodegenError> {
-        self.layouts[id.index()]
-            .as_ref()
-            .ok_or_else(|| malformed(id, "operand has no buffer"))
+        self.layouts[id.index()].as_ref().ok_or_else(|| malformed(id, "operand has no buffer"))
     }
 
     fn args(&self, id: ValueId) -> &[ValueId] {
@@ -238,29 +219,15 @@ impl Planner<'_> {
     }
 
     fn arg(&self, id: ValueId, k: usize) -> Result<ValueId, CodegenError> {
-        self.args(id)
-            .get(k)
-            .copied()
-            .ok_or_else(|| malformed(id, "missing operand"))
+        self.args(id).get(k).copied().ok_or_else(|| malformed(id, "missing operand"))
     }
 
     /// Validate `updates`; returns them as (output index, input) pairs.
-    fn check_updates(
-        &self,
-        updates: &[(usize, ValueId)],
-    ) -> Result<Vec<(usize, ValueId)>, CodegenError> {
+    fn check_updates(&self, updates: &[(usize, ValueId)]) -> Result<Vec<(usize, ValueId)>, CodegenError> {
         let mut seen = Vec::new();
         for &(o, v) in updates {
-            let out = *self
-                .g
-                .outputs
-                .get(o)
-                .ok_or_else(|| bad_update(o, v, "no such output"))?;
-            let node = self
-                .g
-                .nodes
-                .get(v.index())
-                .ok_or_else(|| bad_update(o, v, "no such node"))?;
+            let out = *self.g.outputs.get(o).ok_or_else(|| bad_update(o, v, "no such output"))?;
+            let node = self.g.nodes.get(v.index()).ok_or_else(|| bad_update(o, v, "no such node"))?;
             if !matches!(node.op, Op::Input { .. }) {
                 return Err(bad_update(o, v, "target is not an input"));
             }
@@ -280,10 +247,7 @@ impl Planner<'_> {
         let n = self.g.nodes.len();
         let mut needs: Vec<Vec<Need>> = vec![Vec::new(); n];
         for o in &self.g.outputs {
-            needs
-                .get_mut(o.index())
-                .ok_or_else(|| malformed(*o, "output out of range"))?
-                .push(Need::Contig);
+            needs.get_mut(o.index()).ok_or_else(|| malformed(*o, "output out of range"))?.push(Need::Output);
         }
         for i in (0..n).rev() {
             let node = &self.g.nodes[i];
@@ -293,31 +257,21 @@ impl Planner<'_> {
                 continue;
             }
             let hard = mine.iter().any(|k| !matches!(k, Need::Fuse { .. }));
-            let contig = mine.contains(&Need::Contig);
+            let contig = mine.iter().any(|k| matches!(k, Need::Contig | Need::Output));
             let expands = matches!(node.op, Op::Broadcast { .. })
-                && node
-                    .args
-                    .first()
-                    .is_some_and(|a| self.numel(*a) < self.dims[i].iter().product());
+                && node.args.first().is_some_and(|a| self.numel(*a) < self.dims[i].iter().product());
             let (mode, pass): (Mode, Vec<Need>) = match &node.op {
                 Op::Input { .. } => (Mode::Buffer, Vec::new()),
                 Op::Reshape { .. } => (Mode::View, vec![Need::Contig]),
-                Op::Constant(_) | Op::Iota { .. } => {
-                    (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new())
-                }
-                Op::Broadcast { .. }
-                | Op::Transpose { .. }
-                | Op::Slice { .. }
-                | Op::StopGradient => {
+                Op::Constant(_) | Op::Iota { .. } => (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new()),
+                Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::StopGradient => {
                     if contig {
                         (Mode::Kernel, vec![Need::Fuse { expanding: expands }])
                     } else {
                         let pass = mine
                             .iter()
                             .map(|k| match k {
-                                Need::Fuse { expanding } => Need::Fuse {
-                                    expanding: *expanding || expands,
-                                },
+                                Need::Fuse { expanding } => Need::Fuse { expanding: *expanding || expands },
                                 other => *other,
                             })
                             .collect();
@@ -326,21 +280,22 @@ impl Planner<'_> {
                 }
                 Op::Unary(_) | Op::Binary(_) => {
                     let fuse = matches!(mine.as_slice(), [Need::Fuse { expanding: false }]);
-                    (
-                        if fuse { Mode::Inline } else { Mode::Kernel },
-                        vec![Need::Fuse { expanding: false }],
-                    )
+                    let plain = |k: &Need| matches!(k, Need::Fuse { expanding: false });
+                    let tee = mine.iter().all(|k| plain(k) || *k == Need::Output) && mine.iter().any(plain) && mine.contains(&Need::Output);
+                    let mode = match (fuse, tee) {
+                        (true, _) => Mode::Inline,
+                        (false, true) => Mode::Tee,
+                        (false, false) => Mode::Kernel,
+                    };
+                    (mode, vec![Need::Fuse { expanding: false }])
                 }
-                Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => {
-                    (Mode::Kernel, vec![Need::Fuse { expanding: false }])
-                }
+                Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
                 Op::MatMul | Op::Solve => (Mode::Kernel, vec![Need::Strided]),
             };
             self.mode[i] = mode;
             for a in &node.args {
                 let slot = needs.get_mut(a.index()).filter(|_| a.index() < i);
-                let slot = slot
-                    .ok_or_else(|| malformed(ValueId(i as u32), "operand not before its user"))?;
+                let slot = slot.ok_or_else(|| malformed(ValueId(i as u32), "operand not before its user"))?;
                 slot.extend(pass.iter().copied());
             }
         }
@@ -350,12 +305,7 @@ impl Planner<'_> {
     // ---- expressions ------------------------------------------------------------
 
     /// `id` read through `map` inside a fused kernel.
-    fn expr(
-        &self,
-        eb: &mut ExprBuilder,
-        id: ValueId,
-        map: &[AxisRef],
-    ) -> Result<usize, CodegenError> {
+    fn expr(&self, eb: &mut ExprBuilder, id: ValueId, map: &[AxisRef]) -> Result<usize, CodegenError> {
         match &self.layouts[id.index()] {
             Some(l) => {
                 let mut strides = vec![0i64; eb.rank];
@@ -366,40 +316,38 @@ impl Planner<'_> {
                         *slot += s;
                     }
                 }
-                Ok(eb.operand(Affine {
-                    storage: Some(l.storage),
-                    off,
-                    strides,
-                }))
+                Ok(eb.operand(Affine { storage: Some(l.storage), off, strides }))
             }
-            None => self.expr_op(eb, id, map),
+            None => {
+                let node = self.expr_op(eb, id, map)?;
+                if let Some(st) = self.tee[id.index()] {
+                    // Store it here if this loop visits each of its elements once.
+                    let exact = eb.tee_dims.as_deref() == Some(self.shape(id))
+                        && map.len() == eb.rank
+                        && map.iter().enumerate().all(|(i, a)| a.src == Some(i) && a.off == 0);
+                    if exact && !eb.tees.iter().any(|t| t.0 == id.index()) {
+                        let at = Affine { storage: Some(st), off: 0, strides: contiguous_strides(self.shape(id)) };
+                        eb.tees.push((id.index(), at, node));
+                    }
+                }
+                Ok(node)
+            }
         }
     }
 
     /// `id`'s own op applied to its (fused or loaded) operands.
-    fn expr_op(
-        &self,
-        eb: &mut ExprBuilder,
-        id: ValueId,
-        map: &[AxisRef],
-    ) -> Result<usize, CodegenError> {
+    fn expr_op(&self, eb: &mut ExprBuilder, id: ValueId, map: &[AxisRef]) -> Result<usize, CodegenError> {
         let node = self.g.node(id);
         let arg = |k: usize| self.arg(id, k);
         match &node.op {
             Op::Constant(c) => Ok(eb.constant(*c as f32)),
             Op::Iota { axis } => {
-                let a = map
-                    .get(*axis)
-                    .ok_or_else(|| malformed(id, "iota axis out of range"))?;
+                let a = map.get(*axis).ok_or_else(|| malformed(id, "iota axis out of range"))?;
                 let mut strides = vec![0i64; eb.rank];
                 if let Some(slot) = a.src.and_then(|k| strides.get_mut(k)) {
                     *slot = 1;
                 }
-                Ok(eb.operand(Affine {
-                    storage: None,
-                    off: a.off,
-                    strides,
-                }))
+                Ok(eb.operand(Affine { storage: None, off: a.off, strides }))
             }
             Op::Unary(u) => {
                 let x = self.expr(eb, arg(0)?, map)?;
@@ -414,47 +362,26 @@ impl Planner<'_> {
             Op::Broadcast { .. } => {
                 let x = arg(0)?;
                 let xd = self.shape(x);
-                let lead = map
-                    .len()
-                    .checked_sub(xd.len())
-                    .ok_or_else(|| malformed(id, "broadcast to lower rank"))?;
-                let inner: Vec<AxisRef> = xd
-                    .iter()
-                    .zip(&map[lead..])
-                    .map(|(&d, a)| {
-                        if d == 1 {
-                            AxisRef { src: None, off: 0 }
-                        } else {
-                            *a
-                        }
-                    })
-                    .collect();
+                let lead = map.len().checked_sub(xd.len()).ok_or_else(|| malformed(id, "broadcast to lower rank"))?;
+                let inner: Vec<AxisRef> =
+                    xd.iter().zip(&map[lead..]).map(|(&d, a)| if d == 1 { AxisRef { src: None, off: 0 } } else { *a }).collect();
                 self.expr(eb, x, &inner)
             }
             Op::Transpose { perm } => {
                 let mut inner = vec![AxisRef { src: None, off: 0 }; map.len()];
                 for (a, &p) in map.iter().zip(perm) {
-                    *inner
-                        .get_mut(p)
-                        .ok_or_else(|| malformed(id, "bad permutation"))? = *a;
+                    *inner.get_mut(p).ok_or_else(|| malformed(id, "bad permutation"))? = *a;
                 }
                 self.expr(eb, arg(0)?, &inner)
             }
             Op::Slice { axis, start, .. } => {
                 let mut inner = map.to_vec();
-                inner
-                    .get_mut(*axis)
-                    .ok_or_else(|| malformed(id, "slice axis out of range"))?
-                    .off += *start as i64;
+                inner.get_mut(*axis).ok_or_else(|| malformed(id, "slice axis out of range"))?.off += *start as i64;
                 self.expr(eb, arg(0)?, &inner)
             }
-            Op::Input { .. }
-            | Op::Reshape { .. }
-            | Op::Pad { .. }
-            | Op::Concat { .. }
-            | Op::Reduce { .. }
-            | Op::MatMul
-            | Op::Solve => Err(malformed(id, "op cannot be fused into a loop")),
+            Op::Input { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Concat { .. } | Op::Reduce { .. } | Op::MatMul | Op::Solve => {
+                Err(malformed(id, "op cannot be fused into a loop"))
+            }
         }
     }
 
@@ -469,23 +396,14 @@ impl Planner<'_> {
         match &node.op {
             Op::StopGradient => {}
             Op::Transpose { perm } => {
-                l.strides = perm
-                    .iter()
-                    .map(|&p| l.strides.get(p).copied().unwrap_or(0))
-                    .collect();
+                l.strides = perm.iter().map(|&p| l.strides.get(p).copied().unwrap_or(0)).collect();
             }
-            Op::Slice { axis, start, .. } => {
-                l.off += l.strides.get(*axis).copied().unwrap_or(0) * *start as i64
-            }
+            Op::Slice { axis, start, .. } => l.off += l.strides.get(*axis).copied().unwrap_or(0) * *start as i64,
             Op::Broadcast { .. } => {
                 let (xd, od) = (self.shape(x), self.shape(id));
                 let lead = od.len().saturating_sub(xd.len());
                 let mut s = vec![0i64; lead];
-                s.extend(
-                    xd.iter()
-                        .zip(&l.strides)
-                        .map(|(&d, &st)| if d == 1 { 0 } else { st }),
-                );
+                s.extend(xd.iter().zip(&l.strides).map(|(&d, &st)| if d == 1 { 0 } else { st }));
                 l.strides = s;
             }
             _ => return Err(malformed(id, "operand is not a strided view")),
@@ -499,13 +417,7 @@ impl Planner<'_> {
         if r < 2 {
             return Err(malformed(id, "matrix operand of rank < 2"));
         }
-        Ok(MatOperand {
-            storage: l.storage,
-            off: l.off,
-            batch: l.strides[..r - 2].to_vec(),
-            rs: l.strides[r - 2],
-            cs: l.strides[r - 1],
-        })
+        Ok(MatOperand { storage: l.storage, off: l.off, batch: l.strides[..r - 2].to_vec(), rs: l.strides[r - 2], cs: l.strides[r - 1] })
     }
 
     // ---- lowering -----------------------------------------------------------------
@@ -536,55 +448,36 @@ impl Planner<'_> {
     fn lower_map(&mut self, id: ValueId, out: &Layout) -> Result<(), CodegenError> {
         let dims = self.shape(id).to_vec();
         let mut eb = ExprBuilder::new(dims.len());
+        eb.tee_dims = Some(dims.clone());
         let root = self.expr_op(&mut eb, id, &identity(dims.len()))?;
-        let out = Affine {
-            storage: Some(out.storage),
-            off: out.off,
-            strides: out.strides.clone(),
-        };
+        let out = Affine { storage: Some(out.storage), off: out.off, strides: out.strides.clone() };
+        for (v, at, _) in &eb.tees {
+            if let Some(slot) = self.layouts.get_mut(*v) {
+                *slot = Some(Layout { storage: at.storage.unwrap_or(0), off: 0, strides: at.strides.clone() });
+            }
+        }
         self.kernels.push(eb.finish(dims, out, root, None));
         Ok(())
     }
 
     /// A loop writing `value` (fused from `src`, or a constant) into the block of
     /// `out` that starts at `start` along `axis` and has shape `dims`.
-    fn lower_block(
-        &mut self,
-        dims: Vec<usize>,
-        out: &Layout,
-        axis: usize,
-        start: usize,
-        src: Option<ValueId>,
-    ) -> Result<(), CodegenError> {
+    fn lower_block(&mut self, dims: Vec<usize>, out: &Layout, axis: usize, start: usize, src: Option<ValueId>) -> Result<(), CodegenError> {
         let mut eb = ExprBuilder::new(dims.len());
         let root = match src {
             Some(x) => self.expr(&mut eb, x, &identity(dims.len()))?,
             None => eb.constant(0.0),
         };
         let off = out.off + out.strides.get(axis).copied().unwrap_or(0) * start as i64;
-        let out = Affine {
-            storage: Some(out.storage),
-            off,
-            strides: out.strides.clone(),
-        };
+        let out = Affine { storage: Some(out.storage), off, strides: out.strides.clone() };
         self.kernels.push(eb.finish(dims, out, root, None));
         Ok(())
     }
 
-    fn lower_pad(
-        &mut self,
-        id: ValueId,
-        axis: usize,
-        before: usize,
-        out: &Layout,
-    ) -> Result<(), CodegenError> {
+    fn lower_pad(&mut self, id: ValueId, axis: usize, before: usize, out: &Layout) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
         let od = self.shape(id).to_vec();
-        let n = self
-            .shape(x)
-            .get(axis)
-            .copied()
-            .ok_or_else(|| malformed(id, "pad axis out of range"))?;
+        let n = self.shape(x).get(axis).copied().ok_or_else(|| malformed(id, "pad axis out of range"))?;
         let total = od.get(axis).copied().unwrap_or(0);
         let with = |len: usize| {
             let mut d = od.clone();
@@ -608,10 +501,7 @@ impl Planner<'_> {
         let mut start = 0;
         for x in self.args(id).to_vec() {
             let d = self.shape(x).to_vec();
-            let n = d
-                .get(axis)
-                .copied()
-                .ok_or_else(|| malformed(id, "concat axis out of range"))?;
+            let n = d.get(axis).copied().ok_or_else(|| malformed(id, "concat axis out of range"))?;
             self.lower_block(d, out, axis, start, Some(x))?;
             start += n;
         }
@@ -620,13 +510,7 @@ impl Planner<'_> {
 
     /// Fill the output with the identity, then accumulate over the operand's shape
     /// with the output's strides zeroed on the reduced axes.
-    fn lower_reduce(
-        &mut self,
-        id: ValueId,
-        kind: ReduceKind,
-        axes: &[usize],
-        out: &Layout,
-    ) -> Result<(), CodegenError> {
+    fn lower_reduce(&mut self, id: ValueId, kind: ReduceKind, axes: &[usize], out: &Layout) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
         let od = self.shape(id).to_vec();
         let xd = self.shape(x).to_vec();
@@ -636,26 +520,16 @@ impl Planner<'_> {
         };
         let mut eb = ExprBuilder::new(od.len());
         let c = eb.constant(init);
-        let full = Affine {
-            storage: Some(out.storage),
-            off: out.off,
-            strides: out.strides.clone(),
-        };
+        let full = Affine { storage: Some(out.storage), off: out.off, strides: out.strides.clone() };
         self.kernels.push(eb.finish(od, full, c, None));
 
         let mut eb = ExprBuilder::new(xd.len());
         let root = self.expr(&mut eb, x, &identity(xd.len()))?;
         let mut strides = out.strides.clone();
         for &a in axes {
-            *strides
-                .get_mut(a)
-                .ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
+            *strides.get_mut(a).ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
         }
-        let acc = Affine {
-            storage: Some(out.storage),
-            off: out.off,
-            strides,
-        };
+        let acc = Affine { storage: Some(out.storage), off: out.off, strides };
         self.kernels.push(eb.finish(xd, acc, root, Some(kind)));
         Ok(())
     }
@@ -665,11 +539,7 @@ impl Planner<'_> {
         let (a, b) = (self.mat_operand(x)?, self.mat_operand(y)?);
         let od = self.shape(id);
         let r = od.len();
-        let k = self
-            .shape(x)
-            .last()
-            .copied()
-            .ok_or_else(|| malformed(id, "matmul of a scalar"))?;
+        let k = self.shape(x).last().copied().ok_or_else(|| malformed(id, "matmul of a scalar"))?;
         if r < 2 {
             return Err(malformed(id, "matmul result of rank < 2"));
         }
@@ -685,70 +555,32 @@ impl Planner<'_> {
         if m * k * n <= SMALL_MATMUL || m <= 2 || n <= 2 {
             self.loop_matmul(batch, [m, k, n], &a, &b, &c);
         } else {
-            self.kernels.push(Kernel::MatMul {
-                batch,
-                m,
-                k,
-                n,
-                a,
-                b,
-                c,
-            });
+            self.kernels.push(Kernel::MatMul { batch, m, k, n, a, b, c });
         }
         Ok(())
     }
 
     /// `C = A·B` as a fused i-k-j loop: zero `C`, then accumulate
     /// `A[.., i, l] · B[.., l, j]` over the index space `[.., m, k, n]`.
-    fn loop_matmul(
-        &mut self,
-        batch: Vec<usize>,
-        mkn: [usize; 3],
-        a: &MatOperand,
-        b: &MatOperand,
-        c: &MatOperand,
-    ) {
+    fn loop_matmul(&mut self, batch: Vec<usize>, mkn: [usize; 3], a: &MatOperand, b: &MatOperand, c: &MatOperand) {
         let [m, k, n] = mkn;
-        let with = |op: &MatOperand, tail: [i64; 3]| -> Vec<i64> {
-            op.batch
-                .iter()
-                .copied()
-                .chain(tail)
-                .filter(|&s| s != i64::MIN)
-                .collect()
-        };
+        let with =
+            |op: &MatOperand, tail: [i64; 3]| -> Vec<i64> { op.batch.iter().copied().chain(tail).filter(|&s| s != i64::MIN).collect() };
         let mut dims = batch.clone();
         dims.extend([m, n]);
         let mut eb = ExprBuilder::new(dims.len());
         let zero = eb.constant(0.0);
-        let out = Affine {
-            storage: Some(c.storage),
-            off: c.off,
-            strides: with(c, [c.rs, c.cs, i64::MIN]),
-        };
+        let out = Affine { storage: Some(c.storage), off: c.off, strides: with(c, [c.rs, c.cs, i64::MIN]) };
         self.kernels.push(eb.finish(dims, out, zero, None));
 
         let mut dims = batch;
         dims.extend([m, k, n]);
         let mut eb = ExprBuilder::new(dims.len());
-        let x = eb.operand(Affine {
-            storage: Some(a.storage),
-            off: a.off,
-            strides: with(a, [a.rs, a.cs, 0]),
-        });
-        let y = eb.operand(Affine {
-            storage: Some(b.storage),
-            off: b.off,
-            strides: with(b, [0, b.rs, b.cs]),
-        });
+        let x = eb.operand(Affine { storage: Some(a.storage), off: a.off, strides: with(a, [a.rs, a.cs, 0]) });
+        let y = eb.operand(Affine { storage: Some(b.storage), off: b.off, strides: with(b, [0, b.rs, b.cs]) });
         let prod = eb.node(ENode::Binary(BinaryOp::Mul, x, y));
-        let acc = Affine {
-            storage: Some(c.storage),
-            off: c.off,
-            strides: with(c, [c.rs, 0, c.cs]),
-        };
-        self.kernels
-            .push(eb.finish(dims, acc, prod, Some(ReduceKind::Sum)));
+        let acc = Affine { storage: Some(c.storage), off: c.off, strides: with(c, [c.rs, 0, c.cs]) };
+        self.kernels.push(eb.finish(dims, acc, prod, Some(ReduceKind::Sum)));
     }
 
     fn lower_solve(&mut self, id: ValueId, out: &Layout) -> Result<(), CodegenError> {
@@ -759,21 +591,9 @@ impl Planner<'_> {
             return Err(malformed(id, "solve result must be a matrix"));
         };
         let (n, k) = (*n, *k);
-        let x_out = MatOperand {
-            storage: out.storage,
-            off: out.off,
-            batch: Vec::new(),
-            rs: k as i64,
-            cs: 1,
-        };
+        let x_out = MatOperand { storage: out.storage, off: out.off, batch: Vec::new(), rs: k as i64, cs: 1 };
         self.scratch = self.scratch.max(n * n + n * k);
-        self.kernels.push(Kernel::Solve {
-            n,
-            k,
-            a,
-            b,
-            x: x_out,
-        });
+        self.kernels.push(Kernel::Solve { n, k, a, b, x: x_out });
         Ok(())
     }
 
@@ -781,10 +601,7 @@ impl Planner<'_> {
     fn copy_of(&mut self, id: ValueId) -> Result<StorageId, CodegenError> {
         let len = self.numel(id);
         let src = self.layout(id)?.storage;
-        self.storages.push(Storage {
-            len,
-            kind: StorageKind::Output,
-        });
+        self.storages.push(Storage { len, kind: StorageKind::Output });
         let dst = self.storages.len() - 1;
         self.kernels.push(copy_kernel(src, dst, len));
         Ok(dst)

@@ -40,21 +40,15 @@ pub(crate) fn apply(
 
 /// Whether the kernels writing `src` may write `dst` instead.
 fn can_alias(kernels: &[Kernel], storages: &[Storage], src: StorageId, dst: StorageId) -> bool {
-    if storages
-        .get(src)
-        .is_none_or(|s| s.kind == StorageKind::Input)
-    {
+    if storages.get(src).is_none_or(|s| s.kind == StorageKind::Input) {
         return false;
     }
-    let writers: Vec<usize> = (0..kernels.len())
-        .filter(|&k| kernels[k].writes() == Some(src))
-        .collect();
+    let writers: Vec<usize> = (0..kernels.len()).filter(|&k| kernels[k].writes().contains(&src)).collect();
     let Some(&first) = writers.first() else {
         return false;
     };
-    kernels.iter().enumerate().all(|(k, kern)| {
-        !kern.reads().contains(&dst)
-            || k < first
-            || (writers.len() == 1 && k == first && kern.reads_in_place(dst))
-    })
+    kernels
+        .iter()
+        .enumerate()
+        .all(|(k, kern)| !kern.reads().contains(&dst) || k < first || (writers.len() == 1 && k == first && kern.reads_in_place(dst, src)))
 }

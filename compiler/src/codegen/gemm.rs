@@ -1,0 +1,338 @@
+//! SGEMM for the generated code: `C = A · B` with arbitrary element strides on
+//! every operand (transposed operands cost nothing extra), BLIS-style blocked
+//! with packed panels and an AVX-512 12×32 register-tile micro-kernel.
+//!
+//! Packing space is allocated once per thread (on its first matmul, at the
+//! fixed block sizes) and reused, so a training step allocates nothing.
+//! Large products are split across the persistent worker pool (`pool`); the
+//! split is along the longer of the two output dims, each thread packing its
+//! own panels. Without AVX-512 at run time, `matrixmultiply` is used instead.
+//! `docs/performance.md` has the measurements behind the block sizes and the
+//! threading threshold.
+
+use super::pool;
+use std::cell::RefCell;
+
+/// Rows of the register tile (broadcast A values).
+const MR: usize = 12;
+/// Columns of the register tile (two 16-lane vectors of B).
+const NR: usize = 32;
+/// Depth of a packed panel.
+const KC: usize = 256;
+/// Rows of A packed at once (a multiple of MR): `MC · KC` floats stay in L2.
+const MC: usize = 120;
+/// Columns of B packed at once (a multiple of NR).
+const NC: usize = 1024;
+
+/// Multiply-adds (`m·k·n`) from which a product is split across threads.
+pub(crate) const PARALLEL_MIN: usize = 1 << 21;
+
+/// A strided matrix view: element `(i, j)` at `ptr[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *mut f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: a `Mat` is only a pointer with strides; the callers guarantee that
+// the threads it is shared with touch disjoint output elements and only read
+// the inputs (see `sgemm`).
+unsafe impl Send for Mat {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    fn at(self, i: usize, j: usize) -> *mut f32 {
+        self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs)
+    }
+}
+
+/// Per-thread packing buffers, 64-byte aligned.
+struct Packs {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+thread_local! {
+    static PACKS: RefCell<Option<Packs>> = const { RefCell::new(None) };
+}
+
+fn aligned(v: &mut [f32]) -> *mut f32 {
+    let skip = (v.as_ptr() as usize).wrapping_neg() % 64 / 4;
+    let skip = skip.min(v.len());
+    v[skip..].as_mut_ptr()
+}
+
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `C = A · B` for an `m×k` by `k×n` product (`C` overwritten), threaded when
+/// `threads > 1` and the product is large enough.
+///
+/// # Safety
+///
+/// Every element `A(i, l)`, `B(l, j)`, `C(i, j)` for `i < m`, `l < k`, `j < n`
+/// must be in bounds of its allocation, and `C` must not overlap `A` or `B`
+/// nor have two indices that address the same element.
+pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat, threads: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: in bounds by the caller's contract.
+                unsafe { *c.at(i, j) = 0.0 };
+            }
+        }
+        return;
+    }
+    if !has_avx512() {
+        // SAFETY: the caller's contract is matrixmultiply's.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, 0.0, c.ptr, c.rs, c.cs) };
+        return;
+    }
+    if n < NR && m > n {
+        // A narrow C (few columns, e.g. the classifier layer): compute
+        // Cᵀ = Bᵀ·Aᵀ, whose rows fill the 12-row tiles instead of wasting most
+        // of the 32 columns.
+        let t = |x: Mat| Mat { ptr: x.ptr, rs: x.cs, cs: x.rs };
+        // SAFETY: the same elements as the caller's product, transposed.
+        unsafe { sgemm(n, k, m, t(b), t(a), t(c), threads) };
+        return;
+    }
+    let p = pool::pool();
+    let threads = if m * k * n >= PARALLEL_MIN { threads.min(p.threads()) } else { 1 };
+    if threads <= 1 {
+        // SAFETY: forwarded contract; AVX-512 checked above.
+        unsafe { serial(m, k, n, a, b, c) };
+        return;
+    }
+    // Split the longer output dim into `threads` tile-aligned ranges.
+    let split_n = n >= m;
+    let (len, unit) = if split_n { (n, NR) } else { (m, MR) };
+    let units = len.div_ceil(unit);
+    let per = units.div_ceil(threads) * unit;
+    let task = move |t: usize| {
+        let lo = (t * per).min(len);
+        let hi = ((t + 1) * per).min(len);
+        if lo >= hi {
+            return;
+        }
+        // SAFETY: each task writes the disjoint block of C in its range, and the
+        // sub-views stay inside the caller's in-bounds ranges.
+        unsafe {
+            if split_n {
+                let b2 = Mat { ptr: b.at(0, lo), ..b };
+                let c2 = Mat { ptr: c.at(0, lo), ..c };
+                serial(m, k, hi - lo, a, b2, c2)
+            } else {
+                let a2 = Mat { ptr: a.at(lo, 0), ..a };
+                let c2 = Mat { ptr: c.at(lo, 0), ..c };
+                serial(hi - lo, k, n, a2, b, c2)
+            }
+        }
+    };
+    p.run(threads, &task);
+}
+
+/// Single-threaded blocked product on this thread's packing buffers.
+///
+/// # Safety
+///
+/// As `sgemm`, and AVX-512F must be available.
+unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
+    PACKS.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let packs = guard.get_or_insert_with(|| Packs { a: vec![0.0; MC * KC + 16], b: vec![0.0; KC * NC + 16] });
+        let pa = aligned(&mut packs.a);
+        let pb = aligned(&mut packs.b);
+        let mut jc = 0;
+        while jc < n {
+            let nc = NC.min(n - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                // SAFETY: the panel is inside B; `pb` holds KC·NC floats.
+                unsafe { pack_b(kc, nc, b.at(pc, jc), b.rs, b.cs, pb) };
+                let mut ic = 0;
+                while ic < m {
+                    let mc = MC.min(m - ic);
+                    // SAFETY: the block is inside A; `pa` holds MC·KC floats.
+                    unsafe { pack_a(mc, kc, a.at(ic, pc), a.rs, a.cs, pa) };
+                    let mut jr = 0;
+                    while jr < nc {
+                        let cols = NR.min(nc - jr);
+                        let mut ir = 0;
+                        while ir < mc {
+                            let rows = MR.min(mc - ir);
+                            let tile = Mat { ptr: c.at(ic + ir, jc + jr), ..c };
+                            // SAFETY: packed panels hold kc·MR and kc·NR floats
+                            // at these offsets; the tile is inside C.
+                            unsafe {
+                                #[cfg(target_arch = "x86_64")]
+                                avx512::kernel(kc, pa.add(ir * kc), pb.add(jr * kc), tile, rows, cols, pc > 0);
+                            }
+                            ir += MR;
+                        }
+                        jr += NR;
+                    }
+                    ic += MC;
+                }
+                pc += KC;
+            }
+            jc += NC;
+        }
+    });
+}
+
+/// Pack `mc×kc` of A as strips of MR rows, each `[kc][MR]`, zero-padded.
+///
+/// # Safety
+///
+/// `a` addresses an in-bounds `mc×kc` view; `dst` holds `⌈mc/MR⌉·MR·kc` floats.
+unsafe fn pack_a(mc: usize, kc: usize, a: *const f32, rs: isize, cs: isize, dst: *mut f32) {
+    let mut s = 0;
+    while s < mc {
+        let rows = MR.min(mc - s);
+        // SAFETY: `dst` has room for this strip (see above).
+        let strip = unsafe { std::slice::from_raw_parts_mut(dst.add(s * kc), kc * MR) };
+        for (l, out) in strip.chunks_exact_mut(MR).enumerate() {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = if r < rows {
+                    // SAFETY: (s + r, l) is inside the view.
+                    unsafe { *a.offset((s + r) as isize * rs + l as isize * cs) }
+                } else {
+                    0.0
+                };
+            }
+        }
+        s += MR;
+    }
+}
+
+/// Pack `kc×nc` of B as strips of NR columns, each `[kc][NR]`, zero-padded.
+///
+/// # Safety
+///
+/// `b` addresses an in-bounds `kc×nc` view; `dst` holds `kc·⌈nc/NR⌉·NR` floats.
+unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, rs: isize, cs: isize, dst: *mut f32) {
+    let mut s = 0;
+    while s < nc {
+        let cols = NR.min(nc - s);
+        // SAFETY: `dst` has room for this strip (see above).
+        let strip = unsafe { std::slice::from_raw_parts_mut(dst.add(s * kc), kc * NR) };
+        if cs == 1 && cols == NR {
+            for (l, out) in strip.chunks_exact_mut(NR).enumerate() {
+                // SAFETY: row l, columns s..s+NR of the view, contiguous.
+                let src = unsafe { std::slice::from_raw_parts(b.offset(l as isize * rs + s as isize), NR) };
+                out.copy_from_slice(src);
+            }
+        } else if rs == 1 {
+            // Columns are contiguous: read along them, write with stride NR.
+            if cols < NR {
+                strip.fill(0.0);
+            }
+            for j in 0..cols {
+                // SAFETY: column s + j, rows 0..kc of the view, contiguous.
+                let src = unsafe { std::slice::from_raw_parts(b.offset((s + j) as isize * cs), kc) };
+                for (l, &v) in src.iter().enumerate() {
+                    strip[l * NR + j] = v;
+                }
+            }
+        } else {
+            for (l, out) in strip.chunks_exact_mut(NR).enumerate() {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = if j < cols {
+                        // SAFETY: (l, s + j) is inside the view.
+                        unsafe { *b.offset(l as isize * rs + (s + j) as isize * cs) }
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        s += NR;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Mat, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// `C[tile] (+)= Apanel · Bpanel` for one MR×NR tile over depth `kc`, storing
+    /// `rows × cols` of it (`acc`: add to C, else overwrite).
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F available; `a` holds `kc·MR` floats, `b` holds `kc·NR` floats;
+    /// the `rows×cols` tile of `c` is in bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: Mat, rows: usize, cols: usize, acc: bool) {
+        let mut lo = [_mm512_setzero_ps(); MR];
+        let mut hi = [_mm512_setzero_ps(); MR];
+        let mut pa = a;
+        let mut pb = b;
+        for _ in 0..kc {
+            // SAFETY: within the packed panels (kc steps of MR and NR floats).
+            unsafe {
+                let b0 = _mm512_loadu_ps(pb);
+                let b1 = _mm512_loadu_ps(pb.add(16));
+                for r in 0..MR {
+                    let av = _mm512_set1_ps(*pa.add(r));
+                    lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                }
+                pa = pa.add(MR);
+                pb = pb.add(NR);
+            }
+        }
+        if c.cs == 1 {
+            let m0: __mmask16 = if cols >= 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
+            let m1: __mmask16 = if cols >= NR {
+                0xffff
+            } else if cols > 16 {
+                ((1u32 << (cols - 16)) - 1) as u16
+            } else {
+                0
+            };
+            for r in 0..rows.min(MR) {
+                let p = c.ptr.wrapping_offset(r as isize * c.rs);
+                // SAFETY: the masked lanes are the tile's in-bounds columns.
+                unsafe {
+                    let (mut v0, mut v1) = (lo[r], hi[r]);
+                    if acc {
+                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, p));
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, p.add(16)));
+                    }
+                    _mm512_mask_storeu_ps(p, m0, v0);
+                    _mm512_mask_storeu_ps(p.add(16), m1, v1);
+                }
+            }
+        } else {
+            let mut t = [0.0f32; NR];
+            for r in 0..rows.min(MR) {
+                // SAFETY: `t` holds NR floats.
+                unsafe {
+                    _mm512_storeu_ps(t.as_mut_ptr(), lo[r]);
+                    _mm512_storeu_ps(t.as_mut_ptr().add(16), hi[r]);
+                }
+                for (j, &v) in t.iter().enumerate().take(cols) {
+                    let p = c.at(r, j);
+                    // SAFETY: (r, j) is inside the tile.
+                    unsafe { *p = if acc { *p + v } else { v } };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! A persistent pool of worker threads for the generated code's parallel parts
+//! (large matmuls and large elementwise loops). Workers start once, on the
+//! first parallel call, then wait for work: they spin for a short while (a
+//! training step posts many parallel jobs in quick succession) and then sleep
+//! on a condition variable.
+//!
+//! A job is `chunks` independent pieces. The caller and the workers claim
+//! pieces one at a time with a compare-and-swap on one word holding the job's
+//! epoch and the next piece, so the caller never waits for a worker that has
+//! not started: on a busy machine where the worker lost its core, the caller
+//! simply runs every piece itself. It waits only for pieces already claimed.
+
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(300);
+/// Low bits of `state`: the next piece to claim.
+const PIECE_BITS: u32 = 24;
+const PIECE_MASK: u64 = (1 << PIECE_BITS) - 1;
+
+type Task<'a> = &'a (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// `epoch << PIECE_BITS | next piece` of the current job.
+    state: AtomicU64,
+    /// Pieces of the current job (written before its epoch is published).
+    total: AtomicUsize,
+    /// Pieces of the current job finished.
+    done: AtomicUsize,
+    /// The current job's function: points to a `Task` on the posting caller's
+    /// stack, valid until `done == total`.
+    task: AtomicPtr<Task<'static>>,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+pub(crate) struct Pool {
+    shared: &'static Shared,
+    threads: usize,
+    /// Serialises callers: one job at a time.
+    busy: Mutex<()>,
+}
+
+/// Threads (the caller included): `NNC_THREADS` if set, else the CPUs this
+/// process may run on.
+fn thread_count() -> usize {
+    let env = std::env::var("NNC_THREADS").ok().and_then(|s| s.trim().parse::<usize>().ok());
+    env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, 64)
+}
+
+/// The process-wide pool.
+pub(crate) fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::start(thread_count()))
+}
+
+impl Shared {
+    /// Claim and run pieces of the job of `epoch` until none is left.
+    fn work(&self, epoch: u64) {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s >> PIECE_BITS != epoch {
+                return;
+            }
+            let piece = (s & PIECE_MASK) as usize;
+            if piece >= self.total.load(Ordering::Acquire) {
+                return;
+            }
+            if self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            let p = self.task.load(Ordering::Acquire);
+            // SAFETY: we hold an unfinished piece of job `epoch`, so its poster is
+            // still waiting in `Pool::run` (it returns only once `done == total`)
+            // and `task` still points to that job's `Task` on its stack.
+            let f = unsafe { &*p };
+            f(piece);
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+impl Pool {
+    fn start(threads: usize) -> Pool {
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            state: AtomicU64::new(0),
+            total: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            task: AtomicPtr::new(std::ptr::null_mut()),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }));
+        let mut started = 1;
+        for tid in 1..threads {
+            let spawned = std::thread::Builder::new().name(format!("nnc-worker-{tid}")).spawn(move || worker(shared));
+            if spawned.is_err() {
+                break;
+            }
+            started += 1;
+        }
+        Pool { shared, threads: started, busy: Mutex::new(()) }
+    }
+
+    /// Threads available to a job (the caller included).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Run `f(0) .. f(chunks - 1)` on the caller and the workers; returns when
+    /// all are done.
+    pub fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if chunks <= 1 || self.threads <= 1 {
+            (0..chunks).for_each(f);
+            return;
+        }
+        let _guard = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.shared;
+        let task: Task<'_> = f;
+        let epoch = (s.state.load(Ordering::Acquire) >> PIECE_BITS) + 1;
+        s.total.store(chunks, Ordering::Release);
+        s.done.store(0, Ordering::Release);
+        // The pointer is used only by holders of a piece of this job, all of which
+        // finish before this function returns (see `Shared::work`).
+        s.task.store((&task as *const Task<'_>).cast_mut().cast(), Ordering::Release);
+        s.state.store(epoch << PIECE_BITS, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        s.work(epoch);
+        while s.done.load(Ordering::Acquire) < chunks {
+            std::hint::spin_loop();
+        }
+        s.task.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+fn worker(s: &'static Shared) {
+    let mut seen = 0;
+    loop {
+        // Wait for a new epoch: spin, then sleep.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        let epoch = loop {
+            let e = s.state.load(Ordering::SeqCst) >> PIECE_BITS;
+            if e != seen {
+                break e;
+            }
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && start.elapsed() > SPIN {
+                let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                while s.state.load(Ordering::SeqCst) >> PIECE_BITS == seen {
+                    l = s.wake.wait(l).unwrap_or_else(|e| e.into_inner());
+                }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        s.work(epoch);
+        seen = epoch;
+    }
+}
