@@ -94,7 +94,11 @@ fn main() {
             // SAFETY: the strides address exactly the a, b and out buffers.
             unsafe { nnc_compiler::codegen::sgemm_strided([c.m, c.k, c.n], ap, sa, bp, sb, out.as_mut_ptr(), sc, t) }
         };
+        nnc_compiler::codegen::gemm::DIRECT.store(false, std::sync::atomic::Ordering::Relaxed);
+        let packed = time(|| ours(1, &mut out), flops);
+        nnc_compiler::codegen::gemm::DIRECT.store(true, std::sync::atomic::Ordering::Relaxed);
         let nnc1 = time(|| ours(1, &mut out), flops);
+        print!("[packed {packed:.0}] ");
         let reference = out.clone();
         let nnc2 = time(|| ours(2, &mut out), flops);
         let mm = time(

@@ -8,7 +8,7 @@
 //! `fn(arena: *mut f32, scratch: *mut f64)`. `run` is one call of it.
 
 mod emit;
-mod gemm;
+pub mod gemm;
 mod helpers;
 mod kernel;
 mod math;

@@ -29,7 +29,7 @@ pub(crate) struct Emitter<'a, 'b> {
 
 /// Map kernels with at least this many elements are split across the worker
 /// pool (measured: see docs/performance.md).
-pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 17;
+pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 15;
 
 /// `k` with its (simplified) first axis the one to split across threads, or
 /// `None` if it should run on one thread: too small, or accumulating (pieces
@@ -119,6 +119,9 @@ struct Row<'k> {
     needed: Vec<bool>,
     /// Values computed once per row (independent of the innermost index).
     pre: Vec<Option<Value>>,
+    /// `1 / pre[i]` for row-invariant divisors: their divisions become
+    /// multiplications (Adam's bias corrections).
+    recip: Vec<Option<Value>>,
 }
 
 impl<'a, 'b> Emitter<'a, 'b> {
@@ -313,7 +316,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             };
             inv.push(v);
         }
-        let mut row = Row { k, inner, bases, needed, pre: vec![None; nn] };
+        let mut row = Row { k, inner, bases, needed, pre: vec![None; nn], recip: vec![None; nn] };
         // Row invariants: computed here, before the loop.
         let zero = self.b.ins().iconst(I64, 0);
         let at0 = At { pos: zero, g: 0, lanes: 4 };
@@ -321,6 +324,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
         for i in hoisted {
             let v = self.eval_node(&row, i, &row.pre, at0)?;
             row.pre[i] = Some(v);
+        }
+        for i in 0..nn {
+            if let (true, false, ENode::Binary(BinaryOp::Div, _, c)) = (row.needed[i], inv[i], k.nodes[i]) {
+                if let (Some(d), None) = (row.pre.get(c).copied().flatten(), row.recip.get(c).copied().flatten()) {
+                    let one = math::splat(self.b, 1.0);
+                    row.recip[c] = Some(self.b.ins().fdiv(one, d));
+                }
+            }
         }
         let cost = (0..nn).filter(|&i| row.needed[i] && !inv[i]).count();
         let groups = n / 4;
@@ -440,6 +451,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
                     Some(v) => v,
                     None => math::pow(self.b, x, get(c)?),
                 }
+            }
+            ENode::Binary(BinaryOp::Div, a, c) if row.recip.get(c).copied().flatten().is_some() => {
+                let r = row.recip.get(c).copied().flatten().ok_or_else(|| CodegenError::Cranelift("no reciprocal".into()))?;
+                self.b.ins().fmul(get(a)?, r)
             }
             ENode::Binary(op, a, c) => math::binary(self.b, op, get(a)?, get(c)?),
         })

@@ -24,6 +24,13 @@ const MC: usize = 120;
 /// Columns of B packed at once (a multiple of NR).
 const NC: usize = 1024;
 
+/// Largest `m` for which a row-major B is not packed.
+const DIRECT_MAX_M: usize = 6 * MR;
+
+/// Benchmarks only: allow reading B in place (default true).
+#[doc(hidden)]
+pub static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Multiply-adds (`m·k·n`) from which a product is split across threads.
 pub(crate) const PARALLEL_MIN: usize = 1 << 21;
 
@@ -162,8 +169,14 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
             let mut pc = 0;
             while pc < k {
                 let kc = KC.min(k - pc);
+                // A row-major B used by few row tiles is read in place (full
+                // strips): packing it would cost as much as the products. With
+                // many row tiles the packed copy wins (contiguous, no L1 set
+                // conflicts from the row stride). Measured: docs/performance.md.
+                let direct = b.cs == 1 && m <= DIRECT_MAX_M && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+                let packed_from = if direct { nc / NR * NR } else { 0 };
                 // SAFETY: the panel is inside B; `pb` holds KC·NC floats.
-                unsafe { pack_b(kc, nc, b.at(pc, jc), b.rs, b.cs, pb) };
+                unsafe { pack_b(kc, nc - packed_from, b.at(pc, jc + packed_from), b.rs, b.cs, pb.add(packed_from * kc)) };
                 let mut ic = 0;
                 while ic < m {
                     let mc = MC.min(m - ic);
@@ -180,7 +193,12 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                             // at these offsets; the tile is inside C.
                             unsafe {
                                 #[cfg(target_arch = "x86_64")]
-                                avx512::kernel(kc, pa.add(ir * kc), pb.add(jr * kc), tile, rows, cols, pc > 0);
+                                if jr < packed_from {
+                                    let pbd = b.at(pc, jc + jr).cast_const();
+                                    avx512::kernel(kc, pa.add(ir * kc), pbd, b.rs, tile, rows, cols, pc > 0);
+                                } else {
+                                    avx512::kernel(kc, pa.add(ir * kc), pb.add(jr * kc), NR as isize, tile, rows, cols, pc > 0);
+                                }
                             }
                             ir += MR;
                         }
@@ -278,7 +296,7 @@ mod avx512 {
     /// AVX-512F available; `a` holds `kc·MR` floats, `b` holds `kc·NR` floats;
     /// the `rows×cols` tile of `c` is in bounds.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: Mat, rows: usize, cols: usize, acc: bool) {
+    pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
         let mut pa = a;
@@ -294,7 +312,7 @@ mod avx512 {
                     hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
                 }
                 pa = pa.add(MR);
-                pb = pb.add(NR);
+                pb = pb.offset(ldb);
             }
         }
         if c.cs == 1 {

@@ -99,8 +99,9 @@ fn keep_nan(b: B, x: Value, r: Value) -> Value {
 const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low mantissa bits
 
 pub(crate) fn exp(b: B, x: Value) -> Value {
+    // Below −104 the result rounds to 0; above 88.72 it overflows.
     let xc = min_c(b, x, 88.722_83);
-    let xc = max_c(b, xc, -87.336_54);
+    let xc = max_c(b, xc, -104.0);
     // n = round(x / ln 2), kept both as a float and in t's low mantissa bits.
     let m = splat(b, MAGIC);
     let t = fma_c(b, xc, std::f32::consts::LOG2_E, m);
@@ -112,14 +113,22 @@ pub(crate) fn exp(b: B, x: Value) -> Value {
     let y = b.ins().fma(p, z, r);
     let one = splat(b, 1.0);
     let y = b.ins().fadd(y, one);
-    // 2^(n-1) from the exponent bits (n - 1 + 127 ∈ [0, 254]), then ·2.
+    // ·2^n as ·2^n1·2^n2 with n1 = n >> 1, n2 = n − n1 (n ∈ [−150, 128], so both
+    // factors are normal and results down to the subnormals round correctly).
     let ti = as_int(b, t);
-    let k = isplat(b, 126);
-    let e = b.ins().iadd(ti, k);
-    let e = b.ins().ishl_imm_s(e, 23);
-    let scale = as_float(b, e);
-    let y = b.ins().fmul(y, scale);
-    let y = b.ins().fadd(y, y);
+    let magic_bits = isplat(b, MAGIC.to_bits() as i32);
+    let ni = b.ins().isub(ti, magic_bits);
+    let n1 = b.ins().sshr_imm_s(ni, 1);
+    let n2 = b.ins().isub(ni, n1);
+    let bias = isplat(b, 127);
+    let e1 = b.ins().iadd(n1, bias);
+    let e1 = b.ins().ishl_imm_s(e1, 23);
+    let e2 = b.ins().iadd(n2, bias);
+    let e2 = b.ins().ishl_imm_s(e2, 23);
+    let s1 = as_float(b, e1);
+    let s2 = as_float(b, e2);
+    let y = b.ins().fmul(y, s1);
+    let y = b.ins().fmul(y, s2);
     let big = fcmp_c(b, FloatCC::GreaterThan, x, 88.722_84);
     let y = sel_c(b, big, f32::INFINITY, y);
     keep_nan(b, x, y)
