@@ -15,6 +15,7 @@ mod math;
 mod memory;
 mod plan;
 mod pool;
+mod rows;
 mod updates;
 
 use crate::ir::{Graph, Shape, ValueId};
@@ -138,6 +139,8 @@ pub struct CompiledGraph {
     inputs: Vec<(String, Slot)>,
     outputs: Vec<Slot>,
     kernels: usize,
+    /// One line per kernel, in order (`kernel_summary`).
+    summary: Vec<String>,
     compile_time: Duration,
 }
 
@@ -230,6 +233,26 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     Ok(id)
 }
 
+fn describe(k: &kernel::Kernel) -> String {
+    match k {
+        kernel::Kernel::Map(m) => {
+            let what = match (m.acc, m.extra.len()) {
+                (Some(kind), _) => format!("accumulate ({kind:?})"),
+                (None, 0) => "map".to_string(),
+                (None, e) => format!("map with {} outputs", e + 1),
+            };
+            let par = if emit::parallel_form(m).is_some() { ", parallel" } else { "" };
+            format!("{what} over {:?}: {} operands, {} expression nodes{par}", m.dims, m.operands.len(), m.nodes.len())
+        }
+        kernel::Kernel::Rows { rows, kernels } => {
+            let parts: Vec<String> = kernels.iter().map(|k| describe(&kernel::Kernel::Map(k.clone()))).collect();
+            format!("{} loops fused over {rows} rows: [{}]", kernels.len(), parts.join("; "))
+        }
+        kernel::Kernel::MatMul { batch, m, k, n, .. } => format!("matmul {batch:?} {m}x{k} @ {k}x{n}"),
+        kernel::Kernel::Solve { n, k, .. } => format!("solve {n}x{n} \\ {n}x{k}"),
+    }
+}
+
 /// Define `fn(arena, lo, hi)` running rows `[lo, hi)` of the map kernel `k`
 /// (in `parallel_form`).
 fn define_piece(
@@ -303,6 +326,7 @@ impl CompiledGraph {
             inputs,
             outputs,
             kernels: plan.kernels.len(),
+            summary: plan.kernels.iter().map(describe).collect(),
             compile_time: start.elapsed(),
         })
     }
@@ -359,6 +383,11 @@ impl CompiledGraph {
     /// Number of loop nests and library calls in the generated function.
     pub fn kernel_count(&self) -> usize {
         self.kernels
+    }
+
+    /// One line per kernel in execution order: what it is and its size.
+    pub fn kernel_summary(&self) -> &[String] {
+        &self.summary
     }
 }
 

@@ -56,6 +56,11 @@ impl Exec {
         self.compiled.output(i)
     }
 
+    /// One line per generated kernel, in execution order.
+    pub fn kernel_summary(&self) -> &[String] {
+        self.compiled.kernel_summary()
+    }
+
     pub fn compile_time(&self) -> Duration {
         self.compiled.compile_time()
     }

@@ -128,6 +128,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     pub fn emit_kernel(&mut self, k: &Kernel) -> Result<(), CodegenError> {
         match k {
             Kernel::Map(m) => self.emit_map(m),
+            Kernel::Rows { rows, kernels } => self.emit_rows(*rows, kernels),
             Kernel::MatMul { batch, m, k, n, a, b, c } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
             Kernel::Solve { n, k, a, b, x } => self.emit_solve(*n, *k, a, b, x),
         }
@@ -254,6 +255,44 @@ impl<'a, 'b> Emitter<'a, 'b> {
         lo: Value,
         hi: Value,
     ) -> Result<(), CodegenError> {
+        // for row in lo..hi (bottom-tested, entered only if lo < hi)
+        let blk = self.b.create_block();
+        let row = self.b.append_block_param(blk, I64);
+        let exit = self.b.create_block();
+        let any = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
+        self.b.ins().brif(any, blk, &[BlockArg::from(lo)], exit, &[]);
+        self.b.switch_to_block(blk);
+        self.emit_map_at_row(k, &affines, &strides, row)?;
+        let next = self.b.ins().iadd_imm_s(row, 1);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, hi);
+        self.b.ins().brif(more, blk, &[BlockArg::from(next)], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// Row-fused kernels (`rows::fuse`): for each row of their common first
+    /// axis, every kernel's part of that row, in order.
+    fn emit_rows(&mut self, rows: usize, ks: &[MapKernel]) -> Result<(), CodegenError> {
+        self.loop_nest(&[rows], &mut |em, idx| {
+            let row = match idx.first() {
+                Some(&r) => r,
+                None => em.b.ins().iconst(I64, 0),
+            };
+            for k in ks {
+                let extra = k.extra.iter().map(|(a, _)| a);
+                let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(extra).collect();
+                let strides: Vec<Vec<i64>> = affines.iter().map(|a| a.strides.clone()).collect();
+                em.emit_map_at_row(k, &affines, &strides, row)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Row `row` of the first axis of `k`: a loop nest over the other axes.
+    fn emit_map_at_row(&mut self, k: &MapKernel, affines: &[&Affine], strides: &[Vec<i64>], row: Value) -> Result<(), CodegenError> {
+        if k.dims.contains(&0) {
+            return Ok(());
+        }
         let first: Vec<i64> = strides.iter().map(|s| s.first().copied().unwrap_or(0)).collect();
         let mut rest: Vec<Vec<i64>> = strides.iter().map(|s| s.get(1..).unwrap_or_default().to_vec()).collect();
         let dims = simplify(k.dims.get(1..).unwrap_or_default(), &mut rest);
@@ -263,13 +302,6 @@ impl<'a, 'b> Emitter<'a, 'b> {
             None => (Vec::new(), 1),
         };
         let inner: Vec<i64> = rest.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
-        // for row in lo..hi (bottom-tested, entered only if lo < hi)
-        let blk = self.b.create_block();
-        let row = self.b.append_block_param(blk, I64);
-        let exit = self.b.create_block();
-        let any = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
-        self.b.ins().brif(any, blk, &[BlockArg::from(lo)], exit, &[]);
-        self.b.switch_to_block(blk);
         self.loop_nest(&outer, &mut |em, idx| {
             let mut bases = Vec::with_capacity(affines.len());
             for ((a, s), &f) in affines.iter().zip(&rest).zip(&first) {
@@ -278,12 +310,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 bases.push(em.b.ins().iadd(base, step));
             }
             em.emit_row(k, n, inner.clone(), bases)
-        })?;
-        let next = self.b.ins().iadd_imm_s(row, 1);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, hi);
-        self.b.ins().brif(more, blk, &[BlockArg::from(next)], exit, &[]);
-        self.b.switch_to_block(exit);
-        Ok(())
+        })
     }
 
     /// The innermost axis of a map kernel: `n` elements.

@@ -73,8 +73,28 @@ pub(crate) struct MatOperand {
 #[derive(Clone, Debug)]
 pub(crate) enum Kernel {
     Map(MapKernel),
-    MatMul { batch: Vec<usize>, m: usize, k: usize, n: usize, a: MatOperand, b: MatOperand, c: MatOperand },
-    Solve { n: usize, k: usize, a: MatOperand, b: MatOperand, x: MatOperand },
+    /// Map kernels sharing their first axis (`rows` long), run as one loop over
+    /// it: row `r` of every kernel, in order, then row `r + 1` (see `rows`).
+    Rows {
+        rows: usize,
+        kernels: Vec<MapKernel>,
+    },
+    MatMul {
+        batch: Vec<usize>,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: MatOperand,
+        b: MatOperand,
+        c: MatOperand,
+    },
+    Solve {
+        n: usize,
+        k: usize,
+        a: MatOperand,
+        b: MatOperand,
+        x: MatOperand,
+    },
 }
 
 impl Kernel {
@@ -88,6 +108,7 @@ impl Kernel {
                 }
                 r
             }
+            Kernel::Rows { kernels, .. } => kernels.iter().flat_map(|k| Kernel::Map(k.clone()).reads()).collect(),
             Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
         }
     }
@@ -96,6 +117,7 @@ impl Kernel {
     pub fn writes(&self) -> Vec<StorageId> {
         match self {
             Kernel::Map(m) => m.out.storage.into_iter().chain(m.extra.iter().filter_map(|(a, _)| a.storage)).collect(),
+            Kernel::Rows { kernels, .. } => kernels.iter().flat_map(|k| Kernel::Map(k.clone()).writes()).collect(),
             Kernel::MatMul { c, .. } => vec![c.storage],
             Kernel::Solve { x, .. } => vec![x.storage],
         }
@@ -113,6 +135,15 @@ impl Kernel {
                 for a in m.operands.iter_mut().chain(std::iter::once(&mut m.out)).chain(extra) {
                     if let Some(s) = a.storage.as_mut() {
                         fix(s);
+                    }
+                }
+            }
+            Kernel::Rows { kernels, .. } => {
+                for k in kernels.iter_mut() {
+                    let mut one = Kernel::Map(std::mem::replace(k, empty_map()));
+                    one.rename(from, to);
+                    if let Kernel::Map(m) = one {
+                        *k = m;
                     }
                 }
             }
@@ -135,9 +166,14 @@ impl Kernel {
                         .filter(|a| a.storage == Some(s))
                         .all(|a| outs.iter().all(|o| a.off == o.off && a.strides == o.strides))
             }
-            Kernel::MatMul { .. } | Kernel::Solve { .. } => !self.reads().contains(&s),
+            Kernel::Rows { .. } | Kernel::MatMul { .. } | Kernel::Solve { .. } => !self.reads().contains(&s),
         }
     }
+}
+
+fn empty_map() -> MapKernel {
+    let out = Affine { storage: None, off: 0, strides: Vec::new() };
+    MapKernel { dims: Vec::new(), out, operands: Vec::new(), nodes: Vec::new(), root: 0, acc: None, extra: Vec::new() }
 }
 
 pub(crate) fn contiguous_strides(dims: &[usize]) -> Vec<i64> {

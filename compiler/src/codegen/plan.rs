@@ -189,7 +189,8 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         pairs.push((o, p.layout(v)?.storage));
     }
     updates::apply(&mut p.kernels, &mut p.storages, &pairs, &mut outputs);
-    Ok(Plan { storages: p.storages, kernels: p.kernels, inputs, outputs, scratch: p.scratch })
+    let kernels = super::rows::fuse(p.kernels);
+    Ok(Plan { storages: p.storages, kernels, inputs, outputs, scratch: p.scratch })
 }
 
 impl Planner<'_> {
@@ -262,6 +263,7 @@ impl Planner<'_> {
                 && node.args.first().is_some_and(|a| self.numel(*a) < self.dims[i].iter().product());
             let (mode, pass): (Mode, Vec<Need>) = match &node.op {
                 Op::Input { .. } => (Mode::Buffer, Vec::new()),
+                Op::Reshape { .. } if !hard && self.constant_chain(ValueId(i as u32)).is_some() => (Mode::Inline, Vec::new()),
                 Op::Reshape { .. } => (Mode::View, vec![Need::Contig]),
                 Op::Constant(_) | Op::Iota { .. } => (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new()),
                 Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::StopGradient => {
@@ -289,6 +291,8 @@ impl Planner<'_> {
                     };
                     (mode, vec![Need::Fuse { expanding: false }])
                 }
+                // A reduction of a constant (the batch size in a mean) is a constant.
+                Op::Reduce { .. } if !hard && self.reduced_constant(ValueId(i as u32)).is_some() => (Mode::Inline, Vec::new()),
                 Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
                 Op::MatMul | Op::Solve => (Mode::Kernel, vec![Need::Strided]),
             };
@@ -331,6 +335,36 @@ impl Planner<'_> {
                     }
                 }
                 Ok(node)
+            }
+        }
+    }
+
+    /// The value of a reduction whose operand is a constant broadcast (or
+    /// reshaped): `c · count` for a sum, `c` for a max; `None` otherwise.
+    fn reduced_constant(&self, id: ValueId) -> Option<f32> {
+        let node = self.g.nodes.get(id.index())?;
+        let Op::Reduce { kind, .. } = &node.op else { return None };
+        let x = *node.args.first()?;
+        let c = self.constant_chain(x)?;
+        let count = self.numel(x) / self.numel(id).max(1);
+        Some(match kind {
+            ReduceKind::Sum => (c * count as f64) as f32,
+            ReduceKind::Max if count > 0 => c as f32,
+            ReduceKind::Max => f32::NEG_INFINITY,
+        })
+    }
+
+    /// The value of a constant seen through broadcasts, reshapes,
+    /// `stop_gradient`s and reductions.
+    fn constant_chain(&self, id: ValueId) -> Option<f64> {
+        let mut at = id;
+        loop {
+            let n = self.g.nodes.get(at.index())?;
+            match &n.op {
+                Op::Constant(c) => return Some(*c),
+                Op::Reduce { .. } => return self.reduced_constant(at).map(f64::from),
+                Op::Broadcast { .. } | Op::Reshape { .. } | Op::StopGradient => at = *n.args.first()?,
+                _ => return None,
             }
         }
     }
@@ -379,6 +413,8 @@ impl Planner<'_> {
                 inner.get_mut(*axis).ok_or_else(|| malformed(id, "slice axis out of range"))?.off += *start as i64;
                 self.expr(eb, arg(0)?, &inner)
             }
+            Op::Reshape { .. } if self.constant_chain(id).is_some() => Ok(eb.constant(self.constant_chain(id).unwrap_or(f64::NAN) as f32)),
+            Op::Reduce { .. } if self.reduced_constant(id).is_some() => Ok(eb.constant(self.reduced_constant(id).unwrap_or(f32::NAN))),
             Op::Input { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Concat { .. } | Op::Reduce { .. } | Op::MatMul | Op::Solve => {
                 Err(malformed(id, "op cannot be fused into a loop"))
             }

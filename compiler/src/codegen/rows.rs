@@ -1,0 +1,151 @@
+//! Row fusion: consecutive map kernels that share their first axis become one
+//! loop over it, running row `r` of each kernel in turn. A softmax with its
+//! cross-entropy (row max, exp, row sum, log, loss, gradient: a dozen small
+//! kernels over `[batch, classes]` and `[batch, 1]`) thus becomes one pass over
+//! the batch whose rows stay in L1, as do bias + activation and their
+//! gradients.
+//!
+//! Legal when no kernel of a group reads, at row `r`, anything another kernel
+//! of the group writes at a different row: every buffer written in the group
+//! is accessed through one row layout (same offset and row stride, each row's
+//! elements inside its own stride), or is a cross-row accumulator (a sum over
+//! the first axis) that nothing else in the group reads. Constant fills (the
+//! starting values of accumulators) that touch nothing in the group move in
+//! front of it; other kernels that cannot join (the mean loss, read from a
+//! finished sum) move behind it when nothing joining later depends on them.
+
+use super::emit::PARALLEL_ELEMENTS;
+use super::kernel::{Affine, Kernel, MapKernel, StorageId};
+
+/// Fuse runs of row-compatible map kernels in `kernels`.
+pub(crate) fn fuse(kernels: Vec<Kernel>) -> Vec<Kernel> {
+    let mut out = Vec::with_capacity(kernels.len());
+    let mut group: Vec<MapKernel> = Vec::new();
+    // Map kernels that came while the group was open and could not join it:
+    // they run right after it (nothing joining later may conflict with them).
+    let mut deferred: Vec<MapKernel> = Vec::new();
+    for k in kernels {
+        let m = match k {
+            Kernel::Map(m) => m,
+            other => {
+                flush(&mut out, &mut group, &mut deferred);
+                out.push(other);
+                continue;
+            }
+        };
+        if !group.is_empty() && is_fill(&m) && !touches(&group, &m) && !touches(&deferred, &m) {
+            // Emitted now, so before the group (which is emitted when it ends).
+            out.push(Kernel::Map(m));
+            continue;
+        }
+        if conflicts(&deferred, &m) {
+            flush(&mut out, &mut group, &mut deferred);
+        }
+        let joins = eligible(&m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && {
+            group.push(m.clone());
+            let ok = valid(&group);
+            group.pop();
+            ok
+        };
+        if joins {
+            group.push(m);
+        } else if !group.is_empty() {
+            deferred.push(m);
+        } else {
+            out.push(Kernel::Map(m));
+        }
+    }
+    flush(&mut out, &mut group, &mut deferred);
+    out
+}
+
+fn flush(out: &mut Vec<Kernel>, group: &mut Vec<MapKernel>, deferred: &mut Vec<MapKernel>) {
+    match group.len() {
+        0 => {}
+        1 => out.extend(group.drain(..).map(Kernel::Map)),
+        _ => {
+            let rows = group.first().and_then(|g| g.dims.first().copied()).unwrap_or(1);
+            out.push(Kernel::Rows { rows, kernels: std::mem::take(group) });
+        }
+    }
+    out.extend(deferred.drain(..).map(Kernel::Map));
+}
+
+/// Whether `m` must not move in front of any of `deferred`: it touches what
+/// one writes, or writes what one reads.
+fn conflicts(deferred: &[MapKernel], m: &MapKernel) -> bool {
+    let mk = Kernel::Map(m.clone());
+    let (mr, mw) = (mk.reads(), mk.writes());
+    deferred.iter().any(|d| {
+        let dk = Kernel::Map(d.clone());
+        let (dr, dw) = (dk.reads(), dk.writes());
+        dw.iter().any(|s| mr.contains(s) || mw.contains(s)) || dr.iter().any(|s| mw.contains(s))
+    })
+}
+
+/// A constant fill: reads no storage.
+fn is_fill(m: &MapKernel) -> bool {
+    m.acc.is_none() && m.extra.is_empty() && m.operands.iter().all(|a| a.storage.is_none())
+}
+
+fn storages(m: &MapKernel) -> impl Iterator<Item = StorageId> + '_ {
+    std::iter::once(&m.out).chain(&m.operands).chain(m.extra.iter().map(|(a, _)| a)).filter_map(|a| a.storage)
+}
+
+fn touches(group: &[MapKernel], m: &MapKernel) -> bool {
+    let mine: Vec<StorageId> = storages(m).collect();
+    group.iter().any(|g| storages(g).any(|s| mine.contains(&s)))
+}
+
+/// Small enough to stay on one thread, with a first axis of two or more rows
+/// and more axes (a 1-D kernel cut into rows of one element would lose its
+/// vector loop).
+fn eligible(m: &MapKernel) -> bool {
+    let numel: usize = m.dims.iter().product();
+    m.dims.len() >= 2 && m.dims.first().is_some_and(|&r| r >= 2) && numel > 0 && numel < PARALLEL_ELEMENTS
+}
+
+/// Elements one row of `a` spans (from its first element).
+fn row_extent(a: &Affine, dims: &[usize]) -> i64 {
+    1 + dims.iter().zip(&a.strides).skip(1).map(|(&d, &s)| (d as i64 - 1) * s.abs()).sum::<i64>()
+}
+
+/// One access of a storage by a kernel of a candidate group.
+struct Access<'a> {
+    kernel: usize,
+    affine: &'a Affine,
+    dims: &'a [usize],
+    write: bool,
+    acc: bool,
+}
+
+fn valid(group: &[MapKernel]) -> bool {
+    let mut accesses: Vec<(StorageId, Access)> = Vec::new();
+    for (i, m) in group.iter().enumerate() {
+        let outs = std::iter::once(&m.out).chain(m.extra.iter().map(|(a, _)| a));
+        for a in outs {
+            if let Some(s) = a.storage {
+                accesses.push((s, Access { kernel: i, affine: a, dims: &m.dims, write: true, acc: m.acc.is_some() }));
+            }
+        }
+        for a in &m.operands {
+            if let Some(s) = a.storage {
+                accesses.push((s, Access { kernel: i, affine: a, dims: &m.dims, write: false, acc: false }));
+            }
+        }
+    }
+    let written: Vec<StorageId> = accesses.iter().filter(|(_, a)| a.write).map(|(s, _)| *s).collect();
+    written.iter().all(|&s| {
+        let all: Vec<&Access> = accesses.iter().filter(|(t, _)| *t == s).map(|(_, a)| a).collect();
+        let stride0 = |a: &Access| a.affine.strides.first().copied().unwrap_or(0);
+        let writers: Vec<&&Access> = all.iter().filter(|a| a.write).collect();
+        if writers.iter().all(|a| a.acc && stride0(a) == 0) {
+            // A sum over the rows: one kernel accumulates it, nothing else reads it.
+            let k = writers.first().map(|a| a.kernel);
+            return writers.len() == 1 && all.iter().all(|a| Some(a.kernel) == k && (a.write || a.affine == writers[0].affine));
+        }
+        let Some(first) = all.first() else { return true };
+        let (off, s0) = (first.affine.off, stride0(first));
+        s0 != 0 && all.iter().all(|a| a.affine.off == off && stride0(a) == s0 && row_extent(a.affine, a.dims) <= s0.abs())
+    })
+}

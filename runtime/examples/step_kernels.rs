@@ -1,0 +1,43 @@
+//! The kernels of each training step in a `.nn` file, and the time of one step:
+//!
+//!     cargo run --release -p nnc-runtime --example step_kernels -- FILE [BATCH]
+//!
+//! Every loop nest and library call the code generator emits for the whole
+//! step (forward, backward, optimizer update), in execution order.
+
+use nnc_compiler::ir::SizeEnv;
+use nnc_runtime::check::train_plans;
+use nnc_runtime::exec::Exec;
+use std::path::Path;
+use std::time::Instant;
+
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let file = args.next().ok_or("usage: step_kernels FILE [BATCH]")?;
+    let path = Path::new(&file);
+    let source = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let program = nnc_compiler::syntax::parse(&source).map_err(|e| format!("{e:?}"))?;
+    let plans = train_plans(&program, path.parent().unwrap_or(Path::new("."))).map_err(|e| format!("{e:?}"))?;
+    for plan in plans {
+        let batch = args.next().and_then(|b| b.parse().ok()).or(plan.batch).unwrap_or(1);
+        let sizes: SizeEnv = [("B".to_string(), batch)].into_iter().collect();
+        let mut exec = Exec::compile(&plan.step_graph, &sizes, &[])?;
+        println!(
+            "train {} (batch {batch}): {} kernels, compiled in {:.1} ms",
+            plan.name,
+            exec.kernel_summary().len(),
+            exec.compile_time().as_secs_f64() * 1e3
+        );
+        for (i, k) in exec.kernel_summary().iter().enumerate() {
+            println!("  {i:3}  {k}");
+        }
+        exec.run();
+        let reps = 200;
+        let t = Instant::now();
+        for _ in 0..reps {
+            exec.run();
+        }
+        println!("  one step (run() only): {:.1} us", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+    }
+    Ok(())
+}
