@@ -434,6 +434,21 @@ fn matmul_of_transposes() {
 }
 
 #[test]
+fn matmul_by_transposed_weights() {
+    // G·Wᵀ with full 32-column strips of the transposed operand (gathered when
+    // packed), with m both small (B read in place otherwise) and large.
+    for m in [64, 130] {
+        let g = graph(|b| {
+            let x = input(b, "x", &[m, 100]);
+            let w = input(b, "w", &[96, 100]);
+            let wt = b.matrix_transpose(w);
+            vec![b.matmul(x, wt)]
+        });
+        check_with(&g, Fill::Signed, 1e-5, 6);
+    }
+}
+
+#[test]
 fn solves() {
     for (n, k) in [(1, 1), (3, 2), (7, 5), (13, 1)] {
         let g = graph(|b| {

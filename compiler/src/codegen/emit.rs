@@ -45,7 +45,7 @@ pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     if dims.len() == 1 {
         // One long row: cut it into rows of a multiple of 16 elements.
         let n = dims[0];
-        let rows = [64usize, 32, 16, 8].into_iter().find(|&r| n % r == 0 && (n / r) % 16 == 0)?;
+        let rows = [64usize, 32, 16, 8].into_iter().find(|&r| n.is_multiple_of(r) && (n / r).is_multiple_of(16))?;
         dims = vec![rows, n / rows];
         for st in &mut strides {
             let s = st.first().copied().unwrap_or(0);
@@ -352,8 +352,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
             let v = self.eval_node(&row, i, &row.pre, at0)?;
             row.pre[i] = Some(v);
         }
-        for i in 0..nn {
-            if let (true, false, ENode::Binary(BinaryOp::Div, _, c)) = (row.needed[i], inv[i], k.nodes[i]) {
+        for (i, &invariant) in inv.iter().enumerate() {
+            if let (true, false, Some(&ENode::Binary(BinaryOp::Div, _, c))) = (row.needed[i], invariant, k.nodes.get(i)) {
                 if let (Some(d), None) = (row.pre.get(c).copied().flatten(), row.recip.get(c).copied().flatten()) {
                     let one = math::splat(self.b, 1.0);
                     row.recip[c] = Some(self.b.ins().fdiv(one, d));

@@ -217,13 +217,24 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
 ///
 /// # Safety
 ///
-/// `a` addresses an in-bounds `mc×kc` view; `dst` holds `⌈mc/MR⌉·MR·kc` floats.
+/// AVX-512F available; `a` addresses an in-bounds `mc×kc` view; `dst` holds `⌈mc/MR⌉·MR·kc` floats.
 unsafe fn pack_a(mc: usize, kc: usize, a: *const f32, rs: isize, cs: isize, dst: *mut f32) {
     let mut s = 0;
     while s < mc {
         let rows = MR.min(mc - s);
         // SAFETY: `dst` has room for this strip (see above).
         let strip = unsafe { std::slice::from_raw_parts_mut(dst.add(s * kc), kc * MR) };
+        if cs == 1 && rows == MR && i32::try_from(rs * MR as isize).is_ok() {
+            // Rows are contiguous: gather each packed column from the 12 rows.
+            // SAFETY: AVX-512F is available (checked before any packing); the
+            // gathered elements (s + r, l) are inside the view.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::gather_rows(kc, a.offset(s as isize * rs), rs, strip.as_mut_ptr())
+            };
+            s += MR;
+            continue;
+        }
         for (l, out) in strip.chunks_exact_mut(MR).enumerate() {
             for (r, o) in out.iter_mut().enumerate() {
                 *o = if r < rows {
@@ -242,7 +253,8 @@ unsafe fn pack_a(mc: usize, kc: usize, a: *const f32, rs: isize, cs: isize, dst:
 ///
 /// # Safety
 ///
-/// `b` addresses an in-bounds `kc×nc` view; `dst` holds `kc·⌈nc/NR⌉·NR` floats.
+/// AVX-512F available; `b` addresses an in-bounds `kc×nc` view; `dst` holds
+/// `kc·⌈nc/NR⌉·NR` floats.
 unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, rs: isize, cs: isize, dst: *mut f32) {
     let mut s = 0;
     while s < nc {
@@ -255,6 +267,15 @@ unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, rs: isize, cs: isize, dst:
                 let src = unsafe { std::slice::from_raw_parts(b.offset(l as isize * rs + s as isize), NR) };
                 out.copy_from_slice(src);
             }
+        } else if rs == 1 && cols == NR && i32::try_from(cs * NR as isize).is_ok() {
+            // Columns are contiguous (a transposed operand): gather each packed
+            // row from the 32 columns.
+            // SAFETY: AVX-512F is available (checked before any packing); the
+            // gathered elements (l, s + j) are inside the view.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::gather_strip(kc, b.offset(s as isize * cs), cs, strip.as_mut_ptr())
+            };
         } else if rs == 1 {
             // Columns are contiguous: read along them, write with stride NR.
             if cols < NR {
@@ -288,6 +309,50 @@ mod avx512 {
     use super::{Mat, MR, NR};
     use std::arch::x86_64::*;
 
+    /// Pack one full strip of a row-contiguous A (column stride 1, row stride
+    /// `rs`): `dst[l·MR + r] = a[r·rs + l]` for `l < kc`, `r < MR`.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F available; every `a[r·rs + l]` in bounds; `dst` holds `kc·MR`
+    /// floats; `MR · rs` fits in an `i32`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_rows(kc: usize, a: *const f32, rs: isize, dst: *mut f32) {
+        let idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 0, 0, 0), _mm512_set1_epi32(rs as i32));
+        let mask: __mmask16 = (1 << MR) - 1;
+        for l in 0..kc {
+            // SAFETY: see the function's contract; masked lanes are not touched.
+            unsafe {
+                let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, a.add(l));
+                _mm512_mask_storeu_ps(dst.add(l * MR), mask, v);
+            }
+        }
+    }
+
+    /// Pack one full strip of a column-contiguous B (row stride 1, column
+    /// stride `cs`): `dst[l·NR + j] = b[l + j·cs]` for `l < kc`, `j < NR`.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F available; every `b[l + j·cs]` in bounds; `dst` holds `kc·NR`
+    /// floats; `NR · cs` fits in an `i32`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_strip(kc: usize, b: *const f32, cs: isize, dst: *mut f32) {
+        let step = cs as i32;
+        let lo = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(step));
+        let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(16 * step));
+        for l in 0..kc {
+            // SAFETY: see the function's contract.
+            unsafe {
+                let p = b.add(l);
+                let v0 = _mm512_i32gather_ps::<4>(lo, p);
+                let v1 = _mm512_i32gather_ps::<4>(hi, p);
+                _mm512_storeu_ps(dst.add(l * NR), v0);
+                _mm512_storeu_ps(dst.add(l * NR + 16), v1);
+            }
+        }
+    }
+
     /// `C[tile] (+)= Apanel · Bpanel` for one MR×NR tile over depth `kc`, storing
     /// `rows × cols` of it (`acc`: add to C, else overwrite).
     ///
@@ -296,6 +361,7 @@ mod avx512 {
     /// AVX-512F available; `a` holds `kc·MR` floats, `b` holds `kc·NR` floats;
     /// the `rows×cols` tile of `c` is in bounds.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
