@@ -77,6 +77,10 @@ fn main() {
         Case { name: "W2 ht@g2", m: 1024, k: 256, n: 1024, kind: Kind::TransA },
         Case { name: "W2 xt@g1", m: 784, k: 256, n: 1024, kind: Kind::TransA },
     ];
+    if filter.as_deref() == Some("threads") {
+        threads_sweep();
+        return;
+    }
     println!("| product | m×k×n | nnc 1t | nnc 2t | matrixmultiply 1t | gemm 1t | gemm rayon 2t |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for c in &cases {
@@ -141,5 +145,40 @@ fn main() {
         let g1 = time(|| gem(gemm::Parallelism::None), flops);
         let g2 = time(|| gem(gemm::Parallelism::Rayon(2)), flops);
         println!("| {} | {}×{}×{} | {nnc1:.0} | {nnc2:.0} | {mm:.0} | {g1:.0} | {g2:.0} |", c.name, c.m, c.k, c.n);
+    }
+}
+
+/// 1 vs 2 threads for `m×n @ n×n` (the W1 family at m = 64); run with
+/// `NNC_PAR_MACS=0` so that every size may be split.
+fn threads_sweep() {
+    println!("| m×k×n | MACs | nnc 1t GFLOP/s | nnc 2t GFLOP/s |");
+    println!("|---|---:|---:|---:|");
+    for (m, n) in [(64, 64), (64, 128), (64, 192), (64, 256), (64, 384), (64, 512), (256, 256), (256, 512)] {
+        let a: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut c = vec![0.0f32; m * n];
+        let flops = 2.0 * (m * n * n) as f64;
+        let mut run = |t: usize| {
+            time(
+                || {
+                    // SAFETY: the strides address exactly a, b and c.
+                    unsafe {
+                        nnc_compiler::codegen::sgemm_strided(
+                            [m, n, n],
+                            a.as_ptr(),
+                            [n as isize, 1],
+                            b.as_ptr(),
+                            [n as isize, 1],
+                            c.as_mut_ptr(),
+                            [n as isize, 1],
+                            t,
+                        )
+                    }
+                },
+                flops,
+            )
+        };
+        let (t1, t2) = (run(1), run(2));
+        println!("| {m}×{n}×{n} | {} | {t1:.0} | {t2:.0} |", m * n * n);
     }
 }

@@ -845,11 +845,12 @@ fn timing() {
         jit.kernel_count()
     );
 
-    for dims in [[85_002usize], [1_863_690]] {
+    for dims in [[8_192usize], [16_384], [32_768], [65_536], [85_002], [262_144], [1_863_690]] {
         let g = adam_graph(&dims);
         let ids: Vec<ValueId> = ["m", "v", "w"].iter().map(|n| g.input(n).expect("input")).collect();
         let mut jit = CompiledGraph::compile(&g, &[(1, ids[0]), (2, ids[1]), (3, ids[2])]).expect("compile");
-        let reps = 50;
+        let reps = (20_000_000 / dims[0]).clamp(20, 2000);
+        jit.run();
         let t = Instant::now();
         for _ in 0..reps {
             jit.run();

@@ -115,7 +115,7 @@ fn vector_math_accuracy() {
     for c in &cases {
         let ys = jit(&c.xs, c.build);
         let (abs, rel) = errors(&c.xs, &ys, c.exact, c.rel_floor);
-        println!("| {} | {} | {abs:.2e} | {rel:.2e} (|f| ≥ {:e}) |", c.name, c.xs.len(), c.rel_floor);
+        println!("| {} | {} | {abs:.2e} | {rel:.2e} (values of magnitude ≥ {:e}) |", c.name, c.xs.len(), c.rel_floor);
         if abs > c.max.0 || rel > c.max.1 {
             failed.push(format!("{}: abs {abs:e} rel {rel:e}, bounds {:?}", c.name, c.max));
         }

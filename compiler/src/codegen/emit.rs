@@ -28,15 +28,20 @@ pub(crate) struct Emitter<'a, 'b> {
 }
 
 /// Map kernels with at least this many elements are split across the worker
-/// pool (measured: see docs/performance.md).
+/// pool (measured: see docs/performance.md; `NNC_PAR_ELEMENTS` overrides it).
 pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+pub(crate) fn parallel_elements() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| super::pool::threshold("NNC_PAR_ELEMENTS", PARALLEL_ELEMENTS))
+}
 
 /// `k` with its (simplified) first axis the one to split across threads, or
 /// `None` if it should run on one thread: too small, or accumulating (pieces
 /// would race on the same output elements).
 pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     let numel: usize = k.dims.iter().product();
-    if k.acc.is_some() || numel < PARALLEL_ELEMENTS {
+    if k.acc.is_some() || numel < parallel_elements() {
         return None;
     }
     let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(k.extra.iter().map(|(a, _)| a)).collect();

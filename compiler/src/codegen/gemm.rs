@@ -31,8 +31,14 @@ const DIRECT_MAX_M: usize = 6 * MR;
 #[doc(hidden)]
 pub static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Multiply-adds (`m·k·n`) from which a product is split across threads.
+/// Multiply-adds (`m·k·n`) from which a product is split across threads
+/// (`NNC_PAR_MACS` overrides it, for measuring).
 pub(crate) const PARALLEL_MIN: usize = 1 << 21;
+
+fn parallel_min() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| pool::threshold("NNC_PAR_MACS", PARALLEL_MIN))
+}
 
 /// A strided matrix view: element `(i, j)` at `ptr[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -118,7 +124,7 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
         return;
     }
     let p = pool::pool();
-    let threads = if m * k * n >= PARALLEL_MIN { threads.min(p.threads()) } else { 1 };
+    let threads = if m * k * n >= parallel_min() { threads.min(p.threads()) } else { 1 };
     if threads <= 1 {
         // SAFETY: forwarded contract; AVX-512 checked above.
         unsafe { serial(m, k, n, a, b, c) };

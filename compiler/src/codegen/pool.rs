@@ -51,6 +51,12 @@ fn thread_count() -> usize {
     env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, 64)
 }
 
+/// A size threshold: the environment variable `var` if set (for measuring),
+/// else `default`.
+pub(crate) fn threshold(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(default)
+}
+
 /// The process-wide pool.
 pub(crate) fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();

@@ -14,7 +14,7 @@
 //! front of it; other kernels that cannot join (the mean loss, read from a
 //! finished sum) move behind it when nothing joining later depends on them.
 
-use super::emit::PARALLEL_ELEMENTS;
+use super::emit::parallel_elements;
 use super::kernel::{Affine, Kernel, MapKernel, StorageId};
 
 /// Fuse runs of row-compatible map kernels in `kernels`.
@@ -102,7 +102,7 @@ fn touches(group: &[MapKernel], m: &MapKernel) -> bool {
 /// vector loop).
 fn eligible(m: &MapKernel) -> bool {
     let numel: usize = m.dims.iter().product();
-    m.dims.len() >= 2 && m.dims.first().is_some_and(|&r| r >= 2) && numel > 0 && numel < PARALLEL_ELEMENTS
+    m.dims.len() >= 2 && m.dims.first().is_some_and(|&r| r >= 2) && numel > 0 && numel < parallel_elements()
 }
 
 /// Elements one row of `a` spans (from its first element).
