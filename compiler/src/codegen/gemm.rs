@@ -134,7 +134,11 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
     let split_n = n >= m;
     let (len, unit) = if split_n { (n, NR) } else { (m, MR) };
     let units = len.div_ceil(unit);
-    let per = units.div_ceil(threads) * unit;
+    // Two pieces per thread when each piece's extra packing (of A) is cheap:
+    // a thread that is late (the core is busy) then delays the step by less.
+    let pieces = if split_n && m <= DIRECT_MAX_M { 2 * threads } else { threads }.min(units);
+    let per = units.div_ceil(pieces) * unit;
+    let pieces = len.div_ceil(per);
     let task = move |t: usize| {
         let lo = (t * per).min(len);
         let hi = ((t + 1) * per).min(len);
@@ -155,7 +159,7 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
             }
         }
     };
-    p.run(threads, &task);
+    p.run(pieces, &task);
 }
 
 /// Single-threaded blocked product on this thread's packing buffers.
