@@ -141,6 +141,8 @@ pub struct CompiledGraph {
     kernels: usize,
     /// One line per kernel, in order (`kernel_summary`).
     summary: Vec<String>,
+    /// Run with subnormal floats flushed to zero (`set_flush_subnormals`).
+    flush_subnormals: bool,
     compile_time: Duration,
 }
 
@@ -327,6 +329,7 @@ impl CompiledGraph {
             outputs,
             kernels: plan.kernels.len(),
             summary: plan.kernels.iter().map(describe).collect(),
+            flush_subnormals: false,
             compile_time: start.elapsed(),
         })
     }
@@ -361,13 +364,29 @@ impl CompiledGraph {
         self.inputs.get(i).map_or(&[], |&(_, s)| self.slice(s))
     }
 
-    /// Run the compiled function once. Allocates nothing itself (the SGEMM
-    /// library allocates its packing buffers).
+    /// Run the compiled function once. Allocates nothing (SGEMM packing
+    /// buffers are per thread, allocated on a thread's first product).
     pub fn run(&mut self) {
+        let old = pool::mxcsr::get();
+        if self.flush_subnormals {
+            pool::mxcsr::set(old | pool::mxcsr::FTZ_DAZ);
+        }
         // SAFETY: `entry` was compiled for exactly this arena layout and scratch
         // size and its module is alive (`self.module`); `&mut self` guarantees no
         // slice into the buffers is live while the code writes them.
         unsafe { (self.entry)(self.arena.ptr.add(self.base), self.scratch.ptr) }
+        if self.flush_subnormals {
+            pool::mxcsr::set(old);
+        }
+    }
+
+    /// Whether `run` treats subnormal floats as zero and flushes subnormal
+    /// results to zero (the x86 FTZ/DAZ modes, as XLA runs on CPUs). Off by
+    /// default (IEEE). Values below 1.2e-38 then become 0; in exchange,
+    /// arithmetic on them (tiny gradients late in training) does not take the
+    /// processor's slow path.
+    pub fn set_flush_subnormals(&mut self, on: bool) {
+        self.flush_subnormals = on;
     }
 
     /// `graph.outputs[i]` after the last `run` (row-major). An index out of range

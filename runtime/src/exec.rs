@@ -19,7 +19,11 @@ impl Exec {
     pub fn compile(graph: &Graph, sizes: &SizeEnv, updates: &[(usize, String)]) -> Result<Exec, String> {
         let g = opt::optimize(&graph.specialize(sizes));
         let pairs: Vec<_> = updates.iter().filter_map(|(o, name)| g.input(name).map(|id| (*o, id))).collect();
-        let compiled = CompiledGraph::compile(&g, &pairs).map_err(|e| format!("code generation failed: {e:?}"))?;
+        let mut compiled = CompiledGraph::compile(&g, &pairs).map_err(|e| format!("code generation failed: {e:?}"))?;
+        // Like XLA on CPUs: subnormals flush to zero. Late in training, tiny
+        // gradients and Adam moments otherwise hit the processor's slow path
+        // (W1 ran 15-20 % slower over 100 epochs than over 30).
+        compiled.set_flush_subnormals(true);
         let inputs = compiled.input_names().into_iter().enumerate().map(|(i, n)| (n, i)).collect();
         Ok(Exec { compiled, inputs, output_names: g.output_names.clone() })
     }

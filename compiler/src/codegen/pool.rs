@@ -10,7 +10,7 @@
 //! not started: on a busy machine where the worker lost its core, the caller
 //! simply runs every piece itself. It waits only for pieces already claimed.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ struct Shared {
     total: AtomicUsize,
     /// Pieces of the current job finished.
     done: AtomicUsize,
+    /// The poster's MXCSR: workers run the pieces with the same floating-point
+    /// modes (flush-to-zero in particular).
+    mxcsr: AtomicU32,
     /// The current job's function: points to a `Task` on the posting caller's
     /// stack, valid until `done == total`.
     task: AtomicPtr<Task<'static>>,
@@ -83,6 +86,10 @@ impl Shared {
             // still waiting in `Pool::run` (it returns only once `done == total`)
             // and `task` still points to that job's `Task` on its stack.
             let f = unsafe { &*p };
+            let want = self.mxcsr.load(Ordering::Acquire);
+            if mxcsr::get() != want {
+                mxcsr::set(want);
+            }
             f(piece);
             self.done.fetch_add(1, Ordering::Release);
         }
@@ -95,6 +102,7 @@ impl Pool {
             state: AtomicU64::new(0),
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            mxcsr: AtomicU32::new(mxcsr::get()),
             task: AtomicPtr::new(std::ptr::null_mut()),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -129,6 +137,7 @@ impl Pool {
         let epoch = (s.state.load(Ordering::Acquire) >> PIECE_BITS) + 1;
         s.total.store(chunks, Ordering::Release);
         s.done.store(0, Ordering::Release);
+        s.mxcsr.store(mxcsr::get(), Ordering::Release);
         // The pointer is used only by holders of a piece of this job, all of which
         // finish before this function returns (see `Shared::work`).
         s.task.store((&task as *const Task<'_>).cast_mut().cast(), Ordering::Release);
@@ -170,4 +179,36 @@ fn worker(s: &'static Shared) {
         s.work(epoch);
         seen = epoch;
     }
+}
+
+/// The SSE control/status register (rounding, exception masks, and the
+/// flush-to-zero / denormals-are-zero bits), on x86-64.
+pub(crate) mod mxcsr {
+    /// Flush-to-zero (bit 15) and denormals-are-zero (bit 6).
+    pub const FTZ_DAZ: u32 = 0x8040;
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn get() -> u32 {
+        let mut v: u32 = 0;
+        // SAFETY: `stmxcsr` stores the 32-bit MXCSR into `v`, a valid, writable,
+        // 4-byte location; it has no other effect.
+        unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut v, options(nostack, preserves_flags)) };
+        v
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn set(v: u32) {
+        // SAFETY: `ldmxcsr` loads MXCSR from `v`; callers pass a value read by
+        // `get`, possibly with FTZ/DAZ added, so no reserved bit is set (which
+        // would fault). It changes only this thread's floating-point modes.
+        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack, preserves_flags, readonly)) };
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn get() -> u32 {
+        0
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn set(_: u32) {}
 }
