@@ -84,8 +84,7 @@ impl<'p> Runner<'p> {
             }
             Item::Train(t) => {
                 let plan = self.session.train_plan(t).map_err(first)?;
-                let topts =
-                    TrainOptions {
+                let topts = TrainOptions {
                     base_dir: opts.base_dir,
                     quiet: opts.quiet,
                     process_start: opts.process_start,

@@ -294,7 +294,9 @@ fn frozen_values(plan: &TrainPlan, previous: &[(String, TrainResult)]) -> Result
                 .split_once('.')
                 .and_then(|(run, path)| previous.iter().find(|(r, _)| r == run).and_then(|(_, res)| res.params.get(path)))
                 .map(|(_, _, v)| v.clone());
-            value.map(|v| (name.clone(), v)).ok_or_else(|| Diagnostic::new(format!("no trained value for `{name}`")).label(plan.span, "used here"))
+            value
+                .map(|v| (name.clone(), v))
+                .ok_or_else(|| Diagnostic::new(format!("no trained value for `{name}`")).label(plan.span, "used here"))
         })
         .collect()
 }
