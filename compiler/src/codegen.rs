@@ -171,6 +171,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_sgemm", helpers::nnc_sgemm as *const u8);
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
+    jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
     Ok(JITModule::new(jb))
 }
 
@@ -184,6 +185,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     let sgemm_id = import(module, "nnc_sgemm", 12)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
+    let pair_id = import(module, "nnc_sgemm_pair", 24)?;
     // Large elementwise loops: one function per kernel, over a range of rows.
     let mut pieces: Vec<Option<(FuncId, usize)>> = Vec::with_capacity(plan.kernels.len());
     for (i, k) in plan.kernels.iter().enumerate() {
@@ -217,15 +219,25 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
         let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, rows: None };
-        for (k, piece) in plan.kernels.iter().zip(refs) {
-            match piece {
-                Some((f, rows)) => {
+        let pair = module.declare_func_in_func(pair_id, em.b.func);
+        let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
+        let threaded = pool::pool().threads() > 1;
+        let mut i = 0;
+        while let Some(k) = plan.kernels.get(i) {
+            let next = plan.kernels.get(i + 1);
+            match (refs.get(i).copied().flatten(), next) {
+                (Some((f, rows)), _) => {
                     let addr = em.b.ins().func_addr(I64, f);
                     let n = em.b.ins().iconst(I64, rows as i64);
                     em.b.ins().call(parallel, &[addr, arena, n]);
                 }
-                None => em.emit_kernel(k)?,
+                (None, Some(k2)) if threaded && emit::pairable(k, k2, offsets, &lens) => {
+                    em.emit_matmul_pair(k, k2, pair)?;
+                    i += 1;
+                }
+                (None, _) => em.emit_kernel(k)?,
             }
+            i += 1;
         }
     }
     b.ins().return_(&[]);

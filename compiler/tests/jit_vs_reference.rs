@@ -349,6 +349,23 @@ fn matmul_by_transposed_weights() {
 }
 
 #[test]
+fn independent_products_run_as_a_pair() {
+    // The backward pass's G·Wᵀ and Xᵀ·G: consecutive, independent, each large
+    // enough to run on its own thread.
+    let g = graph(|b| {
+        let x = input(b, "x", &[64, 96]);
+        let w = input(b, "w", &[128, 96]);
+        let gr = input(b, "g", &[64, 128]);
+        let dx = b.matmul(gr, w);
+        let xt = b.matrix_transpose(x);
+        let dw = b.matmul(xt, gr);
+        let e = b.exp(dw);
+        vec![dx, dw, e]
+    });
+    check_with(&g, Fill::Signed, 1e-5, 8);
+}
+
+#[test]
 fn solves() {
     for (n, k) in [(1, 1), (3, 2), (7, 5), (13, 1)] {
         let g = graph(|b| {

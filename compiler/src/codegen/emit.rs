@@ -36,6 +36,36 @@ pub(crate) fn parallel_elements() -> usize {
     *MIN.get_or_init(|| super::pool::threshold("NNC_PAR_ELEMENTS", PARALLEL_ELEMENTS))
 }
 
+/// Products from this many multiply-adds may run concurrently with a
+/// neighbouring independent one (below, one thread does both faster).
+pub(crate) const PAIR_MIN: usize = 1 << 18;
+
+/// Whether two consecutive kernels are unbatched products that can run at the
+/// same time: each at least `PAIR_MIN`, and neither output's arena range
+/// overlapping any operand or output of the other (arena space is shared
+/// between temporaries, so this is checked on the final layout).
+pub(crate) fn pairable(first: &Kernel, second: &Kernel, offsets: &[usize], lens: &[usize]) -> bool {
+    let (
+        Kernel::MatMul { batch: b1, m: m1, k: k1, n: n1, a: a1, b: x1, c: c1 },
+        Kernel::MatMul { batch: b2, m: m2, k: k2, n: n2, a: a2, b: x2, c: c2 },
+    ) = (first, second)
+    else {
+        return false;
+    };
+    let range = |s: usize| offsets.get(s).zip(lens.get(s)).map(|(&o, &l)| (o, o + l));
+    let overlap = |s: usize, t: usize| match (range(s), range(t)) {
+        (Some((a, b)), Some((c, d))) => a < d && c < b,
+        _ => true,
+    };
+    let big = |m: usize, k: usize, n: usize| m * k * n >= PAIR_MIN;
+    b1.is_empty()
+        && b2.is_empty()
+        && big(*m1, *k1, *n1)
+        && big(*m2, *k2, *n2)
+        && ![a2.storage, x2.storage, c2.storage].iter().any(|&s| overlap(c1.storage, s))
+        && ![a1.storage, x1.storage].iter().any(|&s| overlap(c2.storage, s))
+}
+
 /// `k` with its (simplified) first axis the one to split across threads, or
 /// `None` if it should run on one thread: too small, or accumulating (pieces
 /// would race on the same output elements).
@@ -577,6 +607,22 @@ impl<'a, 'b> Emitter<'a, 'b> {
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })
+    }
+
+    /// Two unbatched products as one call of `nnc_sgemm_pair` (see `pairable`).
+    pub fn emit_matmul_pair(&mut self, first: &Kernel, second: &Kernel, pair: FuncRef) -> Result<(), CodegenError> {
+        let mut args = Vec::with_capacity(24);
+        for k in [first, second] {
+            let Kernel::MatMul { m, k, n, a, b, c, .. } = k else {
+                return Err(CodegenError::Cranelift("paired kernel is not a product".into()));
+            };
+            let (pa, pb, pc) = (self.mat_ptr(a, &[])?, self.mat_ptr(b, &[])?, self.mat_ptr(c, &[])?);
+            let ints = [*m as i64, *k as i64, *n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
+            let v: Vec<Value> = ints.iter().map(|&x| self.b.ins().iconst(I64, x)).collect();
+            args.extend([v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]]);
+        }
+        self.b.ins().call(pair, &args);
+        Ok(())
     }
 
     fn emit_solve(&mut self, n: usize, k: usize, a: &MatOperand, b: &MatOperand, x: &MatOperand) -> Result<(), CodegenError> {

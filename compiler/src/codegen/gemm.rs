@@ -162,6 +162,34 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
     p.run(pieces, &task);
 }
 
+/// One product for `sgemm_pair`: `(m, k, n, A, B, C)`.
+pub(crate) type Product = (usize, usize, usize, Mat, Mat, Mat);
+
+/// Two independent products at once, one per thread (the backward pass's
+/// `G·Wᵀ` and `Xᵀ·G`): no packing is duplicated, unlike splitting each.
+///
+/// # Safety
+///
+/// Each product as for `sgemm`; neither C overlaps any operand of the other.
+pub(crate) unsafe fn sgemm_pair(products: [Product; 2], threads: usize) {
+    let p = pool::pool();
+    if threads.min(p.threads()) < 2 {
+        for (m, k, n, a, b, c) in products {
+            // SAFETY: the caller's contract.
+            unsafe { sgemm(m, k, n, a, b, c, threads) };
+        }
+        return;
+    }
+    let task = |t: usize| {
+        if let Some(&(m, k, n, a, b, c)) = products.get(t) {
+            // SAFETY: the caller's contract; the two products touch disjoint
+            // outputs, and one thread each (`threads = 1`: no nested pool job).
+            unsafe { sgemm(m, k, n, a, b, c, 1) };
+        }
+    };
+    p.run(2, &task);
+}
+
 /// Single-threaded blocked product on this thread's packing buffers.
 ///
 /// # Safety

@@ -32,6 +32,49 @@ pub(crate) extern "C" fn nnc_sgemm(
     unsafe { gemm::sgemm(m, k, n, mat(a, rsa, csa), mat(b, rsb, csb), mat(c, rsc, csc), threads) }
 }
 
+/// Two independent `nnc_sgemm` products (12 arguments each, in order), run
+/// concurrently on two threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) extern "C" fn nnc_sgemm_pair(
+    m1: i64,
+    k1: i64,
+    n1: i64,
+    a1: *const f32,
+    rsa1: i64,
+    csa1: i64,
+    b1: *const f32,
+    rsb1: i64,
+    csb1: i64,
+    c1: *mut f32,
+    rsc1: i64,
+    csc1: i64,
+    m2: i64,
+    k2: i64,
+    n2: i64,
+    a2: *const f32,
+    rsa2: i64,
+    csa2: i64,
+    b2: *const f32,
+    rsb2: i64,
+    csb2: i64,
+    c2: *mut f32,
+    rsc2: i64,
+    csc2: i64,
+) {
+    let mat = |p: *const f32, rs: i64, cs: i64| Mat { ptr: p.cast_mut(), rs: rs as isize, cs: cs as isize };
+    let dims = |m: i64, k: i64, n: i64| Some((usize::try_from(m).ok()?, usize::try_from(k).ok()?, usize::try_from(n).ok()?));
+    let (Some((m1, k1, n1)), Some((m2, k2, n2))) = (dims(m1, k1, n1), dims(m2, k2, n2)) else {
+        return;
+    };
+    let threads = super::pool::pool().threads();
+    let p1 = (m1, k1, n1, mat(a1, rsa1, csa1), mat(b1, rsb1, csb1), mat(c1, rsc1, csc1));
+    let p2 = (m2, k2, n2, mat(a2, rsa2, csa2), mat(b2, rsb2, csb2), mat(c2, rsc2, csc2));
+    // SAFETY: as for `nnc_sgemm`, for each product; the code generator pairs
+    // only products whose outputs overlap no operand of the other
+    // (`emit::pairable`).
+    unsafe { gemm::sgemm_pair([p1, p2], threads) }
+}
+
 /// `X = A⁻¹ B` for `A [n, n]` and `B [n, k]` (strided), into the contiguous
 /// `X [n, k]`, by Gaussian elimination with partial pivoting in f64. `scratch`
 /// holds `n·n + n·k` f64. A singular `A` gives NaN everywhere.
