@@ -118,47 +118,9 @@ pub(crate) extern "C" fn nnc_solve(
 }
 
 /// Solve in place (`rhs` becomes the solution); false if `m` is singular.
-/// Mirrors `ops::linalg::solve_eval`.
+/// The same elimination as the reference interpreter's.
 fn gauss(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
-    let scale = m.iter().fold(0.0f64, |s, v| s.max(v.abs())).max(f64::MIN_POSITIVE);
-    for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
-        if m[pivot * n + col].abs() <= scale * 1e-14 {
-            return false;
-        }
-        if pivot != col {
-            for c in 0..n {
-                m.swap(col * n + c, pivot * n + c);
-            }
-            for c in 0..k {
-                x.swap(col * k + c, pivot * k + c);
-            }
-        }
-        let p = m[col * n + col];
-        for row in col + 1..n {
-            let f = m[row * n + col] / p;
-            if f == 0.0 {
-                continue;
-            }
-            for c in col..n {
-                m[row * n + c] -= f * m[col * n + c];
-            }
-            for c in 0..k {
-                x[row * k + c] -= f * x[col * k + c];
-            }
-        }
-    }
-    for col in (0..n).rev() {
-        let p = m[col * n + col];
-        for c in 0..k {
-            let mut v = x[col * k + c];
-            for j in col + 1..n {
-                v -= m[col * n + j] * x[j * k + c];
-            }
-            x[col * k + c] = v / p;
-        }
-    }
-    true
+    crate::ops::linalg::gauss_solve(m, x, n, k)
 }
 
 /// A parallel piece's function: rows `[lo, hi)` of one map kernel.

@@ -90,17 +90,32 @@ pub fn solve_eval(args: &[&ArrayD<f64>]) -> Result<ArrayD<f64>, EvalError> {
     let k = rhs.shape().get(1).copied().unwrap_or(0);
     let mut m: Vec<f64> = a.iter().copied().collect();
     let mut x: Vec<f64> = rhs.iter().copied().collect();
+    if !gauss_solve(&mut m, &mut x, n, k) {
+        return Err(EvalError::Singular);
+    }
+    ArrayD::from_shape_vec(IxDyn(&[n, k]), x).map_err(|_| EvalError::Singular)
+}
+
+/// Solve `m x = rhs` in place for row-major `m` [n, n] and `x` [n, k] (which
+/// holds `rhs` on entry and the solution on return); false if `m` is singular.
+/// Shared by the reference interpreter and the JIT's solve helper.
+pub fn gauss_solve(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
+    if m.len() < n * n || x.len() < n * k {
+        return false;
+    }
     let scale = m.iter().fold(0.0f64, |s, v| s.max(v.abs())).max(f64::MIN_POSITIVE);
     for col in 0..n {
         let pivot = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
         if m[pivot * n + col].abs() <= scale * 1e-14 {
-            return Err(EvalError::Singular);
+            return false;
         }
-        for c in 0..n {
-            m.swap(col * n + c, pivot * n + c);
-        }
-        for c in 0..k {
-            x.swap(col * k + c, pivot * k + c);
+        if pivot != col {
+            for c in 0..n {
+                m.swap(col * n + c, pivot * n + c);
+            }
+            for c in 0..k {
+                x.swap(col * k + c, pivot * k + c);
+            }
         }
         let p = m[col * n + col];
         for row in col + 1..n {
@@ -126,5 +141,5 @@ pub fn solve_eval(args: &[&ArrayD<f64>]) -> Result<ArrayD<f64>, EvalError> {
             x[col * k + c] = v / p;
         }
     }
-    ArrayD::from_shape_vec(IxDyn(&[n, k]), x).map_err(|_| EvalError::Singular)
+    true
 }
