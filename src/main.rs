@@ -65,6 +65,15 @@ fn read(file: &Path) -> Result<String, ExitCode> {
     })
 }
 
+/// Read and parse a file; on failure the diagnostics are already printed.
+fn read_and_parse(file: &Path) -> Result<(String, nnc_compiler::ast::Program), ExitCode> {
+    let source = read(file)?;
+    match program::parse(&source) {
+        Ok(p) => Ok((source, p)),
+        Err(d) => Err(report(file, &source, &d)),
+    }
+}
+
 fn report(file: &Path, source: &str, diagnostics: &[Diagnostic]) -> ExitCode {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     eprint!("{}", render(diagnostics, &file.display().to_string(), source, color));
@@ -76,13 +85,9 @@ fn base_dir(file: &Path) -> PathBuf {
 }
 
 fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize>, process_start: Instant) -> ExitCode {
-    let source = match read(file) {
-        Ok(s) => s,
+    let (source, program) = match read_and_parse(file) {
+        Ok(sp) => sp,
         Err(code) => return code,
-    };
-    let program = match program::parse(&source) {
-        Ok(p) => p,
-        Err(d) => return report(file, &source, &d),
     };
     let mut runner = match Runner::new(&program) {
         Ok(r) => r,
@@ -110,13 +115,9 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
 }
 
 fn check_file(file: &Path) -> ExitCode {
-    let source = match read(file) {
-        Ok(s) => s,
+    let (source, program) = match read_and_parse(file) {
+        Ok(sp) => sp,
         Err(code) => return code,
-    };
-    let program = match program::parse(&source) {
-        Ok(p) => p,
-        Err(d) => return report(file, &source, &d),
     };
     match check::check(&program, &base_dir(file)) {
         Err(d) => report(file, &source, &d),
@@ -149,13 +150,9 @@ fn check_file(file: &Path) -> ExitCode {
 }
 
 fn print_ir(file: &Path, grad: bool, step: bool) -> ExitCode {
-    let source = match read(file) {
-        Ok(s) => s,
+    let (source, program) = match read_and_parse(file) {
+        Ok(sp) => sp,
         Err(code) => return code,
-    };
-    let program = match program::parse(&source) {
-        Ok(p) => p,
-        Err(d) => return report(file, &source, &d),
     };
     match check::train_plans(&program, &base_dir(file)) {
         Err(d) => report(file, &source, &d),
