@@ -171,7 +171,15 @@ impl<'g> Builder<'g> {
     }
 
     pub fn pad(&mut self, x: ValueId, axis: usize, before: usize, after: usize) -> ValueId {
-        self.op(Op::Pad { axis, before, after }, &[x])
+        self.op(Op::Pad { axis, before, after, value: 0.0 }, &[x])
+    }
+
+    pub fn unfold(&mut self, x: ValueId, window: crate::ops::Window) -> ValueId {
+        self.op(Op::Unfold { window }, &[x])
+    }
+
+    pub fn fold(&mut self, x: ValueId, window: crate::ops::Window, size: [usize; 2]) -> ValueId {
+        self.op(Op::Fold { window, size }, &[x])
     }
 
     pub fn concat(&mut self, xs: &[ValueId], axis: usize) -> ValueId {

@@ -43,6 +43,46 @@ impl Dim {
             Dim::Sym(_) => None,
         }
     }
+
+    /// The product of `dims` as one dim. Symbols multiply into a product
+    /// symbol such as `B*T*64` (symbols sorted, the constant last), which
+    /// `factors` splits again and `Shape::substitute` evaluates.
+    pub fn product(dims: &[Dim]) -> Dim {
+        let mut c = 1;
+        let mut syms = Vec::new();
+        for d in dims {
+            let (k, s) = d.factors();
+            c *= k;
+            syms.extend(s);
+        }
+        if syms.is_empty() {
+            return Dim::Known(c);
+        }
+        syms.sort();
+        let mut name = syms.join("*");
+        if c != 1 {
+            name.push_str(&format!("*{c}"));
+        }
+        Dim::Sym(name)
+    }
+
+    /// A dim as a constant times symbols (`B*64` is 64 and `[B]`).
+    pub fn factors(&self) -> (usize, Vec<String>) {
+        match self {
+            Dim::Known(n) => (*n, Vec::new()),
+            Dim::Sym(s) => {
+                let mut c = 1;
+                let mut syms = Vec::new();
+                for f in s.split('*') {
+                    match f.parse::<usize>() {
+                        Ok(n) => c *= n,
+                        Err(_) => syms.push(f.to_string()),
+                    }
+                }
+                (c, syms)
+            }
+        }
+    }
 }
 
 impl fmt::Display for Dim {
@@ -84,7 +124,18 @@ impl Shape {
             self.0
                 .iter()
                 .map(|d| match d {
-                    Dim::Sym(s) => env.get(s).map_or_else(|| d.clone(), |&n| Dim::Known(n)),
+                    Dim::Sym(s) => match env.get(s) {
+                        Some(&n) => Dim::Known(n),
+                        None => {
+                            // A product symbol (`B*64`) is known once all its symbols are.
+                            let (c, syms) = d.factors();
+                            let sizes: Option<Vec<usize>> = syms.iter().map(|f| env.get(f).copied()).collect();
+                            match sizes {
+                                Some(v) if syms.len() > 1 || c != 1 => Dim::Known(c * v.iter().product::<usize>()),
+                                _ => d.clone(),
+                            }
+                        }
+                    },
                     Dim::Known(_) => d.clone(),
                 })
                 .collect(),

@@ -53,6 +53,26 @@ fn t_stop(x: [3, 5], w: [3, 5]) -> scalar = sum(w * x * stop_gradient(x))
 fn t_zeros(x: [3, 5], w: [3, 5]) -> scalar = sum(w * x + zeros([3, 5]) + ones([5]))
 fn t_literal(x: [2, 3], w: [2, 3]) -> scalar = sum(w * x * [[1, 2, 3], [4, 5, 6]])
 
+// Vision: odd sizes, stride > 1, padding, dilation, groups; gradients for
+// the input and (with the weight first) for the kernel.
+fn t_conv(x: [2, 3, 7, 6], w: [4, 3, 3, 2]) -> scalar = sum(tanh(conv2d(x, w, stride: 2, padding: 1)))
+fn t_conv_weight(w: [4, 3, 3, 2], x: [2, 3, 7, 6]) -> scalar = sum(tanh(conv2d(x, w, stride: [2, 1], padding: [0, 1])))
+fn t_conv_groups(x: [2, 2, 9, 8], w: [4, 1, 3, 3]) -> scalar = sum(tanh(conv2d(x, w, dilation: 2, groups: 2, padding: [1, 2])))
+fn t_conv_groups_weight(w: [4, 1, 3, 3], x: [2, 2, 9, 8]) -> scalar = sum(tanh(conv2d(x, w, dilation: [2, 1], groups: 2)))
+fn t_conv_depthwise(x: [2, 4, 6, 5], w: [4, 1, 3, 3]) -> scalar = sum(tanh(conv2d(x, w, groups: 4, padding: 1)))
+fn t_conv_depthwise_weight(w: [4, 1, 3, 3], x: [2, 4, 6, 5]) -> scalar = sum(tanh(conv2d(x, w, groups: 4, padding: 1)))
+fn t_max_pool(x: [2, 3, 7, 6], w: [2, 3, 4, 3]) -> scalar = sum(w * max_pool(x, 3, stride: 2, padding: 1))
+fn t_max_pool2(x: [2, 3, 6, 6], w: [2, 3, 3, 3]) -> scalar = sum(w * max_pool(x, 2))
+fn t_avg_pool(x: [2, 3, 7, 6], w: [2, 3, 3, 2]) -> scalar = sum(w * avg_pool(x, 3, stride: 2))
+fn t_avg_pool_pad(x: [2, 3, 5, 5], w: [2, 3, 5, 5]) -> scalar = sum(w * avg_pool(x, 3, stride: 1, padding: 1))
+fn t_global_avg_pool(x: [2, 3, 4, 5], w: [2, 3]) -> scalar = sum(w * global_avg_pool(x))
+fn t_flatten(x: [2, 3, 4], w: [2, 12]) -> scalar = sum(w * flatten(x))
+fn t_layer_norm(x: [3, 5], w: [5]) -> scalar = sum(layer_norm(x, w, w * 0.5) * x)
+fn t_layer_norm_gamma(w: [5], x: [3, 5]) -> scalar = sum(layer_norm(x, w, w * 0.5) * x)
+fn t_layer_norm_axis(x: [2, 3, 4, 2], w: [3]) -> scalar = sum(layer_norm(x, w, w, axis: 1) * x)
+fn t_instance_norm(x: [2, 3, 4, 2], w: [3]) -> scalar = sum(instance_norm(x, w, w) * x)
+fn t_group_norm(x: [2, 4, 3, 2], w: [4]) -> scalar = sum(group_norm(x, w, w, 2) * x)
+
 // The language's own grad, and grad of grad.
 fn cube(x: [3, 5]) -> scalar = sum(x * x * x)
 fn t_grad(x: [3, 5], w: [3, 5]) -> scalar = sum(w * grad(cube)(x))

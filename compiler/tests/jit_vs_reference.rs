@@ -6,7 +6,7 @@ use nnc_compiler::builder::Builder;
 use nnc_compiler::codegen::{CodegenError, CompiledGraph};
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{Graph, InputKind, Shape, TensorType, ValueId};
-use nnc_compiler::ops::{BinaryOp, Op, ReduceKind, UnaryOp};
+use nnc_compiler::ops::{BinaryOp, Op, ReduceKind, UnaryOp, Window};
 use std::time::Instant;
 
 mod common;
@@ -228,6 +228,29 @@ fn slices_and_pads() {
             let p = b.pad(x, *axis, *start, *end);
             let pe = b.pad(e, *axis, 0, 2);
             vec![s, se, p, pe]
+        });
+        check(&g, Fill::Signed);
+    }
+}
+
+#[test]
+fn windows_unfold_and_fold() {
+    #[rustfmt::skip]
+    let cases: &[(&[usize], [usize; 2], [usize; 2], [usize; 2])] = &[
+        (&[2, 3, 8, 8], [3, 3], [1, 1], [1, 1]), (&[1, 2, 7, 6], [3, 2], [2, 1], [1, 2]),
+        (&[2, 2, 9, 9], [2, 2], [2, 2], [1, 1]), (&[3, 11, 5], [5, 1], [3, 2], [2, 1]),
+        (&[1, 1, 28, 28], [3, 3], [1, 1], [1, 1]),
+    ];
+    for (dims, kernel, stride, dilation) in cases {
+        let w = Window { kernel: *kernel, stride: *stride, dilation: *dilation };
+        let r = dims.len();
+        let size = [dims[r - 2], dims[r - 1]];
+        let g = graph(|b| {
+            let x = input(b, "x", dims);
+            let u = b.unfold(x, w);
+            let e = b.exp(u);
+            let f = b.fold(e, w, size);
+            vec![u, f]
         });
         check(&g, Fill::Signed);
     }

@@ -11,7 +11,7 @@
 use super::kernel::{contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage, StorageId, StorageKind};
 use super::{updates, CodegenError};
 use crate::ir::{Graph, Op, ValueId};
-use crate::ops::{BinaryOp, ReduceKind};
+use crate::ops::{BinaryOp, ReduceKind, Window};
 
 /// Matmuls with at most this many multiply-adds per matrix (about 8³), or with one or two
 /// rows or columns (matrix-vector products), run as a fused loop: the library's packing
@@ -294,7 +294,8 @@ impl Planner<'_> {
                 // A reduction of a constant (the batch size in a mean) is a constant.
                 Op::Reduce { .. } if !hard && self.reduced_constant(ValueId(i as u32)).is_some() => (Mode::Inline, Vec::new()),
                 Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
-                Op::MatMul | Op::Solve => (Mode::Kernel, vec![Need::Strided]),
+                Op::MatMul | Op::Solve | Op::Unfold { .. } => (Mode::Kernel, vec![Need::Strided]),
+                Op::Fold { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
             };
             self.mode[i] = mode;
             for a in &node.args {
@@ -415,7 +416,15 @@ impl Planner<'_> {
             }
             Op::Reshape { .. } if self.constant_chain(id).is_some() => Ok(eb.constant(self.constant_chain(id).unwrap_or(f64::NAN) as f32)),
             Op::Reduce { .. } if self.reduced_constant(id).is_some() => Ok(eb.constant(self.reduced_constant(id).unwrap_or(f32::NAN))),
-            Op::Input { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Concat { .. } | Op::Reduce { .. } | Op::MatMul | Op::Solve => {
+            Op::Input { .. }
+            | Op::Reshape { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::Reduce { .. }
+            | Op::Unfold { .. }
+            | Op::Fold { .. }
+            | Op::MatMul
+            | Op::Solve => {
                 Err(malformed(id, "op cannot be fused into a loop"))
             }
         }
@@ -472,12 +481,68 @@ impl Planner<'_> {
             | Op::Broadcast { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. } => self.lower_map(id, &out),
-            Op::Pad { axis, before, .. } => self.lower_pad(id, *axis, *before, &out),
+            Op::Pad { axis, before, value, .. } => self.lower_pad(id, *axis, *before, *value as f32, &out),
             Op::Concat { axis } => self.lower_concat(id, *axis, &out),
             Op::Reduce { kind, axes } => self.lower_reduce(id, *kind, axes, &out),
             Op::MatMul => self.lower_matmul(id, &out),
             Op::Solve => self.lower_solve(id, &out),
+            Op::Unfold { window } => self.lower_unfold(id, window, &out),
+            Op::Fold { window, .. } => self.lower_fold(id, window, &out),
         }
+    }
+
+    /// The strides that walk `[.., KH, KW, OH, OW]` over a `[.., H, W]` layout
+    /// with strides `s`: `(i, j, p, q) → (p·SH + i·DH, q·SW + j·DW)`.
+    fn window_strides(s: &[i64], w: &Window) -> Vec<i64> {
+        let r = s.len();
+        let (sh, sw) = (s[r - 2], s[r - 1]);
+        let mut out = s[..r - 2].to_vec();
+        out.extend([
+            sh * w.dilation[0] as i64,
+            sw * w.dilation[1] as i64,
+            sh * w.stride[0] as i64,
+            sw * w.stride[1] as i64,
+        ]);
+        out
+    }
+
+    /// im2col: one loop over the windows, each element loaded from the operand
+    /// through the window strides (no bounds checks: padding is a `Pad` before).
+    fn lower_unfold(&mut self, id: ValueId, w: &Window, out: &Layout) -> Result<(), CodegenError> {
+        let x = self.arg(id, 0)?;
+        let l = self.strided(x)?;
+        if l.strides.len() < 2 {
+            return Err(malformed(id, "unfold of rank < 2"));
+        }
+        let dims = self.shape(id).to_vec();
+        let mut eb = ExprBuilder::new(dims.len());
+        let root = eb.operand(Affine { storage: Some(l.storage), off: l.off, strides: Self::window_strides(&l.strides, w) });
+        let out = Affine { storage: Some(out.storage), off: out.off, strides: out.strides.clone() };
+        self.kernels.push(eb.finish(dims, out, root, None));
+        Ok(())
+    }
+
+    /// col2im: zero the output, then add every window element into the
+    /// position it came from. Within one innermost row (`OW`) the positions
+    /// are distinct, so the vector accumulate is exact; overlaps only occur
+    /// between rows, which run one after another.
+    fn lower_fold(&mut self, id: ValueId, w: &Window, out: &Layout) -> Result<(), CodegenError> {
+        let x = self.arg(id, 0)?;
+        let od = self.shape(id).to_vec();
+        let xd = self.shape(x).to_vec();
+        if od.len() < 2 {
+            return Err(malformed(id, "fold of rank < 2"));
+        }
+        let mut eb = ExprBuilder::new(od.len());
+        let zero = eb.constant(0.0);
+        let full = Affine { storage: Some(out.storage), off: out.off, strides: out.strides.clone() };
+        self.kernels.push(eb.finish(od, full, zero, None));
+
+        let mut eb = ExprBuilder::new(xd.len());
+        let root = self.expr(&mut eb, x, &identity(xd.len()))?;
+        let acc = Affine { storage: Some(out.storage), off: out.off, strides: Self::window_strides(&out.strides, w) };
+        self.kernels.push(eb.finish(xd, acc, root, Some(ReduceKind::Sum)));
+        Ok(())
     }
 
     /// One fused loop over `id`'s shape.
@@ -498,11 +563,18 @@ impl Planner<'_> {
 
     /// A loop writing `value` (fused from `src`, or a constant) into the block of
     /// `out` that starts at `start` along `axis` and has shape `dims`.
-    fn lower_block(&mut self, dims: Vec<usize>, out: &Layout, axis: usize, start: usize, src: Option<ValueId>) -> Result<(), CodegenError> {
+    fn lower_block(
+        &mut self,
+        dims: Vec<usize>,
+        out: &Layout,
+        axis: usize,
+        start: usize,
+        src: Result<ValueId, f32>,
+    ) -> Result<(), CodegenError> {
         let mut eb = ExprBuilder::new(dims.len());
         let root = match src {
-            Some(x) => self.expr(&mut eb, x, &identity(dims.len()))?,
-            None => eb.constant(0.0),
+            Ok(x) => self.expr(&mut eb, x, &identity(dims.len()))?,
+            Err(fill) => eb.constant(fill),
         };
         let off = out.off + out.strides.get(axis).copied().unwrap_or(0) * start as i64;
         let out = Affine { storage: Some(out.storage), off, strides: out.strides.clone() };
@@ -510,7 +582,7 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn lower_pad(&mut self, id: ValueId, axis: usize, before: usize, out: &Layout) -> Result<(), CodegenError> {
+    fn lower_pad(&mut self, id: ValueId, axis: usize, before: usize, fill: f32, out: &Layout) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
         let od = self.shape(id).to_vec();
         let n = self.shape(x).get(axis).copied().ok_or_else(|| malformed(id, "pad axis out of range"))?;
@@ -523,12 +595,12 @@ impl Planner<'_> {
             d
         };
         if before > 0 {
-            self.lower_block(with(before), out, axis, 0, None)?;
+            self.lower_block(with(before), out, axis, 0, Err(fill))?;
         }
-        self.lower_block(self.shape(x).to_vec(), out, axis, before, Some(x))?;
+        self.lower_block(self.shape(x).to_vec(), out, axis, before, Ok(x))?;
         let after = total.saturating_sub(before + n);
         if after > 0 {
-            self.lower_block(with(after), out, axis, before + n, None)?;
+            self.lower_block(with(after), out, axis, before + n, Err(fill))?;
         }
         Ok(())
     }
@@ -538,7 +610,7 @@ impl Planner<'_> {
         for x in self.args(id).to_vec() {
             let d = self.shape(x).to_vec();
             let n = d.get(axis).copied().ok_or_else(|| malformed(id, "concat axis out of range"))?;
-            self.lower_block(d, out, axis, start, Some(x))?;
+            self.lower_block(d, out, axis, start, Ok(x))?;
             start += n;
         }
         Ok(())

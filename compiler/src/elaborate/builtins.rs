@@ -49,12 +49,12 @@ pub const NAMES: &[&str] = &[
 ];
 
 pub fn lookup(name: &str) -> Option<&'static str> {
-    NAMES.iter().copied().find(|n| *n == name)
+    NAMES.iter().chain(super::vision::NAMES).copied().find(|n| *n == name)
 }
 
 /// Bind call arguments to a built-in's parameter list (positional, then by
 /// name); `required` leading parameters must be present.
-fn bind(cx: &Ctx, callee: &str, args: Vec<Arg>, params: &[&str], required: usize, span: Span) -> Result<Vec<Option<Arg>>, ElabError> {
+pub(super) fn bind(cx: &Ctx, callee: &str, args: Vec<Arg>, params: &[&str], required: usize, span: Span) -> Result<Vec<Option<Arg>>, ElabError> {
     let mut slots: Vec<Option<Arg>> = vec![None; params.len()];
     let mut next = 0;
     let found = args.len();
@@ -93,7 +93,7 @@ fn bind(cx: &Ctx, callee: &str, args: Vec<Arg>, params: &[&str], required: usize
     Ok(slots)
 }
 
-fn take(slot: &mut Option<Arg>) -> Option<Arg> {
+pub(super) fn take(slot: &mut Option<Arg>) -> Option<Arg> {
     slot.take()
 }
 
@@ -299,15 +299,16 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 _ => Err(cx.err(ErrorKind::WrongKind { span, expected: "a function".into(), found: "something else".into() })),
             }
         }
+        _ if super::vision::NAMES.contains(&name) => super::vision::call(cx, name, args, span),
         _ => Err(cx.err(ErrorKind::Internal { span, message: format!("built-in `{name}` has no definition") })),
     }
 }
 
-fn internal(cx: &Ctx, span: Span) -> ElabError {
+pub(super) fn internal(cx: &Ctx, span: Span) -> ElabError {
     cx.err(ErrorKind::Internal { span, message: "argument binding".into() })
 }
 
-fn tensor_arg(cx: &mut Ctx, a: Option<Arg>, span: Span) -> Result<Tensor, ElabError> {
+pub(super) fn tensor_arg(cx: &mut Ctx, a: Option<Arg>, span: Span) -> Result<Tensor, ElabError> {
     match a {
         Some(a) => cx.tensor_of(a.value, a.span),
         None => Err(internal(cx, span)),
@@ -375,7 +376,7 @@ fn unary_builtin(cx: &mut Ctx, name: &str, x: &Tensor, span: Span) -> Result<Ten
 }
 
 /// Resolve an axis argument (an int, an axis name, or a list of them) to axis indices.
-fn axes_arg(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Result<Vec<usize>, ElabError> {
+pub(super) fn axes_arg(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> Result<Vec<usize>, ElabError> {
     let rank = cx.shape(x).rank();
     let Some(a) = a else { return Ok((0..rank).collect()) };
     let items: Vec<(Value, Span)> = match a.value {
@@ -620,26 +621,9 @@ pub(crate) fn matmul(cx: &mut Ctx, l: &Tensor, r: &Tensor, lspan: Span, rspan: S
     Ok(Tensor { id, names })
 }
 
-/// The product of dims as one dim (symbolic only when a single symbol remains).
+/// The product of dims as one dim (a product symbol such as `B*64` when symbolic).
 fn fold_dims(dims: &[Dim]) -> Dim {
-    let mut c = 1;
-    let mut sym = None;
-    let mut syms = 0;
-    for d in dims {
-        match d {
-            Dim::Known(n) => c *= n,
-            Dim::Sym(s) => {
-                syms += 1;
-                sym = Some(s.clone());
-            }
-        }
-    }
-    match (syms, sym) {
-        (0, _) => Dim::Known(c),
-        (1, Some(s)) if c == 1 => Dim::Sym(s),
-        (_, Some(s)) => Dim::Sym(format!("{s}*{c}")),
-        _ => Dim::Known(c),
-    }
+    Dim::product(dims)
 }
 
 fn int_list(cx: &mut Ctx, a: &Arg) -> Result<Vec<usize>, ElabError> {

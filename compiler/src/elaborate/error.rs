@@ -194,6 +194,15 @@ pub enum ErrorKind {
         a: Shape,
         b: Shape,
     },
+    /// A mistake specific to one builtin (a convolution kernel that does not
+    /// fit, channels not divisible by groups, …), worded at the call site with
+    /// what was expected and what was found.
+    Builtin {
+        span: Span,
+        title: String,
+        label: String,
+        note: Option<String>,
+    },
     /// A bug in a derivative rule or in the elaborator itself.
     /// A loss that reads data other than its batch (`digits.test.x`) or a tensor `let`.
     ForeignInput {
@@ -578,6 +587,13 @@ impl ErrorKind {
             Solve { span, a, b } => {
                 Diagnostic::new(format!("`solve` needs a square matrix and a matching right-hand side, found {a} and {b}"))
                     .label(*span, "here")
+            }
+            Builtin { span, title, label, note } => {
+                let d = Diagnostic::new(title.clone()).label(*span, label.clone());
+                match note {
+                    Some(n) => d.note(n.clone()),
+                    None => d,
+                }
             }
             ForeignInput { span, name } => Diagnostic::new(format!("the loss uses `{name}`, which is not part of a training batch"))
                 .label(*span, format!("this loss reads `{name}`"))

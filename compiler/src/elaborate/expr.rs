@@ -139,7 +139,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
         candidates.extend(s.lets.keys().map(String::as_str));
         candidates.extend(s.consts.keys().map(String::as_str));
         candidates.extend(s.trained.keys().map(String::as_str));
-        candidates.extend(builtins::NAMES.iter().copied());
+        candidates.extend(builtins::NAMES.iter().chain(super::vision::NAMES).copied());
         let this_names = scope.this.as_ref().map(|t| t.member_names()).unwrap_or_default();
         candidates.extend(this_names.iter().map(String::as_str));
         let suggestion = closest(name, candidates);

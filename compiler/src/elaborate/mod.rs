@@ -8,6 +8,7 @@ pub mod error;
 mod expr;
 pub mod train;
 pub mod value;
+mod vision;
 
 use crate::ast::{DataDef, Expr, FnDef, Item, ModuleDef, Program, Span};
 use crate::builder::Builder;
@@ -263,6 +264,12 @@ impl<'s, 'p> Ctx<'s, 'p> {
             ShapeError::Reshape { from, to } => ErrorKind::Reshape { span, from, to },
             ShapeError::Concat { lhs, rhs, axis } => ErrorKind::Concat { span, lhs, rhs, axis },
             ShapeError::Solve { a, b } => ErrorKind::Solve { span, a, b },
+            ShapeError::Window { window, shape } => ErrorKind::Builtin {
+                span,
+                title: format!("a {window} window does not fit the last two axes of {shape}"),
+                label: "here".into(),
+                note: None,
+            },
             ShapeError::MatMulInner { lhs, rhs } => ErrorKind::MatMulInner { span, lhs_span: span, rhs_span: span, lhs, rhs },
             ShapeError::MatMulRank { lhs, rhs } => ErrorKind::MatMulRank { span, lhs_span: span, rhs_span: span, lhs, rhs },
             ShapeError::Mismatch { op, lhs, rhs } => ErrorKind::Broadcast { op: op.into(), span, lhs_span: span, rhs_span: span, lhs, rhs },

@@ -15,6 +15,7 @@ pub mod elementwise;
 pub mod linalg;
 pub mod movement;
 pub mod reduce;
+pub mod window;
 
 use crate::builder::Builder;
 use crate::ir::{InputKind, Shape, SizeEnv, TensorType, ValueId};
@@ -23,6 +24,7 @@ use std::fmt;
 
 pub use elementwise::{BinaryOp, UnaryOp};
 pub use reduce::ReduceKind;
+pub use window::Window;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -61,15 +63,26 @@ pub enum Op {
         start: usize,
         end: usize,
     },
-    /// Zeros added before and after along `axis` (the transpose of `Slice`).
+    /// `value` added before and after along `axis` (zeros: the transpose of `Slice`).
     Pad {
         axis: usize,
         before: usize,
         after: usize,
+        value: f64,
     },
     /// Operands joined along `axis`.
     Concat {
         axis: usize,
+    },
+    // ---- sliding windows (convolution, pooling) ------------------------
+    /// `[.., H, W] → [.., KH, KW, OH, OW]`: every window of the last two axes (im2col).
+    Unfold {
+        window: Window,
+    },
+    /// The transpose of `Unfold`: window elements summed back into `[.., H, W]` (col2im).
+    Fold {
+        window: Window,
+        size: [usize; 2],
     },
     // ---- reductions (reduced axes kept with size 1) --------------------
     Reduce {
@@ -103,6 +116,8 @@ pub enum ShapeError {
     Slice { start: usize, end: usize, shape: Shape, axis: usize },
     /// Concat operands disagree off the concat axis.
     Concat { lhs: Shape, rhs: Shape, axis: usize },
+    /// A window that does not fit the last two axes (or a `Fold` operand of the wrong shape).
+    Window { window: Window, shape: Shape },
     /// `solve` needs a square matrix and a matching right-hand side.
     Solve { a: Shape, b: Shape },
     /// Wrong number of operands (an internal error, never user-facing).
@@ -125,6 +140,8 @@ impl Op {
             Op::Pad { .. } => "pad",
             Op::Concat { .. } => "concat",
             Op::Reduce { kind, .. } => kind.name(),
+            Op::Unfold { .. } => "unfold",
+            Op::Fold { .. } => "fold",
             Op::MatMul => "matmul",
             Op::Solve => "solve",
         }
@@ -158,9 +175,11 @@ pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeErro
         Op::Reshape { shape } => movement::reshape_shape_rule(shape, args),
         Op::Transpose { perm } => movement::transpose_shape_rule(perm, args),
         Op::Slice { axis, start, end } => movement::slice_shape_rule(*axis, *start, *end, args),
-        Op::Pad { axis, before, after } => movement::pad_shape_rule(*axis, *before, *after, args),
+        Op::Pad { axis, before, after, .. } => movement::pad_shape_rule(*axis, *before, *after, args),
         Op::Concat { axis } => movement::concat_shape_rule(*axis, args),
         Op::Reduce { axes, .. } => reduce::reduce_shape_rule(axes, args),
+        Op::Unfold { window } => window::unfold_shape_rule(window, args),
+        Op::Fold { window, size } => window::fold_shape_rule(window, *size, args),
         Op::MatMul => linalg::matmul_shape_rule(args),
         Op::Solve => linalg::solve_shape_rule(args),
     }
@@ -180,9 +199,11 @@ pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: Val
         Op::Reshape { .. } => movement::reshape_vjp_rule(b, args, g),
         Op::Transpose { perm } => movement::transpose_vjp_rule(b, perm, g),
         Op::Slice { axis, start, end } => movement::slice_vjp_rule(b, *axis, *start, *end, args, g),
-        Op::Pad { axis, before, after } => movement::pad_vjp_rule(b, *axis, *before, *after, args, g),
+        Op::Pad { axis, before, after, .. } => movement::pad_vjp_rule(b, *axis, *before, *after, args, g),
         Op::Concat { axis } => movement::concat_vjp_rule(b, *axis, args, g),
         Op::Reduce { kind, axes } => reduce::reduce_vjp_rule(b, *kind, axes, args, out, g),
+        Op::Unfold { window } => window::unfold_vjp_rule(b, window, args, g),
+        Op::Fold { window, .. } => window::fold_vjp_rule(b, window, g),
         Op::MatMul => linalg::matmul_vjp_rule(b, args, g),
         Op::Solve => linalg::solve_vjp_rule(b, args, out, g),
     }
@@ -216,9 +237,11 @@ pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f6
         Op::Reshape { .. } => Ok(movement::reshape_eval(args, &out_shape)),
         Op::Transpose { perm } => Ok(movement::transpose_eval(perm, args)),
         Op::Slice { axis, start, end } => Ok(movement::slice_eval(*axis, *start, *end, args)),
-        Op::Pad { axis, before, .. } => Ok(movement::pad_eval(*axis, *before, args, &out_shape)),
+        Op::Pad { axis, before, value, .. } => Ok(movement::pad_eval(*axis, *before, *value, args, &out_shape)),
         Op::Concat { axis } => Ok(movement::concat_eval(*axis, args)),
         Op::Reduce { kind, axes } => Ok(reduce::reduce_eval(*kind, axes, args)),
+        Op::Unfold { window } => Ok(window::unfold_eval(window, args, &out_shape)),
+        Op::Fold { window, .. } => Ok(window::fold_eval(window, args, &out_shape)),
         Op::MatMul => Ok(linalg::matmul_eval(args, &out_shape)),
         Op::Solve => linalg::solve_eval(args),
     }
@@ -235,9 +258,12 @@ impl fmt::Display for Op {
             Op::Reshape { shape } => write!(f, "reshape to {shape}"),
             Op::Transpose { perm } => write!(f, "transpose {perm:?}"),
             Op::Slice { axis, start, end } => write!(f, "slice axis={axis} {start}..{end}"),
-            Op::Pad { axis, before, after } => write!(f, "pad axis={axis} +{before} +{after}"),
+            Op::Pad { axis, before, after, value } if *value == 0.0 => write!(f, "pad axis={axis} +{before} +{after}"),
+            Op::Pad { axis, before, after, value } => write!(f, "pad axis={axis} +{before} +{after} with {value}"),
             Op::Concat { axis } => write!(f, "concat axis={axis}"),
             Op::Reduce { kind, axes } => write!(f, "{} axes={axes:?}", kind.name()),
+            Op::Unfold { window } => write!(f, "unfold {window}"),
+            Op::Fold { window, size } => write!(f, "fold {window} to {}x{}", size[0], size[1]),
             Op::Unary(_) | Op::Binary(_) | Op::StopGradient | Op::MatMul | Op::Solve => {
                 write!(f, "{}", self.name())
             }

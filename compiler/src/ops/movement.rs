@@ -51,16 +51,7 @@ pub fn broadcast_eval(args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
 /// Element count as a constant times a sorted list of symbols, so `[B, 8, 8]`
 /// and `[B, 64]` compare equal without knowing `B`.
 fn symbolic_numel(shape: &Shape) -> (usize, Vec<String>) {
-    let mut c = 1;
-    let mut syms = Vec::new();
-    for d in shape.dims() {
-        match d {
-            Dim::Known(n) => c *= n,
-            Dim::Sym(s) => syms.push(s.clone()),
-        }
-    }
-    syms.sort();
-    (c, syms)
+    Dim::product(shape.dims()).factors()
 }
 
 pub fn reshape_shape_rule(to: &Shape, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -164,8 +155,8 @@ pub fn pad_vjp_rule(b: &mut Builder, axis: usize, before: usize, _after: usize, 
     vec![Some(b.slice(g, axis, before, before + n))]
 }
 
-pub fn pad_eval(axis: usize, before: usize, args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
-    let mut y = ArrayD::zeros(IxDyn(out));
+pub fn pad_eval(axis: usize, before: usize, value: f64, args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
+    let mut y = ArrayD::from_elem(IxDyn(out), value);
     if let Some(x) = args.first() {
         let n = x.shape().get(axis).copied().unwrap_or(0);
         y.slice_axis_mut(Axis(axis), Slice::from(before..before + n)).assign(*x);

@@ -1,0 +1,406 @@
+//! Built-ins of the vision family (notes §7–10): convolution, pooling and the
+//! normalisations, written as composites of primitives (`Pad`, `Unfold`,
+//! `MatMul`, reductions), so they need no derivative rules of their own.
+//!
+//! Layout is NCHW throughout: `x [N, C, H, W]`, conv weights `[O, C/groups, KH, KW]`.
+
+use super::builtins::{bind, internal, reduction, take, tensor_arg};
+use super::error::ErrorKind;
+use super::value::{Arg, Tensor, Value};
+use super::{Ctx, ElabError};
+use crate::ast::Span;
+use crate::ir::{Dim, Shape, ValueId};
+use crate::ops::{Op, Window};
+
+pub const NAMES: &[&str] = &["conv2d", "max_pool", "avg_pool", "global_avg_pool", "flatten", "layer_norm", "instance_norm", "group_norm"];
+
+pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
+    let t = match name {
+        "conv2d" => {
+            let mut a = bind(cx, name, args, &["x", "weight", "stride", "padding", "dilation", "groups"], 2, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let wa = take(&mut a[1]);
+            let w_span = wa.as_ref().map_or(span, |a| a.span);
+            let w = tensor_arg(cx, wa, span)?;
+            let stride = pair(cx, take(&mut a[2]), 1, "stride")?;
+            let padding = pair(cx, take(&mut a[3]), 0, "padding")?;
+            let dilation = pair(cx, take(&mut a[4]), 1, "dilation")?;
+            let groups = match take(&mut a[5]) {
+                Some(g) => positive(cx, &g, "groups")?,
+                None => 1,
+            };
+            conv2d(cx, &x, &w, w_span, Conv { stride, padding, dilation, groups }, span)?
+        }
+        "max_pool" | "avg_pool" => {
+            let mut a = bind(cx, name, args, &["x", "size", "stride", "padding"], 2, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let size = pair(cx, take(&mut a[1]), 1, "size")?;
+            let stride = match take(&mut a[2]) {
+                Some(s) => pair(cx, Some(s), 1, "stride")?,
+                None => size,
+            };
+            let padding = pair(cx, take(&mut a[3]), 0, "padding")?;
+            pool(cx, name, &x, Window { kernel: size, stride, dilation: [1, 1] }, padding, span)?
+        }
+        "global_avg_pool" => {
+            let mut a = bind(cx, name, args, &["x"], 1, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let (r, shape) = (cx.shape(&x).rank(), cx.shape(&x));
+            if r < 3 {
+                return Err(layout_err(cx, name, "[N, C, H, W]", &shape, span));
+            }
+            reduction(cx, "mean", &x, &[r - 2, r - 1], false, span)?
+        }
+        "flatten" => {
+            let mut a = bind(cx, name, args, &["x"], 1, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let shape = cx.shape(&x);
+            let Some((first, rest)) = shape.dims().split_first() else {
+                return Err(layout_err(cx, name, "a tensor with a batch axis", &shape, span));
+            };
+            let flat = Shape(vec![first.clone(), Dim::product(rest)]);
+            let id = cx.op(Op::Reshape { shape: flat }, &[x.id], span)?;
+            let names = x.names.first().map(|n| vec![n.clone(), None]).unwrap_or_default();
+            Tensor { id, names }
+        }
+        "layer_norm" | "instance_norm" | "group_norm" => {
+            let params: &[&str] = match name {
+                "group_norm" => &["x", "gamma", "beta", "groups", "eps"],
+                _ => &["x", "gamma", "beta", "eps", "axis"],
+            };
+            let required = if name == "group_norm" { 4 } else { 3 };
+            let mut a = bind(cx, name, args, params, required, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let ga = take(&mut a[1]);
+            let g_span = ga.as_ref().map_or(span, |a| a.span);
+            let gamma = tensor_arg(cx, ga, span)?;
+            let beta = tensor_arg(cx, take(&mut a[2]), span)?;
+            let eps_slot = if name == "group_norm" { 4 } else { 3 };
+            let eps = match take(&mut a[eps_slot]) {
+                Some(e) => cx.number(&e.value, e.span, "eps")?,
+                None => 1e-5,
+            };
+            let affine = Affine { gamma, beta, span: g_span };
+            match name {
+                "layer_norm" => {
+                    let axis = match take(&mut a[4]) {
+                        Some(ax) => Some(super::builtins::axes_arg(cx, &x, Some(ax), span)?.first().copied().unwrap_or(0)),
+                        None => None,
+                    };
+                    layer_norm(cx, &x, affine, axis, eps, span)?
+                }
+                "instance_norm" => instance_norm(cx, &x, affine, eps, span)?,
+                _ => {
+                    let Some(g) = take(&mut a[3]) else { return Err(internal(cx, span)) };
+                    let groups = positive(cx, &g, "groups")?;
+                    group_norm(cx, &x, affine, groups, g.span, eps, span)?
+                }
+            }
+        }
+        _ => return Err(cx.err(ErrorKind::Internal { span, message: format!("built-in `{name}` has no definition") })),
+    };
+    Ok(Value::Tensor(t))
+}
+
+fn builtin_err(cx: &Ctx, span: Span, title: String, label: String, note: Option<String>) -> ElabError {
+    cx.err(ErrorKind::Builtin { span, title, label, note })
+}
+
+fn layout_err(cx: &Ctx, name: &str, expected: &str, found: &Shape, span: Span) -> ElabError {
+    builtin_err(cx, span, format!("`{name}` expects {expected}, found {found}"), format!("this is {found}"), None)
+}
+
+/// `2` or `[2, 1]`: a size along (H, W).
+fn pair(cx: &mut Ctx, a: Option<Arg>, default: usize, what: &str) -> Result<[usize; 2], ElabError> {
+    let Some(a) = a else { return Ok([default, default]) };
+    let bad = |cx: &Ctx, span: Span| {
+        let found = "something else".to_string();
+        cx.err(ErrorKind::WrongKind { span, expected: format!("`{what}` as an integer or a pair `[h, w]` of integers"), found })
+    };
+    let int = |cx: &mut Ctx, v: &Value, span: Span| -> Result<usize, ElabError> {
+        let n = cx.number(v, span, what)?;
+        if n < 0.0 || n.fract() != 0.0 {
+            return Err(cx.err(ErrorKind::BadDim { span, found: n.to_string() }));
+        }
+        Ok(n as usize)
+    };
+    match &a.value {
+        Value::List(items) => match items.as_slice() {
+            [(h, hs), (w, ws)] => Ok([int(cx, h, *hs)?, int(cx, w, *ws)?]),
+            _ => Err(bad(cx, a.span)),
+        },
+        v => {
+            let n = int(cx, v, a.span)?;
+            Ok([n, n])
+        }
+    }
+}
+
+fn positive(cx: &mut Ctx, a: &Arg, what: &str) -> Result<usize, ElabError> {
+    let n = cx.number(&a.value, a.span, what)?;
+    if n < 1.0 || n.fract() != 0.0 {
+        return Err(builtin_err(cx, a.span, format!("`{what}` must be a positive integer, found {n}"), "here".into(), None));
+    }
+    Ok(n as usize)
+}
+
+/// The known sizes of the last `k` axes, or `None`.
+fn known_tail(shape: &Shape, k: usize) -> Option<Vec<usize>> {
+    let d = shape.dims();
+    d.get(d.len().checked_sub(k)?..)?.iter().map(Dim::known).collect()
+}
+
+#[derive(Clone, Copy)]
+struct Conv {
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+}
+
+/// Pad the last two axes by `p` on each side with `value`.
+fn pad_hw(cx: &mut Ctx, x: ValueId, p: [usize; 2], value: f64, span: Span) -> Result<ValueId, ElabError> {
+    let r = cx.graph.shape(x).rank();
+    let mut id = x;
+    for (k, &pk) in p.iter().enumerate() {
+        if pk > 0 {
+            id = cx.op(Op::Pad { axis: r - 2 + k, before: pk, after: pk, value }, &[id], span)?;
+        }
+    }
+    Ok(id)
+}
+
+/// Check that `w` fits the (padded) spatial size `hw`, with the notes' formula in the message.
+fn check_fit(cx: &Ctx, what: &str, hw: [usize; 2], w: &Window, pad: [usize; 2], span: Span) -> Result<[usize; 2], ElabError> {
+    let mut out = [0; 2];
+    for a in 0..2 {
+        let padded = hw[a] + 2 * pad[a];
+        match w.out_size(a, padded) {
+            Some(n) => out[a] = n,
+            None => {
+                let axis = ["height", "width"][a];
+                let ext = w.extent(a);
+                let dil = if w.dilation[a] > 1 { format!(" (dilation {}: spans {ext})", w.dilation[a]) } else { String::new() };
+                return Err(builtin_err(
+                    cx,
+                    span,
+                    format!(
+                        "the {what} does not fit the input: {axis} {} with padding {} is {padded}, the window needs {ext}",
+                        hw[a], pad[a]
+                    ),
+                    format!("kernel {}x{}{dil} on a {}x{} input", w.kernel[0], w.kernel[1], hw[0], hw[1]),
+                    Some(format!(
+                        "output size = (N - K + 2P)/S + 1 = ({} - {ext} + 2·{})/{} + 1 < 1; use more padding or a smaller kernel",
+                        hw[a], pad[a], w.stride[a]
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn conv2d(cx: &mut Ctx, x: &Tensor, w: &Tensor, w_span: Span, c: Conv, span: Span) -> Result<Tensor, ElabError> {
+    let (xs, ws) = (cx.shape(x), cx.shape(w));
+    let (Some(xt), 4) = (known_tail(&xs, 3), xs.rank()) else {
+        return Err(layout_err(cx, "conv2d", "an input [N, C, H, W] with known C, H and W", &xs, span));
+    };
+    let (Some(wt), 4) = (known_tail(&ws, 4), ws.rank()) else {
+        return Err(layout_err(cx, "conv2d", "a weight [out_channels, in_channels / groups, KH, KW]", &ws, w_span));
+    };
+    let (ch, hw) = (xt[0], [xt[1], xt[2]]);
+    let (o, cg, kernel) = (wt[0], wt[1], [wt[2], wt[3]]);
+    let g = c.groups;
+    if ch % g != 0 || o % g != 0 {
+        let (what, n) = if ch % g != 0 { ("input channels", ch) } else { ("output channels", o) };
+        return Err(builtin_err(
+            cx,
+            span,
+            format!("`conv2d` with groups = {g}: the {n} {what} are not divisible by {g}"),
+            format!("{n} {what} in {g} groups"),
+            Some("every group convolves channels / groups input channels into out_channels / groups outputs".into()),
+        ));
+    }
+    if cg != ch / g {
+        return Err(builtin_err(
+            cx,
+            w_span,
+            format!("`conv2d`: the weight {ws} expects {cg} input channels per group, the input {xs} has {ch} / {g} = {}", ch / g),
+            format!("weight [out, in / groups, KH, KW] = {ws}"),
+            Some(format!("for this input the weight needs shape [{o}, {}, {}, {}]", ch / g, kernel[0], kernel[1])),
+        ));
+    }
+    let window = Window { kernel, stride: c.stride, dilation: c.dilation };
+    let [oh, ow] = check_fit(cx, &format!("{}x{} convolution kernel", kernel[0], kernel[1]), hw, &window, c.padding, span)?;
+    let n = xs.dims()[0].clone();
+    let kk = cg * kernel[0] * kernel[1];
+    let xp = pad_hw(cx, x.id, c.padding, 0.0, span)?;
+    let cols = cx.op(Op::Unfold { window }, &[xp], span)?;
+    // [N, C, KH, KW, OH, OW] is already [N, G, C/G·KH·KW, OH·OW] in memory.
+    let cols = cx.op(Op::Reshape { shape: Shape(vec![n.clone(), Dim::Known(g), Dim::Known(kk), Dim::Known(oh * ow)]) }, &[cols], span)?;
+    let wm = cx.op(Op::Reshape { shape: Shape::known(&[g, o / g, kk]) }, &[w.id], span)?;
+    let wb = cx.op(Op::Broadcast { shape: Shape(vec![n.clone(), Dim::Known(g), Dim::Known(o / g), Dim::Known(kk)]) }, &[wm], span)?;
+    let y = cx.op(Op::MatMul, &[wb, cols], span)?;
+    let id = cx.op(Op::Reshape { shape: Shape(vec![n, Dim::Known(o), Dim::Known(oh), Dim::Known(ow)]) }, &[y], span)?;
+    Ok(Tensor { id, names: batch_names(x, 4) })
+}
+
+/// The batch axis keeps its name; the others are new.
+fn batch_names(x: &Tensor, rank: usize) -> Vec<Option<String>> {
+    match x.names.first() {
+        Some(Some(n)) => std::iter::once(Some(n.clone())).chain(std::iter::repeat_n(None, rank - 1)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2], span: Span) -> Result<Tensor, ElabError> {
+    let xs = cx.shape(x);
+    let r = xs.rank();
+    let Some(hw) = known_tail(&xs, 2).filter(|_| r >= 3) else {
+        return Err(layout_err(cx, name, "an input [N, C, H, W] with known H and W", &xs, span));
+    };
+    if padding.iter().zip(window.kernel).any(|(&p, k)| 2 * p > k) {
+        return Err(builtin_err(
+            cx,
+            span,
+            format!(
+                "`{name}`: padding {}x{} is more than half the {}x{} window",
+                padding[0], padding[1], window.kernel[0], window.kernel[1]
+            ),
+            "here".into(),
+            Some("a window would then cover only padding".into()),
+        ));
+    }
+    let [oh, ow] =
+        check_fit(cx, &format!("{}x{} pooling window", window.kernel[0], window.kernel[1]), [hw[0], hw[1]], &window, padding, span)?;
+    // Max pooling pads with −∞ so padding never wins; average pooling counts
+    // padded zeros (PyTorch's default, `count_include_pad=True`).
+    let fill = if name == "max_pool" { f64::NEG_INFINITY } else { 0.0 };
+    let xp = pad_hw(cx, x.id, padding, fill, span)?;
+    let u = cx.op(Op::Unfold { window }, &[xp], span)?;
+    let axes = [r - 2, r - 1];
+    let mut b = cx.builder(span);
+    let red = if name == "max_pool" {
+        b.reduce_max(u, &axes)
+    } else {
+        let s = b.reduce_sum(u, &axes);
+        b.scale(s, 1.0 / (window.kernel[0] * window.kernel[1]) as f64)
+    };
+    let mut dims = xs.dims()[..r - 2].to_vec();
+    dims.extend([Dim::Known(oh), Dim::Known(ow)]);
+    let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[red], span)?;
+    Ok(Tensor { id, names: batch_names(x, r) })
+}
+
+/// Learnable scale and shift of a normalisation.
+struct Affine {
+    gamma: Tensor,
+    beta: Tensor,
+    span: Span,
+}
+
+/// `(x − mean) / sqrt(var + eps)` over `axes` (biased variance, as every framework normalises).
+fn normalize(cx: &mut Ctx, x: &Tensor, axes: &[usize], eps: f64, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let mean = reduction(cx, "mean", x, axes, true, span)?;
+    let mut b = cx.builder(span);
+    let mb = b.broadcast(mean.id, &shape);
+    let d = b.sub(x.id, mb);
+    let sq = b.mul(d, d);
+    let sq = Tensor { id: sq, names: Vec::new() };
+    let var = reduction(cx, "mean", &sq, axes, true, span)?;
+    let mut b = cx.builder(span);
+    let v = b.offset(var.id, eps);
+    let s = b.sqrt(v);
+    let sb = b.broadcast(s, &shape);
+    let id = b.div(d, sb);
+    Ok(Tensor { id, names: x.names.clone() })
+}
+
+/// `y · gamma + beta` with `gamma`, `beta` of shape `want`, placed on the axes `at` of `y`
+/// (all others broadcast).
+fn apply_affine(cx: &mut Ctx, y: Tensor, a: &Affine, want: &[Dim], at: &[usize], span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(&y);
+    for t in [&a.gamma, &a.beta] {
+        let ts = cx.shape(t);
+        if ts.dims() != want {
+            return Err(builtin_err(
+                cx,
+                a.span,
+                format!("the scale and shift of this normalisation must have shape {}, found {ts}", Shape(want.to_vec())),
+                format!("this is {ts}"),
+                Some(format!("the input is {shape}; the normalisation's parameters cover its axes {at:?}")),
+            ));
+        }
+    }
+    // Reshape [C] to [C, 1, 1] (or similar) so right-aligned broadcasting places it on `at`.
+    let r = shape.rank();
+    let first = at.first().copied().unwrap_or(0);
+    let mut dims: Vec<Dim> = (first..r).map(|i| if at.contains(&i) { shape.dims()[i].clone() } else { Dim::Known(1) }).collect();
+    if dims.is_empty() {
+        dims.push(Dim::Known(1));
+    }
+    let mut b = cx.builder(span);
+    let g = b.reshape(a.gamma.id, &Shape(dims.clone()));
+    let be = b.reshape(a.beta.id, &Shape(dims));
+    let gb = b.broadcast(g, &shape);
+    let bb = b.broadcast(be, &shape);
+    let m = b.mul(y.id, gb);
+    let id = b.add(m, bb);
+    Ok(Tensor { id, names: y.names })
+}
+
+/// Over the trailing axes that `gamma` covers (PyTorch's `normalized_shape`),
+/// or over the single axis `axis` (ConvNeXt's channels-first layer norm).
+fn layer_norm(cx: &mut Ctx, x: &Tensor, a: Affine, axis: Option<usize>, eps: f64, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let r = shape.rank();
+    let axes: Vec<usize> = match axis {
+        Some(ax) => vec![ax],
+        None => {
+            let k = cx.shape(&a.gamma).rank().clamp(1, r.max(1));
+            (r.saturating_sub(k)..r).collect()
+        }
+    };
+    let want: Vec<Dim> = axes.iter().filter_map(|&i| shape.dims().get(i).cloned()).collect();
+    let y = normalize(cx, x, &axes, eps, span)?;
+    apply_affine(cx, y, &a, &want, &axes, span)
+}
+
+/// Per sample and channel over the spatial axes; scale and shift per channel.
+fn instance_norm(cx: &mut Ctx, x: &Tensor, a: Affine, eps: f64, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let r = shape.rank();
+    if r < 3 {
+        return Err(layout_err(cx, "instance_norm", "[N, C, H, W] (or [N, C, L])", &shape, span));
+    }
+    let axes: Vec<usize> = (2..r).collect();
+    let y = normalize(cx, x, &axes, eps, span)?;
+    apply_affine(cx, y, &a, &shape.dims()[1..2], &[1], span)
+}
+
+/// Channels split into `groups`, each normalised over its channels and the
+/// spatial axes; scale and shift per channel.
+fn group_norm(cx: &mut Ctx, x: &Tensor, a: Affine, groups: usize, g_span: Span, eps: f64, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let r = shape.rank();
+    let c = shape.dims().get(1).and_then(Dim::known);
+    let Some(c) = c.filter(|_| r >= 2) else {
+        return Err(layout_err(cx, "group_norm", "[N, C, ...] with a known channel count", &shape, span));
+    };
+    if c % groups != 0 {
+        return Err(builtin_err(
+            cx,
+            g_span,
+            format!("`group_norm`: {c} channels cannot be split into {groups} groups"),
+            format!("{groups} groups"),
+            Some(format!("the channel count must be a multiple of the number of groups ({c} % {groups} = {})", c % groups)),
+        ));
+    }
+    let rest = Dim::product(&shape.dims()[2..]);
+    let grouped = Shape(vec![shape.dims()[0].clone(), Dim::Known(groups), Dim::product(&[Dim::Known(c / groups), rest])]);
+    let xg = cx.op(Op::Reshape { shape: grouped }, &[x.id], span)?;
+    let y = normalize(cx, &Tensor { id: xg, names: Vec::new() }, &[2], eps, span)?;
+    let back = cx.op(Op::Reshape { shape: shape.clone() }, &[y.id], span)?;
+    apply_affine(cx, Tensor { id: back, names: x.names.clone() }, &a, &shape.dims()[1..2], &[1], span)
+}
