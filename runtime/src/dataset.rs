@@ -1,6 +1,7 @@
 //! `data` declarations: load the file, select the splits, preprocess, and
 //! report problems against the declaration's source.
 
+use crate::augment::Augment;
 use crate::data::{self, RowSelect, Standardizer, Table};
 use ndarray::{Array1, Array2};
 use nnc_compiler::ast::{self, DataDef, Expr, ExprKind, Span};
@@ -17,6 +18,9 @@ pub struct Split {
     pub y: Array1<f32>,
     /// `shuffle(seed: s)`: visit rows in a fresh seeded order each epoch.
     pub shuffle_seed: Option<u64>,
+    /// `augment(image: [H, W], ...)`: transform each training batch's images.
+    /// Only the training loop uses it; metrics and `let`s see `x` unchanged.
+    pub augment: Option<Augment>,
 }
 
 #[derive(Clone, Debug)]
@@ -162,8 +166,10 @@ fn row_select(sel: &ast::RowSelect) -> Result<RowSelect, Diagnostic> {
     })
 }
 
-fn shuffle_seed(split: &ast::SplitDef) -> Result<Option<u64>, Diagnostic> {
-    let mut seed = None;
+/// The split's modifiers: the `shuffle` seed and the `augment` options (for
+/// rows of `features` values).
+fn modifiers(split: &ast::SplitDef, features: usize) -> Result<(Option<u64>, Option<Augment>), Diagnostic> {
+    let (mut seed, mut augment) = (None, None);
     for m in &split.modifiers {
         let (name, args) = match &m.kind {
             ExprKind::Call { callee, args } => (&callee.kind, args.as_slice()),
@@ -180,10 +186,20 @@ fn shuffle_seed(split: &ast::SplitDef) -> Result<Option<u64>, Diagnostic> {
                 };
                 seed = Some(s);
             }
-            _ => return Err(error(m.span, "unknown split modifier", "expected `shuffle(seed: N)`")),
+            ExprKind::Name(n) if n == "augment" => {
+                if augment.is_some() {
+                    return Err(error(m.span, format!("split `{}` has two `augment` modifiers", split.name.name), "the second one")
+                        .note("put all options in one `augment(...)`"));
+                }
+                augment = Some(Augment::parse(m.span, args, features)?);
+            }
+            _ => {
+                return Err(error(m.span, "unknown split modifier", "expected `shuffle(seed: N)` or `augment(image: [H, W], ...)`")
+                    .note("split modifiers: shuffle(seed: N), augment(image: [H, W] or [C, H, W], rotate: DEGREES, translate: PIXELS, autocontrast: PROBABILITY, noise: STD, seed: N)"))
+            }
         }
     }
-    Ok(seed)
+    Ok((seed, augment))
 }
 
 /// Load a `data` declaration; file paths are relative to `base_dir` (the .nn file's folder).
@@ -257,7 +273,8 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
         if let Some(f) = opts.scale {
             data::scale(&mut t, f);
         }
-        splits.push((s.name.name.clone(), Split { x: t.features, y: t.labels, shuffle_seed: shuffle_seed(s)? }));
+        let (shuffle_seed, augment) = modifiers(s, table.n_features())?;
+        splits.push((s.name.name.clone(), Split { x: t.features, y: t.labels, shuffle_seed, augment }));
     }
     if let Some((fit_on, span)) = &opts.standardize {
         let Some((_, reference)) = splits.iter().find(|(n, _)| n == fit_on) else {
@@ -266,6 +283,15 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
         let st = Standardizer::fit(&reference.x).map_err(|e| error(*span, "cannot standardize", e.to_string()))?;
         for (_, s) in &mut splits {
             st.apply(&mut s.x).map_err(|e| error(*span, "cannot standardize", e.to_string()))?;
+        }
+    }
+    // Autocontrast stretches to the data's own range: up to the largest
+    // feature value of the split as the model sees it (after `scale` and
+    // `standardize`), e.g. 1 for images with `scale: 1/255`.
+    for (_, s) in &mut splits {
+        if let Some(a) = &mut s.augment {
+            let max = s.x.iter().copied().filter(|v| v.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+            a.contrast_max = if max.is_finite() { max } else { 1.0 };
         }
     }
     let shape = DataShape {

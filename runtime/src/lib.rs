@@ -3,6 +3,7 @@
 //! `program` runs a whole file item by item; `train` is the training loop
 //! around the compiled step; `check` is `nnc check`'s gradient check.
 
+pub mod augment;
 pub mod check;
 pub mod checkpoint;
 pub mod data;

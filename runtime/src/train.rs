@@ -166,6 +166,9 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
                 p
             };
             gather_rows(&split.x, rows, &mut xbuf[..b * features]).map_err(|e| Diagnostic::new(e.to_string()))?;
+            if let Some(a) = &split.augment {
+                a.apply(&mut xbuf[..b * features], rows, epoch).map_err(|e| Diagnostic::new(e.to_string()))?;
+            }
             gather_labels(&split.y, rows, &mut ybuf[..b]).map_err(|e| Diagnostic::new(e.to_string()))?;
             exec.set("x", &xbuf[..b * features]);
             exec.set("y", &ybuf[..b]);
