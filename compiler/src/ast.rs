@@ -80,6 +80,8 @@ pub struct ParamDecl {
     pub shape_span: Span,
     /// An initialiser: a name (`zeros`, `he_normal`) or a call (`normal(0.02)`).
     pub init: Expr,
+    /// Declared with `buffer`: model state, not trained.
+    pub buffer: bool,
     pub span: Span,
 }
 

@@ -86,6 +86,11 @@ impl<'g> Builder<'g> {
         self.graph.push(Op::Iota { axis }, Vec::new(), ty, self.span)
     }
 
+    /// Uniform [0, 1) numbers of `shape` from the scalar `seed` (see `ops::random`).
+    pub fn random_uniform(&mut self, seed: ValueId, shape: &Shape, stream: u32) -> ValueId {
+        self.graph.push(Op::RandomUniform { stream }, vec![seed], TensorType::f32(shape.clone()), self.span)
+    }
+
     // ---- elementwise -------------------------------------------------------
 
     pub fn unary(&mut self, u: UnaryOp, x: ValueId) -> ValueId {

@@ -170,6 +170,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
     jb.symbol("nnc_sgemm", helpers::nnc_sgemm as *const u8);
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
+    jb.symbol("nnc_random", helpers::nnc_random as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
     Ok(JITModule::new(jb))
@@ -184,6 +185,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     };
     let sgemm_id = import(module, "nnc_sgemm", 12)?;
     let solve_id = import(module, "nnc_solve", 10)?;
+    let random_id = import(module, "nnc_random", 4)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
     let pair_id = import(module, "nnc_sgemm_pair", 24)?;
     // Large elementwise loops: one function per kernel, over a range of rows.
@@ -196,7 +198,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         pieces.push(match form {
             Some(pk) => {
                 let rows = pk.dims.first().copied().unwrap_or(1);
-                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, [sgemm_id, solve_id])?, rows))
+                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, [sgemm_id, solve_id, random_id])?, rows))
             }
             None => None,
         });
@@ -208,6 +210,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
     let sgemm = module.declare_func_in_func(sgemm_id, b.func);
     let solve = module.declare_func_in_func(solve_id, b.func);
+    let random = module.declare_func_in_func(random_id, b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -218,7 +221,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     {
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
-        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, rows: None };
+        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, rows: None };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
         let threaded = pool::pool().threads() > 1;
@@ -264,6 +267,7 @@ fn describe(k: &kernel::Kernel) -> String {
         }
         kernel::Kernel::MatMul { batch, m, k, n, .. } => format!("matmul {batch:?} {m}x{k} @ {k}x{n}"),
         kernel::Kernel::Solve { n, k, .. } => format!("solve {n}x{n} \\ {n}x{k}"),
+        kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
     }
 }
 
@@ -274,7 +278,7 @@ fn define_piece(
     name: &str,
     k: &kernel::MapKernel,
     offsets: &[usize],
-    helpers: [FuncId; 2],
+    helpers: [FuncId; 3],
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64); 3];
@@ -283,6 +287,7 @@ fn define_piece(
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
     let sgemm = module.declare_func_in_func(helpers[0], b.func);
     let solve = module.declare_func_in_func(helpers[1], b.func);
+    let random = module.declare_func_in_func(helpers[2], b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -291,7 +296,7 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
-        let mut em = emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, rows: Some((lo, hi)) };
+        let mut em = emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, random, rows: Some((lo, hi)) };
         em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
     }
     b.ins().return_(&[]);

@@ -206,6 +206,8 @@ pub enum InputKind {
     Data,
     /// Optimizer state (a moment estimate) for the named parameter.
     State,
+    /// A module `buffer` (batch norm's running statistics), by its path.
+    Buffer,
     /// A scalar hyperparameter fed each step (learning rate, bias corrections).
     Hyper,
 }

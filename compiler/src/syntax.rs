@@ -196,9 +196,11 @@ fn build_member(p: Pair<'_, Rule>) -> R<Member> {
 
 fn build_param(p: Pair<'_, Rule>) -> R<ParamDecl> {
     let span = span_of(&p);
-    let (mut name, mut shape, mut init) = (None, None, None);
+    let (mut name, mut shape, mut init, mut buffer) = (None, None, None, false);
     for c in kids(p) {
         match c.as_rule() {
+            Rule::kw_param => {}
+            Rule::kw_buffer => buffer = true,
             Rule::ident => name = Some(ident(&c)),
             Rule::shape => {
                 let shape_span = span_of(&c);
@@ -210,7 +212,8 @@ fn build_param(p: Pair<'_, Rule>) -> R<ParamDecl> {
         }
     }
     let (shape, shape_span) = need(shape, span, "a parameter shape")?;
-    Ok(ParamDecl { name: need(name, span, "a parameter name")?, shape, shape_span, init: need(init, span, "an initialiser")?, span })
+    let init = need(init, span, "an initialiser")?;
+    Ok(ParamDecl { name: need(name, span, "a parameter name")?, shape, shape_span, init, buffer, span })
 }
 
 fn build_sub(p: Pair<'_, Rule>) -> R<SubDecl> {

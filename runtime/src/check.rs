@@ -5,9 +5,10 @@
 use crate::dataset::{self, Dataset};
 use crate::train::initial_params;
 use ndarray::{ArrayD, IxDyn};
-use nnc_compiler::ast::{Expr, ExprKind, IndexItem, Item};
+use nnc_compiler::ast::{Expr, ExprKind, IndexItem, Item, TrainDef};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::{Session, TrainPlan};
+use nnc_compiler::info::ModelInfo;
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{SizeEnv, TensorType};
 use std::path::Path;
@@ -119,6 +120,8 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
     let bad = |e: String| Diagnostic::new(format!("gradient check of `{}` failed to run", plan.name)).label(plan.span, e);
     inputs.insert("x".into(), ArrayD::from_shape_vec(IxDyn(&[b, plan.features]), x).map_err(|e| bad(e.to_string()))?);
     inputs.insert("y".into(), ArrayD::from_shape_vec(IxDyn(&[b]), y).map_err(|e| bad(e.to_string()))?);
+    // One fixed dropout mask: the derivative is checked for that mask.
+    inputs.insert(nnc_compiler::elaborate::HYPER_SEED.into(), ArrayD::from_elem(IxDyn(&[]), 1.0));
     for (path, shape, v) in &params.tensors {
         let a = ArrayD::from_shape_vec(IxDyn(shape), v.iter().map(|&x| f64::from(x)).collect()).map_err(|e| bad(e.to_string()))?;
         inputs.insert(path.clone(), a);
@@ -180,8 +183,23 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
 
 /// The training plans of a program (for `nnc ir`), loading data for shapes.
 pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<TrainPlan>, Vec<Diagnostic>> {
+    for_each_train(program, base_dir, |session, t| session.train_plan(t))
+}
+
+/// The layer table of each training run's model (for `nnc info`), loading data for shapes.
+pub fn model_infos(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<ModelInfo>, Vec<Diagnostic>> {
+    for_each_train(program, base_dir, |session, t| session.model_info(t))
+}
+
+/// Walk the items in order as `nnc run` would, without training or
+/// evaluating anything, and apply `f` to every `train` block.
+fn for_each_train<T>(
+    program: &nnc_compiler::ast::Program,
+    base_dir: &Path,
+    mut f: impl FnMut(&Session, &TrainDef) -> Result<T, Vec<Diagnostic>>,
+) -> Result<Vec<T>, Vec<Diagnostic>> {
     let mut session = Session::new(program)?;
-    let mut plans = Vec::new();
+    let mut out = Vec::new();
     for item in &program.items {
         match item {
             Item::Data(d) => {
@@ -189,7 +207,7 @@ pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Res
                 session.add_data(&ds.name, ds.shape.clone());
             }
             Item::Train(t) => {
-                plans.push(session.train_plan(t)?);
+                out.push(f(&session, t)?);
                 session.add_trained(&t.name.name, &t.model);
             }
             Item::Let(l) if session.add_const(&l.name.name, &l.value) => {}
@@ -200,5 +218,5 @@ pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Res
             Item::Module(_) | Item::Function(_) | Item::Plot(_) | Item::Report(_) => {}
         }
     }
-    Ok(plans)
+    Ok(out)
 }

@@ -11,7 +11,7 @@ use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
-use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, TrainPlan};
+use nnc_compiler::elaborate::{MetricKind, HYPER_SEED, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, TrainPlan};
 use nnc_compiler::ir::SizeEnv;
 use std::collections::HashMap;
 use std::path::Path;
@@ -86,7 +86,8 @@ pub fn schedule_of(s: &ScheduleSpec, steps_per_epoch: usize, total_steps: usize)
 pub fn initial_params(plan: &TrainPlan) -> Result<Params, Diagnostic> {
     let mut rng = rng::seeded(plan.seed, 0);
     let mut tensors = Vec::new();
-    for p in &plan.params {
+    // Buffers after the parameters: `check` relies on parameters coming first.
+    for p in plan.params.iter().chain(&plan.buffers) {
         let v = initialize(&init_of(&p.init), &p.shape, &mut rng)
             .map_err(|e| Diagnostic::new(format!("cannot initialise `{}`", p.path)).label(plan.span, e.to_string()))?;
         tensors.push((p.path.clone(), p.shape.clone(), v));
@@ -172,7 +173,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
             gather_labels(&split.y, rows, &mut ybuf[..b]).map_err(|e| Diagnostic::new(e.to_string()))?;
             exec.set("x", &xbuf[..b * features]);
             exec.set("y", &ybuf[..b]);
-            set_hypers(exec, &plan.optimizer, &schedule, step);
+            set_hypers(exec, &plan.optimizer, &schedule, step, plan.seed);
             exec.run();
             let loss = exec.output(0).first().copied().unwrap_or(f32::NAN) as f64;
             if b != batch {
@@ -232,9 +233,10 @@ fn input_name(plan: &TrainPlan, id: nnc_compiler::ir::ValueId) -> String {
     }
 }
 
-/// Names of everything a step carries over: parameters and optimizer state.
+/// Names of everything a step carries over: parameters, buffers and optimizer state.
 fn state_names(plan: &TrainPlan) -> impl Iterator<Item = &str> {
-    plan.params.iter().map(|p| p.path.as_str()).chain(plan.state.iter().map(|(n, _)| n.as_str()))
+    let params = plan.params.iter().chain(&plan.buffers).map(|p| p.path.as_str());
+    params.chain(plan.state.iter().map(|(n, _)| n.as_str()))
 }
 
 fn copy_state(plan: &TrainPlan, from: &Exec, to: &mut Exec) {
@@ -253,10 +255,18 @@ fn read_params(exec: &Exec, params: &mut Params) {
     }
 }
 
-fn set_hypers(exec: &mut Exec, o: &OptimizerSpec, schedule: &Schedule, step: usize) {
+/// The seed of step `step`'s random numbers (dropout masks): distinct for
+/// every step of a run and for every training seed, exact in f32.
+fn step_seed(seed: u64, step: usize) -> f32 {
+    let mixed = seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64 + 1);
+    (mixed % (1 << 24)) as f32
+}
+
+fn set_hypers(exec: &mut Exec, o: &OptimizerSpec, schedule: &Schedule, step: usize, seed: u64) {
     let lr = o.lr * schedule.factor(step);
     let t = (step + 1) as i32;
     exec.set(HYPER_LR, &[lr as f32]);
+    exec.set(HYPER_SEED, &[step_seed(seed, step)]);
     exec.set(HYPER_BC1, &[(1.0 - o.beta1.powi(t)) as f32]);
     exec.set(HYPER_BC2, &[(1.0 - o.beta2.powi(t)) as f32]);
 }
@@ -309,7 +319,7 @@ fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> 
     let loaded = checkpoint::load(path)
         .map_err(|e| Diagnostic::new(format!("cannot load checkpoint {}", path.display())).label(span, e.to_string()))?;
     let mut tensors = Vec::new();
-    for p in &plan.params {
+    for p in plan.params.iter().chain(&plan.buffers) {
         let Some((_, shape, data)) = loaded.iter().find(|(n, _, _)| *n == p.path) else {
             let have: Vec<&str> = loaded.iter().map(|(n, _, _)| n.as_str()).collect();
             return Err(Diagnostic::new(format!("checkpoint {} has no parameter `{}`", path.display(), p.path))

@@ -22,6 +22,7 @@ pub(crate) struct Emitter<'a, 'b> {
     pub offsets: &'a [usize],
     pub sgemm: FuncRef,
     pub solve: FuncRef,
+    pub random: FuncRef,
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
     /// of every map kernel emitted (see `parallel_form`).
     pub rows: Option<(Value, Value)>,
@@ -166,6 +167,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
             Kernel::Rows { rows, kernels } => self.emit_rows(*rows, kernels),
             Kernel::MatMul { batch, m, k, n, a, b, c } => self.emit_matmul(batch, [*m, *k, *n], a, b, c),
             Kernel::Solve { n, k, a, b, x } => self.emit_solve(*n, *k, a, b, x),
+            Kernel::Random { n, out, seed, stream } => {
+                let po = self.base(Some(out.0), out.1, &[], &[])?;
+                let ps = self.base(Some(seed.0), seed.1, &[], &[])?;
+                let n = self.b.ins().iconst(I64, *n as i64);
+                let s = self.b.ins().iconst(I64, i64::from(*stream));
+                self.b.ins().call(self.random, &[po, n, ps, s]);
+                Ok(())
+            }
         }
     }
 

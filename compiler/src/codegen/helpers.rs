@@ -123,6 +123,15 @@ fn gauss(m: &mut [f64], x: &mut [f64], n: usize, k: usize) -> bool {
     crate::ops::linalg::gauss_solve(m, x, n, k)
 }
 
+/// `n` uniform numbers of stream `stream` into `out`, seeded by the scalar at `seed`.
+pub(crate) extern "C" fn nnc_random(out: *mut f32, n: i64, seed: *const f32, stream: i64) {
+    let Ok(n) = usize::try_from(n) else { return };
+    // SAFETY: the planner gave `out` a buffer of `n` floats and `seed` points at
+    // the scalar seed input; they do not overlap.
+    let (out, seed) = unsafe { (std::slice::from_raw_parts_mut(out, n), *seed) };
+    crate::ops::random::fill_uniform(out, seed, stream as u32);
+}
+
 /// A parallel piece's function: rows `[lo, hi)` of one map kernel.
 pub(crate) type Piece = unsafe extern "C" fn(*mut f32, i64, i64);
 

@@ -95,6 +95,13 @@ pub(crate) enum Kernel {
         b: MatOperand,
         x: MatOperand,
     },
+    /// `n` uniform numbers into `out` from the scalar seed at `seed` (`ops::random`).
+    Random {
+        n: usize,
+        out: (StorageId, i64),
+        seed: (StorageId, i64),
+        stream: u32,
+    },
 }
 
 impl Kernel {
@@ -110,6 +117,7 @@ impl Kernel {
             }
             Kernel::Rows { kernels, .. } => kernels.iter().flat_map(|k| Kernel::Map(k.clone()).reads()).collect(),
             Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
+            Kernel::Random { seed, .. } => vec![seed.0],
         }
     }
 
@@ -120,6 +128,7 @@ impl Kernel {
             Kernel::Rows { kernels, .. } => kernels.iter().flat_map(|k| Kernel::Map(k.clone()).writes()).collect(),
             Kernel::MatMul { c, .. } => vec![c.storage],
             Kernel::Solve { x, .. } => vec![x.storage],
+            Kernel::Random { out, .. } => vec![out.0],
         }
     }
 
@@ -149,6 +158,7 @@ impl Kernel {
             }
             Kernel::MatMul { a, b, c, .. } => [a, b, c].into_iter().for_each(|o| fix(&mut o.storage)),
             Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
+            Kernel::Random { out, seed, .. } => [out, seed].into_iter().for_each(|o| fix(&mut o.0)),
         }
     }
 
@@ -166,7 +176,7 @@ impl Kernel {
                         .filter(|a| a.storage == Some(s))
                         .all(|a| outs.iter().all(|o| a.off == o.off && a.strides == o.strides))
             }
-            Kernel::Rows { .. } | Kernel::MatMul { .. } | Kernel::Solve { .. } => !self.reads().contains(&s),
+            Kernel::Rows { .. } | Kernel::MatMul { .. } | Kernel::Solve { .. } | Kernel::Random { .. } => !self.reads().contains(&s),
         }
     }
 }

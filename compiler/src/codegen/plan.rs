@@ -294,7 +294,7 @@ impl Planner<'_> {
                 // A reduction of a constant (the batch size in a mean) is a constant.
                 Op::Reduce { .. } if !hard && self.reduced_constant(ValueId(i as u32)).is_some() => (Mode::Inline, Vec::new()),
                 Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
-                Op::MatMul | Op::Solve | Op::Unfold { .. } => (Mode::Kernel, vec![Need::Strided]),
+                Op::MatMul | Op::Solve | Op::Unfold { .. } | Op::RandomUniform { .. } => (Mode::Kernel, vec![Need::Strided]),
                 Op::Fold { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
             };
             self.mode[i] = mode;
@@ -423,6 +423,7 @@ impl Planner<'_> {
             | Op::Reduce { .. }
             | Op::Unfold { .. }
             | Op::Fold { .. }
+            | Op::RandomUniform { .. }
             | Op::MatMul
             | Op::Solve => {
                 Err(malformed(id, "op cannot be fused into a loop"))
@@ -487,6 +488,12 @@ impl Planner<'_> {
             Op::MatMul => self.lower_matmul(id, &out),
             Op::Solve => self.lower_solve(id, &out),
             Op::Unfold { window } => self.lower_unfold(id, window, &out),
+            Op::RandomUniform { stream } => {
+                let seed = self.strided(self.arg(id, 0)?)?;
+                let n = self.numel(id);
+                self.kernels.push(Kernel::Random { n, out: (out.storage, out.off), seed: (seed.storage, seed.off), stream: *stream });
+                Ok(())
+            }
             Op::Fold { window, .. } => self.lower_fold(id, window, &out),
         }
     }

@@ -241,6 +241,15 @@ impl<'s, 'p> Ctx<'s, 'p> {
     }
 
     fn call_module(&mut self, inst: &Rc<ModuleInst>, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
+        // `nnc info` lists every module call with the graph nodes it added
+        // (a no-op unless `self.layers` is set; see `crate::info`).
+        let layer = self.enter_layer(inst);
+        let out = self.call_module_body(inst, args, span);
+        self.exit_layer(layer, &out);
+        out
+    }
+
+    fn call_module_body(&mut self, inst: &Rc<ModuleInst>, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
         if inst.stack.is_empty() {
             return self.call_method(inst, "forward", args, span);
         }
@@ -248,7 +257,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
         let mut args = args;
         let mut out = Value::List(Vec::new());
         for layer in &inst.stack {
-            out = self.call_method(layer, "forward", args, span)?;
+            out = self.call_module(layer, args, span)?;
             args = vec![Arg { name: None, value: out.clone(), span }];
         }
         Ok(out)
@@ -679,6 +688,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     path: path.to_string(),
                     consts: Vec::new(),
                     params: Vec::new(),
+                    buffers: Vec::new(),
                     subs: Vec::new(),
                     stack,
                 }))
@@ -710,6 +720,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             path: path.into(),
             consts: Vec::new(),
             params: Vec::new(),
+            buffers: Vec::new(),
             subs: Vec::new(),
             stack: Vec::new(),
         };
@@ -788,9 +799,17 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     let init = self.param_init(&p.init, &scope)?;
                     let full = format!("{}{}", inst.path, p.name.name);
                     let ty = TensorType::f32(Shape::known(&dims));
-                    let id = self.builder(p.span).input(&full, InputKind::Param, ty);
-                    self.params.push(ParamSpec { path: full, shape: dims, init });
-                    inst.params.push((p.name.name.clone(), Tensor { id, names: Vec::new() }));
+                    let kind = if p.buffer { InputKind::Buffer } else { InputKind::Param };
+                    let id = self.builder(p.span).input(&full, kind, ty);
+                    let spec = ParamSpec { path: full, shape: dims, init };
+                    let t = (p.name.name.clone(), Tensor { id, names: Vec::new() });
+                    if p.buffer {
+                        self.buffers.push(spec);
+                        inst.buffers.push(t);
+                    } else {
+                        self.params.push(spec);
+                        inst.params.push(t);
+                    }
                 }
                 Member::Sub(s) => {
                     let sub = self.instantiate_in(&s.value, &format!("{}{}.", inst.path, s.name.name), &scope)?;
@@ -817,7 +836,7 @@ fn member(m: &Rc<ModuleInst>, name: &str, cx: &Ctx) -> Option<Value> {
     if let Some((_, v)) = m.consts.iter().find(|(n, _)| n == name) {
         return Some(v.clone());
     }
-    if let Some((_, t)) = m.params.iter().find(|(n, _)| n == name) {
+    if let Some((_, t)) = m.params.iter().chain(&m.buffers).find(|(n, _)| n == name) {
         return Some(Value::Tensor(t.clone()));
     }
     if let Some((_, s)) = m.subs.iter().find(|(n, _)| n == name) {

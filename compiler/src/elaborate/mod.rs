@@ -20,6 +20,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use value::{ModuleInst, Tensor, Value};
 
+/// The scalar input that seeds a training step's random numbers; the runtime
+/// feeds a fresh value every step.
+pub const HYPER_SEED: &str = "hyper.seed";
+
 pub use train::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ParamSpec, ScheduleSpec, TrainPlan};
 
 /// The shape of a loaded data set, as far as the compiler needs to know it.
@@ -221,6 +225,17 @@ pub(crate) struct Ctx<'s, 'p> {
     trained_insts: HashMap<String, Rc<ModuleInst>>,
     /// Their parameters: inputs fed with the trained values, never trained here.
     pub frozen: Vec<ParamSpec>,
+    /// When set (by `nnc info`), every module call is recorded with the nodes it added.
+    pub(crate) layers: Option<crate::info::LayerRecorder>,
+    /// `buffer`s of instantiated models, by path.
+    pub buffers: Vec<ParamSpec>,
+    /// Training mode: dropout drops, batch norm uses batch statistics and
+    /// updates its running ones. Off for evaluation and inference graphs.
+    pub training: bool,
+    /// New values of buffers computed by this graph (training mode), by path.
+    pub buffer_updates: Vec<(String, ValueId)>,
+    /// Random streams handed out so far (one per random call site).
+    streams: u32,
 }
 
 impl<'s, 'p> Ctx<'s, 'p> {
@@ -233,7 +248,21 @@ impl<'s, 'p> Ctx<'s, 'p> {
             params: Vec::new(),
             trained_insts: HashMap::new(),
             frozen: Vec::new(),
+            layers: None,
+            buffers: Vec::new(),
+            training: false,
+            buffer_updates: Vec::new(),
+            streams: 0,
         }
+    }
+
+    /// Uniform [0, 1) numbers of `shape` from this step's seed (`hyper.seed`),
+    /// on a stream of their own.
+    pub fn random_uniform(&mut self, shape: &Shape, span: Span) -> ValueId {
+        let seed = self.lazy_input(HYPER_SEED, InputKind::Hyper, TensorType::f32(Shape::scalar()), span);
+        self.streams += 1;
+        let stream = self.streams;
+        self.builder(span).random_uniform(seed.id, shape, stream)
     }
 
     /// An error at the current point, with the call stack as context.
@@ -339,9 +368,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
         if let Some(m) = self.trained_insts.get(name) {
             return Ok(m.clone());
         }
-        let first = self.params.len();
+        let (first, first_buffer) = (self.params.len(), self.buffers.len());
         let m = self.instantiate_expr(model, &format!("{name}."), span)?;
-        let specs = self.params.split_off(first.min(self.params.len()));
+        let mut specs = self.params.split_off(first.min(self.params.len()));
+        // Its buffers (running statistics) are fed with their trained values too.
+        specs.extend(self.buffers.split_off(first_buffer.min(self.buffers.len())));
         for (_, t) in m.all_params() {
             if let Some(crate::ops::Op::Input { kind, .. }) = self.graph.nodes.get_mut(t.id.index()).map(|n| &mut n.op) {
                 *kind = InputKind::Data;

@@ -112,6 +112,9 @@ pub struct TrainPlan {
     pub data: String,
     pub split: String,
     pub params: Vec<ParamSpec>,
+    /// Module `buffer`s (running statistics): fed like parameters, updated by
+    /// the step itself (see `updates`), saved in checkpoints, never trained.
+    pub buffers: Vec<ParamSpec>,
     /// params, `x`, `y` → loss.
     pub loss_graph: Graph,
     /// params, `x` → model output.
@@ -216,11 +219,16 @@ impl<'p> Session<'p> {
         let load = file_field("load")?;
 
         // The loss and its gradient.
-        let (mut cx, loss, param_ids) = self.loss_graph_ctx(t, &loss_field.value, &shape)?;
-        let mut loss_graph = cx.graph.clone();
-        loss_graph.outputs = vec![loss];
+        let (mut cx, loss, param_ids) = self.loss_graph_ctx(t, &loss_field.value, &shape, true)?;
+        // The loss as a metric is evaluated in evaluation mode (no dropout,
+        // batch norm with running statistics): a graph of its own.
+        let (eval_cx, eval_loss, _) = self.loss_graph_ctx(t, &loss_field.value, &shape, false)?;
+        let mut loss_graph = eval_cx.graph;
+        loss_graph.outputs = vec![eval_loss];
         loss_graph.output_names = vec!["loss".into()];
         let params = cx.params.clone();
+        let buffers = cx.buffers.clone();
+        let buffer_updates = std::mem::take(&mut cx.buffer_updates);
         let backward_raw = cx.graph.nodes.len();
         let grads = autodiff::grad(&mut cx.graph, loss, &param_ids, t.span)
             .map_err(|e| cx.err(ErrorKind::Internal { span: t.span, message: format!("{e:?}") }))?;
@@ -237,11 +245,14 @@ impl<'p> Session<'p> {
             return Err(cx.err(ErrorKind::Internal { span: t.span, message: format!("optimizer update: {e:?}") }));
         }
         let mut step = cx.graph.clone();
-        step.outputs = std::iter::once(loss).chain(update.outputs.iter().map(|(v, _, _)| *v)).collect();
-        step.output_names = std::iter::once("loss".to_string()).chain(update.outputs.iter().map(|(_, n, _)| n.clone())).collect();
+        // Outputs: the loss, the optimizer's new values, then the buffers' new values.
+        let mut new_values = update.outputs.clone();
+        new_values.extend(buffer_updates.iter().map(|(path, v)| (*v, format!("new {path}"), path.clone())));
+        step.outputs = std::iter::once(loss).chain(new_values.iter().map(|(v, _, _)| *v)).collect();
+        step.output_names = std::iter::once("loss".to_string()).chain(new_values.iter().map(|(_, n, _)| n.clone())).collect();
         let step_graph = opt::optimize(&step);
         let updates =
-            update.outputs.iter().enumerate().filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id))).collect();
+            new_values.iter().enumerate().filter_map(|(i, (_, _, input))| step_graph.input(input).map(|id| (i + 1, id))).collect();
 
         // Only the batch, the parameters and the optimizer's own inputs are fed each step.
         let frozen: Vec<String> = cx.frozen.iter().map(|p| p.path.clone()).collect();
@@ -249,7 +260,7 @@ impl<'p> Session<'p> {
             name == "x"
                 || name == "y"
                 || name.starts_with("hyper.")
-                || params.iter().any(|p| p.path == name)
+                || params.iter().chain(&buffers).any(|p| p.path == name)
                 || frozen.iter().any(|p| p == name)
                 || update.state.iter().any(|(n, _)| n == name)
         };
@@ -263,6 +274,7 @@ impl<'p> Session<'p> {
             data,
             split,
             params,
+            buffers,
             loss_graph: opt::optimize(&loss_graph),
             forward_graph,
             grad_graph,
@@ -286,14 +298,17 @@ impl<'p> Session<'p> {
         })
     }
 
-    /// Instantiate the model and elaborate the loss on a symbolic batch `[B, F]`.
+    /// Instantiate the model and elaborate the loss on a symbolic batch `[B, F]`,
+    /// in training or evaluation mode.
     fn loss_graph_ctx(
         &self,
         t: &TrainDef,
         loss: &Expr,
         shape: &super::DataShape,
+        training: bool,
     ) -> Result<(Ctx<'_, 'p>, ValueId, Vec<ValueId>), ElabError> {
         let mut cx = Ctx::new(self);
+        cx.training = training;
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
         cx.order_params_like(&model);
         let (x, y) = batch_inputs(&mut cx, shape, t.data.span);

@@ -65,6 +65,8 @@ pub struct ModuleInst {
     pub path: String,
     pub consts: Vec<(String, Value)>,
     pub params: Vec<(String, Tensor)>,
+    /// `buffer` members: model state that is not trained (running statistics).
+    pub buffers: Vec<(String, Tensor)>,
     pub subs: Vec<(String, Rc<ModuleInst>)>,
     pub stack: Vec<Rc<ModuleInst>>,
 }

@@ -12,7 +12,19 @@ use crate::ast::Span;
 use crate::ir::{Dim, Shape, ValueId};
 use crate::ops::{Op, Window};
 
-pub const NAMES: &[&str] = &["conv2d", "max_pool", "avg_pool", "global_avg_pool", "flatten", "layer_norm", "instance_norm", "group_norm"];
+pub const NAMES: &[&str] = &[
+    "conv2d",
+    "max_pool",
+    "avg_pool",
+    "global_avg_pool",
+    "flatten",
+    "layer_norm",
+    "instance_norm",
+    "group_norm",
+    "batch_norm",
+    "dropout",
+    "stochastic_depth",
+];
 
 pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
     let t = match name {
@@ -96,6 +108,43 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                     group_norm(cx, &x, affine, groups, g.span, eps, span)?
                 }
             }
+        }
+        "dropout" | "stochastic_depth" => {
+            let mut a = bind(cx, name, args, &["x", "p"], 2, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let Some(p) = take(&mut a[1]) else { return Err(internal(cx, span)) };
+            let rate = probability(cx, &p)?;
+            if !cx.training || rate == 0.0 {
+                // Evaluation: the identity (inverted scaling happened in training).
+                x
+            } else {
+                drop_mask(cx, name, &x, rate, span)?
+            }
+        }
+        "batch_norm" => {
+            let params = ["x", "gamma", "beta", "running_mean", "running_var", "momentum", "eps"];
+            let mut a = bind(cx, name, args, &params, 5, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            let ga = take(&mut a[1]);
+            let g_span = ga.as_ref().map_or(span, |a| a.span);
+            let gamma = tensor_arg(cx, ga, span)?;
+            let beta = tensor_arg(cx, take(&mut a[2]), span)?;
+            let mut stats = Vec::new();
+            for slot in [3, 4] {
+                let arg = take(&mut a[slot]).ok_or_else(|| internal(cx, span))?;
+                let s = arg.span;
+                stats.push((tensor_arg(cx, Some(arg), span)?, s));
+            }
+            let momentum = match take(&mut a[5]) {
+                Some(m) => probability(cx, &m)?,
+                None => 0.1,
+            };
+            let eps = match take(&mut a[6]) {
+                Some(e) => cx.number(&e.value, e.span, "eps")?,
+                None => 1e-5,
+            };
+            let affine = Affine { gamma, beta, span: g_span };
+            batch_norm(cx, &x, affine, [&stats[0], &stats[1]], momentum, eps, span)?
         }
         _ => return Err(cx.err(ErrorKind::Internal { span, message: format!("built-in `{name}` has no definition") })),
     };
@@ -403,4 +452,124 @@ fn group_norm(cx: &mut Ctx, x: &Tensor, a: Affine, groups: usize, g_span: Span, 
     let y = normalize(cx, &Tensor { id: xg, names: Vec::new() }, &[2], eps, span)?;
     let back = cx.op(Op::Reshape { shape: shape.clone() }, &[y.id], span)?;
     apply_affine(cx, Tensor { id: back, names: x.names.clone() }, &a, &shape.dims()[1..2], &[1], span)
+}
+
+/// A probability in [0, 1): a drop rate or a momentum.
+fn probability(cx: &mut Ctx, a: &Arg) -> Result<f64, ElabError> {
+    let p = cx.number(&a.value, a.span, "a probability")?;
+    if !(0.0..1.0).contains(&p) {
+        return Err(builtin_err(cx, a.span, format!("expected a probability in [0, 1), found {p}"), "here".into(), None));
+    }
+    Ok(p)
+}
+
+/// Training-mode dropout (per element) or stochastic depth (per sample: a
+/// whole residual branch is dropped for that example): keep with probability
+/// 1 − p and scale kept values by 1/(1 − p), so evaluation is the identity
+/// (inverted scaling, as PyTorch's `Dropout` and torchvision's `StochasticDepth`).
+fn drop_mask(cx: &mut Ctx, name: &str, x: &Tensor, p: f64, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let mask_shape = if name == "dropout" {
+        shape.clone()
+    } else {
+        let Some(first) = shape.dims().first() else {
+            return Err(layout_err(cx, name, "a tensor with a batch axis", &shape, span));
+        };
+        Shape(std::iter::once(first.clone()).chain(std::iter::repeat_n(Dim::Known(1), shape.rank() - 1)).collect())
+    };
+    let u = cx.random_uniform(&mask_shape, span);
+    let mut b = cx.builder(span);
+    let rate = b.full(p, &mask_shape);
+    let keep = b.binary(crate::ops::BinaryOp::Gt, u, rate);
+    let scaled = b.scale(keep, 1.0 / (1.0 - p));
+    let mb = b.broadcast(scaled, &shape);
+    let id = b.mul(x.id, mb);
+    Ok(Tensor { id, names: x.names.clone() })
+}
+
+/// The path of a `buffer` input, or an error saying what batch norm needs.
+fn buffer_path(cx: &Ctx, t: &Tensor, span: Span) -> Result<String, ElabError> {
+    match &cx.graph.node(t.id).op {
+        Op::Input { name, kind: crate::ir::InputKind::Buffer } => Ok(name.clone()),
+        _ => Err(builtin_err(
+            cx,
+            span,
+            "`batch_norm`'s running statistics must be module buffers".into(),
+            "this is not a `buffer`".into(),
+            Some("declare them in the module: `buffer mean: [C] = zeros` and `buffer var: [C] = ones`".into()),
+        )),
+    }
+}
+
+/// Batch normalisation over every axis but the channels (axis 1). Training:
+/// normalise with the batch's mean and (biased) variance and record the new
+/// running statistics, `(1 − m)·old + m·batch` (the variance unbiased, as
+/// PyTorch does). Evaluation: normalise with the running statistics.
+fn batch_norm(cx: &mut Ctx, x: &Tensor, a: Affine, stats: [&(Tensor, Span); 2], m: f64, eps: f64, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let r = shape.rank();
+    if r < 2 {
+        return Err(layout_err(cx, "batch_norm", "[N, C] or [N, C, H, W]", &shape, span));
+    }
+    let channels = shape.dims()[1..2].to_vec();
+    for (t, s) in stats {
+        let ts = cx.shape(t);
+        if ts.dims() != channels.as_slice() {
+            return Err(builtin_err(
+                cx,
+                *s,
+                format!("`batch_norm` normalises axis 1 (the {} channels) of {shape}, so its running statistics must be {}, found {ts}", channels[0], Shape(channels.clone())),
+                format!("this is {ts}"),
+                Some("batch norm keeps one mean and variance per channel (axis 1 of an NCHW tensor)".into()),
+            ));
+        }
+    }
+    let (mean_path, var_path) = (buffer_path(cx, &stats[0].0, stats[0].1)?, buffer_path(cx, &stats[1].0, stats[1].1)?);
+    let axes: Vec<usize> = (0..r).filter(|&i| i != 1).collect();
+    let stat_shape: Vec<Dim> = (0..r).map(|i| if i == 1 { shape.dims()[1].clone() } else { Dim::Known(1) }).collect();
+    let stat_shape = Shape(stat_shape);
+    let y = if cx.training {
+        let y = normalize(cx, x, &axes, eps, span)?;
+        record_running_stats(cx, x, &axes, [(&stats[0].0, mean_path), (&stats[1].0, var_path)], m, span)?;
+        y
+    } else {
+        let mut b = cx.builder(span);
+        let rm = b.reshape(stats[0].0.id, &stat_shape);
+        let rv = b.reshape(stats[1].0.id, &stat_shape);
+        let rmb = b.broadcast(rm, &shape);
+        let d = b.sub(x.id, rmb);
+        let v = b.offset(rv, eps);
+        let s = b.sqrt(v);
+        let sb = b.broadcast(s, &shape);
+        Tensor { id: b.div(d, sb), names: x.names.clone() }
+    };
+    apply_affine(cx, y, &a, &shape.dims()[1..2], &[1], span)
+}
+
+/// The new running mean and variance of batch norm, as graph values the
+/// training step outputs and feeds back into the buffers.
+fn record_running_stats(cx: &mut Ctx, x: &Tensor, axes: &[usize], stats: [(&Tensor, String); 2], m: f64, span: Span) -> Result<(), ElabError> {
+    let shape = cx.shape(x);
+    let xs = Tensor { id: cx.builder(span).stop_gradient(x.id), names: Vec::new() };
+    let mean = reduction(cx, "mean", &xs, axes, true, span)?;
+    let mut b = cx.builder(span);
+    let mb = b.broadcast(mean.id, &shape);
+    let d = b.sub(xs.id, mb);
+    let sq = b.mul(d, d);
+    let ones = b.full_like(1.0, xs.id);
+    let count = b.reduce_sum(ones, axes);
+    let ss = b.reduce_sum(sq, axes);
+    let dof = b.offset(count, -1.0);
+    let var = b.div(ss, dof);
+    let [(rm, mean_path), (rv, var_path)] = stats;
+    for (old, new, path) in [(rm, mean.id, mean_path), (rv, var, var_path)] {
+        let os = cx.shape(old);
+        let mut b = cx.builder(span);
+        let flat = b.reshape(new, &os);
+        let keep = b.scale(old.id, 1.0 - m);
+        let add = b.scale(flat, m);
+        let updated = b.add(keep, add);
+        cx.buffer_updates.push((path, updated));
+    }
+    Ok(())
 }

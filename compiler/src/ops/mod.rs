@@ -14,6 +14,7 @@
 pub mod elementwise;
 pub mod linalg;
 pub mod movement;
+pub mod random;
 pub mod reduce;
 pub mod window;
 
@@ -39,6 +40,11 @@ pub enum Op {
     /// The index along `axis` at every position of the node's shape (for one-hot, masks).
     Iota {
         axis: usize,
+    },
+    /// Uniform numbers in [0, 1) at every position of the node's shape, from
+    /// the scalar seed operand and this call site's `stream` (see `random`).
+    RandomUniform {
+        stream: u32,
     },
     // ---- elementwise (operands of equal shape) -------------------------
     Unary(UnaryOp),
@@ -130,6 +136,7 @@ impl Op {
             Op::Input { .. } => "input",
             Op::Constant(_) => "const",
             Op::Iota { .. } => "iota",
+            Op::RandomUniform { .. } => "random_uniform",
             Op::Unary(u) => u.name(),
             Op::Binary(b) => b.name(),
             Op::StopGradient => "stop_gradient",
@@ -166,7 +173,9 @@ impl Op {
 /// Source ops (`Input`, `Constant`, `Iota`) are typed by whoever creates them.
 pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
     match op {
-        Op::Input { .. } | Op::Iota { .. } => Err(ShapeError::Arity { op: op.name(), expected: 0, found: args.len() }),
+        Op::Input { .. } | Op::Iota { .. } | Op::RandomUniform { .. } => {
+            Err(ShapeError::Arity { op: op.name(), expected: 0, found: args.len() })
+        }
         Op::Constant(_) => Ok(TensorType::f32(Shape::scalar())),
         Op::Unary(u) => elementwise::unary_shape_rule(*u, args),
         Op::Binary(b) => elementwise::binary_shape_rule(*b, args),
@@ -195,6 +204,7 @@ pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: Val
         Op::Unary(u) => elementwise::unary_vjp_rule(b, *u, args, out, g),
         Op::Binary(bin) => elementwise::binary_vjp_rule(b, *bin, args, out, g),
         Op::StopGradient => vec![None],
+        Op::RandomUniform { .. } => random::random_vjp_rule(b, args),
         Op::Broadcast { .. } => movement::broadcast_vjp_rule(b, args, g),
         Op::Reshape { .. } => movement::reshape_vjp_rule(b, args, g),
         Op::Transpose { perm } => movement::transpose_vjp_rule(b, perm, g),
@@ -230,6 +240,7 @@ pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f6
         Op::Input { name, .. } => Err(EvalError::MissingInput(name.clone())),
         Op::Constant(c) => Ok(ArrayD::from_elem(out_shape, *c)),
         Op::Iota { axis } => Ok(movement::iota_eval(*axis, &out_shape)),
+        Op::RandomUniform { stream } => Ok(random::random_eval(*stream, args, &out_shape)),
         Op::Unary(u) => Ok(elementwise::unary_eval(*u, args)),
         Op::Binary(bin) => Ok(elementwise::binary_eval(*bin, args)),
         Op::StopGradient => Ok(args.first().map(|a| (*a).clone()).unwrap_or_default()),
@@ -254,6 +265,7 @@ impl fmt::Display for Op {
             Op::Input { name, kind } => write!(f, "input {name} ({kind:?})"),
             Op::Constant(c) => write!(f, "const {c}"),
             Op::Iota { axis } => write!(f, "iota axis={axis}"),
+            Op::RandomUniform { stream } => write!(f, "random_uniform stream={stream}"),
             Op::Broadcast { shape } => write!(f, "broadcast to {shape}"),
             Op::Reshape { shape } => write!(f, "reshape to {shape}"),
             Op::Transpose { perm } => write!(f, "transpose {perm:?}"),

@@ -52,6 +52,7 @@ fn describe(rule: Rule) -> Expect {
         Rule::row_range | Rule::row_modulo | Rule::kw_rows => Main("`rows`"),
         Rule::module_def | Rule::kw_module => Main("`module`"),
         Rule::kw_param | Rule::param_decl => Main("`param`"),
+        Rule::kw_buffer => Main("`buffer`"),
         Rule::kw_fn | Rule::fn_def => Main("`fn`"),
         Rule::kw_let => Main("`let`"),
         Rule::kw_data | Rule::data_def => Main("`data`"),
