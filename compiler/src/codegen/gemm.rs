@@ -233,9 +233,9 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                                 #[cfg(target_arch = "x86_64")]
                                 if jr < packed_from {
                                     let pbd = b.at(pc, jc + jr).cast_const();
-                                    avx512::kernel(kc, pa.add(ir * kc), pbd, b.rs, tile, rows, cols, pc > 0);
+                                    avx512::kernel_rows(kc, pa.add(ir * kc), pbd, b.rs, tile, rows, cols, pc > 0);
                                 } else {
-                                    avx512::kernel(kc, pa.add(ir * kc), pb.add(jr * kc), NR as isize, tile, rows, cols, pc > 0);
+                                    avx512::kernel_rows(kc, pa.add(ir * kc), pb.add(jr * kc), NR as isize, tile, rows, cols, pc > 0);
                                 }
                             }
                             ir += MR;
@@ -262,6 +262,18 @@ unsafe fn pack_a(mc: usize, kc: usize, a: *const f32, rs: isize, cs: isize, dst:
         let rows = MR.min(mc - s);
         // SAFETY: `dst` has room for this strip (see above).
         let strip = unsafe { std::slice::from_raw_parts_mut(dst.add(s * kc), kc * MR) };
+        if rs == 1 {
+            // Columns are contiguous (a transposed operand, `Xᵀ·G`): each packed
+            // column is `rows` consecutive floats, a plain copy.
+            for (l, out) in strip.chunks_exact_mut(MR).enumerate() {
+                // SAFETY: column l, rows s..s+rows of the view, contiguous.
+                let src = unsafe { std::slice::from_raw_parts(a.offset(s as isize + l as isize * cs), rows) };
+                out[..rows].copy_from_slice(src);
+                out[rows..].fill(0.0);
+            }
+            s += MR;
+            continue;
+        }
         if cs == 1 && rows == MR && i32::try_from(rs * MR as isize).is_ok() {
             // Rows are contiguous: gather each packed column from the 12 rows.
             // SAFETY: AVX-512F is available (checked before any packing); the
@@ -391,8 +403,31 @@ mod avx512 {
         }
     }
 
-    /// `C[tile] (+)= Apanel · Bpanel` for one MR×NR tile over depth `kc`, storing
-    /// `rows × cols` of it (`acc`: add to C, else overwrite).
+    /// `kernel` with the fewest tile rows that cover `rows`: a partial row
+    /// tile (the last 4 of W1's 64-row products, 10 of an `n = 10` product
+    /// computed transposed) does not pay for 12 rows of multiply-adds.
+    ///
+    /// # Safety
+    ///
+    /// As `kernel`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_rows(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
+        // SAFETY: forwarded; each instance reads at most its R ≤ MR rows of the
+        // packed strip and stores at most `rows` ≤ R rows.
+        unsafe {
+            match rows {
+                0..=4 => kernel::<4>(kc, a, b, ldb, c, rows, cols, acc),
+                5..=8 => kernel::<8>(kc, a, b, ldb, c, rows, cols, acc),
+                9..=10 => kernel::<10>(kc, a, b, ldb, c, rows, cols, acc),
+                _ => kernel::<MR>(kc, a, b, ldb, c, rows, cols, acc),
+            }
+        }
+    }
+
+    /// `C[tile] (+)= Apanel · Bpanel` for the first `R` rows (`R ≤ MR`) of one
+    /// MR×NR tile over depth `kc`, storing `rows × cols` of it (`acc`: add to
+    /// C, else overwrite).
     ///
     /// # Safety
     ///
@@ -400,9 +435,9 @@ mod avx512 {
     /// the `rows×cols` tile of `c` is in bounds.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
-        let mut lo = [_mm512_setzero_ps(); MR];
-        let mut hi = [_mm512_setzero_ps(); MR];
+    unsafe fn kernel<const R: usize>(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
         let mut pa = a;
         let mut pb = b;
         for _ in 0..kc {
@@ -410,7 +445,7 @@ mod avx512 {
             unsafe {
                 let b0 = _mm512_loadu_ps(pb);
                 let b1 = _mm512_loadu_ps(pb.add(16));
-                for r in 0..MR {
+                for r in 0..R {
                     let av = _mm512_set1_ps(*pa.add(r));
                     lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
                     hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
@@ -428,7 +463,7 @@ mod avx512 {
             } else {
                 0
             };
-            for r in 0..rows.min(MR) {
+            for r in 0..rows.min(R) {
                 let p = c.ptr.wrapping_offset(r as isize * c.rs);
                 // SAFETY: the masked lanes are the tile's in-bounds columns.
                 unsafe {
@@ -443,7 +478,7 @@ mod avx512 {
             }
         } else {
             let mut t = [0.0f32; NR];
-            for r in 0..rows.min(MR) {
+            for r in 0..rows.min(R) {
                 // SAFETY: `t` holds NR floats.
                 unsafe {
                     _mm512_storeu_ps(t.as_mut_ptr(), lo[r]);
