@@ -7,6 +7,7 @@
 //! `emit` writes the kernels, in order, into a single function
 //! `fn(arena: *mut f32, scratch: *mut f64)`. `run` is one call of it.
 
+mod adam;
 mod emit;
 pub mod gemm;
 mod helpers;
@@ -173,6 +174,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_random", helpers::nnc_random as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
+    jb.symbol("nnc_adam", adam::nnc_adam as *const u8);
     Ok(JITModule::new(jb))
 }
 
@@ -188,11 +190,21 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     let random_id = import(module, "nnc_random", 4)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
     let pair_id = import(module, "nnc_sgemm_pair", 24)?;
+    let adam_id = import(module, "nnc_adam", 16)?;
+    // Adam's update runs as a precompiled AVX-512 kernel when recognised.
+    let adams: Vec<Option<adam::Adam>> = plan
+        .kernels
+        .iter()
+        .map(|k| match k {
+            kernel::Kernel::Map(m) => adam::recognise(m),
+            _ => None,
+        })
+        .collect();
     // Large elementwise loops: one function per kernel, over a range of rows.
     let mut pieces: Vec<Option<(FuncId, usize)>> = Vec::with_capacity(plan.kernels.len());
     for (i, k) in plan.kernels.iter().enumerate() {
         let form = match k {
-            kernel::Kernel::Map(m) if pool::pool().threads() > 1 => emit::parallel_form(m),
+            kernel::Kernel::Map(m) if pool::pool().threads() > 1 && adams[i].is_none() => emit::parallel_form(m),
             _ => None,
         };
         pieces.push(match form {
@@ -223,12 +235,18 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
         let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, rows: None };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
+        let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
         let threaded = pool::pool().threads() > 1;
         let mut i = 0;
         while let Some(k) = plan.kernels.get(i) {
             let next = plan.kernels.get(i + 1);
             match (refs.get(i).copied().flatten(), next) {
+                _ if adams[i].is_some() => {
+                    if let Some(a) = &adams[i] {
+                        em.emit_adam(a, adam_fn)?;
+                    }
+                }
                 (Some((f, rows)), _) => {
                     let addr = em.b.ins().func_addr(I64, f);
                     let n = em.b.ins().iconst(I64, rows as i64);
@@ -258,7 +276,13 @@ fn describe(k: &kernel::Kernel) -> String {
                 (None, 0) => "map".to_string(),
                 (None, e) => format!("map with {} outputs", e + 1),
             };
-            let par = if emit::parallel_form(m).is_some() { ", parallel" } else { "" };
+            let par = if adam::recognise(m).is_some() {
+                ", AVX-512 Adam kernel"
+            } else if emit::parallel_form(m).is_some() {
+                ", parallel"
+            } else {
+                ""
+            };
             format!("{what} over {:?}: {} operands, {} expression nodes{par}", m.dims, m.operands.len(), m.nodes.len())
         }
         kernel::Kernel::Rows { rows, kernels } => {

@@ -3,6 +3,7 @@
 //! (simplified) axis, and an innermost loop over groups of four elements in
 //! `f32x4` registers, unrolled, bottom-tested, with a static tail.
 
+use super::adam::Adam;
 use super::kernel::{Affine, ENode, Kernel, MapKernel, MatOperand};
 use super::math;
 use super::CodegenError;
@@ -616,6 +617,19 @@ impl<'a, 'b> Emitter<'a, 'b> {
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })
+    }
+
+    /// Adam's update as one call of `nnc_adam` (see `adam::recognise`).
+    pub fn emit_adam(&mut self, a: &Adam, adam: FuncRef) -> Result<(), CodegenError> {
+        let mut args = vec![self.b.ins().iconst(I64, a.n as i64)];
+        for x in [&a.p, &a.g, &a.m, &a.v, &a.out_p, &a.out_m, &a.out_v, &a.lr, &a.c1, &a.c2] {
+            args.push(self.base(x.storage, x.off, &[], &[])?);
+        }
+        for k in a.k {
+            args.push(self.b.ins().iconst(I64, i64::from(k.to_bits())));
+        }
+        self.b.ins().call(adam, &args);
+        Ok(())
     }
 
     /// Two unbatched products as one call of `nnc_sgemm_pair` (see `pairable`).

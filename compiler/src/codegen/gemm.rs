@@ -233,9 +233,9 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                                 #[cfg(target_arch = "x86_64")]
                                 if jr < packed_from {
                                     let pbd = b.at(pc, jc + jr).cast_const();
-                                    avx512::kernel(kc, pa.add(ir * kc), pbd, b.rs, tile, rows, cols, pc > 0);
+                                    avx512::kernel_rows(kc, pa.add(ir * kc), pbd, b.rs, tile, rows, cols, pc > 0);
                                 } else {
-                                    avx512::kernel(kc, pa.add(ir * kc), pb.add(jr * kc), NR as isize, tile, rows, cols, pc > 0);
+                                    avx512::kernel_rows(kc, pa.add(ir * kc), pb.add(jr * kc), NR as isize, tile, rows, cols, pc > 0);
                                 }
                             }
                             ir += MR;
@@ -262,13 +262,25 @@ unsafe fn pack_a(mc: usize, kc: usize, a: *const f32, rs: isize, cs: isize, dst:
         let rows = MR.min(mc - s);
         // SAFETY: `dst` has room for this strip (see above).
         let strip = unsafe { std::slice::from_raw_parts_mut(dst.add(s * kc), kc * MR) };
-        if cs == 1 && rows == MR && i32::try_from(rs * MR as isize).is_ok() {
-            // Rows are contiguous: gather each packed column from the 12 rows.
+        if rs == 1 {
+            // Columns are contiguous (a transposed operand, `Xᵀ·G`): each packed
+            // column is `rows` consecutive floats, a plain copy.
+            for (l, out) in strip.chunks_exact_mut(MR).enumerate() {
+                // SAFETY: column l, rows s..s+rows of the view, contiguous.
+                let src = unsafe { std::slice::from_raw_parts(a.offset(s as isize + l as isize * cs), rows) };
+                out[..rows].copy_from_slice(src);
+                out[rows..].fill(0.0);
+            }
+            s += MR;
+            continue;
+        }
+        if cs == 1 && rows == MR {
+            // Rows are contiguous: transpose 16-column blocks of the 12 rows.
             // SAFETY: AVX-512F is available (checked before any packing); the
-            // gathered elements (s + r, l) are inside the view.
+            // elements read, (s + r, l), are inside the view.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx512::gather_rows(kc, a.offset(s as isize * rs), rs, strip.as_mut_ptr())
+                avx512::transpose_rows(kc, a.offset(s as isize * rs), rs, strip.as_mut_ptr())
             };
             s += MR;
             continue;
@@ -305,14 +317,14 @@ unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, rs: isize, cs: isize, dst:
                 let src = unsafe { std::slice::from_raw_parts(b.offset(l as isize * rs + s as isize), NR) };
                 out.copy_from_slice(src);
             }
-        } else if rs == 1 && cols == NR && i32::try_from(cs * NR as isize).is_ok() {
-            // Columns are contiguous (a transposed operand): gather each packed
-            // row from the 32 columns.
+        } else if rs == 1 && cols == NR {
+            // Columns are contiguous (a transposed operand): transpose 16×16
+            // blocks of the 32 columns.
             // SAFETY: AVX-512F is available (checked before any packing); the
-            // gathered elements (l, s + j) are inside the view.
+            // elements read, (l, s + j), are inside the view.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx512::gather_strip(kc, b.offset(s as isize * cs), cs, strip.as_mut_ptr())
+                avx512::transpose_strip(kc, b.offset(s as isize * cs), cs, strip.as_mut_ptr())
             };
         } else if rs == 1 {
             // Columns are contiguous: read along them, write with stride NR.
@@ -347,52 +359,134 @@ mod avx512 {
     use super::{Mat, MR, NR};
     use std::arch::x86_64::*;
 
+    /// Transpose the 16×16 block whose rows are `r`: `out[j]` lane `i` is
+    /// `r[i]` lane `j`. Four rounds of 16 shuffles (32-bit and 64-bit unpacks,
+    /// then two of 128-bit lanes): much cheaper than gathers on this machine.
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+        }
+        // u[4q + c], 128-bit lane k: column 4k + c of rows 4q..4q + 4.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for q in 0..4 {
+            let pd = |x: __m512| _mm512_castps_pd(x);
+            let (a, b, c, d) = (pd(t[4 * q]), pd(t[4 * q + 1]), pd(t[4 * q + 2]), pd(t[4 * q + 3]));
+            u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+            u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+            u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+            u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let s0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let s1 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+            let h0 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let h1 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(s0, h0);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(s1, h1);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xdd>(s0, h0);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xdd>(s1, h1);
+        }
+        out
+    }
+
+    /// Lanes `0..n` (`n ≤ 16`).
+    fn first_lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    }
+
     /// Pack one full strip of a row-contiguous A (column stride 1, row stride
-    /// `rs`): `dst[l·MR + r] = a[r·rs + l]` for `l < kc`, `r < MR`.
+    /// `rs`): `dst[l·MR + r] = a[r·rs + l]` for `l < kc`, `r < MR`, by 16×16
+    /// transposes of 16 columns of the 12 rows (and 4 zero rows).
     ///
     /// # Safety
     ///
     /// AVX-512F available; every `a[r·rs + l]` in bounds; `dst` holds `kc·MR`
-    /// floats; `MR · rs` fits in an `i32`.
+    /// floats.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_rows(kc: usize, a: *const f32, rs: isize, dst: *mut f32) {
-        let idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 0, 0, 0), _mm512_set1_epi32(rs as i32));
-        let mask: __mmask16 = (1 << MR) - 1;
-        for l in 0..kc {
-            // SAFETY: see the function's contract; masked lanes are not touched.
-            unsafe {
-                let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, a.add(l));
-                _mm512_mask_storeu_ps(dst.add(l * MR), mask, v);
+    pub(super) unsafe fn transpose_rows(kc: usize, a: *const f32, rs: isize, dst: *mut f32) {
+        let keep: __mmask16 = (1 << MR) - 1;
+        let mut rows = [_mm512_setzero_ps(); 16];
+        let mut l0 = 0;
+        while l0 < kc {
+            let n = (kc - l0).min(16);
+            for (r, row) in rows.iter_mut().enumerate().take(MR) {
+                // SAFETY: elements (r, l0..l0 + n) are in the view; the other
+                // lanes are masked off.
+                *row = unsafe { _mm512_maskz_loadu_ps(first_lanes(n), a.offset(r as isize * rs + l0 as isize)) };
             }
+            let cols = transpose16(&rows);
+            for (l, col) in cols.iter().enumerate().take(n) {
+                // SAFETY: packed column l0 + l < kc, its MR floats.
+                unsafe { _mm512_mask_storeu_ps(dst.add((l0 + l) * MR), keep, *col) };
+            }
+            l0 += 16;
         }
     }
 
     /// Pack one full strip of a column-contiguous B (row stride 1, column
-    /// stride `cs`): `dst[l·NR + j] = b[l + j·cs]` for `l < kc`, `j < NR`.
+    /// stride `cs`): `dst[l·NR + j] = b[l + j·cs]` for `l < kc`, `j < NR`, by
+    /// 16×16 transposes.
     ///
     /// # Safety
     ///
     /// AVX-512F available; every `b[l + j·cs]` in bounds; `dst` holds `kc·NR`
-    /// floats; `NR · cs` fits in an `i32`.
+    /// floats.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_strip(kc: usize, b: *const f32, cs: isize, dst: *mut f32) {
-        let step = cs as i32;
-        let lo = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(step));
-        let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(16 * step));
-        for l in 0..kc {
-            // SAFETY: see the function's contract.
-            unsafe {
-                let p = b.add(l);
-                let v0 = _mm512_i32gather_ps::<4>(lo, p);
-                let v1 = _mm512_i32gather_ps::<4>(hi, p);
-                _mm512_storeu_ps(dst.add(l * NR), v0);
-                _mm512_storeu_ps(dst.add(l * NR + 16), v1);
+    pub(super) unsafe fn transpose_strip(kc: usize, b: *const f32, cs: isize, dst: *mut f32) {
+        let mut cols = [_mm512_setzero_ps(); 16];
+        for half in 0..NR / 16 {
+            let mut l0 = 0;
+            while l0 < kc {
+                let n = (kc - l0).min(16);
+                for (j, col) in cols.iter_mut().enumerate() {
+                    let at = (16 * half + j) as isize * cs + l0 as isize;
+                    // SAFETY: elements (l0..l0 + n, 16·half + j) are in the
+                    // view; the other lanes are masked off.
+                    *col = unsafe { _mm512_maskz_loadu_ps(first_lanes(n), b.offset(at)) };
+                }
+                let rows = transpose16(&cols);
+                for (l, row) in rows.iter().enumerate().take(n) {
+                    // SAFETY: packed row l0 + l < kc, columns 16·half..+16.
+                    unsafe { _mm512_storeu_ps(dst.add((l0 + l) * NR + 16 * half), *row) };
+                }
+                l0 += 16;
             }
         }
     }
 
-    /// `C[tile] (+)= Apanel · Bpanel` for one MR×NR tile over depth `kc`, storing
-    /// `rows × cols` of it (`acc`: add to C, else overwrite).
+    /// `kernel` with the fewest tile rows that cover `rows`: a partial row
+    /// tile (the last 4 of W1's 64-row products, 10 of an `n = 10` product
+    /// computed transposed) does not pay for 12 rows of multiply-adds.
+    ///
+    /// # Safety
+    ///
+    /// As `kernel`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_rows(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
+        // SAFETY: forwarded; each instance reads at most its R ≤ MR rows of the
+        // packed strip and stores at most `rows` ≤ R rows.
+        unsafe {
+            match rows {
+                0..=4 => kernel::<4>(kc, a, b, ldb, c, rows, cols, acc),
+                5..=8 => kernel::<8>(kc, a, b, ldb, c, rows, cols, acc),
+                9..=10 => kernel::<10>(kc, a, b, ldb, c, rows, cols, acc),
+                _ => kernel::<MR>(kc, a, b, ldb, c, rows, cols, acc),
+            }
+        }
+    }
+
+    /// `C[tile] (+)= Apanel · Bpanel` for the first `R` rows (`R ≤ MR`) of one
+    /// MR×NR tile over depth `kc`, storing `rows × cols` of it (`acc`: add to
+    /// C, else overwrite).
     ///
     /// # Safety
     ///
@@ -400,9 +494,9 @@ mod avx512 {
     /// the `rows×cols` tile of `c` is in bounds.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
-        let mut lo = [_mm512_setzero_ps(); MR];
-        let mut hi = [_mm512_setzero_ps(); MR];
+    unsafe fn kernel<const R: usize>(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
         let mut pa = a;
         let mut pb = b;
         for _ in 0..kc {
@@ -410,7 +504,7 @@ mod avx512 {
             unsafe {
                 let b0 = _mm512_loadu_ps(pb);
                 let b1 = _mm512_loadu_ps(pb.add(16));
-                for r in 0..MR {
+                for r in 0..R {
                     let av = _mm512_set1_ps(*pa.add(r));
                     lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
                     hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
@@ -428,7 +522,7 @@ mod avx512 {
             } else {
                 0
             };
-            for r in 0..rows.min(MR) {
+            for r in 0..rows.min(R) {
                 let p = c.ptr.wrapping_offset(r as isize * c.rs);
                 // SAFETY: the masked lanes are the tile's in-bounds columns.
                 unsafe {
@@ -443,7 +537,7 @@ mod avx512 {
             }
         } else {
             let mut t = [0.0f32; NR];
-            for r in 0..rows.min(MR) {
+            for r in 0..rows.min(R) {
                 // SAFETY: `t` holds NR floats.
                 unsafe {
                     _mm512_storeu_ps(t.as_mut_ptr(), lo[r]);
