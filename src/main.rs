@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use nnc_compiler::diagnostic::{render, Diagnostic};
+use nnc_compiler::info::ModelInfo;
+use nnc_compiler::ir::{Dim, Shape};
 use nnc_runtime::check::{self, TOLERANCE};
 use nnc_runtime::program::{self, RunOptions, Runner};
 use std::io::IsTerminal;
@@ -37,6 +39,13 @@ enum Command {
     },
     /// Check names and shapes, then the gradient of every parameter by finite differences.
     Check { file: PathBuf },
+    /// Print a table of each training run's model: layers, output shapes, parameters, receptive fields, FLOPs.
+    Info {
+        file: PathBuf,
+        /// Print the tables as one JSON object on stdout instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the IR of each training run's loss (with --grad, the backward pass; with --step, the whole step).
     Ir {
         file: PathBuf,
@@ -54,6 +63,7 @@ fn main() -> ExitCode {
         Command::Run { file, json, quiet, timings, epochs } => run(&file, json, quiet, timings, epochs, process_start),
         Command::Check { file } => check_file(&file),
         Command::Ir { file, grad, step } => print_ir(&file, grad, step),
+        Command::Info { file, json } => print_info(&file, json),
     }
 }
 
@@ -172,4 +182,60 @@ fn print_ir(file: &Path, grad: bool, step: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn print_info(file: &Path, json: bool) -> ExitCode {
+    let (source, program) = match read_and_parse(file) {
+        Ok(sp) => sp,
+        Err(code) => return code,
+    };
+    let infos = match check::model_infos(&program, &base_dir(file)) {
+        Ok(infos) => infos,
+        Err(d) => return report(file, &source, &d),
+    };
+    if json {
+        let runs: Vec<serde_json::Value> = infos.iter().map(info_json).collect();
+        println!("{}", serde_json::json!({ "runs": runs }));
+    } else {
+        let tables: Vec<String> = infos.iter().map(ModelInfo::table).collect();
+        print!("{}", tables.join("\n"));
+    }
+    ExitCode::SUCCESS
+}
+
+/// One run's table for `nnc info --json`: shapes as lists of dims (numbers, or
+/// strings for the symbolic batch), a receptive field as `[h, w]` or null.
+fn info_json(info: &ModelInfo) -> serde_json::Value {
+    let shape = |s: &Shape| -> Vec<serde_json::Value> {
+        s.dims()
+            .iter()
+            .map(|d| match d {
+                Dim::Known(n) => serde_json::json!(n),
+                Dim::Sym(name) => serde_json::json!(name),
+            })
+            .collect()
+    };
+    let layers: Vec<serde_json::Value> = info
+        .layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "path": l.path,
+                "module": l.module,
+                "depth": l.depth,
+                "output": l.output.as_ref().map(shape),
+                "params": l.params,
+                "receptive_field": l.receptive_field,
+                "flops": l.flops,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "run": info.run,
+        "data": info.data,
+        "input": shape(&info.input),
+        "layers": layers,
+        "total_params": info.total_params,
+        "total_flops": info.total_flops,
+    })
 }
