@@ -62,6 +62,12 @@ impl std::error::Error for CodegenError {}
 
 /// Threads the worker pool runs (the caller included): `NNC_THREADS`, else the
 /// CPUs this process may use.
+/// Mean wall time of each kernel over the runs since the last call, when the
+/// code was generated with `NNC_PROFILE=1` (empty otherwise).
+pub fn kernel_profile() -> Vec<Duration> {
+    helpers::profile::take()
+}
+
 pub fn threads() -> usize {
     pool::pool().threads()
 }
@@ -172,6 +178,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_sgemm", helpers::nnc_sgemm as *const u8);
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     jb.symbol("nnc_random", helpers::nnc_random as *const u8);
+    jb.symbol("nnc_tick", helpers::profile::nnc_tick as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
     jb.symbol("nnc_adam", adam::nnc_adam as *const u8);
@@ -188,6 +195,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     let sgemm_id = import(module, "nnc_sgemm", 12)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
+    let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
     let pair_id = import(module, "nnc_sgemm_pair", 24)?;
     let adam_id = import(module, "nnc_adam", 16)?;
@@ -238,7 +246,12 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
         let threaded = pool::pool().threads() > 1;
+        let tick = helpers::profile::enabled().then(|| module.declare_func_in_func(tick_id, em.b.func));
         let mut i = 0;
+        if let Some(t) = tick {
+            let v = em.b.ins().iconst(I64, -1);
+            em.b.ins().call(t, &[v]);
+        }
         while let Some(k) = plan.kernels.get(i) {
             let next = plan.kernels.get(i + 1);
             match (refs.get(i).copied().flatten(), next) {
@@ -257,6 +270,10 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
                     i += 1;
                 }
                 (None, _) => em.emit_kernel(k)?,
+            }
+            if let Some(t) = tick {
+                let v = em.b.ins().iconst(I64, i as i64);
+                em.b.ins().call(t, &[v]);
             }
             i += 1;
         }

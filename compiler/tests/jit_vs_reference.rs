@@ -236,13 +236,13 @@ fn slices_and_pads() {
 #[test]
 fn windows_unfold_and_fold() {
     #[rustfmt::skip]
-    let cases: &[(&[usize], [usize; 2], [usize; 2], [usize; 2])] = &[
-        (&[2, 3, 8, 8], [3, 3], [1, 1], [1, 1]), (&[1, 2, 7, 6], [3, 2], [2, 1], [1, 2]),
-        (&[2, 2, 9, 9], [2, 2], [2, 2], [1, 1]), (&[3, 11, 5], [5, 1], [3, 2], [2, 1]),
-        (&[1, 1, 28, 28], [3, 3], [1, 1], [1, 1]),
+    let cases: &[(&[usize], [usize; 2], [usize; 2], [usize; 2], usize)] = &[
+        (&[2, 3, 8, 8], [3, 3], [1, 1], [1, 1], 0), (&[1, 2, 7, 6], [3, 2], [2, 1], [1, 2], 1),
+        (&[2, 2, 9, 9], [2, 2], [2, 2], [1, 1], 2), (&[3, 11, 5], [5, 1], [3, 2], [2, 1], 1),
+        (&[1, 1, 28, 28], [3, 3], [1, 1], [1, 1], 1), (&[2, 3, 4, 10, 10], [3, 3], [1, 1], [1, 1], 1),
     ];
-    for (dims, kernel, stride, dilation) in cases {
-        let w = Window { kernel: *kernel, stride: *stride, dilation: *dilation };
+    for (dims, kernel, stride, dilation, lead) in cases {
+        let w = Window { kernel: *kernel, stride: *stride, dilation: *dilation, lead: *lead };
         let r = dims.len();
         let size = [dims[r - 2], dims[r - 1]];
         let g = graph(|b| {

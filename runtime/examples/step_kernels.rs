@@ -32,12 +32,20 @@ fn main() -> Result<(), String> {
             println!("  {i:3}  {k}");
         }
         exec.run();
+        nnc_compiler::codegen::kernel_profile();
         let reps = 200;
         let t = Instant::now();
         for _ in 0..reps {
             exec.run();
         }
         println!("  one step (run() only): {:.1} us", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+        // With NNC_PROFILE=1: the slowest kernels (a pair of products counts under its second index).
+        let mut times: Vec<(usize, std::time::Duration)> = nnc_compiler::codegen::kernel_profile().into_iter().enumerate().collect();
+        times.sort_by_key(|t| std::cmp::Reverse(t.1));
+        for (i, t) in times.iter().take(15) {
+            let what = exec.kernel_summary().get(*i).cloned().unwrap_or_default();
+            println!("  {:8.1} us  #{i:<3} {what}", t.as_secs_f64() * 1e6);
+        }
     }
     Ok(())
 }

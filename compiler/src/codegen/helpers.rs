@@ -132,6 +132,47 @@ pub(crate) extern "C" fn nnc_random(out: *mut f32, n: i64, seed: *const f32, str
     crate::ops::random::fill_uniform(out, seed, stream as u32);
 }
 
+/// Per-kernel wall time when code is generated with `NNC_PROFILE=1`: the
+/// generated function calls `nnc_tick(i)` after kernel `i` (and `-1` on entry).
+pub(crate) mod profile {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    struct State {
+        last: Option<Instant>,
+        /// Total time and count per kernel index.
+        totals: Vec<(Duration, u64)>,
+    }
+
+    static STATE: Mutex<State> = Mutex::new(State { last: None, totals: Vec::new() });
+
+    pub fn enabled() -> bool {
+        std::env::var("NNC_PROFILE").is_ok_and(|v| v == "1")
+    }
+
+    pub(crate) extern "C" fn nnc_tick(i: i64) {
+        let now = Instant::now();
+        let Ok(mut s) = STATE.lock() else { return };
+        if let (Ok(i), Some(last)) = (usize::try_from(i), s.last) {
+            if s.totals.len() <= i {
+                s.totals.resize(i + 1, (Duration::ZERO, 0));
+            }
+            s.totals[i].0 += now - last;
+            s.totals[i].1 += 1;
+        }
+        s.last = Some(Instant::now());
+    }
+
+    /// Mean time per run of each kernel so far, and reset.
+    pub fn take() -> Vec<Duration> {
+        let Ok(mut s) = STATE.lock() else { return Vec::new() };
+        let out = s.totals.iter().map(|(t, n)| if *n > 0 { *t / *n as u32 } else { Duration::ZERO }).collect();
+        s.totals.clear();
+        s.last = None;
+        out
+    }
+}
+
 /// A parallel piece's function: rows `[lo, hi)` of one map kernel.
 pub(crate) type Piece = unsafe extern "C" fn(*mut f32, i64, i64);
 

@@ -498,18 +498,15 @@ impl Planner<'_> {
         }
     }
 
-    /// The strides that walk `[.., KH, KW, OH, OW]` over a `[.., H, W]` layout
-    /// with strides `s`: `(i, j, p, q) → (p·SH + i·DH, q·SW + j·DW)`.
+    /// The strides that walk `[a.., KH, KW, b.., OH, OW]` over an `[a.., b.., H, W]`
+    /// layout with strides `s`: `(i, j, p, q) → (p·SH + i·DH, q·SW + j·DW)`.
     fn window_strides(s: &[i64], w: &Window) -> Vec<i64> {
         let r = s.len();
         let (sh, sw) = (s[r - 2], s[r - 1]);
-        let mut out = s[..r - 2].to_vec();
-        out.extend([
-            sh * w.dilation[0] as i64,
-            sw * w.dilation[1] as i64,
-            sh * w.stride[0] as i64,
-            sw * w.stride[1] as i64,
-        ]);
+        let mut out = s[..w.lead].to_vec();
+        out.extend([sh * w.dilation[0] as i64, sw * w.dilation[1] as i64]);
+        out.extend_from_slice(&s[w.lead..r - 2]);
+        out.extend([sh * w.stride[0] as i64, sw * w.stride[1] as i64]);
         out
     }
 
@@ -518,7 +515,7 @@ impl Planner<'_> {
     fn lower_unfold(&mut self, id: ValueId, w: &Window, out: &Layout) -> Result<(), CodegenError> {
         let x = self.arg(id, 0)?;
         let l = self.strided(x)?;
-        if l.strides.len() < 2 {
+        if l.strides.len() < w.lead + 2 {
             return Err(malformed(id, "unfold of rank < 2"));
         }
         let dims = self.shape(id).to_vec();
@@ -537,7 +534,7 @@ impl Planner<'_> {
         let x = self.arg(id, 0)?;
         let od = self.shape(id).to_vec();
         let xd = self.shape(x).to_vec();
-        if od.len() < 2 {
+        if od.len() < w.lead + 2 {
             return Err(malformed(id, "fold of rank < 2"));
         }
         let mut eb = ExprBuilder::new(od.len());

@@ -52,7 +52,7 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 None => size,
             };
             let padding = pair(cx, take(&mut a[3]), 0, "padding")?;
-            pool(cx, name, &x, Window { kernel: size, stride, dilation: [1, 1] }, padding, span)?
+            pool(cx, name, &x, Window { kernel: size, stride, dilation: [1, 1], lead: 0 }, padding, span)?
         }
         "global_avg_pool" => {
             let mut a = bind(cx, name, args, &["x"], 1, span)?;
@@ -279,18 +279,33 @@ fn conv2d(cx: &mut Ctx, x: &Tensor, w: &Tensor, w_span: Span, c: Conv, span: Spa
             Some(format!("for this input the weight needs shape [{o}, {}, {}, {}]", ch / g, kernel[0], kernel[1])),
         ));
     }
-    let window = Window { kernel, stride: c.stride, dilation: c.dilation };
+    // The whole batch is one matrix product per group (im2col):
+    //   x [N, C, H, W] → (pad) → view [G, C/G, N, H, W] → unfold → [G, KH, KW, C/G, N, OH, OW]
+    //   = [G, KH·KW·C/G, N·OH·OW];  weights [O, C/G, KH, KW] → [G, O/G, KH·KW·C/G];
+    //   product [G, O/G, N·OH·OW] = [O, N, OH, OW], viewed as [N, O, OH, OW].
+    // One large product keeps both cores busy and packs the weights once.
+    let window = Window { kernel, stride: c.stride, dilation: c.dilation, lead: 1 };
     let [oh, ow] = check_fit(cx, &format!("{}x{} convolution kernel", kernel[0], kernel[1]), hw, &window, c.padding, span)?;
     let n = xs.dims()[0].clone();
-    let kk = cg * kernel[0] * kernel[1];
+    let (og, kk) = (o / g, cg * kernel[0] * kernel[1]);
+    let known = |v: &[usize]| v.iter().map(|&d| Dim::Known(d)).collect::<Vec<_>>();
     let xp = pad_hw(cx, x.id, c.padding, 0.0, span)?;
-    let cols = cx.op(Op::Unfold { window }, &[xp], span)?;
-    // [N, C, KH, KW, OH, OW] is already [N, G, C/G·KH·KW, OH·OW] in memory.
-    let cols = cx.op(Op::Reshape { shape: Shape(vec![n.clone(), Dim::Known(g), Dim::Known(kk), Dim::Known(oh * ow)]) }, &[cols], span)?;
-    let wm = cx.op(Op::Reshape { shape: Shape::known(&[g, o / g, kk]) }, &[w.id], span)?;
-    let wb = cx.op(Op::Broadcast { shape: Shape(vec![n.clone(), Dim::Known(g), Dim::Known(o / g), Dim::Known(kk)]) }, &[wm], span)?;
-    let y = cx.op(Op::MatMul, &[wb, cols], span)?;
-    let id = cx.op(Op::Reshape { shape: Shape(vec![n, Dim::Known(o), Dim::Known(oh), Dim::Known(ow)]) }, &[y], span)?;
+    let [ph, pw] = [hw[0] + 2 * c.padding[0], hw[1] + 2 * c.padding[1]];
+    let mut grouped = vec![n.clone()];
+    grouped.extend(known(&[g, cg, ph, pw]));
+    let x5 = cx.op(Op::Reshape { shape: Shape(grouped) }, &[xp], span)?;
+    let xt = cx.op(Op::Transpose { perm: vec![1, 2, 0, 3, 4] }, &[x5], span)?;
+    let cols = cx.op(Op::Unfold { window }, &[xt], span)?;
+    let npix = Dim::product(&[n.clone(), Dim::Known(oh * ow)]);
+    let cols = cx.op(Op::Reshape { shape: Shape(vec![Dim::Known(g), Dim::Known(kk), npix]) }, &[cols], span)?;
+    let w5 = cx.op(Op::Reshape { shape: Shape::known(&[g, og, cg, kernel[0], kernel[1]]) }, &[w.id], span)?;
+    let wt = cx.op(Op::Transpose { perm: vec![0, 1, 3, 4, 2] }, &[w5], span)?;
+    let wm = cx.op(Op::Reshape { shape: Shape::known(&[g, og, kk]) }, &[wt], span)?;
+    let y = cx.op(Op::MatMul, &[wm, cols], span)?;
+    let mut onhw = vec![Dim::Known(o), n];
+    onhw.extend(known(&[oh, ow]));
+    let y = cx.op(Op::Reshape { shape: Shape(onhw) }, &[y], span)?;
+    let id = cx.op(Op::Transpose { perm: vec![1, 0, 2, 3] }, &[y], span)?;
     Ok(Tensor { id, names: batch_names(x, 4) })
 }
 
@@ -326,8 +341,9 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
     // padded zeros (PyTorch's default, `count_include_pad=True`).
     let fill = if name == "max_pool" { f64::NEG_INFINITY } else { 0.0 };
     let xp = pad_hw(cx, x.id, padding, fill, span)?;
+    // [KH, KW, N, C, OH, OW]: reduce the two window axes.
     let u = cx.op(Op::Unfold { window }, &[xp], span)?;
-    let axes = [r - 2, r - 1];
+    let axes = [0, 1];
     let mut b = cx.builder(span);
     let red = if name == "max_pool" {
         b.reduce_max(u, &axes)

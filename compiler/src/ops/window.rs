@@ -1,11 +1,13 @@
 //! Sliding windows over the last two axes, the building block of convolution
-//! and pooling (`elaborate/builtins.rs` writes `conv2d`, `max_pool` and
+//! and pooling (`elaborate/vision.rs` writes `conv2d`, `max_pool` and
 //! `avg_pool` with them):
 //!
-//! * `Unfold` (im2col): `[.., H, W] → [.., KH, KW, OH, OW]`, element
-//!   `[.., i, j, p, q] = x[.., p·SH + i·DH, q·SW + j·DW]`. With the channel axis
-//!   in front, `[N, C, KH, KW, OH, OW]` reshapes for free into the matrix
-//!   `[N, C·KH·KW, OH·OW]` that a convolution multiplies by its weights.
+//! * `Unfold` (im2col): `[a.., b.., H, W] → [a.., KH, KW, b.., OH, OW]`, where
+//!   the `lead` axes `a` stay in front and the window axes come next, element
+//!   `[a, i, j, b, p, q] = x[a, b, p·SH + i·DH, q·SW + j·DW]`. Putting the
+//!   window axes before the batch makes a convolution one matrix product:
+//!   `x` viewed as `[C, N, H, W]` unfolds to `[KH, KW, C, N, OH, OW]`, which is
+//!   already the matrix `[KH·KW·C, N·OH·OW]` in memory.
 //! * `Fold` (col2im), its transpose: every window element is added back to the
 //!   input position it came from (overlapping windows sum).
 //!
@@ -16,14 +18,16 @@
 use super::ShapeError;
 use crate::builder::Builder;
 use crate::ir::{Dim, Shape, TensorType, ValueId};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Dimension, IxDyn};
 
-/// Kernel size, stride and dilation along (H, W).
+/// Kernel size, stride and dilation along (H, W), and how many leading axes
+/// stay in front of the window axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Window {
     pub kernel: [usize; 2],
     pub stride: [usize; 2],
     pub dilation: [usize; 2],
+    pub lead: usize,
 }
 
 impl Window {
@@ -47,7 +51,11 @@ impl std::fmt::Display for Window {
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
         let [dh, dw] = self.dilation;
-        write!(f, "{kh}x{kw} stride {sh},{sw} dilation {dh},{dw}")
+        write!(f, "{kh}x{kw} stride {sh},{sw} dilation {dh},{dw}")?;
+        if self.lead > 0 {
+            write!(f, " after {} axes", self.lead)?;
+        }
+        Ok(())
     }
 }
 
@@ -60,17 +68,27 @@ fn spatial(x: &TensorType) -> Option<(usize, usize)> {
     Some((d[r - 2].known()?, d[r - 1].known()?))
 }
 
+/// `[a.., b.., H, W]` → `[a.., KH, KW, b.., OH, OW]` (`out` = OH, OW).
+fn unfolded_dims(w: &Window, dims: &[Dim], out: [usize; 2]) -> Vec<Dim> {
+    let r = dims.len();
+    let mut d = dims[..w.lead].to_vec();
+    d.extend([w.kernel[0], w.kernel[1]].map(Dim::Known));
+    d.extend_from_slice(&dims[w.lead..r - 2]);
+    d.extend(out.map(Dim::Known));
+    d
+}
+
 pub fn unfold_shape_rule(w: &Window, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
     let [x] = args else {
         return Err(ShapeError::Arity { op: "unfold", expected: 1, found: args.len() });
     };
     let bad = || ShapeError::Window { window: *w, shape: x.shape.clone() };
     let (h, wd) = spatial(x).ok_or_else(bad)?;
-    let (oh, ow) = (w.out_size(0, h).ok_or_else(bad)?, w.out_size(1, wd).ok_or_else(bad)?);
-    let r = x.shape.rank();
-    let mut dims = x.shape.dims()[..r - 2].to_vec();
-    dims.extend([w.kernel[0], w.kernel[1], oh, ow].map(Dim::Known));
-    Ok(TensorType { shape: Shape(dims), dtype: x.dtype })
+    if w.lead + 2 > x.shape.rank() {
+        return Err(bad());
+    }
+    let out = [w.out_size(0, h).ok_or_else(bad)?, w.out_size(1, wd).ok_or_else(bad)?];
+    Ok(TensorType { shape: Shape(unfolded_dims(w, x.shape.dims(), out)), dtype: x.dtype })
 }
 
 pub fn fold_shape_rule(w: &Window, size: [usize; 2], args: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -79,16 +97,20 @@ pub fn fold_shape_rule(w: &Window, size: [usize; 2], args: &[&TensorType]) -> Re
     };
     let d = x.shape.dims();
     let r = d.len();
-    let expect = match (w.out_size(0, size[0]), w.out_size(1, size[1])) {
-        (Some(oh), Some(ow)) => [w.kernel[0], w.kernel[1], oh, ow].map(Dim::Known),
-        _ => return Err(ShapeError::Window { window: *w, shape: Shape::known(&size) }),
+    let bad = || ShapeError::Window { window: *w, shape: x.shape.clone() };
+    let (Some(oh), Some(ow)) = (w.out_size(0, size[0]), w.out_size(1, size[1])) else {
+        return Err(ShapeError::Window { window: *w, shape: Shape::known(&size) });
     };
-    if r < 4 || d[r - 4..] != expect {
-        return Err(ShapeError::Window { window: *w, shape: x.shape.clone() });
+    if r < w.lead + 4 {
+        return Err(bad());
     }
-    let mut dims = d[..r - 4].to_vec();
-    dims.extend(size.map(Dim::Known));
-    Ok(TensorType { shape: Shape(dims), dtype: x.dtype })
+    let mut folded = d[..w.lead].to_vec();
+    folded.extend_from_slice(&d[w.lead + 2..r - 2]);
+    folded.extend(size.map(Dim::Known));
+    if unfolded_dims(w, &folded, [oh, ow]) != d {
+        return Err(bad());
+    }
+    Ok(TensorType { shape: Shape(folded), dtype: x.dtype })
 }
 
 pub fn unfold_vjp_rule(b: &mut Builder, w: &Window, args: &[ValueId], g: ValueId) -> Vec<Option<ValueId>> {
@@ -103,62 +125,28 @@ pub fn fold_vjp_rule(b: &mut Builder, w: &Window, g: ValueId) -> Vec<Option<Valu
     vec![Some(b.unfold(g, *w))]
 }
 
-/// For every window element: its flat offset in the `[.., KH, KW, OH, OW]`
-/// array's trailing block and in the `[.., H, W]` block it reads.
-fn pairs(w: &Window, h: usize, wd: usize) -> Vec<(usize, usize)> {
-    let (Some(oh), Some(ow)) = (w.out_size(0, h), w.out_size(1, wd)) else { return Vec::new() };
-    let mut out = Vec::with_capacity(w.kernel[0] * w.kernel[1] * oh * ow);
-    for i in 0..w.kernel[0] {
-        for j in 0..w.kernel[1] {
-            for p in 0..oh {
-                for q in 0..ow {
-                    let src = (p * w.stride[0] + i * w.dilation[0]) * wd + q * w.stride[1] + j * w.dilation[1];
-                    out.push((out.len(), src));
-                }
-            }
-        }
-    }
-    out
+/// The input index `[a.., b.., h, w]` an unfolded index `[a.., i, j, b.., p, q]` reads.
+fn source_index(w: &Window, u: &[usize]) -> Vec<usize> {
+    let r = u.len();
+    let (i, j, p, q) = (u[w.lead], u[w.lead + 1], u[r - 2], u[r - 1]);
+    let mut x = u[..w.lead].to_vec();
+    x.extend_from_slice(&u[w.lead + 2..r - 2]);
+    x.push(p * w.stride[0] + i * w.dilation[0]);
+    x.push(q * w.stride[1] + j * w.dilation[1]);
+    x
 }
 
 pub fn unfold_eval(w: &Window, args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
-    let mut y = ArrayD::zeros(IxDyn(out));
-    let Some(x) = args.first() else { return y };
-    let xs = x.shape();
-    let r = xs.len();
-    if r < 2 {
-        return y;
-    }
-    let (h, wd) = (xs[r - 2], xs[r - 1]);
-    let map = pairs(w, h, wd);
-    let xv: Vec<f64> = x.iter().copied().collect();
-    let (inner_in, inner_out) = (h * wd, map.len());
-    if let Some(ys) = y.as_slice_mut() {
-        for (yb, xb) in ys.chunks_mut(inner_out.max(1)).zip(xv.chunks(inner_in.max(1))) {
-            for &(o, s) in &map {
-                yb[o] = xb[s];
-            }
-        }
-    }
-    y
+    let Some(x) = args.first() else { return ArrayD::zeros(IxDyn(out)) };
+    ArrayD::from_shape_fn(IxDyn(out), |u| x.get(IxDyn(&source_index(w, u.slice()))).copied().unwrap_or(0.0))
 }
 
 pub fn fold_eval(w: &Window, args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
     let mut y = ArrayD::zeros(IxDyn(out));
     let Some(x) = args.first() else { return y };
-    let r = out.len();
-    if r < 2 {
-        return y;
-    }
-    let (h, wd) = (out[r - 2], out[r - 1]);
-    let map = pairs(w, h, wd);
-    let xv: Vec<f64> = x.iter().copied().collect();
-    let (inner_out, inner_in) = (h * wd, map.len());
-    if let Some(ys) = y.as_slice_mut() {
-        for (yb, xb) in ys.chunks_mut(inner_out.max(1)).zip(xv.chunks(inner_in.max(1))) {
-            for &(o, s) in &map {
-                yb[s] += xb[o];
-            }
+    for (u, v) in x.indexed_iter() {
+        if let Some(slot) = y.get_mut(IxDyn(&source_index(w, u.slice()))) {
+            *slot += *v;
         }
     }
     y
