@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Compare nnc with PyTorch (eager, torch.compile) and JAX (jax.jit) on CPU, 2 threads.
 
-    python3 bench/run.py [--repeats 3] [--workloads W1,W2,MNIST] [--sides nnc,torch,...]
+    python3 bench/run.py [--repeats 3] [--workloads W1,W2,W3,MNIST] [--sides nnc,torch,...] [--out NAME]
 
 Creates bench/.venv (from bench/requirements.txt) on first use and re-runs itself there,
 builds nnc (cargo build --release), writes the random data to bench/data/, then for every
 workload runs each side once as a warm-up and --repeats times timed, each run a separate
 process pinned to 2 CPUs, the repeats interleaved across sides (round-robin) so that
 load from other users of the machine spreads over all sides. Writes
-bench/results/results.json and bench/results/results.md.
+bench/results/results.json and bench/results/results.md; a run of other workloads than the
+default set writes e.g. w3.json / w3.md (--workloads W3) instead, --out NAME: NAME.json / NAME.md.
 """
 import argparse
 import datetime
@@ -28,6 +29,7 @@ ROOT = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
 VPY = os.path.join(VENV, "bin", "python")
 NNC = os.path.join(ROOT, "target", "release", "nnc")
+NNC_RUN = NNC  # the private copy that is actually run (see snapshot_nnc)
 RESULTS = os.path.join(BENCH, "results")
 
 THREAD_ENV = {
@@ -100,7 +102,7 @@ def run_once(cmd, extra_env=None):
         res = json.loads(lines[-1])
     except (IndexError, ValueError):
         tail = [l for l in stderr.strip().splitlines() if l.strip()][-3:] or ["no output"]
-        return {"error": " / ".join(tail)[-300:]}
+        return {"error": f"exit status {p.returncode}: " + " / ".join(tail)[-300:]}
     res["peak_rss_mb"] = peak[0] / 1024
     res["wall_seconds"] = wall
     return res
@@ -108,9 +110,19 @@ def run_once(cmd, extra_env=None):
 
 def side_cmd(side, workload, w):
     if side == "nnc":
-        return [NNC, "run", os.path.join(BENCH, w["nn"]), "--json", "--quiet"] if w["nn"] else None
+        return [NNC_RUN, "run", os.path.join(BENCH, w["nn"]), "--json", "--quiet"] if w["nn"] else None
     script = "side_jax.py" if side == "jax.jit" else "side_torch.py"
     return [VPY, script, workload] + (["--compile"] if side == "torch.compile" else [])
+
+
+def snapshot_nnc():
+    """Run a private copy of target/release/nnc: others building in this tree replace the binary
+    (a run that starts while it is being linked fails), and every run should use the same one."""
+    global NNC_RUN
+    d = tempfile.mkdtemp(prefix="nnc-bench-")
+    NNC_RUN = os.path.join(d, "nnc")
+    shutil.copy2(NNC, NNC_RUN)
+    return d
 
 
 def med(runs, key):
@@ -216,9 +228,9 @@ def markdown(res):
             for lib, p in res["peak"].items():
                 lines.append(f"| W2 peak | 2048² matmul, {lib} | | | | | | {fmt(p.get('gflops'), '.1f')} | "
                              f"{p.get('error', 'machine peak (median of runs, best of 20 matmuls each)')} |")
-    lines += ["", "Workloads: " + "; ".join(f"{k} = {w['title']} {'→'.join(map(str, w['sizes']))}, batch {w['batch']}, "
+    lines += ["", "Workloads: " + "; ".join(f"{k} = {w['title']} {w.get('arch') or '→'.join(map(str, w['sizes']))}, batch {w['batch']}, "
                                              f"{w['rows']} rows × {w['epochs']} epochs" for k, w in res["definitions"].items()) +
-              ". Float32, softmax cross-entropy, Adam lr 1e-3, He-normal init; W1/W2 on random data "
+              ". Float32, softmax cross-entropy, Adam lr 1e-3, He-normal init; W1/W2/W3 on random data "
               "(bench/data/*.csv, read by every side). W2 GFLOP/s = 6 · params · batch · steps/s."]
     return "\n".join(lines) + "\n"
 
@@ -229,9 +241,18 @@ def main():
     import workloads
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workloads", default="W1,W2,MNIST")
+    ap.add_argument("--workloads", default="W1,W2,W3,MNIST")
     ap.add_argument("--sides", default=",".join(SIDES))
+    ap.add_argument("--out", default=None,
+                    help="write bench/results/OUT.json and OUT.md; default: 'results' for the full default "
+                         "set of workloads, else the workload names (--workloads W3 writes w3.md, w3.json)")
     args = ap.parse_args()
+    names = args.workloads.split(",")
+    if args.out is None:
+        args.out = "results" if args.workloads == ap.get_default("workloads") else "-".join(names).lower()
+    unknown = [n for n in names if n not in workloads.WORKLOADS]
+    if unknown:
+        sys.exit(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(workloads.WORKLOADS)}")
     log = lambda s: print(s, flush=True)
 
     log("building nnc (cargo build --release)")
@@ -239,11 +260,12 @@ def main():
         if not os.path.exists(NNC):
             sys.exit("cargo build --release failed and there is no target/release/nnc")
         log("WARNING: cargo build --release failed; using the existing target/release/nnc")
+    snapshot_dir = snapshot_nnc()
     res = {"machine": machine_info(), "repeats": args.repeats, "workloads": {}, "peak": {},
-           "definitions": {k: {x: w[x] for x in ("title", "sizes", "batch", "rows", "epochs")}
-                           for k, w in workloads.WORKLOADS.items()}}
+           "definitions": {k: {x: w[x] for x in ("title", "sizes", "batch", "rows", "epochs", "arch") if x in w}
+                           for k, w in workloads.WORKLOADS.items() if k in names}}
     sides = args.sides.split(",")
-    for name in args.workloads.split(","):
+    for name in names:
         w = workloads.WORKLOADS[name]
         if name == "MNIST" and not workloads.mnist_available():
             res["workloads"][name] = {s: {"error": f"skipped: no MNIST files in {workloads.MNIST_DIR}"} for s in sides}
@@ -259,11 +281,12 @@ def main():
                 res["peak"][lib] = {"gflops": med(ok, "gflops")} if ok else {"error": rs[0]["error"]}
                 log(f"  peak {lib}: {res['peak'][lib]}")
     res["machine"]["loadavg_end"] = os.getloadavg()
+    shutil.rmtree(snapshot_dir, ignore_errors=True)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.out}.json"), "w") as f:
         json.dump(res, f, indent=1)
     md = markdown(res)
-    with open(os.path.join(RESULTS, "results.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.out}.md"), "w") as f:
         f.write(md)
     print(md)
 

@@ -19,18 +19,56 @@ import optax
 import workloads
 
 
-def main(name):
-    w = workloads.WORKLOADS[name]
+def he(key, shape, fan_in):
+    """He-normal weights (std sqrt(2 / fan_in))."""
+    return jax.random.normal(key, shape, jnp.float32) * (2.0 / fan_in) ** 0.5
+
+
+def mlp(sizes):
     key, params = jax.random.PRNGKey(0), []
-    for a, b in zip(w["sizes"], w["sizes"][1:]):
+    for a, b in zip(sizes, sizes[1:]):
         key, k = jax.random.split(key)
-        params.append((jax.random.normal(k, (a, b), jnp.float32) * (2.0 / a) ** 0.5, jnp.zeros((b,), jnp.float32)))
+        params.append((he(k, (a, b), a), jnp.zeros((b,), jnp.float32)))
 
     def forward(params, x):
         for wt, b in params[:-1]:
             x = jax.nn.relu(x @ wt + b)
         wt, b = params[-1]
         return x @ wt + b
+    return params, forward
+
+
+def cnn(w):
+    """W3: conv3x3 1->32, ReLU, conv3x3 32->64, ReLU, maxpool 2, flatten, 1024->128, ReLU, 128->10.
+
+    NCHW activations and OIHW kernels (as PyTorch and nnc), lax.conv_general_dilated."""
+    c, h, wd = w["image"]
+    flat = 64 * (h // 2) * (wd // 2)
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    params = [(he(k[0], (32, c, 3, 3), c * 9), jnp.zeros((32,), jnp.float32)),
+              (he(k[1], (64, 32, 3, 3), 32 * 9), jnp.zeros((64,), jnp.float32)),
+              (he(k[2], (flat, 128), flat), jnp.zeros((128,), jnp.float32)),
+              (he(k[3], (128, w["sizes"][-1]), 128), jnp.zeros((w["sizes"][-1],), jnp.float32))]
+
+    def conv(x, kern, b):
+        y = jax.lax.conv_general_dilated(x, kern, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return y + b[None, :, None, None]
+
+    def forward(params, x):
+        (k1, b1), (k2, b2), (w1, c1), (w2, c2) = params
+        x = x.reshape(x.shape[0], c, h, wd)
+        x = jax.nn.relu(conv(x, k1, b1))
+        x = jax.nn.relu(conv(x, k2, b2))
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        x = jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + c1)
+        return x @ w2 + c2
+    return params, forward
+
+
+def main(name):
+    w = workloads.WORKLOADS[name]
+    params, forward = cnn(w) if "image" in w else mlp(w["sizes"])
 
     def loss_fn(params, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(forward(params, x), y).mean()

@@ -19,17 +19,38 @@ import torch
 import workloads
 
 
+def he(layer, fan_in):
+    """He-normal weights (std sqrt(2 / fan_in)), zero biases."""
+    torch.nn.init.normal_(layer.weight, 0.0, (2.0 / fan_in) ** 0.5)
+    torch.nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp(sizes):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        lin = he(torch.nn.Linear(a, b), a)
+        layers += [lin, torch.nn.ReLU()] if i < len(sizes) - 2 else [lin]
+    return torch.nn.Sequential(*layers)
+
+
+def cnn(w):
+    """W3: conv3x3 1->32, ReLU, conv3x3 32->64, ReLU, maxpool 2, flatten, 1024->128, ReLU, 128->10 (NCHW)."""
+    c, h, wd = w["image"]
+    return torch.nn.Sequential(
+        torch.nn.Unflatten(1, (c, h, wd)),
+        he(torch.nn.Conv2d(c, 32, 3, padding=1), c * 9), torch.nn.ReLU(),
+        he(torch.nn.Conv2d(32, 64, 3, padding=1), 32 * 9), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        he(torch.nn.Linear(64 * (h // 2) * (wd // 2), 128), 64 * (h // 2) * (wd // 2)), torch.nn.ReLU(),
+        he(torch.nn.Linear(128, w["sizes"][-1]), 128))
+
+
 def main(name, compiled):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     w = workloads.WORKLOADS[name]
-    layers = []
-    for i, (a, b) in enumerate(zip(w["sizes"], w["sizes"][1:])):
-        lin = torch.nn.Linear(a, b)
-        torch.nn.init.normal_(lin.weight, 0.0, (2.0 / a) ** 0.5)
-        torch.nn.init.zeros_(lin.bias)
-        layers += [lin, torch.nn.ReLU()] if i < len(w["sizes"]) - 2 else [lin]
-    model = torch.nn.Sequential(*layers)
+    model = cnn(w) if "image" in w else mlp(w["sizes"])
     opt = torch.optim.Adam(model.parameters(), lr=workloads.LR)
 
     def loss_fn(x, y):

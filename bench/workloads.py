@@ -21,6 +21,10 @@ WORKLOADS = {
                nn="w2_mlp_large.nn"),
     "MNIST": dict(title="MNIST (W2 net, 10k/10k, 3 epochs)", sizes=[784, 1024, 1024, 10], batch=256,
                   rows=10000, epochs=3, nn="../examples/mlp_mnist.nn"),
+    # sizes: features in, classes out (what the data needs); the layers are in `arch`.
+    "W3": dict(title="CNN-small", sizes=[64, 10], batch=64, rows=64 * 50, epochs=15,
+               nn="w3_cnn_small.nn", image=(1, 8, 8),
+               arch="[1,8,8] conv3x3 32 → conv3x3 64 → maxpool 2 → 1024→128→10"),
 }
 LR = 1e-3
 
