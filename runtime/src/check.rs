@@ -103,7 +103,7 @@ fn mentions(e: &Expr, names: &[&str]) -> bool {
 }
 
 /// Compare the symbolic gradient with central differences (float64) on up
-/// to 8 training rows, at up to 12 entries of each parameter.
+/// to 8 training rows, at up to 12 entries of each parameter (fewer in deep models).
 pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<ParamCheck>, Diagnostic> {
     let split = datasets
         .iter()
@@ -148,12 +148,16 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
     // times that are compared against this floor instead of their own size.
     let base_loss = loss_at(&inputs)?;
     let floor = 1e-6 * base_loss.abs().max(1.0);
+    // Up to 12 entries per parameter, fewer for deep models (each entry costs
+    // two evaluations of the whole loss in float64), about 200 in all.
+    let per_param = (200 / plan.params.len().max(1)).clamp(3, 12);
     let mut results = Vec::new();
     for (k, (path, shape, _)) in params.tensors.iter().enumerate() {
         let Some(grad) = analytic.get(k + 1) else { continue };
         let n: usize = shape.iter().product();
         // A spread of entries: deterministic, covering first, last and middle.
-        let picks: Vec<usize> = if n <= 12 { (0..n).collect() } else { (0..12).map(|i| (i * 7919 + i * i * 104729) % n).collect() };
+        let picks: Vec<usize> =
+            if n <= per_param { (0..n).collect() } else { (0..per_param).map(|i| (i * 7919 + i * i * 104729) % n).collect() };
         let mut worst = 0.0f64;
         for &i in &picks {
             let h = 1e-6;

@@ -69,6 +69,9 @@ impl<'p> Runner<'p> {
         for item in &program.items {
             self.run_item(item, opts).map_err(|d| vec![d])?;
         }
+        if let Some(table) = comparison_table(&self.summary.runs) {
+            self.summary.say(table);
+        }
         self.summary.seconds = started.elapsed().as_secs_f64();
         Ok(())
     }
@@ -185,6 +188,38 @@ impl<'p> Runner<'p> {
         let (_, shape, v) = r.params.get(path)?;
         ArrayD::from_shape_vec(shape.clone(), v.iter().map(|&x| f64::from(x)).collect()).ok()
     }
+}
+
+/// With several training runs, a table comparing them: final train loss and
+/// each run's metrics, one row per run (`examples/norms.nn` compares four
+/// normalisations this way).
+fn comparison_table(runs: &[(String, TrainResult)]) -> Option<String> {
+    if runs.len() < 2 {
+        return None;
+    }
+    let mut columns: Vec<String> = Vec::new();
+    for (_, r) in runs {
+        for (m, _) in &r.metrics {
+            if !columns.contains(&m.label()) {
+                columns.push(m.label());
+            }
+        }
+    }
+    let width = runs.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(3);
+    let mut out = format!("{:width$}  {:>10}", "run", "train loss");
+    for c in &columns {
+        out.push_str(&format!("  {c:>w$}", w = c.len().max(8)));
+    }
+    for (name, r) in runs {
+        let loss = r.epoch_losses.last().copied().unwrap_or(f64::NAN);
+        out.push_str(&format!("\n{name:width$}  {loss:>10.5}"));
+        for c in &columns {
+            let v = r.metrics.iter().find(|(m, _)| m.label() == *c);
+            let text = v.map(|(m, v)| train::format_metric(m.kind, *v)).unwrap_or_else(|| "-".into());
+            out.push_str(&format!("  {text:>w$}", w = c.len().max(8)));
+        }
+    }
+    Some(out)
 }
 
 fn first(mut d: Vec<Diagnostic>) -> Diagnostic {

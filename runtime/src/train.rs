@@ -130,8 +130,10 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
         if let Some(p) = partial.as_mut() {
             p.set(&name, &value);
         }
-        for (_, exec, _) in &mut evaluators.entries {
-            exec.set(&name, &value);
+        for e in &mut evaluators.entries {
+            for exec in e.execs_mut() {
+                exec.set(&name, &value);
+            }
         }
     }
 
@@ -343,9 +345,29 @@ fn save_checkpoint(plan: &TrainPlan, params: &Params, path: &Path, epoch: usize)
         .map_err(|e| Diagnostic::new(format!("could not save checkpoint {}", path.display())).label(plan.span, e.to_string()))
 }
 
+/// Rows evaluated per call of a metric's compiled function. A whole split at
+/// once would need memory for every activation of every row (a CNN's im2col
+/// matrices on 10,000 MNIST images are gigabytes); chunks keep it bounded.
+const EVAL_CHUNK: usize = 512;
+
+/// One metric: its compiled function for full chunks and for the last, shorter one.
+struct Evaluator<'d> {
+    spec: MetricSpec,
+    full: Exec,
+    rest: Option<Exec>,
+    split: &'d Split,
+    chunk: usize,
+}
+
+impl Evaluator<'_> {
+    fn execs_mut(&mut self) -> impl Iterator<Item = &mut Exec> {
+        std::iter::once(&mut self.full).chain(self.rest.as_mut())
+    }
+}
+
 /// Compiled evaluation functions, one per metric split, reused every epoch.
 struct Evaluators<'d> {
-    entries: Vec<(MetricSpec, Exec, &'d Split)>,
+    entries: Vec<Evaluator<'d>>,
     compile_time: Duration,
 }
 
@@ -363,29 +385,48 @@ impl<'d> Evaluators<'d> {
                 MetricKind::Loss => &plan.loss_graph,
                 MetricKind::Accuracy | MetricKind::Mse => &plan.forward_graph,
             };
-            let exec = Exec::compile(graph, &sizes(split.x.nrows()), &[]).map_err(|e| compile_error(plan, e))?;
-            entries.push((m.clone(), exec, split));
+            let n = split.x.nrows();
+            let chunk = n.clamp(1, EVAL_CHUNK);
+            let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
+            let rest = match n % chunk {
+                0 => None,
+                r => Some(Exec::compile(graph, &sizes(r), &[]).map_err(|e| compile_error(plan, e))?),
+            };
+            entries.push(Evaluator { spec: m.clone(), full, rest, split, chunk });
         }
         Ok(Evaluators { entries, compile_time: t0.elapsed() })
     }
 
     fn evaluate(&mut self, plan: &TrainPlan, params: &Params) -> Result<Vec<(MetricSpec, f64)>, Diagnostic> {
         let mut out = Vec::new();
-        for (m, exec, split) in &mut self.entries {
-            for (path, _, v) in &params.tensors {
-                exec.set(path, v);
+        for e in &mut self.entries {
+            for exec in e.execs_mut() {
+                for (path, _, v) in &params.tensors {
+                    exec.set(path, v);
+                }
             }
-            if let (Some(x), Some(y)) = (split.x.as_slice(), split.y.as_slice()) {
-                exec.set("x", x);
-                exec.set("y", y);
+            let (x, y) = (e.split.x.as_slice().unwrap_or(&[]), e.split.y.as_slice().unwrap_or(&[]));
+            let (n, f) = (e.split.x.nrows(), e.split.x.ncols());
+            // The loss is a mean per chunk: weight it by the chunk's rows.
+            let mut loss_sum = 0.0f64;
+            let mut outputs: Vec<f32> = Vec::new();
+            for start in (0..n).step_by(e.chunk) {
+                let end = (start + e.chunk).min(n);
+                let exec = if end - start == e.chunk { &mut e.full } else { e.rest.as_mut().unwrap_or(&mut e.full) };
+                exec.set("x", &x[start * f..end * f]);
+                exec.set("y", &y[start..end]);
+                exec.run();
+                match e.spec.kind {
+                    MetricKind::Loss => loss_sum += f64::from(exec.output(0).first().copied().unwrap_or(f32::NAN)) * (end - start) as f64,
+                    MetricKind::Accuracy | MetricKind::Mse => outputs.extend_from_slice(exec.output(0)),
+                }
             }
-            exec.run();
-            let value = match m.kind {
-                MetricKind::Loss => exec.output(0).first().copied().unwrap_or(f32::NAN) as f64,
-                MetricKind::Accuracy => accuracy(exec.output(0), split.y.as_slice().unwrap_or(&[]), plan),
-                MetricKind::Mse => mse(exec.output(0), split.y.as_slice().unwrap_or(&[])),
+            let value = match e.spec.kind {
+                MetricKind::Loss => loss_sum / n.max(1) as f64,
+                MetricKind::Accuracy => accuracy(&outputs, y, plan),
+                MetricKind::Mse => mse(&outputs, y),
             };
-            out.push((m.clone(), value));
+            out.push((e.spec.clone(), value));
         }
         Ok(out)
     }

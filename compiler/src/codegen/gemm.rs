@@ -26,6 +26,11 @@ const NC: usize = 1024;
 
 /// Largest `m` for which a row-major B is not packed.
 const DIRECT_MAX_M: usize = 6 * MR;
+/// Largest row stride (floats) of a B read in place. Beyond it each step of
+/// the micro-kernel's k loop lands on another page (a convolution's im2col
+/// matrix is N·OH·OW = 12544 floats wide for MNIST at batch 64) and the
+/// packed copy wins by far (docs/performance.md, W3).
+const DIRECT_MAX_ROW_STRIDE: isize = 1024;
 
 /// Benchmarks only: allow reading B in place (default true).
 #[doc(hidden)]
@@ -211,7 +216,7 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                 // strips): packing it would cost as much as the products. With
                 // many row tiles the packed copy wins (contiguous, no L1 set
                 // conflicts from the row stride). Measured: docs/performance.md.
-                let direct = b.cs == 1 && m <= DIRECT_MAX_M && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+                let direct = b.cs == 1 && b.rs <= DIRECT_MAX_ROW_STRIDE && m <= DIRECT_MAX_M && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
                 let packed_from = if direct { nc / NR * NR } else { 0 };
                 // SAFETY: the panel is inside B; `pb` holds KC·NC floats.
                 unsafe { pack_b(kc, nc - packed_from, b.at(pc, jc + packed_from), b.rs, b.cs, pb.add(packed_from * kc)) };

@@ -102,6 +102,20 @@ pub enum ErrorKind {
         expected: String,
         found: TensorType,
         what: String,
+        /// The value was flattened from a tensor of higher rank (`flatten`):
+        /// where, the shape before, and the size the annotation wanted.
+        flattened: Option<(Span, Shape, usize)>,
+    },
+    /// A dimension of a function's signature named like a parameter or buffer
+    /// of its module, used where the parameter was meant (`conv2d(x, W)` with
+    /// `x: [B, C, H, W]` and `param W`).
+    ShadowedMember {
+        span: Span,
+        name: String,
+        dim: String,
+        dim_span: Span,
+        member: String,
+        member_span: Option<Span>,
     },
     /// A shape variable bound to two different sizes in one signature.
     DimConflict {
@@ -468,7 +482,10 @@ impl ErrorKind {
                 };
                 Diagnostic::new(format!("axis {axis} is out of range for a tensor of rank {rank}")).label(*span, label)
             }
-            TypeMismatch { span, ann_span, expected, found, what } => {
+            TypeMismatch { span, ann_span, expected, found, what, flattened: Some((flat_span, from, want)) } => {
+                flattened_mismatch(*span, *ann_span, expected, found, what, *flat_span, from, *want)
+            }
+            TypeMismatch { span, ann_span, expected, found, what, flattened: None } => {
                 let d = Diagnostic::new(format!("{what} has type {found}, expected {expected}"))
                     .label(*span, format!("this is {found}"))
                     .label(*ann_span, format!("expected {expected} because of this annotation"));
@@ -481,6 +498,18 @@ impl ErrorKind {
                     }
                     _ => d,
                 }
+            }
+            ShadowedMember { span, name, dim, dim_span, member, member_span } => {
+                let d =
+                    Diagnostic::new(format!("`{name}` here is the dimension `{name}` of the signature ({dim}), not the {member} `{name}`"))
+                        .label(*span, format!("this `{name}` is the dimension, {dim}"))
+                        .label(*dim_span, format!("the signature binds the dimension `{name}` here, which hides the {member}"));
+                let d = match member_span {
+                    Some(s) => d.label(*s, format!("the {member} `{name}` is declared here")),
+                    None => d,
+                };
+                d.note("inside a function, the dimensions of its signature come before the members of its module")
+                    .note(format!("help: rename the {member} (or the dimension) so that the two differ"))
             }
             DimConflict { span, ann_span, var, first, second } => {
                 Diagnostic::new(format!("dimension `{var}` is {first} in one place and {second} in another"))
@@ -603,6 +632,51 @@ impl ErrorKind {
                 .note("this is a bug in nnc; please report it with this file"),
         }
     }
+}
+
+/// An argument made by flattening (`flatten`) whose size does not match its
+/// annotation: say where the size came from, and what would give the wanted one.
+#[allow(clippy::too_many_arguments)]
+fn flattened_mismatch(
+    span: Span,
+    ann_span: Span,
+    expected: &str,
+    found: &TensorType,
+    what: &str,
+    flat_span: Span,
+    from: &Shape,
+    want: usize,
+) -> Diagnostic {
+    let rest = &from.dims()[1..];
+    let parts = rest.iter().map(ToString::to_string).collect::<Vec<_>>().join(" × ");
+    let size = found.shape.dims().get(1).map(ToString::to_string).unwrap_or_default();
+    let origin = format!("{from} flattened: {parts} = {size} features");
+    let d = Diagnostic::new(format!("{what} has type {found}, expected {expected}: {size} features where {want} are expected"));
+    let d = if flat_span == span {
+        d.label(span, format!("this is {found}, {origin}"))
+    } else {
+        d.label(span, format!("this is {found}")).label(flat_span, origin)
+    };
+    let d = d.label(ann_span, format!("expected {expected} because of this annotation"));
+    // [N, C, H, W] with k²·want elements: a k×k pooling before flattening fits.
+    let pool = match rest.iter().map(Dim::known).collect::<Option<Vec<_>>>().as_deref() {
+        Some(&[c, h, w]) if want > 0 && (c * h * w) % want == 0 => {
+            let k = ((c * h * w / want) as f64).sqrt().round() as usize;
+            (k > 1 && k * k * want == c * h * w && h % k == 0 && w % k == 0).then(|| {
+                format!(
+                    "help: {c} × {h} × {w} is {} times {want}; a {k}x{k} pooling before flattening (`max_pool(..., {k})`, giving {c} × {} × {}) would fit, or the layer could take {} inputs",
+                    k * k,
+                    h / k,
+                    w / k,
+                    c * h * w
+                )
+            })
+        }
+        _ => None,
+    };
+    d.note(pool.unwrap_or_else(|| {
+        format!("help: make the layer take {size} inputs, or change the layers before `flatten` so that they give {want}")
+    }))
 }
 
 /// Shapes that do not fit an elementwise op, `mse` or `cross_entropy`.

@@ -73,6 +73,12 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     _ => None,
                 });
                 let dim = scope.dims.get(n).map(|(d, _)| d.clone()).or(module_const);
+                // A signature dimension named like a parameter of the module (`W` in
+                // `x: [B, C, H, W]` and `param W`) hides it: an error if used, except as an axis.
+                if let (Some(e), false) = (self.shadowed_member(n, a.value.span, scope), scope.vars.contains_key(n)) {
+                    out.push(Arg { name: a.name.clone(), value: Value::Unbound(Box::new(e)), span: a.value.span });
+                    continue;
+                }
                 if let (Some(dim), false) = (dim, scope.vars.contains_key(n)) {
                     let value = Value::DimVar { name: n.clone(), dim };
                     out.push(Arg { name: a.name.clone(), value, span: a.value.span });
@@ -87,6 +93,34 @@ impl<'s, 'p> Ctx<'s, 'p> {
             out.push(Arg { name: a.name.clone(), value, span: a.value.span });
         }
         Ok(out)
+    }
+
+    /// The error for `name` used at `span` when it is a dimension of the
+    /// signature that hides a parameter or buffer of the same name.
+    fn shadowed_member(&self, name: &str, span: Span, scope: &Scope) -> Option<ElabError> {
+        let (dim, dim_span) = scope.dims.get(name)?;
+        let this = scope.this.as_ref()?;
+        let member = if this.params.iter().any(|(n, _)| n == name) {
+            "parameter"
+        } else if this.buffers.iter().any(|(n, _)| n == name) {
+            "buffer"
+        } else {
+            return None;
+        };
+        let decl = self.session.modules.get(&this.def_name).and_then(|def| {
+            def.members.iter().find_map(|m| match m {
+                Member::Param(p) if p.name.name == name => Some(p.name.span),
+                _ => None,
+            })
+        });
+        Some(self.err(ErrorKind::ShadowedMember {
+            span,
+            name: name.to_string(),
+            dim: dim.to_string(),
+            dim_span: *dim_span,
+            member: member.into(),
+            member_span: decl,
+        }))
     }
 
     /// Resolve a name: locals, then the current module's members, then globals, then builtins.
@@ -370,6 +404,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                         expected: "a scalar".into(),
                         found: ty,
                         what: what.into(),
+                        flattened: None,
                     }));
                 }
                 Ok(Value::Tensor(t))
@@ -385,6 +420,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
                         expected: expected_text.clone(),
                         found: ty.clone(),
                         what: what.into(),
+                        flattened: None,
                     })
                 };
                 let want_dtype = if *int { DType::I32 } else { DType::F32 };
@@ -422,12 +458,29 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     }
                     let want = self.const_dim(d, scope)?;
                     if Dim::Known(want) != *actual {
-                        return Err(mismatch(self));
+                        let mut e = mismatch(self);
+                        if let ErrorKind::TypeMismatch { flattened, .. } = &mut *e.kind {
+                            // `names` already holds this axis.
+                            let axis = names.len().saturating_sub(1);
+                            *flattened = self.flattened_from(t.id, axis).map(|(s, from)| (s, from, want));
+                        }
+                        return Err(e);
                     }
                 }
                 Ok(Value::Tensor(Tensor { id: t.id, names }))
             }
         }
+    }
+
+    /// If `id` is `[N, F]` made by flattening (`flatten`, or `reshape`) a
+    /// tensor `[N, ...]` of higher rank, and `axis` is its axis 1: where, and
+    /// the shape before, so a size mismatch can say where `F` came from.
+    fn flattened_from(&self, id: crate::ir::ValueId, axis: usize) -> Option<(Span, Shape)> {
+        let node = self.graph.node(id);
+        let (Op::Reshape { shape }, [src]) = (&node.op, node.args.as_slice()) else { return None };
+        let from = self.graph.shape(*src).clone();
+        let keeps_batch = from.dims().first() == shape.dims().first();
+        (axis == 1 && shape.rank() == 2 && from.rank() > 2 && keeps_batch).then_some((node.span, from))
     }
 
     /// An annotation as text with constants filled in: `[B, 64]`.

@@ -86,13 +86,15 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let ga = take(&mut a[1]);
             let g_span = ga.as_ref().map_or(span, |a| a.span);
             let gamma = tensor_arg(cx, ga, span)?;
-            let beta = tensor_arg(cx, take(&mut a[2]), span)?;
+            let ba = take(&mut a[2]);
+            let b_span = ba.as_ref().map_or(span, |a| a.span);
+            let beta = tensor_arg(cx, ba, span)?;
             let eps_slot = if name == "group_norm" { 4 } else { 3 };
             let eps = match take(&mut a[eps_slot]) {
                 Some(e) => cx.number(&e.value, e.span, "eps")?,
                 None => 1e-5,
             };
-            let affine = Affine { gamma, beta, span: g_span };
+            let affine = Affine { gamma, beta, spans: [g_span, b_span] };
             match name {
                 "layer_norm" => {
                     let axis = match take(&mut a[4]) {
@@ -113,7 +115,7 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let mut a = bind(cx, name, args, &["x", "p"], 2, span)?;
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
             let Some(p) = take(&mut a[1]) else { return Err(internal(cx, span)) };
-            let rate = probability(cx, &p)?;
+            let rate = probability(cx, &p, name, "drop rate `p`")?;
             if !cx.training || rate == 0.0 {
                 // Evaluation: the identity (inverted scaling happened in training).
                 x
@@ -128,7 +130,9 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let ga = take(&mut a[1]);
             let g_span = ga.as_ref().map_or(span, |a| a.span);
             let gamma = tensor_arg(cx, ga, span)?;
-            let beta = tensor_arg(cx, take(&mut a[2]), span)?;
+            let ba = take(&mut a[2]);
+            let b_span = ba.as_ref().map_or(span, |a| a.span);
+            let beta = tensor_arg(cx, ba, span)?;
             let mut stats = Vec::new();
             for slot in [3, 4] {
                 let arg = take(&mut a[slot]).ok_or_else(|| internal(cx, span))?;
@@ -136,14 +140,14 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 stats.push((tensor_arg(cx, Some(arg), span)?, s));
             }
             let momentum = match take(&mut a[5]) {
-                Some(m) => probability(cx, &m)?,
+                Some(m) => probability(cx, &m, "batch_norm", "`momentum`")?,
                 None => 0.1,
             };
             let eps = match take(&mut a[6]) {
                 Some(e) => cx.number(&e.value, e.span, "eps")?,
                 None => 1e-5,
             };
-            let affine = Affine { gamma, beta, span: g_span };
+            let affine = Affine { gamma, beta, spans: [g_span, b_span] };
             batch_norm(cx, &x, affine, [&stats[0], &stats[1]], momentum, eps, span)?
         }
         _ => return Err(cx.err(ErrorKind::Internal { span, message: format!("built-in `{name}` has no definition") })),
@@ -159,6 +163,24 @@ fn layout_err(cx: &Ctx, name: &str, expected: &str, found: &Shape, span: Span) -
     builtin_err(cx, span, format!("`{name}` expects {expected}, found {found}"), format!("this is {found}"), None)
 }
 
+/// `layout_err` for a built-in that needs images: a batch of flat rows `[N, F]`
+/// gets a hint to reshape them (`[N, 1, 8, 8]` when `F` is a square).
+fn image_layout_err(cx: &Ctx, name: &str, expected: &str, found: &Shape, span: Span) -> ElabError {
+    let help = match found.dims() {
+        [n, f] => {
+            let side = f.known().map(|f| (f, (f as f64).sqrt().round() as usize)).filter(|&(f, s)| s * s == f);
+            Some(match side {
+                Some((_, s)) => format!(
+                    "help: {found} is a batch of flat rows; reshape them into images first, e.g. `reshape(x, [{n}, 1, {s}, {s}])` for one channel of {s}x{s}"
+                ),
+                None => format!("help: {found} is a batch of flat rows; reshape them into images [{n}, C, H, W] first with `reshape`"),
+            })
+        }
+        _ => None,
+    };
+    builtin_err(cx, span, format!("`{name}` expects {expected}, found {found}"), format!("this is {found}, of rank {}", found.rank()), help)
+}
+
 /// `2` or `[2, 1]`: a size along (H, W).
 fn pair(cx: &mut Ctx, a: Option<Arg>, default: usize, what: &str) -> Result<[usize; 2], ElabError> {
     let Some(a) = a else { return Ok([default, default]) };
@@ -166,10 +188,20 @@ fn pair(cx: &mut Ctx, a: Option<Arg>, default: usize, what: &str) -> Result<[usi
         let found = "something else".to_string();
         cx.err(ErrorKind::WrongKind { span, expected: format!("`{what}` as an integer or a pair `[h, w]` of integers"), found })
     };
+    // Padding may be 0; a window size, stride or dilation of 0 would never move or cover anything.
+    let min = if what == "padding" { 0.0 } else { 1.0 };
     let int = |cx: &mut Ctx, v: &Value, span: Span| -> Result<usize, ElabError> {
         let n = cx.number(v, span, what)?;
-        if n < 0.0 || n.fract() != 0.0 {
-            return Err(cx.err(ErrorKind::BadDim { span, found: n.to_string() }));
+        if n < min || n.fract() != 0.0 {
+            let (kind, why) = match what {
+                "padding" => ("a non-negative integer", "padding adds rows and columns of zeros around the input; to crop it, slice it"),
+                "stride" => {
+                    ("a positive integer", "the stride is how far the window moves at each step: 1 visits every position, 2 every other")
+                }
+                "dilation" => ("a positive integer", "dilation 1 is an ordinary window; d spaces its taps d apart"),
+                _ => ("a positive integer", "the window covers this many rows and columns"),
+            };
+            return Err(builtin_err(cx, span, format!("`{what}` must be {kind}, found {n}"), format!("`{what}: {n}`"), Some(why.into())));
         }
         Ok(n as usize)
     };
@@ -188,7 +220,7 @@ fn pair(cx: &mut Ctx, a: Option<Arg>, default: usize, what: &str) -> Result<[usi
 fn positive(cx: &mut Ctx, a: &Arg, what: &str) -> Result<usize, ElabError> {
     let n = cx.number(&a.value, a.span, what)?;
     if n < 1.0 || n.fract() != 0.0 {
-        return Err(builtin_err(cx, a.span, format!("`{what}` must be a positive integer, found {n}"), "here".into(), None));
+        return Err(builtin_err(cx, a.span, format!("`{what}` must be a positive integer, found {n}"), format!("`{what}: {n}`"), None));
     }
     Ok(n as usize)
 }
@@ -252,7 +284,7 @@ fn check_fit(cx: &Ctx, what: &str, hw: [usize; 2], w: &Window, pad: [usize; 2], 
 fn conv2d(cx: &mut Ctx, x: &Tensor, w: &Tensor, w_span: Span, c: Conv, span: Span) -> Result<Tensor, ElabError> {
     let (xs, ws) = (cx.shape(x), cx.shape(w));
     let (Some(xt), 4) = (known_tail(&xs, 3), xs.rank()) else {
-        return Err(layout_err(cx, "conv2d", "an input [N, C, H, W] with known C, H and W", &xs, span));
+        return Err(image_layout_err(cx, "conv2d", "an input [N, C, H, W] with known C, H and W", &xs, span));
     };
     let (Some(wt), 4) = (known_tail(&ws, 4), ws.rank()) else {
         return Err(layout_err(cx, "conv2d", "a weight [out_channels, in_channels / groups, KH, KW]", &ws, w_span));
@@ -271,13 +303,27 @@ fn conv2d(cx: &mut Ctx, x: &Tensor, w: &Tensor, w_span: Span, c: Conv, span: Spa
         ));
     }
     if cg != ch / g {
-        return Err(builtin_err(
-            cx,
-            w_span,
-            format!("`conv2d`: the weight {ws} expects {cg} input channels per group, the input {xs} has {ch} / {g} = {}", ch / g),
-            format!("weight [out, in / groups, KH, KW] = {ws}"),
-            Some(format!("for this input the weight needs shape [{o}, {}, {}, {}]", ch / g, kernel[0], kernel[1])),
-        ));
+        let (title, label) = if g == 1 {
+            (
+                format!("`conv2d`: the weight {ws} expects {cg} input channels, but the input {xs} has {ch}"),
+                format!("weight [out, in, KH, KW] = {ws}: {cg} input channels"),
+            )
+        } else {
+            (
+                format!("`conv2d`: the weight {ws} expects {cg} input channels per group, the input {xs} has {ch} / {g} = {}", ch / g),
+                format!("weight [out, in / groups, KH, KW] = {ws}: {cg} input channels per group"),
+            )
+        };
+        // [in, out, KH, KW] (a transposed convolution's layout) instead of [out, in, KH, KW].
+        let note = if g == 1 && o == ch {
+            format!(
+                "help: this weight looks like [in, out, KH, KW]; `conv2d` wants [out, in, KH, KW], here [{cg}, {ch}, {}, {}]: swap the first two dimensions where it is declared",
+                kernel[0], kernel[1]
+            )
+        } else {
+            format!("for this input the weight needs shape [{o}, {}, {}, {}]", ch / g, kernel[0], kernel[1])
+        };
+        return Err(builtin_err(cx, w_span, title, label, Some(note)));
     }
     // The whole batch is one matrix product per group (im2col):
     //   x [N, C, H, W] → (pad) → view [G, C/G, N, H, W] → unfold → [G, KH, KW, C/G, N, OH, OW]
@@ -321,7 +367,7 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
     let xs = cx.shape(x);
     let r = xs.rank();
     let Some(hw) = known_tail(&xs, 2).filter(|_| r >= 3) else {
-        return Err(layout_err(cx, name, "an input [N, C, H, W] with known H and W", &xs, span));
+        return Err(image_layout_err(cx, name, "an input [N, C, H, W] with known H and W", &xs, span));
     };
     if padding.iter().zip(window.kernel).any(|(&p, k)| 2 * p > k) {
         return Err(builtin_err(
@@ -337,6 +383,33 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
     }
     let [oh, ow] =
         check_fit(cx, &format!("{}x{} pooling window", window.kernel[0], window.kernel[1]), [hw[0], hw[1]], &window, padding, span)?;
+    let mut dims = xs.dims()[..r - 2].to_vec();
+    dims.extend([Dim::Known(oh), Dim::Known(ow)]);
+    let tiles = window.stride == window.kernel && padding == [0, 0] && hw[0] % window.kernel[0] == 0 && hw[1] % window.kernel[1] == 0;
+    if tiles {
+        // Windows that tile the image (2x2, stride 2): a reshape to
+        // [.., OH, KH, OW, KW] is a view, and reducing it needs no im2col copy
+        // and no col2im in the backward pass.
+        let mut split = xs.dims()[..r - 2].to_vec();
+        split.extend([oh, window.kernel[0], ow, window.kernel[1]].map(Dim::Known));
+        let v = cx.op(Op::Reshape { shape: Shape(split) }, &[x.id], span)?;
+        // Window axes first ([KH, KW, .., OH, OW]), so the reduction's inner
+        // loop runs along OW rather than along a window of two.
+        let mut perm = vec![r - 1, r + 1];
+        perm.extend(0..r - 2);
+        perm.extend([r - 2, r]);
+        let v = cx.op(Op::Transpose { perm }, &[v], span)?;
+        let axes = [0, 1];
+        let mut b = cx.builder(span);
+        let red = if name == "max_pool" {
+            b.reduce_max(v, &axes)
+        } else {
+            let s = b.reduce_sum(v, &axes);
+            b.scale(s, 1.0 / (window.kernel[0] * window.kernel[1]) as f64)
+        };
+        let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[red], span)?;
+        return Ok(Tensor { id, names: batch_names(x, r) });
+    }
     // Max pooling pads with −∞ so padding never wins; average pooling counts
     // padded zeros (PyTorch's default, `count_include_pad=True`).
     let fill = if name == "max_pool" { f64::NEG_INFINITY } else { 0.0 };
@@ -351,8 +424,6 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
         let s = b.reduce_sum(u, &axes);
         b.scale(s, 1.0 / (window.kernel[0] * window.kernel[1]) as f64)
     };
-    let mut dims = xs.dims()[..r - 2].to_vec();
-    dims.extend([Dim::Known(oh), Dim::Known(ow)]);
     let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[red], span)?;
     Ok(Tensor { id, names: batch_names(x, r) })
 }
@@ -361,7 +432,8 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
 struct Affine {
     gamma: Tensor,
     beta: Tensor,
-    span: Span,
+    /// Where `gamma` and `beta` are passed.
+    spans: [Span; 2],
 }
 
 /// `(x − mean) / sqrt(var + eps)` over `axes` (biased variance, as every framework normalises).
@@ -386,15 +458,18 @@ fn normalize(cx: &mut Ctx, x: &Tensor, axes: &[usize], eps: f64, span: Span) -> 
 /// (all others broadcast).
 fn apply_affine(cx: &mut Ctx, y: Tensor, a: &Affine, want: &[Dim], at: &[usize], span: Span) -> Result<Tensor, ElabError> {
     let shape = cx.shape(&y);
-    for t in [&a.gamma, &a.beta] {
+    for ((t, s), which) in [&a.gamma, &a.beta].into_iter().zip(a.spans).zip(["scale (gamma)", "shift (beta)"]) {
         let ts = cx.shape(t);
         if ts.dims() != want {
+            let want = Shape(want.to_vec());
             return Err(builtin_err(
                 cx,
-                a.span,
-                format!("the scale and shift of this normalisation must have shape {}, found {ts}", Shape(want.to_vec())),
-                format!("this is {ts}"),
-                Some(format!("the input is {shape}; the normalisation's parameters cover its axes {at:?}")),
+                s,
+                format!("the {which} of this normalisation must have shape {want}, found {ts}"),
+                format!("this is {ts}, expected {want}"),
+                Some(format!(
+                    "the input is {shape}; the scale and shift have one value per entry of its axes {at:?}, and are placed on them (broadcast over the rest) by the normalisation itself"
+                )),
             ));
         }
     }
@@ -470,11 +545,22 @@ fn group_norm(cx: &mut Ctx, x: &Tensor, a: Affine, groups: usize, g_span: Span, 
     apply_affine(cx, Tensor { id: back, names: x.names.clone() }, &a, &shape.dims()[1..2], &[1], span)
 }
 
-/// A probability in [0, 1): a drop rate or a momentum.
-fn probability(cx: &mut Ctx, a: &Arg) -> Result<f64, ElabError> {
+/// A probability in [0, 1): a drop rate or a momentum (`what` names it in the message).
+fn probability(cx: &mut Ctx, a: &Arg, name: &str, what: &str) -> Result<f64, ElabError> {
     let p = cx.number(&a.value, a.span, "a probability")?;
     if !(0.0..1.0).contains(&p) {
-        return Err(builtin_err(cx, a.span, format!("expected a probability in [0, 1), found {p}"), "here".into(), None));
+        let note = if (1.0..=100.0).contains(&p) {
+            format!("help: this looks like a percentage; for {p}%, write {}", p / 100.0)
+        } else {
+            "a probability must be at least 0 and less than 1".to_string()
+        };
+        return Err(builtin_err(
+            cx,
+            a.span,
+            format!("`{name}`'s {what} must be a probability in [0, 1), found {p}"),
+            format!("{p} is not in [0, 1)"),
+            Some(note),
+        ));
     }
     Ok(p)
 }
@@ -507,13 +593,21 @@ fn drop_mask(cx: &mut Ctx, name: &str, x: &Tensor, p: f64, span: Span) -> Result
 fn buffer_path(cx: &Ctx, t: &Tensor, span: Span) -> Result<String, ElabError> {
     match &cx.graph.node(t.id).op {
         Op::Input { name, kind: crate::ir::InputKind::Buffer } => Ok(name.clone()),
-        _ => Err(builtin_err(
-            cx,
-            span,
-            "`batch_norm`'s running statistics must be module buffers".into(),
-            "this is not a `buffer`".into(),
-            Some("declare them in the module: `buffer mean: [C] = zeros` and `buffer var: [C] = ones`".into()),
-        )),
+        op => {
+            let (label, how) = match op {
+                Op::Input { kind: crate::ir::InputKind::Param, .. } => {
+                    ("this is a `param`: the optimizer would train it", "with `buffer` instead of `param`")
+                }
+                _ => ("this is not a `buffer`", "in the module"),
+            };
+            Err(builtin_err(
+                cx,
+                span,
+                "`batch_norm`'s running statistics must be module buffers, which batch norm updates itself".into(),
+                label.into(),
+                Some(format!("declare them {how}: `buffer mean: [C] = zeros` and `buffer var: [C] = ones`")),
+            ))
+        }
     }
 }
 
@@ -534,7 +628,11 @@ fn batch_norm(cx: &mut Ctx, x: &Tensor, a: Affine, stats: [&(Tensor, Span); 2], 
             return Err(builtin_err(
                 cx,
                 *s,
-                format!("`batch_norm` normalises axis 1 (the {} channels) of {shape}, so its running statistics must be {}, found {ts}", channels[0], Shape(channels.clone())),
+                format!(
+                    "`batch_norm` normalises axis 1 (the {} channels) of {shape}, so its running statistics must be {}, found {ts}",
+                    channels[0],
+                    Shape(channels.clone())
+                ),
                 format!("this is {ts}"),
                 Some("batch norm keeps one mean and variance per channel (axis 1 of an NCHW tensor)".into()),
             ));
@@ -564,7 +662,14 @@ fn batch_norm(cx: &mut Ctx, x: &Tensor, a: Affine, stats: [&(Tensor, Span); 2], 
 
 /// The new running mean and variance of batch norm, as graph values the
 /// training step outputs and feeds back into the buffers.
-fn record_running_stats(cx: &mut Ctx, x: &Tensor, axes: &[usize], stats: [(&Tensor, String); 2], m: f64, span: Span) -> Result<(), ElabError> {
+fn record_running_stats(
+    cx: &mut Ctx,
+    x: &Tensor,
+    axes: &[usize],
+    stats: [(&Tensor, String); 2],
+    m: f64,
+    span: Span,
+) -> Result<(), ElabError> {
     let shape = cx.shape(x);
     let xs = Tensor { id: cx.builder(span).stop_gradient(x.id), names: Vec::new() };
     let mean = reduction(cx, "mean", &xs, axes, true, span)?;

@@ -18,7 +18,7 @@
 use super::ShapeError;
 use crate::builder::Builder;
 use crate::ir::{Dim, Shape, TensorType, ValueId};
-use ndarray::{ArrayD, Dimension, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 
 /// Kernel size, stride and dilation along (H, W), and how many leading axes
 /// stay in front of the window axes.
@@ -125,29 +125,57 @@ pub fn fold_vjp_rule(b: &mut Builder, w: &Window, g: ValueId) -> Vec<Option<Valu
     vec![Some(b.unfold(g, *w))]
 }
 
-/// The input index `[a.., b.., h, w]` an unfolded index `[a.., i, j, b.., p, q]` reads.
-fn source_index(w: &Window, u: &[usize]) -> Vec<usize> {
-    let r = u.len();
-    let (i, j, p, q) = (u[w.lead], u[w.lead + 1], u[r - 2], u[r - 1]);
-    let mut x = u[..w.lead].to_vec();
-    x.extend_from_slice(&u[w.lead + 2..r - 2]);
-    x.push(p * w.stride[0] + i * w.dilation[0]);
-    x.push(q * w.stride[1] + j * w.dilation[1]);
-    x
+/// For every element of the unfolded `[a.., KH, KW, b.., OH, OW]` array (in
+/// order), the flat offset it reads in the row-major `[a.., b.., H, W]` input.
+fn source_offsets(w: &Window, unfolded: &[usize], input: &[usize]) -> Vec<usize> {
+    let (r, xr) = (unfolded.len(), input.len());
+    if r < w.lead + 4 || xr < w.lead + 2 {
+        return Vec::new();
+    }
+    let mut xs = vec![1usize; xr];
+    for k in (0..xr.saturating_sub(1)).rev() {
+        xs[k] = xs[k + 1] * input[k + 1];
+    }
+    // Input stride of each unfolded axis: (i, j) and (p, q) both move along H and W.
+    let mut step = xs[..w.lead].to_vec();
+    step.extend([xs[xr - 2] * w.dilation[0], xs[xr - 1] * w.dilation[1]]);
+    step.extend_from_slice(&xs[w.lead..xr - 2]);
+    step.extend([xs[xr - 2] * w.stride[0], xs[xr - 1] * w.stride[1]]);
+    let total: usize = unfolded.iter().product();
+    let mut out = Vec::with_capacity(total);
+    let mut idx = vec![0usize; r];
+    let mut off = 0usize;
+    for _ in 0..total {
+        out.push(off);
+        // Odometer: advance the last axis, carrying into earlier ones.
+        for k in (0..r).rev() {
+            idx[k] += 1;
+            off += step[k];
+            if idx[k] < unfolded[k] {
+                break;
+            }
+            off -= step[k] * idx[k];
+            idx[k] = 0;
+        }
+    }
+    out
 }
 
 pub fn unfold_eval(w: &Window, args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
     let Some(x) = args.first() else { return ArrayD::zeros(IxDyn(out)) };
-    ArrayD::from_shape_fn(IxDyn(out), |u| x.get(IxDyn(&source_index(w, u.slice()))).copied().unwrap_or(0.0))
+    let xv: Vec<f64> = x.iter().copied().collect();
+    let v = source_offsets(w, out, x.shape()).into_iter().map(|o| xv.get(o).copied().unwrap_or(0.0)).collect();
+    ArrayD::from_shape_vec(IxDyn(out), v).unwrap_or_else(|_| ArrayD::zeros(IxDyn(out)))
 }
 
 pub fn fold_eval(w: &Window, args: &[&ArrayD<f64>], out: &[usize]) -> ArrayD<f64> {
-    let mut y = ArrayD::zeros(IxDyn(out));
-    let Some(x) = args.first() else { return y };
-    for (u, v) in x.indexed_iter() {
-        if let Some(slot) = y.get_mut(IxDyn(&source_index(w, u.slice()))) {
-            *slot += *v;
+    let mut y = vec![0.0; out.iter().product()];
+    if let Some(x) = args.first() {
+        for (o, v) in source_offsets(w, x.shape(), out).into_iter().zip(x.iter()) {
+            if let Some(slot) = y.get_mut(o) {
+                *slot += *v;
+            }
         }
     }
-    y
+    ArrayD::from_shape_vec(IxDyn(out), y).unwrap_or_else(|_| ArrayD::zeros(IxDyn(out)))
 }
