@@ -174,7 +174,7 @@ fn a_diverging_loss_is_a_clear_error() {
 
 #[test]
 fn check_passes_on_every_example_and_ir_prints_the_backward_pass() {
-    for file in ["examples/mlp_digits.nn", "examples/ridge_diabetes.nn", "examples/optimizers.nn"] {
+    for file in ["examples/mlp_digits.nn", "examples/ridge_diabetes.nn", "examples/optimizers.nn", "examples/cnn_digits.nn"] {
         let out = nnc(&["check", file]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{file}: {}{}", text, String::from_utf8_lossy(&out.stderr));

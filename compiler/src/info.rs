@@ -69,6 +69,16 @@ pub struct LayerRecorder {
     layers: Vec<LayerRecord>,
     /// How many calls are open (the depth of the next one).
     depth: usize,
+    /// Windows applied without an `Unfold` node (pooling that tiles the image
+    /// is a reshape and a reduction): the node that ends each, and the window.
+    windows: Vec<(ValueId, Window)>,
+}
+
+impl LayerRecorder {
+    /// Note that `node` applied `window` (see `windows`).
+    pub(crate) fn window(&mut self, node: ValueId, window: Window) {
+        self.windows.push((node, window));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -140,8 +150,8 @@ impl Session<'_> {
         cx.layers = Some(LayerRecorder::default());
         let arg = Arg { name: None, value: Value::Tensor(x.clone()), span: t.data.span };
         cx.call(Value::Module(model.clone()), vec![arg], t.model.span, t.model.span)?;
-        let records = cx.layers.take().map(|r| r.layers).unwrap_or_default();
-        let costs = NodeCosts::new(&cx.graph, x.id);
+        let (records, windows) = cx.layers.take().map(|r| (r.layers, r.windows)).unwrap_or_default();
+        let costs = NodeCosts::new(&cx.graph, x.id, &windows);
         let layers = records.iter().map(|r| costs.layer(r, &cx.graph)).collect();
         Ok(ModelInfo {
             run: t.name.name.clone(),
@@ -194,7 +204,7 @@ struct NodeCosts {
 
 impl NodeCosts {
     /// Walk the graph once in (topological) node order from the batch input `x`.
-    fn new(graph: &Graph, x: ValueId) -> NodeCosts {
+    fn new(graph: &Graph, x: ValueId, windows: &[(ValueId, Window)]) -> NodeCosts {
         let n = graph.nodes.len();
         let mut on_x = vec![false; n];
         let mut field: Vec<Option<Field>> = vec![None; n];
@@ -205,8 +215,9 @@ impl NodeCosts {
                 continue; // work on parameters alone is not per example
             }
             let upstream = node.args.iter().filter_map(|a| field[a.index()]).reduce(Field::max);
-            field[i] = match &node.op {
-                Op::Unfold { window } => Some(upstream.unwrap_or(Field::PIXEL).through(window)),
+            let recorded = windows.iter().find(|(v, _)| v.index() == i).map(|(_, w)| w);
+            field[i] = match (&node.op, recorded) {
+                (Op::Unfold { window }, _) | (_, Some(window)) => Some(upstream.unwrap_or(Field::PIXEL).through(window)),
                 _ => upstream,
             };
             flops[i] = node_flops(graph, node);

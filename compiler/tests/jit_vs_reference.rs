@@ -256,6 +256,32 @@ fn windows_unfold_and_fold() {
     }
 }
 
+/// Dropout's random numbers: the JIT draws exactly the reference's numbers
+/// (both hash (seed, stream, index)), uniform on [0, 1), different per stream.
+#[test]
+fn random_uniform_is_bit_identical_and_uniform() {
+    let dims = [3usize, 1000];
+    let g = graph(|b| {
+        let seed = input(b, "seed", &[]);
+        let s = Shape::known(&dims);
+        vec![b.random_uniform(seed, &s, 1), b.random_uniform(seed, &s, 2)]
+    });
+    let mut inputs = Inputs::new();
+    inputs.insert("seed".into(), ArrayD::from_elem(IxDyn(&[]), 17.0));
+    let want = interp::run(&g, &inputs).unwrap();
+    let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+    jit.input_mut(0).copy_from_slice(&[17.0]);
+    jit.run();
+    for (k, w) in want.iter().enumerate() {
+        let got = jit.output(k);
+        assert!(got.iter().zip(w.iter()).all(|(a, b)| f64::from(*a) == *b), "stream {k}: JIT and reference differ");
+        assert!(got.iter().all(|v| (0.0..1.0).contains(v)));
+        let mean = got.iter().map(|&v| f64::from(v)).sum::<f64>() / got.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "mean {mean} of 3000 uniforms");
+    }
+    assert_ne!(jit.output(0), jit.output(1), "two call sites draw different numbers");
+}
+
 #[test]
 fn concats() {
     #[rustfmt::skip]

@@ -408,6 +408,9 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
             b.scale(s, 1.0 / (window.kernel[0] * window.kernel[1]) as f64)
         };
         let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[red], span)?;
+        if let Some(rec) = cx.layers.as_mut() {
+            rec.window(id, window);
+        }
         return Ok(Tensor { id, names: batch_names(x, r) });
     }
     // Max pooling pads with −∞ so padding never wins; average pooling counts
