@@ -65,7 +65,9 @@ fn cases() -> Vec<Case> {
         case("unfold_lead", vec![m(&[2, 3, 5, 4])], |b, a| {
             b.unfold(a[0], Window { kernel: [2, 3], stride: [1, 1], dilation: [2, 1], lead: 1 })
         }),
-        case("fold", vec![m(&[3, 2, 2, 3, 4])], |b, a| b.fold(a[0], Window { kernel: [3, 2], stride: [2, 1], dilation: [1, 2], lead: 0 }, [7, 6])),
+        case("fold", vec![m(&[3, 2, 2, 3, 4])], |b, a| {
+            b.fold(a[0], Window { kernel: [3, 2], stride: [2, 1], dilation: [1, 2], lead: 0 }, [7, 6])
+        }),
         case("matmul", vec![m(&[3, 5]), m(&[5, 2])], |b, a| b.matmul(a[0], a[1])),
         case("matmul_batched", vec![m(&[2, 3, 4]), m(&[2, 4, 3])], |b, a| b.matmul(a[0], a[1])),
         case("solve", vec![(vec![4, 4], -1.0, 1.0), m(&[4, 2])], |b, a| {

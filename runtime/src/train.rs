@@ -11,7 +11,7 @@ use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
-use nnc_compiler::elaborate::{MetricKind, HYPER_SEED, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, TrainPlan};
+use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, TrainPlan, HYPER_SEED};
 use nnc_compiler::ir::SizeEnv;
 use std::collections::HashMap;
 use std::path::Path;

@@ -216,7 +216,8 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                 // strips): packing it would cost as much as the products. With
                 // many row tiles the packed copy wins (contiguous, no L1 set
                 // conflicts from the row stride). Measured: docs/performance.md.
-                let direct = b.cs == 1 && b.rs <= DIRECT_MAX_ROW_STRIDE && m <= DIRECT_MAX_M && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+                let direct =
+                    b.cs == 1 && b.rs <= DIRECT_MAX_ROW_STRIDE && m <= DIRECT_MAX_M && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
                 let packed_from = if direct { nc / NR * NR } else { 0 };
                 // SAFETY: the panel is inside B; `pb` holds KC·NC floats.
                 unsafe { pack_b(kc, nc - packed_from, b.at(pc, jc + packed_from), b.rs, b.cs, pb.add(packed_from * kc)) };

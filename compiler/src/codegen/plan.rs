@@ -425,9 +425,7 @@ impl Planner<'_> {
             | Op::Fold { .. }
             | Op::RandomUniform { .. }
             | Op::MatMul
-            | Op::Solve => {
-                Err(malformed(id, "op cannot be fused into a loop"))
-            }
+            | Op::Solve => Err(malformed(id, "op cannot be fused into a loop")),
         }
     }
 

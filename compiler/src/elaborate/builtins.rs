@@ -54,7 +54,14 @@ pub fn lookup(name: &str) -> Option<&'static str> {
 
 /// Bind call arguments to a built-in's parameter list (positional, then by
 /// name); `required` leading parameters must be present.
-pub(super) fn bind(cx: &Ctx, callee: &str, args: Vec<Arg>, params: &[&str], required: usize, span: Span) -> Result<Vec<Option<Arg>>, ElabError> {
+pub(super) fn bind(
+    cx: &Ctx,
+    callee: &str,
+    args: Vec<Arg>,
+    params: &[&str],
+    required: usize,
+    span: Span,
+) -> Result<Vec<Option<Arg>>, ElabError> {
     let mut slots: Vec<Option<Arg>> = vec![None; params.len()];
     let mut next = 0;
     let found = args.len();
