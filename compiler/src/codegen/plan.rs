@@ -68,15 +68,56 @@ struct Layout {
 }
 
 /// How a node's index along one axis depends on the kernel's index:
-/// `off + idx[src]` (or just `off`).
+/// `off + Σ coef · idx[src]` over at most two `(src, coef)` terms (a fused
+/// `Unfold` reads input row `p·S + i·D`: output position and window offset);
+/// a term with coefficient 0 is unused.
 #[derive(Clone, Copy, Debug)]
 struct AxisRef {
-    src: Option<usize>,
+    terms: [(usize, i64); 2],
     off: i64,
 }
 
+impl AxisRef {
+    const NONE: AxisRef = AxisRef { terms: [(0, 0), (0, 0)], off: 0 };
+
+    fn axis(i: usize) -> AxisRef {
+        AxisRef { terms: [(i, 1), (0, 0)], off: 0 }
+    }
+
+    /// True if this is exactly kernel axis `i`.
+    fn is_axis(&self, i: usize) -> bool {
+        self.off == 0 && self.terms[0] == (i, 1) && self.terms[1].1 == 0
+    }
+
+    fn scaled(self, c: i64) -> AxisRef {
+        AxisRef { terms: self.terms.map(|(k, a)| (k, a * c)), off: self.off * c }
+    }
+
+    /// `self + other`, or `None` if that needs more than two terms.
+    fn plus(self, other: AxisRef) -> Option<AxisRef> {
+        let mut terms = self.terms;
+        for (k, c) in other.terms.into_iter().filter(|t| t.1 != 0) {
+            if let Some(t) = terms.iter_mut().find(|t| t.1 != 0 && t.0 == k) {
+                t.1 += c;
+            } else {
+                *terms.iter_mut().find(|t| t.1 == 0)? = (k, c);
+            }
+        }
+        Some(AxisRef { terms, off: self.off + other.off })
+    }
+
+    /// Add this axis' contribution, at stride `s`, to kernel strides.
+    fn add_strides(&self, s: i64, strides: &mut [i64]) {
+        for &(k, c) in self.terms.iter().filter(|t| t.1 != 0) {
+            if let Some(slot) = strides.get_mut(k) {
+                *slot += s * c;
+            }
+        }
+    }
+}
+
 fn identity(rank: usize) -> Vec<AxisRef> {
-    (0..rank).map(|i| AxisRef { src: Some(i), off: 0 }).collect()
+    (0..rank).map(AxisRef::axis).collect()
 }
 
 struct Planner<'g> {
@@ -89,6 +130,33 @@ struct Planner<'g> {
     scratch: usize,
     /// The buffer of each `Tee` node, which has a layout only once stored.
     tee: Vec<Option<StorageId>>,
+}
+
+/// Loop order for an accumulating kernel: the accumulated axes `axes` move
+/// just inside the innermost kept axis, so each output row is read, updated
+/// and written while it sits in L1 (reducing `[KH, KW, N, C, OH, OW]` over the
+/// window in that order would sweep the whole output once per window element).
+/// Kernels that accumulate along their innermost axis (kept in registers) or
+/// already have this order are returned as they are.
+fn accumulate_near_inner(k: Kernel, axes: &[usize]) -> Kernel {
+    let Kernel::Map(mut m) = k else { return k };
+    let r = m.dims.len();
+    if r < 2 || axes.contains(&(r - 1)) || axes.iter().any(|&a| a >= r) {
+        return Kernel::Map(m);
+    }
+    let mut perm: Vec<usize> = (0..r - 1).filter(|a| !axes.contains(a)).collect();
+    perm.extend(axes.iter().copied());
+    perm.push(r - 1);
+    if perm.iter().enumerate().all(|(i, &p)| i == p) {
+        return Kernel::Map(m);
+    }
+    let apply = |v: &[i64]| perm.iter().map(|&p| v.get(p).copied().unwrap_or(0)).collect::<Vec<_>>();
+    m.dims = perm.iter().map(|&p| m.dims[p]).collect();
+    m.out.strides = apply(&m.out.strides);
+    for a in m.operands.iter_mut().chain(m.extra.iter_mut().map(|(a, _)| a)) {
+        a.strides = apply(&a.strides);
+    }
+    Kernel::Map(m)
 }
 
 fn malformed(id: ValueId, reason: &str) -> CodegenError {
@@ -294,6 +362,20 @@ impl Planner<'_> {
                 // A reduction of a constant (the batch size in a mean) is a constant.
                 Op::Reduce { .. } if !hard && self.reduced_constant(ValueId(i as u32)).is_some() => (Mode::Inline, Vec::new()),
                 Op::Reduce { .. } | Op::Pad { .. } | Op::Concat { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
+                // A window view read by fused loops (pooling, depthwise
+                // convolution) is inlined: its elements are loaded through the
+                // window strides, with no im2col copy. A window of a window
+                // would need more than two terms per axis, so it is copied.
+                Op::Unfold { .. } if !hard && !self.feeds_unfold(node.args.first().copied()) => {
+                    let pass = mine
+                        .iter()
+                        .map(|k| match k {
+                            Need::Fuse { .. } => Need::Fuse { expanding: true },
+                            other => *other,
+                        })
+                        .collect();
+                    (Mode::Inline, pass)
+                }
                 Op::MatMul | Op::Solve | Op::Unfold { .. } | Op::RandomUniform { .. } => (Mode::Kernel, vec![Need::Strided]),
                 Op::Fold { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
             };
@@ -307,6 +389,20 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// True if `id` is (seen through views) itself a window.
+    fn feeds_unfold(&self, id: Option<ValueId>) -> bool {
+        let mut at = id;
+        while let Some(v) = at {
+            let n = self.g.node(v);
+            match &n.op {
+                Op::Unfold { .. } => return true,
+                Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } | Op::StopGradient => at = n.args.first().copied(),
+                _ => return false,
+            }
+        }
+        false
+    }
+
     // ---- expressions ------------------------------------------------------------
 
     /// `id` read through `map` inside a fused kernel.
@@ -317,9 +413,7 @@ impl Planner<'_> {
                 let mut off = l.off;
                 for (s, a) in l.strides.iter().zip(map) {
                     off += s * a.off;
-                    if let Some(slot) = a.src.and_then(|k| strides.get_mut(k)) {
-                        *slot += s;
-                    }
+                    a.add_strides(*s, &mut strides);
                 }
                 Ok(eb.operand(Affine { storage: Some(l.storage), off, strides }))
             }
@@ -329,7 +423,7 @@ impl Planner<'_> {
                     // Store it here if this loop visits each of its elements once.
                     let exact = eb.tee_dims.as_deref() == Some(self.shape(id))
                         && map.len() == eb.rank
-                        && map.iter().enumerate().all(|(i, a)| a.src == Some(i) && a.off == 0);
+                        && map.iter().enumerate().all(|(i, a)| a.is_axis(i));
                     if exact && !eb.tees.iter().any(|t| t.0 == id.index()) {
                         let at = Affine { storage: Some(st), off: 0, strides: contiguous_strides(self.shape(id)) };
                         eb.tees.push((id.index(), at, node));
@@ -379,9 +473,7 @@ impl Planner<'_> {
             Op::Iota { axis } => {
                 let a = map.get(*axis).ok_or_else(|| malformed(id, "iota axis out of range"))?;
                 let mut strides = vec![0i64; eb.rank];
-                if let Some(slot) = a.src.and_then(|k| strides.get_mut(k)) {
-                    *slot = 1;
-                }
+                a.add_strides(1, &mut strides);
                 Ok(eb.operand(Affine { storage: None, off: a.off, strides }))
             }
             Op::Unary(u) => {
@@ -398,12 +490,11 @@ impl Planner<'_> {
                 let x = arg(0)?;
                 let xd = self.shape(x);
                 let lead = map.len().checked_sub(xd.len()).ok_or_else(|| malformed(id, "broadcast to lower rank"))?;
-                let inner: Vec<AxisRef> =
-                    xd.iter().zip(&map[lead..]).map(|(&d, a)| if d == 1 { AxisRef { src: None, off: 0 } } else { *a }).collect();
+                let inner: Vec<AxisRef> = xd.iter().zip(&map[lead..]).map(|(&d, a)| if d == 1 { AxisRef::NONE } else { *a }).collect();
                 self.expr(eb, x, &inner)
             }
             Op::Transpose { perm } => {
-                let mut inner = vec![AxisRef { src: None, off: 0 }; map.len()];
+                let mut inner = vec![AxisRef::NONE; map.len()];
                 for (a, &p) in map.iter().zip(perm) {
                     *inner.get_mut(p).ok_or_else(|| malformed(id, "bad permutation"))? = *a;
                 }
@@ -414,6 +505,20 @@ impl Planner<'_> {
                 inner.get_mut(*axis).ok_or_else(|| malformed(id, "slice axis out of range"))?.off += *start as i64;
                 self.expr(eb, arg(0)?, &inner)
             }
+            Op::Unfold { window: w } => {
+                // [a.., KH, KW, b.., OH, OW] read from [a.., b.., H, W]: row p·SH + i·DH, column q·SW + j·DW.
+                let r = map.len();
+                if r < w.lead + 4 {
+                    return Err(malformed(id, "unfold of too low a rank"));
+                }
+                let too_many = || malformed(id, "window of a window cannot be fused");
+                let mut inner = map[..w.lead].to_vec();
+                inner.extend_from_slice(&map[w.lead + 2..r - 2]);
+                let h = map[r - 2].scaled(w.stride[0] as i64).plus(map[w.lead].scaled(w.dilation[0] as i64)).ok_or_else(too_many)?;
+                let v = map[r - 1].scaled(w.stride[1] as i64).plus(map[w.lead + 1].scaled(w.dilation[1] as i64)).ok_or_else(too_many)?;
+                inner.extend([h, v]);
+                self.expr(eb, arg(0)?, &inner)
+            }
             Op::Reshape { .. } if self.constant_chain(id).is_some() => Ok(eb.constant(self.constant_chain(id).unwrap_or(f64::NAN) as f32)),
             Op::Reduce { .. } if self.reduced_constant(id).is_some() => Ok(eb.constant(self.reduced_constant(id).unwrap_or(f32::NAN))),
             Op::Input { .. }
@@ -421,7 +526,6 @@ impl Planner<'_> {
             | Op::Pad { .. }
             | Op::Concat { .. }
             | Op::Reduce { .. }
-            | Op::Unfold { .. }
             | Op::Fold { .. }
             | Op::RandomUniform { .. }
             | Op::MatMul
@@ -543,7 +647,8 @@ impl Planner<'_> {
         let mut eb = ExprBuilder::new(xd.len());
         let root = self.expr(&mut eb, x, &identity(xd.len()))?;
         let acc = Affine { storage: Some(out.storage), off: out.off, strides: Self::window_strides(&out.strides, w) };
-        self.kernels.push(eb.finish(xd, acc, root, Some(ReduceKind::Sum)));
+        let k = eb.finish(xd, acc, root, Some(ReduceKind::Sum));
+        self.kernels.push(accumulate_near_inner(k, &[w.lead, w.lead + 1]));
         Ok(())
     }
 
@@ -640,7 +745,7 @@ impl Planner<'_> {
             *strides.get_mut(a).ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
         }
         let acc = Affine { storage: Some(out.storage), off: out.off, strides };
-        self.kernels.push(eb.finish(xd, acc, root, Some(kind)));
+        self.kernels.push(accumulate_near_inner(eb.finish(xd, acc, root, Some(kind)), axes));
         Ok(())
     }
 

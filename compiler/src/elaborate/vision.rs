@@ -325,6 +325,9 @@ fn conv2d(cx: &mut Ctx, x: &Tensor, w: &Tensor, w_span: Span, c: Conv, span: Spa
         };
         return Err(builtin_err(cx, w_span, title, label, Some(note)));
     }
+    if cg == 1 && o == ch {
+        return depthwise(cx, x, w, [ch, hw[0], hw[1]], kernel, c, span);
+    }
     // The whole batch is one matrix product per group (im2col):
     //   x [N, C, H, W] → (pad) → view [G, C/G, N, H, W] → unfold → [G, KH, KW, C/G, N, OH, OW]
     //   = [G, KH·KW·C/G, N·OH·OW];  weights [O, C/G, KH, KW] → [G, O/G, KH·KW·C/G];
@@ -352,6 +355,31 @@ fn conv2d(cx: &mut Ctx, x: &Tensor, w: &Tensor, w_span: Span, c: Conv, span: Spa
     onhw.extend(known(&[oh, ow]));
     let y = cx.op(Op::Reshape { shape: Shape(onhw) }, &[y], span)?;
     let id = cx.op(Op::Transpose { perm: vec![1, 0, 2, 3] }, &[y], span)?;
+    Ok(Tensor { id, names: batch_names(x, 4) })
+}
+
+/// A depthwise convolution (one input channel per group, `O = C`) as one fused
+/// loop: `y[n, c] = Σ_ij w[c, i, j] · x[n, c, p·S + i·D, q·S + j·D]`, the
+/// window read in place (an inlined `Unfold`), no im2col matrix. Its backward
+/// pass is likewise a `Fold` of a fused product and a reduction.
+fn depthwise(cx: &mut Ctx, x: &Tensor, w: &Tensor, chw: [usize; 3], kernel: [usize; 2], c: Conv, span: Span) -> Result<Tensor, ElabError> {
+    let [ch, h, wd] = chw;
+    let window = Window { kernel, stride: c.stride, dilation: c.dilation, lead: 0 };
+    let what = format!("{}x{} convolution kernel", kernel[0], kernel[1]);
+    let [oh, ow] = check_fit(cx, &what, [h, wd], &window, c.padding, span)?;
+    let n = cx.shape(x).dims()[0].clone();
+    let xp = pad_hw(cx, x.id, c.padding, 0.0, span)?;
+    let u = cx.op(Op::Unfold { window }, &[xp], span)?; // [KH, KW, N, C, OH, OW]
+    let full = cx.shape(&Tensor { id: u, names: Vec::new() });
+    let w3 = cx.op(Op::Reshape { shape: Shape::known(&[ch, kernel[0], kernel[1]]) }, &[w.id], span)?;
+    let wt = cx.op(Op::Transpose { perm: vec![1, 2, 0] }, &[w3], span)?;
+    let w6 = cx.op(Op::Reshape { shape: Shape::known(&[kernel[0], kernel[1], 1, ch, 1, 1]) }, &[wt], span)?;
+    let mut b = cx.builder(span);
+    let wb = b.broadcast(w6, &full);
+    let prod = b.mul(u, wb);
+    let sum = b.reduce_sum(prod, &[0, 1]);
+    let out = Shape(vec![n, Dim::Known(ch), Dim::Known(oh), Dim::Known(ow)]);
+    let id = cx.op(Op::Reshape { shape: out }, &[sum], span)?;
     Ok(Tensor { id, names: batch_names(x, 4) })
 }
 
