@@ -59,8 +59,8 @@ fn resnet_mnist_reaches_98_3_percent() {
 }
 
 // examples/convnext_mnist.nn is not tested against its 98.3% bar yet: it
-// reaches 96.28% (8 epochs) and its depthwise 7x7 convolutions, compiled
-// through im2col, make a step take ~270 ms (issue 4 stays open for both).
+// reaches 97.64% (12 epochs) at about 100 ms per step (issue 4 stays open
+// for both; docs/examples/vision.md lists what was tried).
 
 /// Each of the four normalisations trains the same small CNN to 97%, and the
 /// run ends with the comparison table.
