@@ -25,8 +25,13 @@ type Task<'a> = &'a (dyn Fn(usize) + Sync);
 struct Shared {
     /// `epoch << PIECE_BITS | next piece` of the current job.
     state: AtomicU64,
-    /// Pieces of the current job (written before its epoch is published).
-    total: AtomicUsize,
+    /// `epoch << 32 | pieces` of the current job (written before its epoch is
+    /// published in `state`). The piece count carries its epoch so that a
+    /// worker still looking at the previous job's `state` can never pair it
+    /// with the next job's count, claim a piece that does not exist, and run
+    /// it through a `task` pointer that is already cleared (a crash seen once
+    /// under heavy oversubscription).
+    job: AtomicU64,
     /// Pieces of the current job finished.
     done: AtomicUsize,
     /// The poster's MXCSR: workers run the pieces with the same floating-point
@@ -75,7 +80,8 @@ impl Shared {
                 return;
             }
             let piece = (s & PIECE_MASK) as usize;
-            if piece >= self.total.load(Ordering::Acquire) {
+            let job = self.job.load(Ordering::Acquire);
+            if job >> 32 != epoch & 0xFFFF_FFFF || piece >= (job & 0xFFFF_FFFF) as usize {
                 return;
             }
             if self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
@@ -100,7 +106,7 @@ impl Pool {
     fn start(threads: usize) -> Pool {
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             state: AtomicU64::new(0),
-            total: AtomicUsize::new(0),
+            job: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             mxcsr: AtomicU32::new(mxcsr::get()),
             task: AtomicPtr::new(std::ptr::null_mut()),
@@ -135,7 +141,7 @@ impl Pool {
         let s = self.shared;
         let task: Task<'_> = f;
         let epoch = (s.state.load(Ordering::Acquire) >> PIECE_BITS) + 1;
-        s.total.store(chunks, Ordering::Release);
+        s.job.store((epoch & 0xFFFF_FFFF) << 32 | chunks as u64, Ordering::Release);
         s.done.store(0, Ordering::Release);
         s.mxcsr.store(mxcsr::get(), Ordering::Release);
         // The pointer is used only by holders of a piece of this job, all of which
