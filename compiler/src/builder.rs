@@ -86,6 +86,38 @@ impl<'g> Builder<'g> {
         self.graph.push(Op::Iota { axis }, Vec::new(), ty, self.span)
     }
 
+    // ---- composites the language's built-ins share (elaborate/builtins.rs) --
+
+    /// sigmoid(x) = 1 / (1 + exp(−x))
+    pub fn sigmoid(&mut self, x: ValueId) -> ValueId {
+        let n = self.neg(x);
+        let e = self.exp(n);
+        let d = self.offset(e, 1.0);
+        let one = self.full_like(1.0, d);
+        self.div(one, d)
+    }
+
+    /// GELU, exactly: x · Φ(x) = x · ½ (1 + erf(x/√2))
+    pub fn gelu(&mut self, x: ValueId) -> ValueId {
+        let s = self.scale(x, std::f64::consts::FRAC_1_SQRT_2);
+        let e = self.unary(UnaryOp::Erf, s);
+        let p = self.offset(e, 1.0);
+        let half = self.scale(p, 0.5);
+        self.mul(x, half)
+    }
+
+    /// softplus(x) = log(1 + eˣ) = max(x, 0) + log(1 + e^(−|x|)), stable for large |x|
+    pub fn softplus(&mut self, x: ValueId) -> ValueId {
+        let z = self.full_like(0.0, x);
+        let pos = self.binary(BinaryOp::Max, x, z);
+        let a = self.unary(UnaryOp::Abs, x);
+        let na = self.neg(a);
+        let e = self.exp(na);
+        let l1 = self.offset(e, 1.0);
+        let l = self.log(l1);
+        self.add(pos, l)
+    }
+
     /// Uniform [0, 1) numbers of `shape` from the scalar `seed` (see `ops::random`).
     pub fn random_uniform(&mut self, seed: ValueId, shape: &Shape, stream: u32) -> ValueId {
         self.graph.push(Op::RandomUniform { stream }, vec![seed], TensorType::f32(shape.clone()), self.span)

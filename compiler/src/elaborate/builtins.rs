@@ -346,33 +346,9 @@ fn unary_builtin(cx: &mut Ctx, name: &str, x: &Tensor, span: Span) -> Result<Ten
             let z = b.full_like(0.0, x);
             b.binary(BinaryOp::Max, x, z)
         }
-        // sigmoid(x) = 1 / (1 + exp(−x))
-        "sigmoid" => {
-            let n = b.neg(x);
-            let e = b.exp(n);
-            let d = b.offset(e, 1.0);
-            let one = b.full_like(1.0, d);
-            b.div(one, d)
-        }
-        // GELU, exactly: x · Φ(x) = x · ½ (1 + erf(x/√2))
-        "gelu" => {
-            let s = b.scale(x, std::f64::consts::FRAC_1_SQRT_2);
-            let e = b.unary(UnaryOp::Erf, s);
-            let p = b.offset(e, 1.0);
-            let half = b.scale(p, 0.5);
-            b.mul(x, half)
-        }
-        // softplus(x) = log(1 + eˣ) = max(x, 0) + log(1 + e^(−|x|)), stable for large |x|
-        "softplus" => {
-            let z = b.full_like(0.0, x);
-            let pos = b.binary(BinaryOp::Max, x, z);
-            let a = b.unary(UnaryOp::Abs, x);
-            let na = b.neg(a);
-            let e = b.exp(na);
-            let l1 = b.offset(e, 1.0);
-            let l = b.log(l1);
-            b.add(pos, l)
-        }
+        "sigmoid" => b.sigmoid(x),
+        "gelu" => b.gelu(x),
+        "softplus" => b.softplus(x),
         _ => b.scalar(f64::NAN),
     };
     let err = b.internal_error.take();
@@ -595,7 +571,7 @@ pub(crate) fn matmul(cx: &mut Ctx, l: &Tensor, r: &Tensor, lspan: Span, rspan: S
     let out_id = if lr > 2 && rr == 2 {
         // A batch of rows times one matrix: fold the batch into the rows.
         let rows: Vec<Dim> = lms.0[..lr - 1].to_vec();
-        let flat = fold_dims(&rows);
+        let flat = Dim::product(&rows);
         let l2 = cx.op(Op::Reshape { shape: Shape(vec![flat, lms.0[lr - 1].clone()]) }, &[lm], span)?;
         let p = cx.op(Op::MatMul, &[l2, rm], span).map_err(|_| inner_err(cx))?;
         let mut dims = rows;
@@ -626,11 +602,6 @@ pub(crate) fn matmul(cx: &mut Ctx, l: &Tensor, r: &Tensor, lspan: Span, rspan: S
     let rank = cx.graph.shape(id).rank();
     let names = if names.len() == rank && names.iter().any(Option::is_some) { names } else { Vec::new() };
     Ok(Tensor { id, names })
-}
-
-/// The product of dims as one dim (a product symbol such as `B*64` when symbolic).
-fn fold_dims(dims: &[Dim]) -> Dim {
-    Dim::product(dims)
 }
 
 fn int_list(cx: &mut Ctx, a: &Arg) -> Result<Vec<usize>, ElabError> {

@@ -427,14 +427,7 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
         perm.extend(0..r - 2);
         perm.extend([r - 2, r]);
         let v = cx.op(Op::Transpose { perm }, &[v], span)?;
-        let axes = [0, 1];
-        let mut b = cx.builder(span);
-        let red = if name == "max_pool" {
-            b.reduce_max(v, &axes)
-        } else {
-            let s = b.reduce_sum(v, &axes);
-            b.scale(s, 1.0 / (window.kernel[0] * window.kernel[1]) as f64)
-        };
+        let red = reduce_window_axes(cx, name, v, &window, span);
         let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[red], span)?;
         if let Some(rec) = cx.layers.as_mut() {
             rec.window(id, window);
@@ -447,16 +440,20 @@ fn pool(cx: &mut Ctx, name: &str, x: &Tensor, window: Window, padding: [usize; 2
     let xp = pad_hw(cx, x.id, padding, fill, span)?;
     // [KH, KW, N, C, OH, OW]: reduce the two window axes.
     let u = cx.op(Op::Unfold { window }, &[xp], span)?;
-    let axes = [0, 1];
-    let mut b = cx.builder(span);
-    let red = if name == "max_pool" {
-        b.reduce_max(u, &axes)
-    } else {
-        let s = b.reduce_sum(u, &axes);
-        b.scale(s, 1.0 / (window.kernel[0] * window.kernel[1]) as f64)
-    };
+    let red = reduce_window_axes(cx, name, u, &window, span);
     let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[red], span)?;
     Ok(Tensor { id, names: batch_names(x, r) })
+}
+
+/// The maximum (`max_pool`) or mean (`avg_pool`) over the window axes 0 and 1
+/// of `[KH, KW, .., OH, OW]`, kept with size 1.
+fn reduce_window_axes(cx: &mut Ctx, name: &str, windows: ValueId, w: &Window, span: Span) -> ValueId {
+    let mut b = cx.builder(span);
+    if name == "max_pool" {
+        return b.reduce_max(windows, &[0, 1]);
+    }
+    let s = b.reduce_sum(windows, &[0, 1]);
+    b.scale(s, 1.0 / (w.kernel[0] * w.kernel[1]) as f64)
 }
 
 /// Learnable scale and shift of a normalisation.
@@ -469,6 +466,12 @@ struct Affine {
 
 /// `(x − mean) / sqrt(var + eps)` over `axes` (biased variance, as every framework normalises).
 fn normalize(cx: &mut Ctx, x: &Tensor, axes: &[usize], eps: f64, span: Span) -> Result<Tensor, ElabError> {
+    normalize_with_stats(cx, x, axes, eps, span).map(|(y, _)| y)
+}
+
+/// `normalize`, also returning the mean and (biased) variance it used, with
+/// the reduced axes kept (batch norm's running statistics are made from them).
+fn normalize_with_stats(cx: &mut Ctx, x: &Tensor, axes: &[usize], eps: f64, span: Span) -> Result<(Tensor, [ValueId; 2]), ElabError> {
     let shape = cx.shape(x);
     let mean = reduction(cx, "mean", x, axes, true, span)?;
     let mut b = cx.builder(span);
@@ -482,7 +485,7 @@ fn normalize(cx: &mut Ctx, x: &Tensor, axes: &[usize], eps: f64, span: Span) -> 
     let s = b.sqrt(v);
     let sb = b.broadcast(s, &shape);
     let id = b.div(d, sb);
-    Ok(Tensor { id, names: x.names.clone() })
+    Ok((Tensor { id, names: x.names.clone() }, [mean.id, var.id]))
 }
 
 /// `y · gamma + beta` with `gamma`, `beta` of shape `want`, placed on the axes `at` of `y`
@@ -674,8 +677,8 @@ fn batch_norm(cx: &mut Ctx, x: &Tensor, a: Affine, stats: [&(Tensor, Span); 2], 
     let stat_shape: Vec<Dim> = (0..r).map(|i| if i == 1 { shape.dims()[1].clone() } else { Dim::Known(1) }).collect();
     let stat_shape = Shape(stat_shape);
     let y = if cx.training {
-        let y = normalize(cx, x, &axes, eps, span)?;
-        record_running_stats(cx, x, &axes, [(&stats[0].0, mean_path), (&stats[1].0, var_path)], m, span)?;
+        let (y, batch) = normalize_with_stats(cx, x, &axes, eps, span)?;
+        record_running_stats(cx, x, &axes, batch, [(&stats[0].0, mean_path), (&stats[1].0, var_path)], m, span);
         y
     } else {
         let mut b = cx.builder(span);
@@ -691,30 +694,21 @@ fn batch_norm(cx: &mut Ctx, x: &Tensor, a: Affine, stats: [&(Tensor, Span); 2], 
     apply_affine(cx, y, &a, &shape.dims()[1..2], &[1], span)
 }
 
-/// The new running mean and variance of batch norm, as graph values the
-/// training step outputs and feeds back into the buffers.
-fn record_running_stats(
-    cx: &mut Ctx,
-    x: &Tensor,
-    axes: &[usize],
-    stats: [(&Tensor, String); 2],
-    m: f64,
-    span: Span,
-) -> Result<(), ElabError> {
-    let shape = cx.shape(x);
-    let xs = Tensor { id: cx.builder(span).stop_gradient(x.id), names: Vec::new() };
-    let mean = reduction(cx, "mean", &xs, axes, true, span)?;
+/// The new running mean and variance of batch norm, from the batch's own
+/// (`batch`: mean and biased variance, reduced axes kept), as graph values the
+/// training step outputs and feeds back into the buffers. The variance is made
+/// unbiased, n/(n − 1), as PyTorch does; no gradient flows into the statistics.
+fn record_running_stats(cx: &mut Ctx, x: &Tensor, axes: &[usize], batch: [ValueId; 2], stats: [(&Tensor, String); 2], m: f64, span: Span) {
     let mut b = cx.builder(span);
-    let mb = b.broadcast(mean.id, &shape);
-    let d = b.sub(xs.id, mb);
-    let sq = b.mul(d, d);
-    let ones = b.full_like(1.0, xs.id);
+    let ones = b.full_like(1.0, x.id);
     let count = b.reduce_sum(ones, axes);
-    let ss = b.reduce_sum(sq, axes);
     let dof = b.offset(count, -1.0);
-    let var = b.div(ss, dof);
+    let ratio = b.div(count, dof);
+    let mean = b.stop_gradient(batch[0]);
+    let biased = b.stop_gradient(batch[1]);
+    let var = b.mul(biased, ratio);
     let [(rm, mean_path), (rv, var_path)] = stats;
-    for (old, new, path) in [(rm, mean.id, mean_path), (rv, var, var_path)] {
+    for (old, new, path) in [(rm, mean, mean_path), (rv, var, var_path)] {
         let os = cx.shape(old);
         let mut b = cx.builder(span);
         let flat = b.reshape(new, &os);
@@ -723,5 +717,4 @@ fn record_running_stats(
         let updated = b.add(keep, add);
         cx.buffer_updates.push((path, updated));
     }
-    Ok(())
 }
