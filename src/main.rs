@@ -7,6 +7,7 @@ use nnc_compiler::info::ModelInfo;
 use nnc_compiler::ir::{Dim, Shape};
 use nnc_runtime::check::{self, TOLERANCE};
 use nnc_runtime::program::{self, RunOptions, Runner};
+use nnc_runtime::sample::{self, SampleOptions, Strategy};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +47,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate text with a trained language model: greedy, temperature or top-k sampling.
+    Sample {
+        file: PathBuf,
+        /// Parameters saved by training (`checkpoint = "..."` in the train block).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Text to continue.
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// How many tokens to generate.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// greedy | temperature | top-k | beam
+        #[arg(long, default_value = "top-k")]
+        strategy: String,
+        /// Beams kept by beam search.
+        #[arg(long, default_value_t = 4)]
+        width: usize,
+        /// Beam search's length normalisation: log-probability / length^alpha.
+        #[arg(long, default_value_t = 0.0)]
+        alpha: f64,
+        /// Softmax temperature for temperature and top-k sampling.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// How many of the most likely tokens top-k sampling draws from.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Which `train` block's model, if the file trains several on text.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Print the IR of each training run's loss (with --grad, the backward pass; with --step, the whole step).
     Ir {
         file: PathBuf,
@@ -64,6 +98,34 @@ fn main() -> ExitCode {
         Command::Check { file } => check_file(&file),
         Command::Ir { file, grad, step } => print_ir(&file, grad, step),
         Command::Info { file, json } => print_info(&file, json),
+        Command::Sample { file, checkpoint, prompt, tokens, strategy, width, alpha, temperature, k, seed, model } => {
+            let strategy = match strategy.as_str() {
+                "greedy" => Strategy::Greedy,
+                "temperature" => Strategy::Temperature(temperature),
+                "top-k" | "topk" => Strategy::TopK { k, temperature },
+                "beam" => Strategy::Beam { width, length_penalty: alpha },
+                other => {
+                    eprintln!("error: unknown strategy `{other}` (expected greedy, temperature, top-k or beam)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = SampleOptions { model: model.as_deref(), checkpoint: &checkpoint, prompt: &prompt, tokens, strategy, seed };
+            sample_text(&file, &opts)
+        }
+    }
+}
+
+fn sample_text(file: &Path, opts: &SampleOptions) -> ExitCode {
+    let (source, program) = match read_and_parse(file) {
+        Ok(sp) => sp,
+        Err(code) => return code,
+    };
+    match sample::sample(&program, &base_dir(file), opts) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(d) => report(file, &source, &d),
     }
 }
 

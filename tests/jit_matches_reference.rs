@@ -42,7 +42,7 @@ fn check_example(file: &str, batch: usize) {
             exec.set(name, &data);
             inputs.insert(name.to_string(), ArrayD::from_shape_vec(IxDyn(&shape), data.iter().map(|&v| f64::from(v)).collect()).unwrap());
         }
-        exec.run();
+        exec.run().unwrap();
         let reference = interp::run(&graph, &inputs).unwrap();
         for (i, want) in reference.iter().enumerate() {
             let got = exec.output(i);

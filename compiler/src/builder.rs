@@ -219,6 +219,16 @@ impl<'g> Builder<'g> {
         self.op(Op::Fold { window, size }, &[x])
     }
 
+    /// Rows `ids` of `table` (an embedding lookup).
+    pub fn gather_rows(&mut self, table: ValueId, ids: ValueId) -> ValueId {
+        self.op(Op::Gather, &[table, ids])
+    }
+
+    /// `[rows, d..]` zeros with each row of `values` added at its id.
+    pub fn scatter_add(&mut self, ids: ValueId, values: ValueId, rows: usize) -> ValueId {
+        self.op(Op::ScatterAdd { rows }, &[ids, values])
+    }
+
     pub fn concat(&mut self, xs: &[ValueId], axis: usize) -> ValueId {
         self.op(Op::Concat { axis }, xs)
     }

@@ -26,6 +26,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+pub use helpers::Fault;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,7 @@ pub struct CompiledGraph {
     /// Run with subnormal floats flushed to zero (`set_flush_subnormals`).
     flush_subnormals: bool,
     compile_time: Duration,
+    fault: Option<Fault>,
 }
 
 /// Turn the finalized code address into a callable function pointer.
@@ -178,6 +180,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_sgemm", helpers::nnc_sgemm as *const u8);
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     jb.symbol("nnc_random", helpers::nnc_random as *const u8);
+    jb.symbol("nnc_lookup", helpers::nnc_lookup as *const u8);
     jb.symbol("nnc_tick", helpers::profile::nnc_tick as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
@@ -195,6 +198,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     let sgemm_id = import(module, "nnc_sgemm", 12)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
+    let lookup_id = import(module, "nnc_lookup", 8)?;
     let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
     let pair_id = import(module, "nnc_sgemm_pair", 24)?;
@@ -218,7 +222,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         pieces.push(match form {
             Some(pk) => {
                 let rows = pk.dims.first().copied().unwrap_or(1);
-                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, [sgemm_id, solve_id, random_id])?, rows))
+                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, [sgemm_id, solve_id, random_id, lookup_id])?, rows))
             }
             None => None,
         });
@@ -231,6 +235,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     let sgemm = module.declare_func_in_func(sgemm_id, b.func);
     let solve = module.declare_func_in_func(solve_id, b.func);
     let random = module.declare_func_in_func(random_id, b.func);
+    let lookup = module.declare_func_in_func(lookup_id, b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -241,7 +246,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     {
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
-        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, rows: None };
+        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, rows: None };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
@@ -309,6 +314,8 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::MatMul { batch, m, k, n, .. } => format!("matmul {batch:?} {m}x{k} @ {k}x{n}"),
         kernel::Kernel::Solve { n, k, .. } => format!("solve {n}x{n} \\ {n}x{k}"),
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
+        kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
+        kernel::Kernel::Lookup { scatter: true, n, rows, width, .. } => format!("scatter-add {n} into {rows} rows x {width}"),
     }
 }
 
@@ -319,7 +326,7 @@ fn define_piece(
     name: &str,
     k: &kernel::MapKernel,
     offsets: &[usize],
-    helpers: [FuncId; 3],
+    helpers: [FuncId; 4],
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64); 3];
@@ -329,6 +336,7 @@ fn define_piece(
     let sgemm = module.declare_func_in_func(helpers[0], b.func);
     let solve = module.declare_func_in_func(helpers[1], b.func);
     let random = module.declare_func_in_func(helpers[2], b.func);
+    let lookup = module.declare_func_in_func(helpers[3], b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -337,7 +345,7 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
-        let mut em = emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, random, rows: Some((lo, hi)) };
+        let mut em = emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, random, lookup, rows: Some((lo, hi)) };
         em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
     }
     b.ins().return_(&[]);
@@ -389,6 +397,7 @@ impl CompiledGraph {
             summary: plan.kernels.iter().map(describe).collect(),
             flush_subnormals: false,
             compile_time: start.elapsed(),
+            fault: None,
         })
     }
 
@@ -424,7 +433,10 @@ impl CompiledGraph {
 
     /// Run the compiled function once. Allocates nothing (SGEMM packing
     /// buffers are per thread, allocated on a thread's first product).
+    /// A fault (an id out of range) leaves the outputs defined but wrong and
+    /// is returned by `fault` until the next run.
     pub fn run(&mut self) {
+        helpers::take_fault();
         let old = pool::mxcsr::get();
         if self.flush_subnormals {
             pool::mxcsr::set(old | pool::mxcsr::FTZ_DAZ);
@@ -436,6 +448,12 @@ impl CompiledGraph {
         if self.flush_subnormals {
             pool::mxcsr::set(old);
         }
+        self.fault = helpers::take_fault();
+    }
+
+    /// What went wrong in the last `run`, if anything: the node and the bad id.
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
     }
 
     /// Whether `run` treats subnormal floats as zero and flushes subnormal

@@ -140,13 +140,17 @@ impl Session<'_> {
     pub fn model_info(&self, t: &TrainDef) -> Result<ModelInfo, Vec<Diagnostic>> {
         let plan = self.train_plan(t)?;
         let data = format!("{}.{}", plan.data, plan.split);
-        self.model_info_inner(t, plan.features, data).map_err(|e| vec![e.to_diagnostic()])
+        let x_type = match self.data_shape(&plan.data) {
+            Some(shape) => shape.x_type(Dim::Sym("B".into())),
+            None => TensorType::f32(Shape(vec![Dim::Sym("B".into()), Dim::Known(plan.features)])),
+        };
+        self.model_info_inner(t, x_type, data).map_err(|e| vec![e.to_diagnostic()])
     }
 
-    fn model_info_inner(&self, t: &TrainDef, features: usize, data: String) -> Result<ModelInfo, ElabError> {
+    fn model_info_inner(&self, t: &TrainDef, x_type: TensorType, data: String) -> Result<ModelInfo, ElabError> {
         let mut cx = Ctx::new(self);
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
-        let (x, input) = batch_input(&mut cx, features, t.data.span);
+        let (x, input) = batch_input(&mut cx, x_type, t.data.span);
         cx.layers = Some(LayerRecorder::default());
         let arg = Arg { name: None, value: Value::Tensor(x.clone()), span: t.data.span };
         cx.call(Value::Module(model.clone()), vec![arg], t.model.span, t.model.span)?;
@@ -165,9 +169,9 @@ impl Session<'_> {
 }
 
 /// The batch `x: [B, F]` a training step feeds the model (as in `train.rs`).
-fn batch_input(cx: &mut Ctx, features: usize, span: Span) -> (Tensor, Shape) {
-    let shape = Shape(vec![Dim::Sym("B".into()), Dim::Known(features)]);
-    let id = cx.builder(span).input("x", InputKind::Data, TensorType::f32(shape.clone()));
+fn batch_input(cx: &mut Ctx, ty: TensorType, span: Span) -> (Tensor, Shape) {
+    let shape = ty.shape.clone();
+    let id = cx.builder(span).input("x", InputKind::Data, ty);
     (Tensor { id, names: vec![Some("B".into()), None] }, shape)
 }
 

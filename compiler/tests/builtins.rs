@@ -73,6 +73,12 @@ fn t_layer_norm_axis(x: [2, 3, 4, 2], w: [3]) -> scalar = sum(layer_norm(x, w, w
 fn t_instance_norm(x: [2, 3, 4, 2], w: [3]) -> scalar = sum(instance_norm(x, w, w) * x)
 fn t_group_norm(x: [2, 4, 3, 2], w: [4]) -> scalar = sum(group_norm(x, w, w, 2) * x)
 
+// Sequence: embedding rows (repeated ids), causal self-attention, and
+// cross-attention with more keys than queries.
+fn t_embedding(x: [5, 3], w: [2, 3, 3]) -> scalar = sum(w * tanh(embedding([[4, 0, 4], [2, 1, 4]], x)))
+fn t_attention(x: [2, 4, 3], w: [2, 4, 3]) -> scalar = sum(w * attention(x, x * w, tanh(x), mask: causal_mask(4)))
+fn t_cross_attention(w: [2, 5, 3], x: [2, 4, 3]) -> scalar = sum(x * attention(x, w, w * w))
+
 // The language's own grad, and grad of grad.
 fn cube(x: [3, 5]) -> scalar = sum(x * x * x)
 fn t_grad(x: [3, 5], w: [3, 5]) -> scalar = sum(w * grad(cube)(x))
@@ -217,4 +223,22 @@ fn builtins_agree_with_closed_forms() {
     }
     let got = value(&g, &inputs);
     assert!((got - total / 4.0).abs() < 1e-12, "smoothed cross-entropy {got} vs {}", total / 4.0);
+
+    // Causal attention written out: softmax over keys j <= i of q_i·k_j/√d, weights on v_j.
+    let (g, inputs) = function(&session, "t_attention");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let mut total = 0.0;
+    for b in 0..2 {
+        for i in 0..4 {
+            let score = |j: usize| (0..3).map(|c| x[[b, i, c]] * x[[b, j, c]] * w[[b, j, c]]).sum::<f64>() / 3f64.sqrt();
+            let e: Vec<f64> = (0..=i).map(|j| score(j).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..3 {
+                let o: f64 = (0..=i).map(|j| e[j] / z * x[[b, j, c]].tanh()).sum();
+                total += w[[b, i, c]] * o;
+            }
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "causal attention {got} vs {total}");
 }

@@ -6,7 +6,14 @@ use nnc_compiler::ir::DType;
 use nnc_compiler::syntax;
 
 fn digits() -> DataShape {
-    DataShape { features: 64, label_int: true, classes: Some(10), splits: vec![("train".into(), 100), ("test".into(), 20)] }
+    DataShape {
+        features: 64,
+        features_int: false,
+        label_int: true,
+        classes: Some(10),
+        label_width: None,
+        splits: vec![("train".into(), 100), ("test".into(), 20)],
+    }
 }
 
 /// Build the plan of the program's first train block (data shaped like digits).

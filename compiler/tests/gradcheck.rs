@@ -236,3 +236,53 @@ fn erf_matches_known_values() {
     let _ = Op::Constant(0.0);
     let _ = ReduceKind::Sum;
 }
+
+/// Embedding lookup and its transpose: ids are data (no gradient), repeated
+/// ids accumulate. `tanh` after the op makes the second derivative non-zero,
+/// so the Hessian-vector product also goes through both rules twice.
+#[test]
+fn gather_and_scatter_add_gradients() {
+    use nnc_compiler::ir::DType;
+    let ids_value = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![4.0, 0.0, 4.0, 2.0, 1.0, 4.0]).unwrap();
+    let ids_type = TensorType { shape: Shape::known(&[2, 3]), dtype: DType::I32 };
+    // (op name, float operand shape, build(b, float operand, ids))
+    let ops: [(&str, [usize; 3], fn(&mut Builder, ValueId, ValueId) -> ValueId); 2] = [
+        ("gather", [5, 3, 1], |b, table, ids| b.gather_rows(table, ids)),
+        ("scatter_add", [2, 3, 3], |b, values, ids| b.scatter_add(ids, values, 5)),
+    ];
+    let mut rng = Lcg(5);
+    for (name, shape, op) in ops {
+        let shape: Vec<usize> = if name == "gather" { shape[..2].to_vec() } else { shape.to_vec() };
+        let mut g = Graph::default();
+        let mut b = Builder::new(&mut g, Span::default());
+        let a = b.input("a0", InputKind::Data, TensorType::f32(Shape::known(&shape)));
+        let ids = b.input("ids", InputKind::Data, ids_type.clone());
+        let out = op(&mut b, a, ids);
+        let t = b.unary(UnaryOp::Tanh, out);
+        let out_shape = b.shape(t);
+        let w = b.input("w", InputKind::Data, TensorType::f32(out_shape.clone()));
+        let prod = b.mul(t, w);
+        let loss = b.sum_all(prod);
+        assert!(b.internal_error.is_none(), "{name}: {:?}", b.internal_error);
+        let mut inputs = Inputs::new();
+        inputs.insert("a0".into(), rng.array(&shape, -1.0, 1.0));
+        inputs.insert("ids".into(), ids_value.clone());
+        inputs.insert("w".into(), rng.array(&out_shape.concrete().unwrap(), -1.0, 1.0));
+        let grads = autodiff::grad(&mut g, loss, &[a], Span::default()).unwrap();
+        let mut gg = g.clone();
+        gg.outputs = vec![grads[0]];
+        let analytic = interp::run(&gg, &inputs).unwrap().remove(0);
+        assert_close(name, "d/da", &analytic, &numeric_grad(&g, loss, &inputs, "a0"), 1e-6);
+        // Second order: the gradient of <grad, v>.
+        let mut b = Builder::new(&mut g, Span::default());
+        let v = b.input("v", InputKind::Data, TensorType::f32(Shape::known(&shape)));
+        let dot = b.mul(grads[0], v);
+        let gv = b.sum_all(dot);
+        inputs.insert("v".into(), rng.array(&shape, -1.0, 1.0));
+        let hv = autodiff::grad(&mut g, gv, &[a], Span::default()).unwrap()[0];
+        let mut hg = g.clone();
+        hg.outputs = vec![hv];
+        let analytic = interp::run(&hg, &inputs).unwrap().remove(0);
+        assert_close(name, "Hessian-vector product", &analytic, &numeric_grad(&g, gv, &inputs, "a0"), 1e-5);
+    }
+}

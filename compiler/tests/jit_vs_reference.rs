@@ -847,3 +847,56 @@ fn timing() {
         println!("{name}, {n} elements: {:.2} ns/element", dt * 1e9 / n as f64);
     }
 }
+
+// ---- indexing by ids ---------------------------------------------------------------
+
+/// Gather and scatter-add on odd sizes with repeated ids, against the reference;
+/// then an id out of range: the JIT reports it as a fault of that node and
+/// reads nothing outside the table.
+#[test]
+fn gather_and_scatter_add() {
+    use nnc_compiler::ir::DType;
+    for (vocab, width, ids_dims) in [(5usize, 3usize, vec![7usize]), (65, 33, vec![4, 9]), (1, 1, vec![2, 1])] {
+        let n: usize = ids_dims.iter().product();
+        let ids_value: Vec<f32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as f32).collect();
+        let mut g = Graph::default();
+        let mut b = Builder::new(&mut g, nnc_compiler::ast::Span::default());
+        let table = input(&mut b, "table", &[vocab, width]);
+        let ids = b.input("ids", InputKind::Data, TensorType { shape: Shape::known(&ids_dims), dtype: DType::I32 });
+        let rows = b.gather_rows(table, ids);
+        let e = b.exp(rows);
+        let back = b.scatter_add(ids, e, vocab);
+        assert!(b.internal_error.is_none());
+        g.outputs = vec![rows, back];
+        g.output_names = vec!["rows".into(), "back".into()];
+        let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+        let mut rng = Rng::new(3);
+        let table_value: Vec<f32> = (0..vocab * width).map(|_| rng.range(-2.0, 2.0) as f32).collect();
+        jit.input_mut(jit.input_index("table").unwrap()).copy_from_slice(&table_value);
+        jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&ids_value);
+        jit.run();
+        assert_eq!(jit.fault(), None);
+        let mut inputs = Inputs::new();
+        let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        inputs.insert("table".into(), ArrayD::from_shape_vec(IxDyn(&[vocab, width]), f64s(&table_value)).unwrap());
+        inputs.insert("ids".into(), ArrayD::from_shape_vec(IxDyn(&ids_dims), f64s(&ids_value)).unwrap());
+        let want = interp::run(&g, &inputs).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            compare(jit.output(i), w, 1e-6).unwrap_or_else(|e| panic!("vocab {vocab}, output {i}: {e}"));
+        }
+        // One bad id: the fault names the gather node, and the other rows are still right.
+        let mut bad = ids_value.clone();
+        bad[n - 1] = vocab as f32;
+        jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&bad);
+        jit.run();
+        let fault = jit.fault().expect("an id out of range is reported");
+        assert_eq!((fault.site, fault.index, fault.bound), (rows.0, vocab as f32, vocab));
+        assert!(jit.output(0)[(n - 1) * width..].iter().all(|&v| v == 0.0), "the bad row is zeros");
+        inputs.insert("ids".into(), ArrayD::from_shape_vec(IxDyn(&ids_dims), f64s(&bad)).unwrap());
+        assert!(matches!(interp::run(&g, &inputs), Err(nnc_compiler::ops::EvalError::IndexOutOfRange { .. })));
+        // The next good run clears the fault.
+        jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&ids_value);
+        jit.run();
+        assert_eq!(jit.fault(), None);
+    }
+}

@@ -7,7 +7,7 @@ use nnc_compiler::ast::Span;
 use nnc_compiler::builder::Builder;
 use nnc_compiler::codegen::CompiledGraph;
 use nnc_compiler::ir::{Graph, InputKind, Shape, TensorType, ValueId};
-use nnc_compiler::ops::{BinaryOp, UnaryOp};
+use nnc_compiler::ops::UnaryOp;
 
 /// `f` applied by the JIT to each of `xs` (the graph is built by `build`).
 fn jit(xs: &[f32], build: fn(&mut Builder, ValueId) -> ValueId) -> Vec<f32> {

@@ -31,12 +31,12 @@ fn main() -> Result<(), String> {
         for (i, k) in exec.kernel_summary().iter().enumerate() {
             println!("  {i:3}  {k}");
         }
-        exec.run();
+        exec.run().map_err(|d| d.title.clone())?;
         nnc_compiler::codegen::kernel_profile();
         let reps = 200;
         let t = Instant::now();
         for _ in 0..reps {
-            exec.run();
+            exec.run().map_err(|d| d.title.clone())?;
         }
         println!("  one step (run() only): {:.1} us", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
         // With NNC_PROFILE=1: the slowest kernels (a pair of products counts under its second index).

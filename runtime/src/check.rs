@@ -128,10 +128,11 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
     }
     let mut inputs = Inputs::new();
     let x: Vec<f64> = split.x.rows().into_iter().take(b).flat_map(|r| r.to_vec()).map(f64::from).collect();
-    let y: Vec<f64> = split.y.iter().take(b).map(|&v| f64::from(v)).collect();
+    let y: Vec<f64> = split.y.iter().take(b * split.y.ncols()).map(|&v| f64::from(v)).collect();
+    let y_shape: Vec<usize> = std::iter::once(b).chain(plan.label_width).collect();
     let bad = |e: String| Diagnostic::new(format!("gradient check of `{}` failed to run", plan.name)).label(plan.span, e);
     inputs.insert("x".into(), ArrayD::from_shape_vec(IxDyn(&[b, plan.features]), x).map_err(|e| bad(e.to_string()))?);
-    inputs.insert("y".into(), ArrayD::from_shape_vec(IxDyn(&[b]), y).map_err(|e| bad(e.to_string()))?);
+    inputs.insert("y".into(), ArrayD::from_shape_vec(IxDyn(&y_shape), y).map_err(|e| bad(e.to_string()))?);
     // One fixed dropout mask: the derivative is checked for that mask.
     inputs.insert(nnc_compiler::elaborate::HYPER_SEED.into(), ArrayD::from_elem(IxDyn(&[]), 1.0));
     for (path, shape, v) in &params.tensors {

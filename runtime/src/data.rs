@@ -17,8 +17,9 @@ use crate::rng;
 pub struct Table {
     /// `rows x features`, columns in file order (label column removed).
     pub features: Array2<f32>,
-    /// One label per row.
-    pub labels: Array1<f32>,
+    /// `rows x label width`: one label per row (width 1), or one per position
+    /// of a row (a language model's next tokens).
+    pub labels: Array2<f32>,
     /// Header names of the feature columns, in the order of `features`' columns.
     pub feature_names: Vec<String>,
     /// Header name of the label column.
@@ -211,7 +212,8 @@ pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, D
         .map_err(|_| DataError::BufferSize { expected: n_rows * n_features, found: 0 })?;
     let mut feature_names = columns;
     let label_name = feature_names.remove(label_idx);
-    Ok(Table { features, labels: Array1::from(labels), feature_names, label_name })
+    let labels = Array1::from(labels).insert_axis(Axis(1));
+    Ok(Table { features, labels, feature_names, label_name })
 }
 
 /// The candidate closest to `name` by (case-insensitive) edit distance.
@@ -446,22 +448,6 @@ pub fn gather_rows(src: &Array2<f32>, rows: &[usize], out: &mut [f32]) -> Result
     Ok(())
 }
 
-/// Copies `src[rows[k]]` into `out[k]`; `out` must have `rows.len()` elements.
-/// Does not allocate.
-pub fn gather_labels(src: &Array1<f32>, rows: &[usize], out: &mut [f32]) -> Result<(), DataError> {
-    if out.len() != rows.len() {
-        return Err(DataError::BufferSize { expected: rows.len(), found: out.len() });
-    }
-    let n = src.len();
-    for (d, &r) in out.iter_mut().zip(rows) {
-        match src.get(r) {
-            Some(v) => *d = *v,
-            None => return Err(DataError::RowIndexOutOfBounds { index: r, rows: n }),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,7 +462,7 @@ mod tests {
         assert_eq!(t.feature_names, vec!["a", "b"]);
         assert_eq!(t.label_name, "y");
         assert_eq!(t.features, ndarray::array![[1.0, 3.0], [4.0, 6.0]]);
-        assert_eq!(t.labels, ndarray::array![2.0, 5.0]);
+        assert_eq!(t.labels, ndarray::array![[2.0], [5.0]]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use crate::augment::Augment;
 use crate::data::{self, RowSelect, Standardizer, Table};
-use ndarray::{Array1, Array2};
+use crate::text::{self, Vocab};
+use ndarray::Array2;
 use nnc_compiler::ast::{self, DataDef, Expr, ExprKind, Span};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::error::closest;
@@ -15,7 +16,8 @@ use std::path::Path;
 #[derive(Clone, Debug)]
 pub struct Split {
     pub x: Array2<f32>,
-    pub y: Array1<f32>,
+    /// Labels, `rows x label width` (width 1 unless each position has one).
+    pub y: Array2<f32>,
     /// `shuffle(seed: s)`: visit rows in a fresh seeded order each epoch.
     pub shuffle_seed: Option<u64>,
     /// `augment(image: [H, W], ...)`: transform each training batch's images.
@@ -28,6 +30,8 @@ pub struct Dataset {
     pub name: String,
     pub splits: Vec<(String, Split)>,
     pub shape: DataShape,
+    /// The tokenizer's vocabulary of a text data set (token ids ↔ text).
+    pub vocab: Option<Vocab>,
 }
 
 impl Dataset {
@@ -46,6 +50,10 @@ struct Options<'a> {
     idx: Option<(Files, Files)>,
     scale: Option<f32>,
     standardize: Option<(String, Span)>,
+    /// `text(path, context: T)`: windows of `T` tokens.
+    context: Option<usize>,
+    /// `tokenizer: bpe(vocab: N)`: a BPE vocabulary of `N` tokens; `None`: characters.
+    bpe: Option<usize>,
     source: &'a Expr,
 }
 
@@ -62,18 +70,28 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
             "expected `csv(...)`",
         ));
     };
-    let is_idx = match &callee.kind {
-        ExprKind::Name(n) if n == "csv" => false,
-        ExprKind::Name(n) if n == "idx" => true,
+    let kind = match &callee.kind {
+        ExprKind::Name(n) if matches!(n.as_str(), "csv" | "idx" | "text") => n.as_str(),
         _ => {
-            return Err(error(callee.span, "unknown data source", "expected `csv` or `idx`")
-                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER)"))
+            return Err(error(callee.span, "unknown data source", "expected `csv`, `idx` or `text`")
+                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER), text(path, context: TOKENS)"))
         }
     };
     let mut path = None;
-    let mut opts = Options { path: (String::new(), source.span), label: None, idx: None, scale: None, standardize: None, source };
-    if is_idx {
-        return idx_options(args, opts);
+    let mut opts = Options {
+        path: (String::new(), source.span),
+        label: None,
+        idx: None,
+        scale: None,
+        standardize: None,
+        context: None,
+        bpe: None,
+        source,
+    };
+    match kind {
+        "idx" => return idx_options(args, opts),
+        "text" => return text_options(args, opts),
+        _ => {}
     }
     for a in args {
         let key = a.name.as_ref().map(|n| n.name.as_str());
@@ -98,6 +116,47 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
     if opts.label.is_none() {
         return Err(error(source.span, "`csv` needs a label column", "add `label: \"COLUMN\"` or `target: \"COLUMN\"`"));
     }
+    Ok(opts)
+}
+
+/// `text("corpus.txt", context: 64)`: character tokens in windows of 64.
+fn text_options<'a>(args: &[ast::CallArg], mut opts: Options<'a>) -> Result<Options<'a>, Diagnostic> {
+    let mut path = None;
+    for a in args {
+        match (a.name.as_ref().map(|n| n.name.as_str()), &a.value.kind) {
+            (None, ExprKind::Str(s)) if path.is_none() => path = Some((s.clone(), a.value.span)),
+            (Some("context"), _) => match constant_number(&a.value) {
+                Some(v) if v >= 1.0 && v.fract() == 0.0 => opts.context = Some(v as usize),
+                _ => return Err(error(a.value.span, "`context` must be a positive whole number of tokens", "expected e.g. `context: 64`")),
+            },
+            (Some("tokenizer"), ExprKind::Name(t)) if t == "chars" => {}
+            (Some("tokenizer"), ExprKind::Call { callee, args }) if matches!(&callee.kind, ExprKind::Name(n) if n == "bpe") => {
+                let size = match args.as_slice() {
+                    [a] if a.name.as_ref().is_none_or(|n| n.name == "vocab") => constant_number(&a.value),
+                    _ => None,
+                };
+                match size {
+                    Some(v) if v >= 1.0 && v.fract() == 0.0 => opts.bpe = Some(v as usize),
+                    _ => return Err(error(a.value.span, "`bpe` needs a vocabulary size", "expected e.g. `bpe(vocab: 512)`")),
+                }
+            }
+            (Some("tokenizer"), _) => {
+                return Err(error(a.value.span, "unknown tokenizer", "expected `chars` or `bpe(vocab: N)`").note(
+                    "tokenizers: chars (one token per character), bpe(vocab: N) (byte-pair merges learned from the file up to N tokens)",
+                ))
+            }
+            _ => {
+                let span = a.name.as_ref().map_or(a.value.span, |n| n.span);
+                return Err(error(span, "unexpected argument to `text`", "here")
+                    .note("text(\"FILE\", context: TOKENS, tokenizer: chars | bpe(vocab: N)): FILE may be gzipped (.gz)"));
+            }
+        }
+    }
+    opts.path = path.ok_or_else(|| error(opts.source.span, "`text` needs a file name", "add the path in quotes"))?;
+    if opts.context.is_none() {
+        return Err(error(opts.source.span, "`text` needs the window length", "add `context: TOKENS`, e.g. `context: 64`"));
+    }
+    opts.label = Some(("next".into(), opts.source.span, true));
     Ok(opts)
 }
 
@@ -210,6 +269,15 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
     let Some((label, label_span, is_class)) = &opts.label else {
         return Err(error(opts.source.span, "`csv` needs a label column", "here"));
     };
+    if let Some(context) = opts.context {
+        let (table, vocab) = load_text(&path, context, opts.bpe, path_text, *path_span)?;
+        let classes = Some(vocab.len());
+        let mut data = finish(def, opts, table, classes, true)?;
+        data.shape.features_int = true;
+        data.shape.label_width = Some(context);
+        data.vocab = Some(vocab);
+        return Ok(data);
+    }
     let table = match &opts.idx {
         Some((images, labels)) => load_idx(base_dir, images, labels)?,
         None => load_table(&path, label, *label_span, path_text, *path_span)?,
@@ -217,6 +285,24 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
     let is_class = *is_class;
     let classes = if is_class { Some(class_count(&table, *label_span, label)?) } else { None };
     finish(def, opts, table, classes, is_class)
+}
+
+/// The corpus as windows of character ids, with its vocabulary.
+fn load_text(path: &Path, context: usize, bpe: Option<usize>, path_text: &str, span: Span) -> Result<(Table, Vocab), Diagnostic> {
+    let corpus = text::read_text(path).map_err(|e| match e {
+        text::TextError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            error(span, format!("text file `{path_text}` not found"), "no such file")
+                .note(format!("looked for {} (paths are relative to the folder of the .nn file)", path.display()))
+        }
+        e => error(span, format!("cannot read `{path_text}`"), e.to_string()),
+    })?;
+    let vocab = match bpe {
+        Some(size) => Vocab::bpe_of(&corpus, size),
+        None => Vocab::chars_of(&corpus),
+    };
+    let ids = vocab.encode(&corpus).map_err(|e| error(span, format!("cannot tokenize `{path_text}`"), e.to_string()))?;
+    let table = text::windows(&ids, context).map_err(|e| error(span, format!("`{path_text}` is too short"), e.to_string()))?;
+    Ok((table, vocab))
 }
 
 fn load_idx(base_dir: &Path, images: &[(String, Span)], labels: &[(String, Span)]) -> Result<Table, Diagnostic> {
@@ -230,7 +316,7 @@ fn load_idx(base_dir: &Path, images: &[(String, Span)], labels: &[(String, Span)
     let (x, y) = crate::idx::load(&to_paths(images), &to_paths(labels))
         .map_err(|e| error(first_span, "cannot load the IDX files", e.to_string()))?;
     let feature_names = (0..x.ncols()).map(|i| format!("p{i}")).collect();
-    Ok(Table { features: x, labels: y, feature_names, label_name: "label".into() })
+    Ok(Table { features: x, labels: y.insert_axis(ndarray::Axis(1)), feature_names, label_name: "label".into() })
 }
 
 fn load_table(path: &Path, label: &str, label_span: Span, path_text: &str, path_span: Span) -> Result<Table, Diagnostic> {
@@ -296,11 +382,13 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
     }
     let shape = DataShape {
         features: table.n_features(),
+        features_int: false,
         label_int: is_class,
         classes,
+        label_width: None,
         splits: splits.iter().map(|(n, s)| (n.clone(), s.x.nrows())).collect(),
     };
-    Ok(Dataset { name: def.name.name.clone(), splits, shape })
+    Ok(Dataset { name: def.name.name.clone(), splits, shape, vocab: None })
 }
 
 /// Class labels must be integers 0..K−1; returns K.

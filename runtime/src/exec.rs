@@ -1,6 +1,8 @@
 //! A compiled graph with its inputs addressed by name.
 
+use nnc_compiler::ast::Span;
 use nnc_compiler::codegen::CompiledGraph;
+use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::ir::{Graph, SizeEnv};
 use nnc_compiler::opt;
 use std::collections::HashMap;
@@ -10,6 +12,8 @@ pub struct Exec {
     compiled: CompiledGraph,
     inputs: HashMap<String, usize>,
     pub output_names: Vec<String>,
+    /// The source span of every node, to place runtime faults.
+    spans: Vec<Span>,
 }
 
 impl Exec {
@@ -25,7 +29,8 @@ impl Exec {
         // (W1 ran 15-20 % slower over 100 epochs than over 30).
         compiled.set_flush_subnormals(true);
         let inputs = compiled.input_names().into_iter().enumerate().map(|(i, n)| (n, i)).collect();
-        Ok(Exec { compiled, inputs, output_names: g.output_names.clone() })
+        let spans = g.nodes.iter().map(|n| n.span).collect();
+        Ok(Exec { compiled, inputs, output_names: g.output_names.clone(), spans })
     }
 
     pub fn has_input(&self, name: &str) -> bool {
@@ -52,8 +57,19 @@ impl Exec {
         Some(self.compiled.input(i))
     }
 
-    pub fn run(&mut self) {
+    /// Run once. An id out of range in an embedding lookup is an error at the
+    /// line that does the lookup (the kernel skipped the row: no wild read).
+    pub fn run(&mut self) -> Result<(), Diagnostic> {
         self.compiled.run();
+        match self.compiled.fault() {
+            None => Ok(()),
+            Some(f) => {
+                let span = self.spans.get(f.site as usize).copied().unwrap_or_default();
+                Err(Diagnostic::new(format!("id {} is out of range: this lookup has rows 0..{}", f.index, f.bound))
+                    .label(span, format!("looked up id {} here", f.index))
+                    .note("ids index the rows of the table: check the data's vocabulary size against the table's first dimension"))
+            }
+        }
     }
 
     pub fn output(&self, i: usize) -> &[f32] {

@@ -14,5 +14,7 @@ pub mod init;
 pub mod plot;
 pub mod program;
 pub mod rng;
+pub mod sample;
 pub mod schedule;
+pub mod text;
 pub mod train;

@@ -168,7 +168,7 @@ impl<'p> Runner<'p> {
             inputs.insert(name.to_string(), value);
         }
         let out =
-            interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err:?}")).label(e.span, "here"))?;
+            interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err}")).label(e.span, "here"))?;
         out.into_iter().next().ok_or_else(|| Diagnostic::new("no value").label(e.span, "here"))
     }
 
@@ -180,7 +180,11 @@ impl<'p> Runner<'p> {
         let parts: Vec<&str> = name.splitn(3, '.').collect();
         if let [d, s, f @ ("x" | "y")] = parts.as_slice() {
             if let Some(split) = self.datasets.iter().find(|ds| ds.name == *d).and_then(|ds| ds.split(s)) {
-                return Some(if *f == "x" { split.x.mapv(f64::from).into_dyn() } else { split.y.mapv(f64::from).into_dyn() });
+                let y = || match split.y.ncols() {
+                    1 => split.y.column(0).mapv(f64::from).into_dyn(),
+                    _ => split.y.mapv(f64::from).into_dyn(),
+                };
+                return Some(if *f == "x" { split.x.mapv(f64::from).into_dyn() } else { y() });
             }
         }
         let (model, path) = name.split_once('.')?;

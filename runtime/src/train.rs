@@ -2,7 +2,7 @@
 //! compiled step function, evaluate metrics, write checkpoints.
 
 use crate::checkpoint;
-use crate::data::{gather_labels, gather_rows, shuffled_order};
+use crate::data::{gather_rows, shuffled_order};
 use crate::dataset::{Dataset, Split};
 use crate::exec::Exec;
 use crate::init::{initialize, Init};
@@ -76,7 +76,7 @@ pub fn schedule_of(s: &ScheduleSpec, steps_per_epoch: usize, total_steps: usize)
         ScheduleSpec::Step { every, gamma } => Schedule::Step { every: (every * steps_per_epoch).max(1), gamma: *gamma },
         ScheduleSpec::Cosine { min_factor } => Schedule::Cosine { total: total_steps.max(1), min_factor: *min_factor },
         ScheduleSpec::Warmup { epochs, then } => {
-            let steps = (epochs * steps_per_epoch).max(1);
+            let steps = ((epochs * steps_per_epoch as f64).round() as usize).max(1);
             Schedule::Warmup { steps, then: Box::new(schedule_of(then, steps_per_epoch, total_steps.saturating_sub(steps))) }
         }
     }
@@ -149,7 +149,8 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     let started = Instant::now();
     let mut step = 0usize;
     let mut xbuf = vec![0.0f32; batch * features];
-    let mut ybuf = vec![0.0f32; batch];
+    let label_width = split.y.ncols();
+    let mut ybuf = vec![0.0f32; batch * label_width];
     for epoch in 0..epochs {
         let epoch_started = Instant::now();
         let order: Vec<usize> = match split.shuffle_seed {
@@ -172,11 +173,14 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
             if let Some(a) = &split.augment {
                 a.apply(&mut xbuf[..b * features], rows, epoch).map_err(|e| Diagnostic::new(e.to_string()))?;
             }
-            gather_labels(&split.y, rows, &mut ybuf[..b]).map_err(|e| Diagnostic::new(e.to_string()))?;
+            gather_rows(&split.y, rows, &mut ybuf[..b * label_width]).map_err(|e| Diagnostic::new(e.to_string()))?;
             exec.set("x", &xbuf[..b * features]);
-            exec.set("y", &ybuf[..b]);
+            exec.set("y", &ybuf[..b * label_width]);
             set_hypers(exec, &plan.optimizer, &schedule, step, plan.seed);
-            exec.run();
+            if let Err(d) = exec.run() {
+                bar.abandon();
+                return Err(d);
+            }
             let loss = exec.output(0).first().copied().unwrap_or(f32::NAN) as f64;
             if b != batch {
                 if let Some(p) = partial.as_ref() {
@@ -317,7 +321,7 @@ fn frozen_values(plan: &TrainPlan, previous: &[(String, TrainResult)]) -> Result
 }
 
 /// Parameters from a checkpoint, each checked against the model's shape.
-fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> Result<Params, Diagnostic> {
+pub fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> Result<Params, Diagnostic> {
     let loaded = checkpoint::load(path)
         .map_err(|e| Diagnostic::new(format!("cannot load checkpoint {}", path.display())).label(span, e.to_string()))?;
     let mut tensors = Vec::new();
@@ -406,7 +410,7 @@ impl<'d> Evaluators<'d> {
                 }
             }
             let (x, y) = (e.split.x.as_slice().unwrap_or(&[]), e.split.y.as_slice().unwrap_or(&[]));
-            let (n, f) = (e.split.x.nrows(), e.split.x.ncols());
+            let (n, f, w) = (e.split.x.nrows(), e.split.x.ncols(), e.split.y.ncols());
             // The loss is a mean per chunk: weight it by the chunk's rows.
             let mut loss_sum = 0.0f64;
             let mut outputs: Vec<f32> = Vec::new();
@@ -414,8 +418,8 @@ impl<'d> Evaluators<'d> {
                 let end = (start + e.chunk).min(n);
                 let exec = if end - start == e.chunk { &mut e.full } else { e.rest.as_mut().unwrap_or(&mut e.full) };
                 exec.set("x", &x[start * f..end * f]);
-                exec.set("y", &y[start..end]);
-                exec.run();
+                exec.set("y", &y[start * w..end * w]);
+                exec.run()?;
                 match e.spec.kind {
                     MetricKind::Loss => loss_sum += f64::from(exec.output(0).first().copied().unwrap_or(f32::NAN)) * (end - start) as f64,
                     MetricKind::Accuracy | MetricKind::Mse => outputs.extend_from_slice(exec.output(0)),

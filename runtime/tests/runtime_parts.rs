@@ -6,9 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use nnc_runtime::checkpoint::{self, CheckpointError};
-use nnc_runtime::data::{
-    gather_labels, gather_rows, load_csv, scale, select_rows, shuffled_order, Batches, DataError, RowSelect, Standardizer, Table,
-};
+use nnc_runtime::data::{gather_rows, load_csv, scale, select_rows, shuffled_order, Batches, DataError, RowSelect, Standardizer, Table};
 use nnc_runtime::init::{initialize, Init};
 use nnc_runtime::plot::{write_curves, PLOT_HEIGHT, PLOT_WIDTH};
 use nnc_runtime::rng::seeded;
@@ -69,7 +67,7 @@ fn digits_split_and_scale() {
     assert_eq!(train.n_rows(), 1437);
     assert_eq!(test.n_rows(), 360);
     assert_eq!(test.features.row(0), t.features.row(1437));
-    assert_eq!(test.labels[359], t.labels[1796]);
+    assert_eq!(test.labels[[359, 0]], t.labels[[1796, 0]]);
     assert_eq!(train.feature_names, t.feature_names);
 
     let err = select_rows(&t, &RowSelect::Range { start: 1000, end: Some(1800) }).unwrap_err();
@@ -89,7 +87,7 @@ fn diabetes_loads_and_modulo_split() {
     assert_eq!(t.features[[0, 0]], 59.0);
     assert_eq!(t.features[[0, 2]], 32.1);
     assert_eq!(t.features[[0, 8]], 4.8598);
-    assert_eq!(t.labels[0], 151.0);
+    assert_eq!(t.labels[[0, 0]], 151.0);
     let mean_target = t.labels.iter().map(|&v| f64::from(v)).sum::<f64>() / 442.0;
     assert!((mean_target - 152.13).abs() < 0.01, "{mean_target}");
 
@@ -238,15 +236,15 @@ fn gather_copies_selected_rows() {
         let rows = &order[r];
         let k = rows.len();
         gather_rows(&t.features, rows, &mut xbuf[..k * 10]).unwrap();
-        gather_labels(&t.labels, rows, &mut ybuf[..k]).unwrap();
+        gather_rows(&t.labels, rows, &mut ybuf[..k]).unwrap();
         for (b, &i) in rows.iter().enumerate() {
             assert_eq!(&xbuf[b * 10..(b + 1) * 10], t.features.row(i).as_slice().unwrap());
-            assert_eq!(ybuf[b], t.labels[i]);
+            assert_eq!(ybuf[b], t.labels[[i, 0]]);
         }
     }
     assert_eq!(ptr, xbuf.as_ptr());
     assert!(gather_rows(&t.features, &[442], &mut xbuf[..10]).is_err());
-    assert!(gather_labels(&t.labels, &[0, 1], &mut ybuf[..1]).is_err());
+    assert!(gather_rows(&t.labels, &[0, 1], &mut ybuf[..1]).is_err());
 }
 
 // ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ fn epochs_become_steps() {
     assert!(cosine.factor(50).abs() < 1e-12);
 
     // One epoch of linear warmup (1/10, 2/10, …), then cosine over the remaining 40 steps.
-    let warm = schedule_of(&ScheduleSpec::Warmup { epochs: 1, then: Box::new(ScheduleSpec::Cosine { min_factor: 0.0 }) }, 10, 50);
+    let warm = schedule_of(&ScheduleSpec::Warmup { epochs: 1.0, then: Box::new(ScheduleSpec::Cosine { min_factor: 0.0 }) }, 10, 50);
     assert!((warm.factor(0) - 0.1).abs() < 1e-12);
     assert!((warm.factor(9) - 1.0).abs() < 1e-12);
     assert!((warm.factor(10) - 1.0).abs() < 1e-12);

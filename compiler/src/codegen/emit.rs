@@ -24,6 +24,7 @@ pub(crate) struct Emitter<'a, 'b> {
     pub sgemm: FuncRef,
     pub solve: FuncRef,
     pub random: FuncRef,
+    pub lookup: FuncRef,
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
     /// of every map kernel emitted (see `parallel_form`).
     pub rows: Option<(Value, Value)>,
@@ -174,6 +175,15 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let n = self.b.ins().iconst(I64, *n as i64);
                 let s = self.b.ins().iconst(I64, i64::from(*stream));
                 self.b.ins().call(self.random, &[po, n, ps, s]);
+                Ok(())
+            }
+            Kernel::Lookup { scatter, n, rows, width, ids, src, dst, site } => {
+                let pi = self.base(Some(ids.0), ids.1, &[], &[])?;
+                let ps = self.base(Some(src.0), src.1, &[], &[])?;
+                let pd = self.base(Some(dst.0), dst.1, &[], &[])?;
+                let consts = [i64::from(*scatter), *n as i64, *rows as i64, *width as i64, i64::from(*site)];
+                let [sc, n, rows, width, site] = consts.map(|c| self.b.ins().iconst(I64, c));
+                self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, pd, site]);
                 Ok(())
             }
         }

@@ -132,6 +132,76 @@ pub(crate) extern "C" fn nnc_random(out: *mut f32, n: i64, seed: *const f32, str
     crate::ops::random::fill_uniform(out, seed, stream as u32);
 }
 
+/// A fault found by a kernel while the generated code ran: an id outside
+/// `0..bound` given to the node `site` (a `Gather` or `ScatterAdd`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fault {
+    pub site: u32,
+    pub index: f32,
+    pub bound: usize,
+}
+
+thread_local! {
+    /// The first fault of the current run on this thread (the generated code
+    /// calls `nnc_lookup` from the thread that runs it).
+    static FAULT: std::cell::Cell<Option<Fault>> = const { std::cell::Cell::new(None) };
+}
+
+/// The first fault recorded on this thread since the last call, if any.
+pub(crate) fn take_fault() -> Option<Fault> {
+    FAULT.with(|f| f.take())
+}
+
+/// `Gather` (`scatter == 0`) or `ScatterAdd` over `n` ids (see `Kernel::Lookup`).
+/// A bad id (negative, too large, fractional or NaN) skips its row, leaving zeros
+/// (gather) or nothing added (scatter), and is recorded as this thread's fault.
+#[allow(clippy::too_many_arguments)]
+pub(crate) extern "C" fn nnc_lookup(
+    scatter: i64,
+    n: i64,
+    rows: i64,
+    width: i64,
+    ids: *const f32,
+    src: *const f32,
+    dst: *mut f32,
+    site: i64,
+) {
+    let (Ok(n), Ok(rows), Ok(width)) = (usize::try_from(n), usize::try_from(rows), usize::try_from(width)) else {
+        return;
+    };
+    let (src_len, dst_len) = if scatter != 0 { (n * width, rows * width) } else { (rows * width, n * width) };
+    // SAFETY: the planner gave every operand a contiguous buffer of exactly these
+    // sizes (`lower_lookup`), and the destination is a fresh buffer that overlaps
+    // neither operand.
+    let (ids, src, dst) = unsafe {
+        (std::slice::from_raw_parts(ids, n), std::slice::from_raw_parts(src, src_len), std::slice::from_raw_parts_mut(dst, dst_len))
+    };
+    if scatter != 0 {
+        dst.fill(0.0);
+    }
+    for (i, &id) in ids.iter().enumerate() {
+        let row = if id >= 0.0 && id.fract() == 0.0 && (id as usize) < rows { Some(id as usize) } else { None };
+        let Some(r) = row else {
+            FAULT.with(|f| {
+                if f.get().is_none() {
+                    f.set(Some(Fault { site: site as u32, index: id, bound: rows }));
+                }
+            });
+            if scatter == 0 {
+                dst[i * width..(i + 1) * width].fill(0.0);
+            }
+            continue;
+        };
+        if scatter != 0 {
+            for (d, s) in dst[r * width..(r + 1) * width].iter_mut().zip(&src[i * width..(i + 1) * width]) {
+                *d += s;
+            }
+        } else {
+            dst[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
+        }
+    }
+}
+
 /// Per-kernel wall time when code is generated with `NNC_PROFILE=1`: the
 /// generated function calls `nnc_tick(i)` after kernel `i` (and `-1` on entry).
 pub(crate) mod profile {

@@ -95,6 +95,20 @@ pub(crate) enum Kernel {
         b: MatOperand,
         x: MatOperand,
     },
+    /// Rows selected by integer ids (`ops::index`), through the `nnc_lookup` helper:
+    /// `Gather` copies row `ids[i]` of `src [rows, width]` to row `i` of `dst`;
+    /// `ScatterAdd` zeroes `dst [rows, width]` and adds row `i` of `src` to row
+    /// `ids[i]`. A bad id is skipped and reported as a fault of node `site`.
+    Lookup {
+        scatter: bool,
+        n: usize,
+        rows: usize,
+        width: usize,
+        ids: (StorageId, i64),
+        src: (StorageId, i64),
+        dst: (StorageId, i64),
+        site: u32,
+    },
     /// `n` uniform numbers into `out` from the scalar seed at `seed` (`ops::random`).
     Random {
         n: usize,
@@ -118,6 +132,7 @@ impl Kernel {
             Kernel::Rows { kernels, .. } => kernels.iter().flat_map(|k| Kernel::Map(k.clone()).reads()).collect(),
             Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
             Kernel::Random { seed, .. } => vec![seed.0],
+            Kernel::Lookup { ids, src, .. } => vec![ids.0, src.0],
         }
     }
 
@@ -129,6 +144,7 @@ impl Kernel {
             Kernel::MatMul { c, .. } => vec![c.storage],
             Kernel::Solve { x, .. } => vec![x.storage],
             Kernel::Random { out, .. } => vec![out.0],
+            Kernel::Lookup { dst, .. } => vec![dst.0],
         }
     }
 
@@ -159,6 +175,7 @@ impl Kernel {
             Kernel::MatMul { a, b, c, .. } => [a, b, c].into_iter().for_each(|o| fix(&mut o.storage)),
             Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
             Kernel::Random { out, seed, .. } => [out, seed].into_iter().for_each(|o| fix(&mut o.0)),
+            Kernel::Lookup { ids, src, dst, .. } => [ids, src, dst].into_iter().for_each(|o| fix(&mut o.0)),
         }
     }
 
@@ -176,7 +193,9 @@ impl Kernel {
                         .filter(|a| a.storage == Some(s))
                         .all(|a| outs.iter().all(|o| a.off == o.off && a.strides == o.strides))
             }
-            Kernel::Rows { .. } | Kernel::MatMul { .. } | Kernel::Solve { .. } | Kernel::Random { .. } => !self.reads().contains(&s),
+            Kernel::Rows { .. } | Kernel::MatMul { .. } | Kernel::Solve { .. } | Kernel::Random { .. } | Kernel::Lookup { .. } => {
+                !self.reads().contains(&s)
+            }
         }
     }
 }

@@ -378,6 +378,7 @@ impl Planner<'_> {
                 }
                 Op::MatMul | Op::Solve | Op::Unfold { .. } | Op::RandomUniform { .. } => (Mode::Kernel, vec![Need::Strided]),
                 Op::Fold { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
+                Op::Gather | Op::ScatterAdd { .. } => (Mode::Kernel, vec![Need::Contig]),
             };
             self.mode[i] = mode;
             for a in &node.args {
@@ -528,6 +529,8 @@ impl Planner<'_> {
             | Op::Reduce { .. }
             | Op::Fold { .. }
             | Op::RandomUniform { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }
             | Op::MatMul
             | Op::Solve => Err(malformed(id, "op cannot be fused into a loop")),
         }
@@ -597,6 +600,8 @@ impl Planner<'_> {
                 Ok(())
             }
             Op::Fold { window, .. } => self.lower_fold(id, window, &out),
+            Op::Gather => self.lower_lookup(id, false, &out),
+            Op::ScatterAdd { .. } => self.lower_lookup(id, true, &out),
         }
     }
 
@@ -809,6 +814,22 @@ impl Planner<'_> {
         let x_out = MatOperand { storage: out.storage, off: out.off, batch: Vec::new(), rs: k as i64, cs: 1 };
         self.scratch = self.scratch.max(n * n + n * k);
         self.kernels.push(Kernel::Solve { n, k, a, b, x: x_out });
+        Ok(())
+    }
+
+    /// `Gather` (`table`, `ids`) or `ScatterAdd` (`ids`, `values`) as one helper call
+    /// on contiguous operands.
+    fn lower_lookup(&mut self, id: ValueId, scatter: bool, out: &Layout) -> Result<(), CodegenError> {
+        let (a0, a1) = (self.arg(id, 0)?, self.arg(id, 1)?);
+        let (ids, src) = if scatter { (a0, a1) } else { (a1, a0) };
+        let n = self.numel(ids);
+        // The table is the `[rows, width]` operand: the result of a scatter, the source of a gather.
+        let table = if scatter { id } else { src };
+        let rows = self.shape(table).first().copied().unwrap_or(0);
+        let width = self.numel(table) / rows.max(1);
+        let at = |l: &Layout| (l.storage, l.off);
+        let (ids, src) = (at(self.layout(ids)?), at(self.layout(src)?));
+        self.kernels.push(Kernel::Lookup { scatter, n, rows, width, ids, src, dst: at(out), site: id.0 });
         Ok(())
     }
 

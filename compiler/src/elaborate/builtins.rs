@@ -49,7 +49,7 @@ pub const NAMES: &[&str] = &[
 ];
 
 pub fn lookup(name: &str) -> Option<&'static str> {
-    NAMES.iter().chain(super::vision::NAMES).copied().find(|n| *n == name)
+    NAMES.iter().chain(super::vision::NAMES).chain(super::sequence::NAMES).copied().find(|n| *n == name)
 }
 
 /// Bind call arguments to a built-in's parameter list (positional, then by
@@ -307,6 +307,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             }
         }
         _ if super::vision::NAMES.contains(&name) => super::vision::call(cx, name, args, span),
+        _ if super::sequence::NAMES.contains(&name) => super::sequence::call(cx, name, args, span),
         _ => Err(cx.err(ErrorKind::Internal { span, message: format!("built-in `{name}` has no definition") })),
     }
 }

@@ -173,7 +173,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
         candidates.extend(s.lets.keys().map(String::as_str));
         candidates.extend(s.consts.keys().map(String::as_str));
         candidates.extend(s.trained.keys().map(String::as_str));
-        candidates.extend(builtins::NAMES.iter().chain(super::vision::NAMES).copied());
+        candidates.extend(builtins::NAMES.iter().chain(super::vision::NAMES).chain(super::sequence::NAMES).copied());
         let this_names = scope.this.as_ref().map(|t| t.member_names()).unwrap_or_default();
         candidates.extend(this_names.iter().map(String::as_str));
         let suggestion = closest(name, candidates);
@@ -235,11 +235,8 @@ impl<'s, 'p> Ctx<'s, 'p> {
         };
         let rows = d.splits.iter().find(|(s, _)| s == split).map_or(0, |(_, n)| *n);
         let (ty, label) = match field.name.as_str() {
-            "x" => (TensorType::f32(Shape::known(&[rows, d.features])), "x"),
-            "y" => {
-                let dtype = if d.label_int { DType::I32 } else { DType::F32 };
-                (TensorType { shape: Shape::known(&[rows]), dtype }, "y")
-            }
+            "x" => (d.x_type(Dim::Known(rows)), "x"),
+            "y" => (d.y_type(Dim::Known(rows)), "y"),
             _ => {
                 return Err(self.err(ErrorKind::UnknownField {
                     field: field.name.clone(),

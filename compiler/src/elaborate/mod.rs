@@ -6,6 +6,7 @@
 pub mod builtins;
 pub mod error;
 mod expr;
+mod sequence;
 pub mod train;
 pub mod value;
 mod vision;
@@ -30,12 +31,33 @@ pub use train::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ParamSpec, Sch
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataShape {
     pub features: usize,
+    /// Rows are integer ids (token windows of a text data set).
+    pub features_int: bool,
     /// Labels are class ids (`label:`) rather than regression targets (`target:`).
     pub label_int: bool,
     /// Number of classes (max label + 1) for class labels.
     pub classes: Option<usize>,
+    /// Labels per row when each position of a row has one (a language
+    /// model's next tokens, `y: [B, T]`); `None`: one label per row (`y: [B]`).
+    pub label_width: Option<usize>,
     /// Row count of each split, by name.
     pub splits: Vec<(String, usize)>,
+}
+
+impl DataShape {
+    /// The type of `rows` rows of features: `[rows, F]`.
+    pub fn x_type(&self, rows: Dim) -> TensorType {
+        let dtype = if self.features_int { DType::I32 } else { DType::F32 };
+        TensorType { shape: Shape(vec![rows, Dim::Known(self.features)]), dtype }
+    }
+
+    /// The type of `rows` rows of labels: `[rows]` or `[rows, T]`.
+    pub fn y_type(&self, rows: Dim) -> TensorType {
+        let dtype = if self.label_int { DType::I32 } else { DType::F32 };
+        let mut dims = vec![rows];
+        dims.extend(self.label_width.map(Dim::Known));
+        TensorType { shape: Shape(dims), dtype }
+    }
 }
 
 /// A trained model's recipe, so later items can refer to `m.l1.W` or `m(x)`.
@@ -293,6 +315,12 @@ impl<'s, 'p> Ctx<'s, 'p> {
             ShapeError::Reshape { from, to } => ErrorKind::Reshape { span, from, to },
             ShapeError::Concat { lhs, rhs, axis } => ErrorKind::Concat { span, lhs, rhs, axis },
             ShapeError::Solve { a, b } => ErrorKind::Solve { span, a, b },
+            ShapeError::IndexType { found } => ErrorKind::Builtin {
+                span,
+                title: format!("rows are selected by integer ids, but these ids are {found}"),
+                label: "expected an int tensor".into(),
+                note: None,
+            },
             ShapeError::Window { window, shape } => ErrorKind::Builtin {
                 span,
                 title: format!("a {window} window does not fit the last two axes of {shape}"),

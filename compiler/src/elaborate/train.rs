@@ -9,7 +9,7 @@ use crate::ast::{Expr, ExprKind, Ident, Span, TrainDef};
 use crate::autodiff;
 use crate::builder::Builder;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{DType, Dim, Graph, InputKind, Shape, TensorType, ValueId};
+use crate::ir::{Dim, Graph, InputKind, Shape, TensorType, ValueId};
 use crate::opt;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,9 +72,9 @@ pub enum ScheduleSpec {
     Cosine {
         min_factor: f64,
     },
-    /// Linear warmup over `epochs`, then `then`.
+    /// Linear warmup over `epochs` (a fraction is fine: `0.1`), then `then`.
     Warmup {
-        epochs: usize,
+        epochs: f64,
         then: Box<ScheduleSpec>,
     },
 }
@@ -144,6 +144,8 @@ pub struct TrainPlan {
     pub frozen: Vec<String>,
     pub label_int: bool,
     pub features: usize,
+    /// Labels per row, if each position of a row has one (see `DataShape`).
+    pub label_width: Option<usize>,
     pub classes: Option<usize>,
     pub span: Span,
 }
@@ -293,6 +295,7 @@ impl<'p> Session<'p> {
             frozen,
             label_int: shape.label_int,
             features: shape.features,
+            label_width: shape.label_width,
             classes: shape.classes,
             span: t.span,
         })
@@ -360,8 +363,7 @@ impl<'p> Session<'p> {
 
 fn batch_inputs(cx: &mut Ctx, shape: &super::DataShape, span: Span) -> (Tensor, Tensor) {
     let b = Dim::Sym("B".into());
-    let xt = TensorType::f32(Shape(vec![b.clone(), Dim::Known(shape.features)]));
-    let yt = TensorType { shape: Shape(vec![b]), dtype: if shape.label_int { DType::I32 } else { DType::F32 } };
+    let (xt, yt) = (shape.x_type(b.clone()), shape.y_type(b));
     let mut bl = cx.builder(span);
     let x = bl.input("x", InputKind::Data, xt);
     let y = bl.input("y", InputKind::Data, yt);
@@ -552,7 +554,14 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
                 Some(t) => schedule_spec(cx, t)?,
                 None => ScheduleSpec::Constant,
             };
-            Ok(ScheduleSpec::Warmup { epochs: v[0].max(1.0) as usize, then: Box::new(then) })
+            if !(v[0] > 0.0 && v[0].is_finite()) {
+                return Err(cx.err(ErrorKind::BadFieldValue {
+                    span: e.span,
+                    field: "epochs".into(),
+                    expected: "a positive number of warmup epochs such as 1 or 0.1".into(),
+                }));
+            }
+            Ok(ScheduleSpec::Warmup { epochs: v[0], then: Box::new(then) })
         }
         _ => Err(cx.err(ErrorKind::BadFieldValue {
             span,

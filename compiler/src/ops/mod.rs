@@ -12,6 +12,7 @@
 //! - integer tensors (labels) are stored as floats; comparisons give 0.0 / 1.0.
 
 pub mod elementwise;
+pub mod index;
 pub mod linalg;
 pub mod movement;
 pub mod random;
@@ -90,6 +91,13 @@ pub enum Op {
         window: Window,
         size: [usize; 2],
     },
+    // ---- indexing by integer ids (embeddings) --------------------------
+    /// `table [V, d..]`, `ids [i..]` → `[i.., d..]`: row `ids[i]` of the table.
+    Gather,
+    /// `ids [i..]`, `values [i.., d..]` → `[rows, d..]`: each value row added to row `ids[i]`.
+    ScatterAdd {
+        rows: usize,
+    },
     // ---- reductions (reduced axes kept with size 1) --------------------
     Reduce {
         kind: ReduceKind,
@@ -126,6 +134,8 @@ pub enum ShapeError {
     Window { window: Window, shape: Shape },
     /// `solve` needs a square matrix and a matching right-hand side.
     Solve { a: Shape, b: Shape },
+    /// Ids that select rows must be integers.
+    IndexType { found: TensorType },
     /// Wrong number of operands (an internal error, never user-facing).
     Arity { op: &'static str, expected: usize, found: usize },
 }
@@ -149,6 +159,8 @@ impl Op {
             Op::Reduce { kind, .. } => kind.name(),
             Op::Unfold { .. } => "unfold",
             Op::Fold { .. } => "fold",
+            Op::Gather => "gather_rows",
+            Op::ScatterAdd { .. } => "scatter_add",
             Op::MatMul => "matmul",
             Op::Solve => "solve",
         }
@@ -189,6 +201,8 @@ pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeErro
         Op::Reduce { axes, .. } => reduce::reduce_shape_rule(axes, args),
         Op::Unfold { window } => window::unfold_shape_rule(window, args),
         Op::Fold { window, size } => window::fold_shape_rule(window, *size, args),
+        Op::Gather => index::gather_shape_rule(args),
+        Op::ScatterAdd { rows } => index::scatter_add_shape_rule(*rows, args),
         Op::MatMul => linalg::matmul_shape_rule(args),
         Op::Solve => linalg::solve_shape_rule(args),
     }
@@ -214,6 +228,8 @@ pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: Val
         Op::Reduce { kind, axes } => reduce::reduce_vjp_rule(b, *kind, axes, args, out, g),
         Op::Unfold { window } => window::unfold_vjp_rule(b, window, args, g),
         Op::Fold { window, .. } => window::fold_vjp_rule(b, window, g),
+        Op::Gather => index::gather_vjp_rule(b, args, g),
+        Op::ScatterAdd { .. } => index::scatter_add_vjp_rule(b, args, g),
         Op::MatMul => linalg::matmul_vjp_rule(b, args, g),
         Op::Solve => linalg::solve_vjp_rule(b, args, out, g),
     }
@@ -228,8 +244,22 @@ pub enum EvalError {
     Symbolic(Shape),
     /// `solve` on a singular matrix.
     Singular,
+    /// An id outside `0..bound` selecting a row (`Gather`, `ScatterAdd`).
+    IndexOutOfRange { index: f64, bound: usize },
     /// A supplied input has the wrong shape.
     InputShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalError::MissingInput(name) => write!(f, "no value for input `{name}`"),
+            EvalError::Symbolic(shape) => write!(f, "the shape {shape} is not known yet"),
+            EvalError::Singular => write!(f, "`solve` was given a singular matrix"),
+            EvalError::IndexOutOfRange { index, bound } => write!(f, "id {index} is outside 0..{bound}"),
+            EvalError::InputShape { name, expected, found } => write!(f, "input `{name}` is {found:?}, expected {expected:?}"),
+        }
+    }
 }
 
 /// Reference evaluation in float64 of one node, given its operands' values.
@@ -253,6 +283,8 @@ pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f6
         Op::Reduce { kind, axes } => Ok(reduce::reduce_eval(*kind, axes, args)),
         Op::Unfold { window } => Ok(window::unfold_eval(window, args, &out_shape)),
         Op::Fold { window, .. } => Ok(window::fold_eval(window, args, &out_shape)),
+        Op::Gather => index::gather_eval(args, &out_shape),
+        Op::ScatterAdd { .. } => index::scatter_add_eval(args, &out_shape),
         Op::MatMul => Ok(linalg::matmul_eval(args, &out_shape)),
         Op::Solve => linalg::solve_eval(args),
     }
@@ -276,7 +308,8 @@ impl fmt::Display for Op {
             Op::Reduce { kind, axes } => write!(f, "{} axes={axes:?}", kind.name()),
             Op::Unfold { window } => write!(f, "unfold {window}"),
             Op::Fold { window, size } => write!(f, "fold {window} to {}x{}", size[0], size[1]),
-            Op::Unary(_) | Op::Binary(_) | Op::StopGradient | Op::MatMul | Op::Solve => {
+            Op::ScatterAdd { rows } => write!(f, "scatter_add into {rows} rows"),
+            Op::Unary(_) | Op::Binary(_) | Op::StopGradient | Op::Gather | Op::MatMul | Op::Solve => {
                 write!(f, "{}", self.name())
             }
         }

@@ -1,0 +1,140 @@
+//! Built-ins of the sequence family (notes §12–14, §17–20): embedding lookup,
+//! masks and scaled dot-product attention. `embedding` is the `Gather`
+//! primitive; attention is a composite of matmuls, a masked softmax and
+//! reshapes, so it needs no derivative rule of its own.
+
+use super::builtins::{bind, take, tensor_arg};
+use super::error::ErrorKind;
+use super::value::{Arg, Tensor, Value};
+use super::{Ctx, ElabError};
+use crate::ast::Span;
+use crate::ir::{DType, Dim, Shape};
+use crate::ops::{BinaryOp, Op};
+
+pub const NAMES: &[&str] = &["embedding", "causal_mask", "attention"];
+
+/// Added to the scores of masked-out positions: exp(-1e9 - max) is exactly 0
+/// in f32, and unlike -inf it keeps a fully masked row finite (uniform).
+const MASKED: f64 = -1e9;
+
+pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
+    let t = match name {
+        "embedding" => {
+            let mut a = bind(cx, name, args, &["ids", "table"], 2, span)?;
+            let ia = take(&mut a[0]);
+            let ids_span = ia.as_ref().map_or(span, |a| a.span);
+            let ids = tensor_arg(cx, ia, span)?;
+            let table = tensor_arg(cx, take(&mut a[1]), span)?;
+            embedding(cx, &ids, ids_span, &table, span)?
+        }
+        "causal_mask" => {
+            let mut a = bind(cx, name, args, &["size"], 1, span)?;
+            let Some(n) = take(&mut a[0]) else { return Err(super::builtins::internal(cx, span)) };
+            let size = cx.number(&n.value, n.span, "the sequence length")?;
+            if size < 1.0 || size.fract() != 0.0 {
+                return Err(cx.err(ErrorKind::Builtin {
+                    span: n.span,
+                    title: format!("`causal_mask` needs a positive whole sequence length, found {size}"),
+                    label: "the number of positions".into(),
+                    note: None,
+                }));
+            }
+            causal_mask(cx, size as usize, span)
+        }
+        "attention" => {
+            let mut a = bind(cx, name, args, &["q", "k", "v", "mask"], 3, span)?;
+            let q = tensor_arg(cx, take(&mut a[0]), span)?;
+            let k = tensor_arg(cx, take(&mut a[1]), span)?;
+            let v = tensor_arg(cx, take(&mut a[2]), span)?;
+            let mask = match take(&mut a[3]) {
+                Some(m) => Some((tensor_arg(cx, Some(m.clone()), span)?, m.span)),
+                None => None,
+            };
+            attention(cx, &q, &k, &v, mask, span)?
+        }
+        _ => return Err(super::builtins::internal(cx, span)),
+    };
+    Ok(Value::Tensor(t))
+}
+
+/// Rows `ids` of `table [V, d..]`: `[ids.., d..]`.
+fn embedding(cx: &mut Ctx, ids: &Tensor, ids_span: Span, table: &Tensor, span: Span) -> Result<Tensor, ElabError> {
+    let ty = cx.ty(ids);
+    if ty.dtype != DType::I32 {
+        return Err(cx.err(ErrorKind::Builtin {
+            span: ids_span,
+            title: format!("`embedding` looks rows up by integer id, but these ids are {ty}"),
+            label: "expected an int tensor".into(),
+            note: Some("token ids come from a text data set (`x: [B, T] int`) or from `argmax`".into()),
+        }));
+    }
+    let ts = cx.shape(table);
+    if ts.rank() < 2 {
+        return Err(cx.err(ErrorKind::Builtin {
+            span,
+            title: format!("an embedding table is `[vocab, width]`, found {ts}"),
+            label: "here".into(),
+            note: None,
+        }));
+    }
+    let id = cx.op(Op::Gather, &[table.id, ids.id], span)?;
+    let mut names = ids.names.clone();
+    names.resize(ids.names.len().max(cx.shape(ids).rank()), None);
+    names.extend(std::iter::repeat_n(None, ts.rank() - 1));
+    Ok(Tensor { id, names })
+}
+
+/// `[n, n]` with 1 where key position `j <= i` (query `i` may look at it), else 0.
+fn causal_mask(cx: &mut Ctx, n: usize, span: Span) -> Tensor {
+    let shape = Shape::known(&[n, n]);
+    let mut b = cx.builder(span);
+    let (i, j) = (b.iota(&shape, 0), b.iota(&shape, 1));
+    let future = b.binary(BinaryOp::Gt, j, i);
+    let one = b.full(1.0, &shape);
+    let id = b.sub(one, future);
+    Tensor { id, names: Vec::new() }
+}
+
+/// `softmax(q kᵀ / √d + masked) v` over the last two axes, batched over the
+/// leading ones: `q [.., Tq, d]`, `k [.., Tk, d]`, `v [.., Tk, dv]` →
+/// `[.., Tq, dv]`. `mask` (1 = attend, 0 = not) broadcasts to `[.., Tq, Tk]`.
+fn attention(cx: &mut Ctx, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<(Tensor, Span)>, span: Span) -> Result<Tensor, ElabError> {
+    let (qs, ks) = (cx.shape(q), cx.shape(k));
+    let r = qs.rank();
+    let d = match qs.dims().last() {
+        Some(Dim::Known(d)) if r >= 2 && ks.rank() == r => *d,
+        _ => {
+            return Err(cx.err(ErrorKind::Builtin {
+                span,
+                title: format!("`attention` takes q, k, v of the same rank ≥ 2 with a known head width, found q {qs} and k {ks}"),
+                label: "here".into(),
+                note: Some("for multi-head attention, reshape to [B, heads, T, head_width] first".into()),
+            }))
+        }
+    };
+    let kt = cx.builder(span).matrix_transpose(k.id);
+    let kt = Tensor { id: kt, names: Vec::new() };
+    let scores = super::builtins::matmul(cx, q, &kt, span, span, span)?;
+    let scaled = cx.builder(span).scale(scores.id, 1.0 / (d as f64).sqrt());
+    let mut logits = Tensor { id: scaled, names: Vec::new() };
+    if let Some((m, mspan)) = mask {
+        // (mask − 1)·1e9: 0 where attended, −1e9 where masked.
+        let off = cx.builder(mspan).offset(m.id, -1.0);
+        let pen = cx.builder(mspan).scale(off, -MASKED);
+        let pen = Tensor { id: pen, names: Vec::new() };
+        logits = cx.elementwise(BinaryOp::Add, &logits, &pen, span, mspan, span, "attention mask")?;
+    }
+    let shape = cx.shape(&logits);
+    let last = shape.rank() - 1;
+    let mut b = cx.builder(span);
+    let m = b.reduce_max(logits.id, &[last]);
+    let m = b.stop_gradient(m);
+    let mb = b.broadcast(m, &shape);
+    let z = b.sub(logits.id, mb);
+    let e = b.exp(z);
+    let s = b.reduce_sum(e, &[last]);
+    let sb = b.broadcast(s, &shape);
+    let p = b.div(e, sb);
+    let p = Tensor { id: p, names: Vec::new() };
+    super::builtins::matmul(cx, &p, v, span, span, span)
+}

@@ -1,0 +1,99 @@
+//! Row lookup by integer id (embedding tables) and its transpose:
+//!
+//! * `Gather`: `table [V, d..]`, `ids [i..]` (int) → `[i.., d..]`, row
+//!   `out[i] = table[ids[i]]`;
+//! * `ScatterAdd { rows: V }`: `ids [i..]`, `values [i.., d..]` → `[V, d..]`,
+//!   zeros with each `values[i]` added to row `ids[i]` (repeated ids sum).
+//!
+//! Each is the other's derivative with respect to the float operand, and ids
+//! get no gradient. An id outside `0..V` is a fault, never a wild read: the
+//! reference evaluation returns `EvalError::IndexOutOfRange`, and the compiled
+//! kernels skip the row and report the first bad id with the node
+//! (`codegen::Fault`), which the runtime turns into an error at the source line.
+
+use super::{EvalError, ShapeError};
+use crate::builder::Builder;
+use crate::ir::{DType, Shape, TensorType, ValueId};
+use ndarray::{ArrayD, IxDyn};
+
+fn ids_check(ids: &TensorType) -> Result<(), ShapeError> {
+    match ids.dtype {
+        DType::I32 => Ok(()),
+        DType::F32 => Err(ShapeError::IndexType { found: ids.clone() }),
+    }
+}
+
+pub fn gather_shape_rule(args: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let [table, ids] = args else {
+        return Err(ShapeError::Arity { op: "gather_rows", expected: 2, found: args.len() });
+    };
+    ids_check(ids)?;
+    if table.shape.rank() == 0 {
+        return Err(ShapeError::Axis { axis: 0, shape: table.shape.clone() });
+    }
+    let mut dims = ids.shape.0.clone();
+    dims.extend_from_slice(&table.shape.dims()[1..]);
+    Ok(TensorType { shape: Shape(dims), dtype: table.dtype })
+}
+
+pub fn scatter_add_shape_rule(rows: usize, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let [ids, values] = args else {
+        return Err(ShapeError::Arity { op: "scatter_add", expected: 2, found: args.len() });
+    };
+    ids_check(ids)?;
+    let k = ids.shape.rank();
+    if values.shape.rank() < k || values.shape.dims()[..k] != *ids.shape.dims() {
+        return Err(ShapeError::Mismatch { op: "scatter_add", lhs: ids.shape.clone(), rhs: values.shape.clone() });
+    }
+    let mut dims = vec![crate::ir::Dim::Known(rows)];
+    dims.extend_from_slice(&values.shape.dims()[k..]);
+    Ok(TensorType { shape: Shape(dims), dtype: values.dtype })
+}
+
+pub fn gather_vjp_rule(b: &mut Builder, args: &[ValueId], g: ValueId) -> Vec<Option<ValueId>> {
+    let [table, ids] = args else { return Vec::new() };
+    let rows = b.shape(*table).dims().first().and_then(|d| d.known()).unwrap_or(0);
+    vec![Some(b.scatter_add(*ids, g, rows)), None]
+}
+
+pub fn scatter_add_vjp_rule(b: &mut Builder, args: &[ValueId], g: ValueId) -> Vec<Option<ValueId>> {
+    let [ids, _] = args else { return Vec::new() };
+    vec![None, Some(b.gather_rows(g, *ids))]
+}
+
+/// The row an id selects, or the fault it is.
+fn row_of(id: f64, rows: usize) -> Result<usize, EvalError> {
+    if id >= 0.0 && id.fract() == 0.0 && (id as usize) < rows {
+        Ok(id as usize)
+    } else {
+        Err(EvalError::IndexOutOfRange { index: id, bound: rows })
+    }
+}
+
+pub fn gather_eval(args: &[&ArrayD<f64>], out: &[usize]) -> Result<ArrayD<f64>, EvalError> {
+    let [table, ids] = args else { return Ok(ArrayD::zeros(IxDyn(out))) };
+    let rows = table.shape().first().copied().unwrap_or(0);
+    let width: usize = table.shape().iter().skip(1).product();
+    let flat: Vec<f64> = table.iter().copied().collect();
+    let mut v = Vec::with_capacity(ids.len() * width);
+    for &id in ids.iter() {
+        let r = row_of(id, rows)?;
+        v.extend_from_slice(&flat[r * width..(r + 1) * width]);
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(out), v).unwrap_or_else(|_| ArrayD::zeros(IxDyn(out))))
+}
+
+pub fn scatter_add_eval(args: &[&ArrayD<f64>], out: &[usize]) -> Result<ArrayD<f64>, EvalError> {
+    let [ids, values] = args else { return Ok(ArrayD::zeros(IxDyn(out))) };
+    let rows = out.first().copied().unwrap_or(0);
+    let width: usize = out.iter().skip(1).product();
+    let vals: Vec<f64> = values.iter().copied().collect();
+    let mut y = vec![0.0; rows * width];
+    for (i, &id) in ids.iter().enumerate() {
+        let r = row_of(id, rows)?;
+        for (slot, v) in y[r * width..(r + 1) * width].iter_mut().zip(&vals[i * width..(i + 1) * width]) {
+            *slot += v;
+        }
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(out), y).unwrap_or_else(|_| ArrayD::zeros(IxDyn(out))))
+}
