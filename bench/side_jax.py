@@ -66,14 +66,60 @@ def cnn(w):
     return params, forward
 
 
+def gpt(w):
+    """W4: token embedding + learned positions, pre-LN blocks (causal multi-head attention,
+    4x GELU MLP), final LN, linear read-out; the same shapes as side_torch.Gpt and w4_gpt.nn."""
+    t, vocab, d, heads = w["sizes"][0], w["sizes"][1], w["d_model"], w["heads"]
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
+
+    def linear(a, b):
+        bound = (6.0 / (a + b)) ** 0.5
+        return {"w": jax.random.uniform(next(keys), (a, b), jnp.float32, -bound, bound), "b": jnp.zeros((b,), jnp.float32)}
+
+    def norm():
+        return {"g": jnp.ones((d,), jnp.float32), "b": jnp.zeros((d,), jnp.float32)}
+
+    params = {
+        "tokens": jax.random.normal(next(keys), (vocab, d), jnp.float32) * 0.02,
+        "positions": jax.random.normal(next(keys), (t, d), jnp.float32) * 0.02,
+        "blocks": [{"ln1": norm(), "qkv": linear(d, 3 * d), "proj": linear(d, d), "ln2": norm(),
+                    "up": linear(d, 4 * d), "down": linear(4 * d, d)} for _ in range(w["blocks"])],
+        "ln": norm(), "head": linear(d, vocab),
+    }
+    causal = jnp.tril(jnp.ones((t, t), bool))
+
+    def ln(p, x):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / jnp.sqrt(v + 1e-5) * p["g"] + p["b"]
+
+    def lin(p, x):
+        return x @ p["w"] + p["b"]
+
+    def forward(params, ids):
+        x = params["tokens"][ids] + params["positions"]
+        b = x.shape[0]
+        for p in params["blocks"]:
+            q, k, v = lin(p["qkv"], ln(p["ln1"], x)).reshape(b, t, 3, heads, d // heads).transpose(2, 0, 3, 1, 4)
+            s = q @ k.transpose(0, 1, 3, 2) / (d // heads) ** 0.5
+            a = jax.nn.softmax(jnp.where(causal, s, -1e9), axis=-1)
+            x = x + lin(p["proj"], (a @ v).transpose(0, 2, 1, 3).reshape(b, t, d))
+            x = x + lin(p["down"], jax.nn.gelu(lin(p["up"], ln(p["ln2"], x)), approximate=False))
+        return lin(params["head"], ln(params["ln"], x))
+    return params, forward
+
+
 def main(name):
     w = workloads.WORKLOADS[name]
-    params, forward = cnn(w) if "image" in w else mlp(w["sizes"])
+    if w.get("text"):
+        params, forward = gpt(w)
+    else:
+        params, forward = cnn(w) if "image" in w else mlp(w["sizes"])
 
     def loss_fn(params, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(forward(params, x), y).mean()
 
-    opt = optax.adam(workloads.LR)
+    opt = optax.adamw(workloads.LR, weight_decay=0.01) if w.get("text") else optax.adam(workloads.LR)
     state = opt.init(params)
 
     @jax.jit

@@ -46,15 +46,54 @@ def cnn(w):
         he(torch.nn.Linear(128, w["sizes"][-1]), 128))
 
 
+class Block(torch.nn.Module):
+    """Pre-LayerNorm: x + attention(LN(x)), then + MLP(LN(x)) with a 4x GELU hidden layer."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.up, self.down = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(o.transpose(1, 2).reshape(b, t, d))
+        return x + self.down(torch.nn.functional.gelu(self.up(self.ln2(x))))
+
+
+class Gpt(torch.nn.Module):
+    """W4: token embedding + learned positions, pre-LN blocks, final LN, linear read-out."""
+
+    def __init__(self, w):
+        super().__init__()
+        t, vocab, d = w["sizes"][0], w["sizes"][1], w["d_model"]
+        self.tokens = torch.nn.Embedding(vocab, d)
+        self.positions = torch.nn.Parameter(torch.randn(t, d) * 0.02)
+        torch.nn.init.normal_(self.tokens.weight, 0.0, 0.02)
+        self.blocks = torch.nn.Sequential(*[Block(d, w["heads"]) for _ in range(w["blocks"])])
+        self.ln, self.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        return self.head(self.ln(self.blocks(self.tokens(ids) + self.positions)))
+
+
 def main(name, compiled):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     w = workloads.WORKLOADS[name]
-    model = cnn(w) if "image" in w else mlp(w["sizes"])
-    opt = torch.optim.Adam(model.parameters(), lr=workloads.LR)
+    if w.get("text"):
+        model = Gpt(w)
+        opt = torch.optim.AdamW(model.parameters(), lr=workloads.LR, weight_decay=0.01)
+    else:
+        model = cnn(w) if "image" in w else mlp(w["sizes"])
+        opt = torch.optim.Adam(model.parameters(), lr=workloads.LR)
 
     def loss_fn(x, y):
-        return torch.nn.functional.cross_entropy(model(x), y)
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def opt_step():
         opt.step()

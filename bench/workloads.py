@@ -25,6 +25,11 @@ WORKLOADS = {
     "W3": dict(title="CNN-small", sizes=[64, 10], batch=64, rows=64 * 50, epochs=15,
                nn="w3_cnn_small.nn", image=(1, 8, 8),
                arch="[1,8,8] conv3x3 32 → conv3x3 64 → maxpool 2 → 1024→128→10"),
+    # A character-level GPT on random text over 65 symbols (windows of 64, next-token labels).
+    "W4": dict(title="GPT-small", sizes=[64, 65], batch=32, rows=32 * 40, epochs=4, nn="w4_gpt.nn",
+               text=True, d_model=128, heads=4, blocks=2,
+               arch="vocab 65, context 64, d_model 128, 4 heads, 2 pre-LN blocks (causal attention + 4x GELU MLP), "
+                    "learned positions, AdamW lr 1e-3 wd 0.01"),
 }
 LR = 1e-3
 
@@ -37,9 +42,25 @@ def csv_path(name):
     return os.path.join(DATA, f"{name.lower()}.csv")
 
 
+ALPHABET = "".join(chr(33 + i) for i in range(65))  # '!' .. 'a': 65 distinct characters
+
+
+def text_path(name):
+    return os.path.join(DATA, f"{name.lower()}.txt")
+
+
 def generate(name):
     """Write the random data set of a throughput workload (deterministic, seed 0)."""
     w = WORKLOADS[name]
+    if w.get("text"):
+        path = text_path(name)
+        if not os.path.exists(path):
+            os.makedirs(DATA, exist_ok=True)
+            ids = np.random.default_rng(0).integers(0, len(ALPHABET), size=w["rows"] * w["sizes"][0] + 1)
+            with open(path + ".tmp", "w") as f:
+                f.write("".join(ALPHABET[i] for i in ids))
+            os.replace(path + ".tmp", path)
+        return path
     path = csv_path(name)
     if os.path.exists(path):
         return path
@@ -64,6 +85,17 @@ def load(name):
         xs = [idx(f"mnist-{s}-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255 for s in ("train10k", "t10k")]
         ys = [idx(f"mnist-{s}-labels-idx1-ubyte.gz").astype(np.int32) for s in ("train10k", "t10k")]
         return xs[0], ys[0], xs[1], ys[1]
+    w = WORKLOADS[name]
+    if w.get("text"):
+        # As nnc's text(..., context: T): sorted-character vocabulary, consecutive windows.
+        text = open(text_path(name)).read()
+        vocab = {c: i for i, c in enumerate(sorted(set(text)))}
+        ids = np.array([vocab[c] for c in text], dtype=np.int32)
+        t = w["sizes"][0]
+        rows = (len(ids) - 1) // t
+        x = np.stack([ids[r * t:r * t + t] for r in range(rows)])
+        y = np.stack([ids[r * t + 1:r * t + t + 1] for r in range(rows)])
+        return x, y, x[:0], y[:0]
     raw = np.loadtxt(csv_path(name), delimiter=",", skiprows=1, dtype=np.float32)
     x, y = raw[:, :-1] / 255, raw[:, -1].astype(np.int32)
     return x, y, x[:0], y[:0]
