@@ -78,6 +78,10 @@ fn t_group_norm(x: [2, 4, 3, 2], w: [4]) -> scalar = sum(group_norm(x, w, w, 2) 
 fn t_embedding(x: [5, 3], w: [2, 3, 3]) -> scalar = sum(w * tanh(embedding([[4, 0, 4], [2, 1, 4]], x)))
 fn t_attention(x: [2, 4, 3], w: [2, 4, 3]) -> scalar = sum(w * attention(x, x * w, tanh(x), mask: causal_mask(4)))
 fn t_cross_attention(w: [2, 5, 3], x: [2, 4, 3]) -> scalar = sum(x * attention(x, w, w * w))
+fn t_sin(x: [3, 5], w: [3, 5]) -> scalar = sum(w * sin(3 * x))
+fn t_cos(x: [3, 5], w: [3, 5]) -> scalar = sum(w * cos(3 * x))
+fn t_sinusoidal(x: [6, 4], w: [6, 4]) -> scalar = sum(w * x * sinusoidal_positions(6, 4))
+fn t_rotary(x: [2, 5, 4], w: [2, 5, 4]) -> scalar = sum(w * rotary(x * w))
 
 // The language's own grad, and grad of grad.
 fn cube(x: [3, 5]) -> scalar = sum(x * x * x)
@@ -223,6 +227,36 @@ fn builtins_agree_with_closed_forms() {
     }
     let got = value(&g, &inputs);
     assert!((got - total / 4.0).abs() < 1e-12, "smoothed cross-entropy {got} vs {}", total / 4.0);
+
+    // Sinusoidal positions: sin(p·10000^(−2i/d)) in column 2i, cos in column 2i + 1.
+    let (g, inputs) = function(&session, "t_sinusoidal");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let mut total = 0.0;
+    for p in 0..6 {
+        for c in 0..4 {
+            let angle = p as f64 * 10000f64.powf(-((c / 2 * 2) as f64) / 4.0);
+            let pe = if c % 2 == 0 { angle.sin() } else { angle.cos() };
+            total += w[[p, c]] * x[[p, c]] * pe;
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "sinusoidal positions {got} vs {total}");
+    // Rotary: pair i of position p turned by p·θ_i as a complex number.
+    let (g, inputs) = function(&session, "t_rotary");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let mut total = 0.0;
+    for b in 0..2 {
+        for p in 0..5 {
+            for i in 0..2 {
+                let theta = p as f64 * 10000f64.powf(-2.0 * i as f64 / 4.0);
+                let (re, im) = (x[[b, p, 2 * i]] * w[[b, p, 2 * i]], x[[b, p, 2 * i + 1]] * w[[b, p, 2 * i + 1]]);
+                let (out_re, out_im) = (re * theta.cos() - im * theta.sin(), re * theta.sin() + im * theta.cos());
+                total += w[[b, p, 2 * i]] * out_re + w[[b, p, 2 * i + 1]] * out_im;
+            }
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "rotary {got} vs {total}");
 
     // Causal attention written out: softmax over keys j <= i of q_i·k_j/√d, weights on v_j.
     let (g, inputs) = function(&session, "t_attention");

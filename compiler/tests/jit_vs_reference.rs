@@ -22,7 +22,7 @@ fn unary_ops() {
     let ops = [
         (UnaryOp::Neg, Fill::Signed), (UnaryOp::Exp, Fill::Signed), (UnaryOp::Log, Fill::Positive),
         (UnaryOp::Sqrt, Fill::Positive), (UnaryOp::Abs, Fill::Signed), (UnaryOp::Tanh, Fill::Signed),
-        (UnaryOp::Erf, Fill::Signed),
+        (UnaryOp::Erf, Fill::Signed), (UnaryOp::Sin, Fill::Signed), (UnaryOp::Cos, Fill::Signed),
     ];
     for (u, f) in ops {
         for dims in SHAPES {
@@ -53,7 +53,7 @@ fn unary_math_wide_range() {
     #[rustfmt::skip]
     let cases = [
         (UnaryOp::Exp, -80.0, 80.0), (UnaryOp::Tanh, -12.0, 12.0), (UnaryOp::Erf, -6.0, 6.0),
-        (UnaryOp::Log, 1e-30, 1e30), (UnaryOp::Log, 0.5, 2.0),
+        (UnaryOp::Log, 1e-30, 1e30), (UnaryOp::Log, 0.5, 2.0), (UnaryOp::Sin, -100.0, 100.0), (UnaryOp::Cos, -100.0, 100.0),
     ];
     for (u, lo, hi) in cases {
         let xs: Vec<f32> = (0..1000).map(|i| (lo + (hi - lo) * f64::from(i) / 999.0) as f32).collect();
@@ -68,7 +68,7 @@ fn unary_math_wide_range() {
 #[test]
 fn special_values() {
     let xs = [0.0f32, -0.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 100.0, -100.0];
-    for u in [UnaryOp::Exp, UnaryOp::Log, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Sqrt, UnaryOp::Abs] {
+    for u in [UnaryOp::Exp, UnaryOp::Log, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Sqrt, UnaryOp::Abs, UnaryOp::Sin, UnaryOp::Cos] {
         for (&x, y) in xs.iter().zip(jit_unary(u, &xs)) {
             let want = u.apply(f64::from(x)) as f32;
             // Results below the smallest normal f32 may flush to zero.

@@ -1,5 +1,5 @@
 //! Accuracy of the JIT's vectorised math (inline `f32x4` polynomials and
-//! rationals) against float64, over wide ranges: exp, log, tanh, erf, and
+//! rationals) against float64, over wide ranges: exp, log, tanh, erf, sin, cos, and
 //! sigmoid, GELU and softplus as the language composes them. The figures
 //! printed here (`--nocapture`) are the ones quoted in docs/performance.md.
 
@@ -91,6 +91,9 @@ fn vector_math_accuracy() {
         Case { name: "tanh on [-20, 20]", xs: linspace(-20.0, 20.0, N), build: |b, x| b.unary(UnaryOp::Tanh, x), exact: f64::tanh, rel_floor: 1e-6, max: (1e-6, 1e-6) },
         Case { name: "tanh on [-1e-3, 1e-3]", xs: linspace(-1e-3, 1e-3, N), build: |b, x| b.unary(UnaryOp::Tanh, x), exact: f64::tanh, rel_floor: 1e-9, max: (1e-9, 3e-7) },
         Case { name: "erf on [-10, 10]", xs: linspace(-10.0, 10.0, N), build: |b, x| b.unary(UnaryOp::Erf, x), exact: erf64, rel_floor: 1e-3, max: (1e-6, 3e-6) },
+        Case { name: "sin on [-100, 100]", xs: linspace(-100.0, 100.0, N), build: |b, x| b.unary(UnaryOp::Sin, x), exact: f64::sin, rel_floor: 1e-3, max: (2e-7, 3e-7) },
+        Case { name: "cos on [-100, 100]", xs: linspace(-100.0, 100.0, N), build: |b, x| b.unary(UnaryOp::Cos, x), exact: f64::cos, rel_floor: 1e-3, max: (2e-7, 3e-7) },
+        Case { name: "sin on [-1e4, 1e4]", xs: linspace(-1e4, 1e4, N), build: |b, x| b.unary(UnaryOp::Sin, x), exact: f64::sin, rel_floor: 1e-3, max: (2e-7, 3e-7) },
         Case { name: "sigmoid on [-69, 40]", xs: linspace(-69.0, 40.0, N), build: sigmoid, exact: |x| 1.0 / (1.0 + (-x).exp()), rel_floor: 0.0, max: (1e-6, 1e-6) },
         Case { name: "gelu on [-10, 10]", xs: linspace(-10.0, 10.0, N), build: gelu, exact: |x| 0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2)), rel_floor: 1e-2, max: (2e-6, 5e-5) },
         Case { name: "softplus on [-80, 80]", xs: linspace(-80.0, 80.0, N), build: softplus, exact: |x| x.max(0.0) + (-x.abs()).exp().ln_1p(), rel_floor: 0.1, max: (1e-6, 1e-6) },

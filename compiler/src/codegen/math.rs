@@ -246,6 +246,47 @@ pub(crate) fn erf(b: B, x: Value) -> Value {
 
 /// `x ** y` with the IEEE special cases of `powf`: negative bases with integer
 /// exponents, `x ** 0 = 1`, `1 ** y = 1`.
+/// sin(x) (`shift` 0) or cos(x) = sin(x + π/2) (`shift` 1), as Cephes' sinf/cosf:
+/// x = n·π/2 + r with |r| ≤ π/4 (π/2 in three parts, exact products for
+/// |n| < 2^12), then the sine or cosine polynomial of r by quadrant n + shift.
+/// Accurate to a few ulp for |x| up to about 10^4 (positions and rotary angles);
+/// beyond that the reduction loses digits; ±∞ and NaN give NaN.
+pub(crate) fn sin_cos(b: B, x: Value, shift: i32) -> Value {
+    let m = splat(b, MAGIC);
+    let t = fma_c(b, x, std::f32::consts::FRAC_2_PI, m);
+    let n = b.ins().fsub(t, m);
+    let r = fma_c(b, n, -1.570_312_5, x);
+    let r = fma_c(b, n, -4.837_512_969_970_703e-4, r);
+    let r = fma_c(b, n, -7.549_789_948_768_648e-8, r);
+    let z = b.ins().fmul(r, r);
+    // sin r = r + r·z·P(z), cos r = 1 − z/2 + z²·Q(z).
+    let ps = horner(b, z, &[-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1]);
+    let rz = b.ins().fmul(r, z);
+    let sin_r = b.ins().fma(rz, ps, r);
+    let qc = horner(b, z, &[2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2]);
+    let z2 = b.ins().fmul(z, z);
+    let one_f = splat(b, 1.0);
+    let half = fma_c(b, z, -0.5, one_f);
+    let cos_r = b.ins().fma(z2, qc, half);
+    // Quadrant q = n + shift: odd → the cosine polynomial, q & 2 → negate.
+    let ti = as_int(b, t);
+    let magic_bits = isplat(b, MAGIC.to_bits() as i32);
+    let q = b.ins().isub(ti, magic_bits);
+    let sh = isplat(b, shift);
+    let q = b.ins().iadd(q, sh);
+    let one = isplat(b, 1);
+    let odd = b.ins().band(q, one);
+    let zero = isplat(b, 0);
+    let odd = b.ins().icmp(IntCC::NotEqual, odd, zero);
+    let y = sel(b, odd, cos_r, sin_r);
+    let two = isplat(b, 2);
+    let neg = b.ins().band(q, two);
+    let sign = b.ins().ishl_imm_s(neg, 30);
+    let yi = as_int(b, y);
+    let yi = b.ins().bxor(yi, sign);
+    as_float(b, yi)
+}
+
 pub(crate) fn pow(b: B, x: Value, y: Value) -> Value {
     let ax = b.ins().fabs(x);
     let l = log(b, ax);
@@ -320,6 +361,8 @@ pub(crate) fn unary(b: B, u: UnaryOp, x: Value) -> Value {
         UnaryOp::Abs => b.ins().fabs(x),
         UnaryOp::Tanh => tanh(b, x),
         UnaryOp::Erf => erf(b, x),
+        UnaryOp::Sin => sin_cos(b, x, 0),
+        UnaryOp::Cos => sin_cos(b, x, 1),
     }
 }
 

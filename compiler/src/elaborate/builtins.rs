@@ -20,6 +20,8 @@ pub const NAMES: &[&str] = &[
     "abs",
     "tanh",
     "erf",
+    "sin",
+    "cos",
     "sigmoid",
     "relu",
     "gelu",
@@ -106,7 +108,7 @@ pub(super) fn take(slot: &mut Option<Arg>) -> Option<Arg> {
 
 pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
     match name {
-        "exp" | "log" | "sqrt" | "abs" | "tanh" | "erf" | "sigmoid" | "relu" | "gelu" | "softplus" | "stop_gradient" => {
+        "exp" | "log" | "sqrt" | "abs" | "tanh" | "erf" | "sin" | "cos" | "sigmoid" | "relu" | "gelu" | "softplus" | "stop_gradient" => {
             let mut a = bind(cx, name, args, &["x"], 1, span)?;
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
             unary_builtin(cx, name, &x, span).map(Value::Tensor)
@@ -341,6 +343,8 @@ fn unary_builtin(cx: &mut Ctx, name: &str, x: &Tensor, span: Span) -> Result<Ten
         "abs" => b.unary(UnaryOp::Abs, x),
         "tanh" => b.unary(UnaryOp::Tanh, x),
         "erf" => b.unary(UnaryOp::Erf, x),
+        "sin" => b.unary(UnaryOp::Sin, x),
+        "cos" => b.unary(UnaryOp::Cos, x),
         "stop_gradient" => b.stop_gradient(x),
         // relu(x) = max(x, 0)
         "relu" => {

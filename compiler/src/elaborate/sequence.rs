@@ -8,10 +8,10 @@ use super::error::ErrorKind;
 use super::value::{Arg, Tensor, Value};
 use super::{Ctx, ElabError};
 use crate::ast::Span;
-use crate::ir::{DType, Dim, Shape};
-use crate::ops::{BinaryOp, Op};
+use crate::ir::{DType, Dim, Shape, ValueId};
+use crate::ops::{BinaryOp, Op, UnaryOp};
 
-pub const NAMES: &[&str] = &["embedding", "causal_mask", "attention"];
+pub const NAMES: &[&str] = &["embedding", "causal_mask", "attention", "sinusoidal_positions", "rotary"];
 
 /// Added to the scores of masked-out positions: exp(-1e9 - max) is exactly 0
 /// in f32, and unlike -inf it keeps a fully masked row finite (uniform).
@@ -41,6 +41,26 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             }
             causal_mask(cx, size as usize, span)
         }
+        "sinusoidal_positions" => {
+            let mut a = bind(cx, name, args, &["length", "width"], 2, span)?;
+            let (Some(t), Some(d)) = (take(&mut a[0]), take(&mut a[1])) else { return Err(super::builtins::internal(cx, span)) };
+            let t = whole(cx, &t, name, "the number of positions")?;
+            let d = whole(cx, &d, name, "the width")?;
+            if d % 2 != 0 {
+                return Err(cx.err(ErrorKind::Builtin {
+                    span,
+                    title: format!("sinusoidal positions pair a sine with a cosine, so the width must be even, found {d}"),
+                    label: "here".into(),
+                    note: None,
+                }));
+            }
+            sinusoidal(cx, t, d, span)
+        }
+        "rotary" => {
+            let mut a = bind(cx, name, args, &["x"], 1, span)?;
+            let x = tensor_arg(cx, take(&mut a[0]), span)?;
+            rotary(cx, &x, span)?
+        }
         "attention" => {
             let mut a = bind(cx, name, args, &["q", "k", "v", "mask"], 3, span)?;
             let q = tensor_arg(cx, take(&mut a[0]), span)?;
@@ -55,6 +75,88 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         _ => return Err(super::builtins::internal(cx, span)),
     };
     Ok(Value::Tensor(t))
+}
+
+/// A positive whole number argument.
+fn whole(cx: &mut Ctx, a: &Arg, callee: &str, what: &str) -> Result<usize, ElabError> {
+    let v = cx.number(&a.value, a.span, what)?;
+    if v < 1.0 || v.fract() != 0.0 {
+        return Err(cx.err(ErrorKind::Builtin {
+            span: a.span,
+            title: format!("`{callee}` needs {what} as a positive whole number, found {v}"),
+            label: "here".into(),
+            note: None,
+        }));
+    }
+    Ok(v as usize)
+}
+
+/// The angle `p · 10000^(−2i/d)` of position `p` and pair `i`, on `[t, d/2, 1]`.
+fn angles(cx: &mut Ctx, t: usize, d: usize, span: Span) -> ValueId {
+    let shape = Shape::known(&[t, d / 2, 1]);
+    let mut b = cx.builder(span);
+    let p = b.iota(&shape, 0);
+    let i = b.iota(&shape, 1);
+    let e = b.scale(i, -2.0 * 10000f64.ln() / d as f64);
+    let freq = b.exp(e);
+    b.mul(p, freq)
+}
+
+/// `[t, d]`: sin(angle) in the even columns, cos(angle) in the odd ones
+/// (Vaswani et al.), added to token embeddings as fixed positions.
+fn sinusoidal(cx: &mut Ctx, t: usize, d: usize, span: Span) -> Tensor {
+    let a = angles(cx, t, d, span);
+    let pairs = Shape::known(&[t, d / 2, 2]);
+    let mut b = cx.builder(span);
+    let a = b.broadcast(a, &pairs);
+    // cos x = sin(x + π/2): column 2i + 1 is shifted by a quarter turn.
+    let odd = b.iota(&pairs, 2);
+    let quarter = b.scale(odd, std::f64::consts::FRAC_PI_2);
+    let shifted = b.add(a, quarter);
+    let v = b.unary(UnaryOp::Sin, shifted);
+    let id = b.reshape(v, &Shape::known(&[t, d]));
+    Tensor { id, names: Vec::new() }
+}
+
+/// Rotary positions (Su et al.): each pair `(x[2i], x[2i+1])` of a query or key
+/// at position `p` (axis −2) is the complex number `x[2i] + i·x[2i+1]`,
+/// multiplied by `e^{i·p·θ_i}`, θ_i = 10000^(−2i/d). Dot products of rotated
+/// queries and keys then depend on positions only through their difference.
+fn rotary(cx: &mut Ctx, x: &Tensor, span: Span) -> Result<Tensor, ElabError> {
+    let shape = cx.shape(x);
+    let r = shape.rank();
+    let dims = shape.dims();
+    let (t, d) = match (r >= 2).then(|| (dims[r - 2].known(), dims[r - 1].known())) {
+        Some((Some(t), Some(d))) if d % 2 == 0 => (t, d),
+        _ => {
+            return Err(cx.err(ErrorKind::Builtin {
+                span,
+                title: format!("`rotary` rotates pairs of the last axis by the position on the axis before it: it needs [.., T, even width] with both known, found {shape}"),
+                label: "here".into(),
+                note: None,
+            }))
+        }
+    };
+    let a = angles(cx, t, d, span);
+    let mut pairs = dims[..r - 1].to_vec();
+    pairs.extend([Dim::Known(d / 2), Dim::Known(2)]);
+    let pairs = Shape(pairs);
+    let mut half = pairs.0.clone();
+    half[r] = Dim::Known(1);
+    let half = Shape(half);
+    let mut b = cx.builder(span);
+    let (c, s) = (b.unary(UnaryOp::Cos, a), b.unary(UnaryOp::Sin, a));
+    let (c, s) = (b.broadcast(c, &half), b.broadcast(s, &half));
+    let xp = b.reshape(x.id, &pairs);
+    let (re, im) = (b.slice(xp, r, 0, 1), b.slice(xp, r, 1, 2));
+    // (re + i·im)(c + i·s) = (re·c − im·s) + i·(re·s + im·c)
+    let (rc, is) = (b.mul(re, c), b.mul(im, s));
+    let out_re = b.sub(rc, is);
+    let (rs, ic) = (b.mul(re, s), b.mul(im, c));
+    let out_im = b.add(rs, ic);
+    let joined = b.concat(&[out_re, out_im], r);
+    let id = b.reshape(joined, &shape);
+    Ok(Tensor { id, names: x.names.clone() })
 }
 
 /// Rows `ids` of `table [V, d..]`: `[ids.., d..]`.

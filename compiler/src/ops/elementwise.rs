@@ -16,6 +16,9 @@ pub enum UnaryOp {
     Tanh,
     /// The Gauss error function (for the exact GELU x·Φ(x)).
     Erf,
+    /// Sine and cosine, in radians (sinusoidal and rotary positions).
+    Sin,
+    Cos,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,6 +47,8 @@ impl UnaryOp {
             UnaryOp::Abs => "abs",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Erf => "erf",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
 
@@ -57,6 +62,8 @@ impl UnaryOp {
             UnaryOp::Abs => x.abs(),
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Erf => erf(x),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
         }
     }
 }
@@ -159,6 +166,17 @@ pub fn unary_vjp_rule(b: &mut Builder, u: UnaryOp, args: &[ValueId], out: ValueI
             let e = b.exp(nsq);
             let d = b.scale(e, std::f64::consts::FRAC_2_SQRT_PI);
             b.mul(g, d)
+        }
+        // d sin(x) = g · cos(x)
+        UnaryOp::Sin => {
+            let c = b.unary(UnaryOp::Cos, x);
+            b.mul(g, c)
+        }
+        // d cos(x) = −g · sin(x)
+        UnaryOp::Cos => {
+            let s = b.unary(UnaryOp::Sin, x);
+            let ns = b.neg(s);
+            b.mul(g, ns)
         }
     };
     vec![Some(dx)]
