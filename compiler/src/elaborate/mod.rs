@@ -317,7 +317,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             ShapeError::Solve { a, b } => ErrorKind::Solve { span, a, b },
             ShapeError::IndexType { found } => ErrorKind::Builtin {
                 span,
-                title: format!("rows are selected by integer ids, but these ids are {found}"),
+                title: format!("rows are selected by integer ids, but these ids are floats: {found}"),
                 label: "expected an int tensor".into(),
                 note: None,
             },

@@ -165,7 +165,7 @@ fn embedding(cx: &mut Ctx, ids: &Tensor, ids_span: Span, table: &Tensor, span: S
     if ty.dtype != DType::I32 {
         return Err(cx.err(ErrorKind::Builtin {
             span: ids_span,
-            title: format!("`embedding` looks rows up by integer id, but these ids are {ty}"),
+            title: format!("`embedding` looks rows up by integer id, but these ids are floats: {ty}"),
             label: "expected an int tensor".into(),
             note: Some("token ids come from a text data set (`x: [B, T] int`) or from `argmax`".into()),
         }));
