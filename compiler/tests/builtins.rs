@@ -78,6 +78,7 @@ fn t_group_norm(x: [2, 4, 3, 2], w: [4]) -> scalar = sum(group_norm(x, w, w, 2) 
 fn t_embedding(x: [5, 3], w: [2, 3, 3]) -> scalar = sum(w * tanh(embedding([[4, 0, 4], [2, 1, 4]], x)))
 fn t_attention(x: [2, 4, 3], w: [2, 4, 3]) -> scalar = sum(w * attention(x, x * w, tanh(x), mask: causal_mask(4)))
 fn t_cross_attention(w: [2, 5, 3], x: [2, 4, 3]) -> scalar = sum(x * attention(x, w, w * w))
+fn t_padded_attention(x: [2, 4, 3], w: [2, 4, 3]) -> scalar = sum(w * attention(x, x, x * w, mask: reshape(padding_mask([[5, 6, 0, 0], [7, 0, 8, 9]], 0), [2, 1, 4])))
 fn t_sin(x: [3, 5], w: [3, 5]) -> scalar = sum(w * sin(3 * x))
 fn t_cos(x: [3, 5], w: [3, 5]) -> scalar = sum(w * cos(3 * x))
 fn t_sinusoidal(x: [6, 4], w: [6, 4]) -> scalar = sum(w * x * sinusoidal_positions(6, 4))
@@ -257,6 +258,24 @@ fn builtins_agree_with_closed_forms() {
     }
     let got = value(&g, &inputs);
     assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "rotary {got} vs {total}");
+
+    // A padding mask: keys with id 0 get no weight.
+    let (g, inputs) = function(&session, "t_padded_attention");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let keep = [[true, true, false, false], [true, false, true, true]];
+    let mut total = 0.0;
+    for b in 0..2 {
+        for i in 0..4 {
+            let score = |j: usize| (0..3).map(|c| x[[b, i, c]] * x[[b, j, c]]).sum::<f64>() / 3f64.sqrt();
+            let e: Vec<f64> = (0..4).map(|j| if keep[b][j] { score(j).exp() } else { 0.0 }).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..3 {
+                total += w[[b, i, c]] * (0..4).map(|j| e[j] / z * x[[b, j, c]] * w[[b, j, c]]).sum::<f64>();
+            }
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "padded attention {got} vs {total}");
 
     // Causal attention written out: softmax over keys j <= i of q_i·k_j/√d, weights on v_j.
     let (g, inputs) = function(&session, "t_attention");

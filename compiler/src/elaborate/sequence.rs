@@ -11,7 +11,7 @@ use crate::ast::Span;
 use crate::ir::{DType, Dim, Shape, ValueId};
 use crate::ops::{BinaryOp, Op, UnaryOp};
 
-pub const NAMES: &[&str] = &["embedding", "causal_mask", "attention", "sinusoidal_positions", "rotary"];
+pub const NAMES: &[&str] = &["embedding", "causal_mask", "padding_mask", "attention", "sinusoidal_positions", "rotary"];
 
 /// Added to the scores of masked-out positions: exp(-1e9 - max) is exactly 0
 /// in f32, and unlike -inf it keeps a fully masked row finite (uniform).
@@ -60,6 +60,29 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let mut a = bind(cx, name, args, &["x"], 1, span)?;
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
             rotary(cx, &x, span)?
+        }
+        "padding_mask" => {
+            let mut a = bind(cx, name, args, &["ids", "pad"], 2, span)?;
+            let ia = take(&mut a[0]);
+            let ids_span = ia.as_ref().map_or(span, |a| a.span);
+            let ids = tensor_arg(cx, ia, span)?;
+            let Some(p) = take(&mut a[1]) else { return Err(super::builtins::internal(cx, span)) };
+            let pad = cx.number(&p.value, p.span, "the padding id")?;
+            let ty = cx.ty(&ids);
+            if ty.dtype != DType::I32 {
+                return Err(cx.err(ErrorKind::Builtin {
+                    span: ids_span,
+                    title: format!("`padding_mask` compares token ids, but these are floats: {ty}"),
+                    label: "expected an int tensor".into(),
+                    note: None,
+                }));
+            }
+            let mut b = cx.builder(span);
+            let padv = b.full(pad, &ty.shape);
+            let is_pad = b.binary(BinaryOp::Eq, ids.id, padv);
+            let one = b.full(1.0, &ty.shape);
+            let id = b.sub(one, is_pad);
+            Tensor { id, names: ids.names.clone() }
         }
         "attention" => {
             let mut a = bind(cx, name, args, &["q", "k", "v", "mask"], 3, span)?;
