@@ -47,6 +47,7 @@ fn t_one_hot(x: [4, 3], w: [4, 3]) -> scalar = sum(w * x * one_hot([2, 0, 1, 2],
 fn t_mse(x: [3, 5], w: [3, 5]) -> scalar = mse(x, w)
 fn t_ce(x: [4, 5], w: [4, 5]) -> scalar = cross_entropy(x + w, [0, 3, 1, 4])
 fn t_ce_smooth(x: [4, 5], w: [4, 5]) -> scalar = cross_entropy(x * w, [0, 3, 1, 4], smoothing: 0.1)
+fn t_ce_masked(x: [2, 3, 4], w: [2, 3, 4]) -> scalar = cross_entropy(x * w, [[0, 3, 1], [2, 2, 0]], mask: [[1, 0, 1], [0, 1, 1]])
 fn t_l2(x: [3, 5], w: [3, 5]) -> scalar = l2(x * w)
 fn t_solve(x: [3, 3], w: [3]) -> scalar = sum(solve(x @ x.T + 3 * eye(3), w) * [1, 2, 3])
 fn t_stop(x: [3, 5], w: [3, 5]) -> scalar = sum(w * x * stop_gradient(x))
@@ -258,6 +259,21 @@ fn builtins_agree_with_closed_forms() {
     }
     let got = value(&g, &inputs);
     assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "rotary {got} vs {total}");
+
+    // A masked cross-entropy: the mean over the kept positions only.
+    let (g, inputs) = function(&session, "t_ce_masked");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let (labels, keep) = ([[0usize, 3, 1], [2, 2, 0]], [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]);
+    let mut total = 0.0;
+    for b in 0..2 {
+        for t in 0..3 {
+            let z: Vec<f64> = (0..4).map(|c| x[[b, t, c]] * w[[b, t, c]]).collect();
+            let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+            total += keep[b][t] * (lse - z[labels[b][t]]);
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total / 4.0).abs() < 1e-12, "masked cross-entropy {got} vs {}", total / 4.0);
 
     // A padding mask: keys with id 0 get no weight.
     let (g, inputs) = function(&session, "t_padded_attention");

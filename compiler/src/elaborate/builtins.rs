@@ -231,7 +231,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             mse(cx, &p, &t, ps, ts, span).map(Value::Tensor)
         }
         "cross_entropy" => {
-            let mut a = bind(cx, name, args, &["logits", "labels", "smoothing"], 2, span)?;
+            let mut a = bind(cx, name, args, &["logits", "labels", "smoothing", "mask"], 2, span)?;
             let (la, ya) = (take(&mut a[0]), take(&mut a[1]));
             let ys = ya.as_ref().map_or(span, |a| a.span);
             let logits = tensor_arg(cx, la, span)?;
@@ -240,7 +240,14 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 Some(s) => cx.number(&s.value, s.span, "smoothing")?,
                 None => 0.0,
             };
-            cross_entropy(cx, &logits, &labels, smoothing, ys, span).map(Value::Tensor)
+            let loss = cross_entropy(cx, &logits, &labels, smoothing, ys, span)?;
+            match take(&mut a[3]) {
+                None => reduction(cx, "mean", &loss, &(0..cx.shape(&loss).rank()).collect::<Vec<_>>(), false, span).map(Value::Tensor),
+                Some(m) => {
+                    let mask = tensor_arg(cx, Some(m.clone()), span)?;
+                    masked_mean(cx, &loss, &mask, m.span, span).map(Value::Tensor)
+                }
+            }
         }
         "l2" => {
             let mut a = bind(cx, name, args, &["x"], 1, span)?;
@@ -543,9 +550,32 @@ fn cross_entropy(cx: &mut Ctx, logits: &Tensor, labels: &Tensor, alpha: f64, lab
     let prod = b.mul(target, logp.id);
     let per_example = b.reduce_sum(prod, &[axis]);
     let neg = b.neg(per_example);
-    let t = Tensor { id: neg, names: Vec::new() };
-    let axes: Vec<usize> = (0..ls.rank()).collect();
-    reduction(cx, "mean", &t, &axes, false, span)
+    let id = b.reshape(neg, &batch);
+    Ok(Tensor { id, names: Vec::new() })
+}
+
+/// `Σ mask·loss / max(Σ mask, 1)`: the mean over the positions the mask keeps
+/// (a masked language model's loss counts only the masked tokens).
+fn masked_mean(cx: &mut Ctx, loss: &Tensor, mask: &Tensor, mask_span: Span, span: Span) -> Result<Tensor, ElabError> {
+    let (ls, ms) = (cx.shape(loss), cx.shape(mask));
+    if ls != ms {
+        return Err(cx.err(ErrorKind::Broadcast {
+            op: "cross_entropy mask".into(),
+            span,
+            lhs_span: span,
+            rhs_span: mask_span,
+            lhs: ls,
+            rhs: ms,
+        }));
+    }
+    let mut b = cx.builder(span);
+    let kept = b.mul(loss.id, mask.id);
+    let total = b.sum_all(kept);
+    let count = b.sum_all(mask.id);
+    let one = b.scalar(1.0);
+    let count = b.binary(BinaryOp::Max, count, one);
+    let id = b.div(total, count);
+    Ok(Tensor { id, names: Vec::new() })
 }
 
 /// `@` with NumPy's rules for vectors and for a matrix applied to a batch.
