@@ -76,6 +76,9 @@ fn main() {
         Case { name: "W2 ht@g3", m: 1024, k: 256, n: 10, kind: Kind::TransA },
         Case { name: "W2 ht@g2", m: 1024, k: 256, n: 1024, kind: Kind::TransA },
         Case { name: "W2 xt@g1", m: 784, k: 256, n: 1024, kind: Kind::TransA },
+        Case { name: "W3 K@cols", m: 64, k: 288, n: 4096, kind: Kind::Plain },
+        Case { name: "W3 g@colst", m: 64, k: 4096, n: 288, kind: Kind::TransB },
+        Case { name: "W3 Kt@g", m: 288, k: 64, n: 4096, kind: Kind::TransA },
     ];
     if filter.as_deref() == Some("threads") {
         threads_sweep();

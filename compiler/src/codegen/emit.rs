@@ -69,11 +69,12 @@ pub(crate) fn pairable(first: &Kernel, second: &Kernel, offsets: &[usize], lens:
 }
 
 /// `k` with its (simplified) first axis the one to split across threads, or
-/// `None` if it should run on one thread: too small, or accumulating (pieces
-/// would race on the same output elements).
+/// `None` if it should run on one thread: too small, or accumulating into
+/// output elements that two values of the first axis share (pieces would race
+/// on them).
 pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     let numel: usize = k.dims.iter().product();
-    if k.acc.is_some() || numel < parallel_elements() {
+    if numel < parallel_elements() {
         return None;
     }
     let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(k.extra.iter().map(|(a, _)| a)).collect();
@@ -92,12 +93,29 @@ pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     if dims.first().is_none_or(|&d| d < 2) {
         return None;
     }
+    if k.acc.is_some() && !disjoint_first_axis(&dims, strides.first().map_or(&[], |s| s.as_slice())) {
+        return None;
+    }
     let mut it = strides.into_iter();
     let mut with = |a: &Affine| Affine { storage: a.storage, off: a.off, strides: it.next().unwrap_or_default() };
     let out = with(&k.out);
     let operands = k.operands.iter().map(&mut with).collect();
     let extra = k.extra.iter().map(|(a, n)| (with(a), *n)).collect();
-    Some(MapKernel { dims, out, operands, nodes: k.nodes.clone(), root: k.root, acc: None, extra })
+    Some(MapKernel { dims, out, operands, nodes: k.nodes.clone(), root: k.root, acc: k.acc, extra })
+}
+
+/// True if the output elements an accumulating loop touches for one index of
+/// its first axis are disjoint from those of every other index: non-negative
+/// output strides, and the span of the other axes, `Σ (dᵢ − 1)·sᵢ`, shorter
+/// than the first axis' stride. Then each index (a depthwise convolution's
+/// image, a col2im's channel) can run on its own thread.
+fn disjoint_first_axis(dims: &[usize], out: &[i64]) -> bool {
+    let (Some(&s0), true) = (out.first(), out.len() == dims.len()) else { return false };
+    if out.iter().any(|&s| s < 0) || s0 == 0 {
+        return false;
+    }
+    let span: i64 = dims.iter().zip(out).skip(1).map(|(&d, &s)| (d as i64 - 1) * s).sum();
+    span < s0
 }
 
 type Body<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value]) -> Result<(), CodegenError> + 'x;

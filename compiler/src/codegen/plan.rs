@@ -132,10 +132,20 @@ struct Planner<'g> {
     tee: Vec<Option<StorageId>>,
 }
 
+/// Output elements (of the innermost kept axes) an accumulating loop may
+/// sweep once per summed index: 1024 floats (4 KiB) stay in L1.
+const ACC_TILE: usize = 1024;
+
 /// Loop order for an accumulating kernel: the accumulated axes `axes` move
-/// just inside the innermost kept axis, so each output row is read, updated
-/// and written while it sits in L1 (reducing `[KH, KW, N, C, OH, OW]` over the
+/// just outside the innermost kept axes whose output block fits in `ACC_TILE`
+/// elements (at least the innermost one), so that block is read, updated and
+/// written while it sits in L1 (reducing `[KH, KW, N, C, OH, OW]` over the
 /// window in that order would sweep the whole output once per window element).
+/// Keeping a whole `OH×OW` plane inside, rather than one row, also means that
+/// consecutive iterations update different rows: with a row inside, a col2im
+/// (`Fold`) would reload a row shifted by one element right after storing it,
+/// which defeats store-to-load forwarding, and a window sum would chain every
+/// window element through the same stored row.
 /// Kernels that accumulate along their innermost axis (kept in registers) or
 /// already have this order are returned as they are.
 fn accumulate_near_inner(k: Kernel, axes: &[usize]) -> Kernel {
@@ -144,9 +154,21 @@ fn accumulate_near_inner(k: Kernel, axes: &[usize]) -> Kernel {
     if r < 2 || axes.contains(&(r - 1)) || axes.iter().any(|&a| a >= r) {
         return Kernel::Map(m);
     }
-    let mut perm: Vec<usize> = (0..r - 1).filter(|a| !axes.contains(a)).collect();
+    let kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
+    // How many of the innermost kept axes stay inside the summed ones.
+    let mut inside = 1;
+    let mut block = m.dims[r - 1];
+    while inside < kept.len() {
+        let next = m.dims[kept[kept.len() - 1 - inside]];
+        if block * next > ACC_TILE {
+            break;
+        }
+        block *= next;
+        inside += 1;
+    }
+    let mut perm: Vec<usize> = kept[..kept.len() - inside].to_vec();
     perm.extend(axes.iter().copied());
-    perm.push(r - 1);
+    perm.extend_from_slice(&kept[kept.len() - inside..]);
     if perm.iter().enumerate().all(|(i, &p)| i == p) {
         return Kernel::Map(m);
     }
