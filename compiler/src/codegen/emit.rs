@@ -105,20 +105,87 @@ pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
 }
 
 /// True if the output elements an accumulating loop touches for one index of
-/// its first axis are disjoint from those of every other index: non-negative
-/// output strides, and the span of the other axes, `Σ (dᵢ − 1)·sᵢ`, shorter
-/// than the first axis' stride. Then each index (a depthwise convolution's
-/// image, a col2im's channel) can run on its own thread.
+/// its first axis are disjoint from those of every other index: the first
+/// axis moves the output (non-negative strides), and either the other axes
+/// span less than its stride, or the axes that move the output address
+/// distinct elements (each stride larger than the span of the smaller ones). Then each index (a depthwise convolution's image, a col2im's
+/// channel, a weight gradient's channel) can run on its own thread.
 fn disjoint_first_axis(dims: &[usize], out: &[i64]) -> bool {
     let (Some(&s0), true) = (out.first(), out.len() == dims.len()) else { return false };
     if out.iter().any(|&s| s < 0) || s0 == 0 {
         return false;
     }
-    let span: i64 = dims.iter().zip(out).skip(1).map(|(&d, &s)| (d as i64 - 1) * s).sum();
-    span < s0
+    // The other axes stay within one step of the first (they may overlap
+    // among themselves: a col2im's window and position axes).
+    let rest: i64 = dims.iter().zip(out).skip(1).map(|(&d, &s)| (d as i64 - 1) * s).sum();
+    if rest < s0 {
+        return true;
+    }
+    let mut moving: Vec<(i64, usize)> = out.iter().zip(dims).filter(|(&s, &d)| s != 0 && d > 1).map(|(&s, &d)| (s, d)).collect();
+    moving.sort_unstable();
+    let mut span = 0i64;
+    for (s, d) in moving {
+        if s <= span {
+            return false;
+        }
+        span += (d as i64 - 1) * s;
+    }
+    true
 }
 
 type Body<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value]) -> Result<(), CodegenError> + 'x;
+type CarryBody<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value], Vec<Value>) -> Result<Vec<Value>, CodegenError> + 'x;
+
+/// Longest output row whose partial sums are carried in registers across
+/// summed loops (`Emitter::emit_carried`): 8 vectors of four.
+pub(crate) const CARRY_MAX: usize = 32;
+
+/// Groups of four evaluated per iteration of a row's loop, by expression size.
+fn unroll_for(cost: usize, groups: usize) -> usize {
+    let unroll = if cost <= 12 {
+        4
+    } else if cost <= 48 {
+        2
+    } else {
+        1
+    };
+    unroll.min(groups.max(1))
+}
+
+/// Which expression nodes the kernel's outputs need, and which of them do
+/// not depend on the innermost index (`inner[0]` is the output's stride,
+/// `inner[1 + o]` operand `o`'s).
+fn needed_and_invariant(k: &MapKernel, inner: &[i64]) -> (Vec<bool>, Vec<bool>) {
+    let nn = k.nodes.len();
+    let mut needed = vec![false; nn];
+    for &r in std::iter::once(&k.root).chain(k.extra.iter().map(|(_, n)| n)) {
+        if let Some(slot) = needed.get_mut(r) {
+            *slot = true;
+        }
+    }
+    for i in (0..nn).rev() {
+        match (needed[i], k.nodes[i]) {
+            (true, ENode::Unary(_, a)) => needed[a] = true,
+            (true, ENode::Binary(_, a, c)) => {
+                needed[a] = true;
+                needed[c] = true;
+            }
+            _ => {}
+        }
+    }
+    let mut inv: Vec<bool> = Vec::with_capacity(nn);
+    for node in &k.nodes {
+        let both = |a: usize, c: usize| inv.get(a) == Some(&true) && inv.get(c) == Some(&true);
+        let v = match *node {
+            ENode::Operand(o) => inner.get(o + 1) == Some(&0),
+            ENode::Const(_) => true,
+            ENode::Unary(_, a) => both(a, a),
+            ENode::Binary(_, a, c) => both(a, c),
+        };
+        inv.push(v);
+    }
+    (needed, inv)
+}
 
 fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
@@ -294,18 +361,135 @@ impl<'a, 'b> Emitter<'a, 'b> {
             return self.emit_map_rows(k, affines, strides, lo, hi);
         }
         let dims = simplify(&k.dims, &mut strides);
+        self.emit_nest(k, &affines, &dims, &strides, None)
+    }
+
+    /// The loop nest of a map kernel over `dims` (simplified, `strides[i]` for
+    /// `affines[i]`), every address offset by `row · first[i]` when `row` is
+    /// `Some((row, first))`. An accumulation whose output does not move along
+    /// its last axes but the innermost (a window sum: `[N, C, OH, KH, KW, OW]`
+    /// into `[N, C, OH, OW]`; or, with the innermost axis summed too, a
+    /// reduction to one value) keeps its partial sums in registers across
+    /// those axes: the output row is loaded and stored once, not once per
+    /// summed index (`emit_carried`).
+    fn emit_nest(
+        &mut self,
+        k: &MapKernel,
+        affines: &[&Affine],
+        dims: &[usize],
+        strides: &[Vec<i64>],
+        row: Option<(Value, &[i64])>,
+    ) -> Result<(), CodegenError> {
         let r = dims.len();
         let (outer, n) = match dims.split_last() {
             Some((&n, outer)) => (outer.to_vec(), n),
             None => (Vec::new(), 1),
         };
         let inner: Vec<i64> = strides.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
+        let out_s = strides.first().map_or(&[][..], |s| s.as_slice());
+        let summed =
+            if k.acc.is_some() { outer.iter().enumerate().rev().take_while(|(i, _)| out_s.get(*i) == Some(&0)).count() } else { 0 };
+        let horiz = inner.first() == Some(&0);
+        if summed > 0 && (horiz || n <= CARRY_MAX) {
+            return self.emit_carried(k, affines, dims, strides, row, summed);
+        }
         self.loop_nest(&outer, &mut |em, idx| {
-            let mut bases = Vec::with_capacity(affines.len());
-            for (a, s) in affines.iter().zip(&strides) {
-                bases.push(em.base(a.storage, a.off, &s[..r.saturating_sub(1)], idx)?);
-            }
+            let bases = em.bases(affines, strides, r.saturating_sub(1), idx, row)?;
             em.emit_row(k, n, inner.clone(), bases)
+        })
+    }
+
+    /// Addresses of every affine at the loop counters `idx` (its first `upto` strides).
+    fn bases(
+        &mut self,
+        affines: &[&Affine],
+        strides: &[Vec<i64>],
+        upto: usize,
+        idx: &[Value],
+        row: Option<(Value, &[i64])>,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let mut bases = Vec::with_capacity(affines.len());
+        for (i, (a, s)) in affines.iter().zip(strides).enumerate() {
+            let mut base = self.base(a.storage, a.off, s.get(..upto).unwrap_or(s), idx)?;
+            if let Some((row, first)) = row {
+                let f = first.get(i).copied().unwrap_or(0);
+                let step = self.b.ins().imul_imm_s(row, f * if a.storage.is_some() { 4 } else { 1 });
+                base = self.b.ins().iadd(base, step);
+            }
+            bases.push(base);
+        }
+        Ok(bases)
+    }
+
+    /// `emit_nest` for an accumulation whose last `summed` outer axes do not
+    /// move the output: loops over the kept axes; the output row's partial
+    /// results (one vector per group of four, or for a reduction along the
+    /// innermost axis the unrolled vector accumulators and a scalar) are
+    /// carried through the loops over the summed axes, then combined into the
+    /// output once.
+    fn emit_carried(
+        &mut self,
+        k: &MapKernel,
+        affines: &[&Affine],
+        dims: &[usize],
+        strides: &[Vec<i64>],
+        row: Option<(Value, &[i64])>,
+        summed: usize,
+    ) -> Result<(), CodegenError> {
+        let kind = k.acc.ok_or_else(|| CodegenError::Cranelift("carried sums without accumulation".into()))?;
+        let r = dims.len();
+        let n = dims.last().copied().unwrap_or(1);
+        let kept = r - 1 - summed;
+        let inner: Vec<i64> = strides.iter().map(|s| s.get(r - 1).copied().unwrap_or(0)).collect();
+        let s_out = inner.first().copied().unwrap_or(0);
+        let horiz = s_out == 0;
+        let cost = self.expr_cost(k, &inner);
+        let unroll = unroll_for(cost, n / 4);
+        self.loop_nest(&dims[..kept], &mut |em, idx| {
+            let zero = em.b.ins().iconst(I64, 0);
+            let out_base = em
+                .bases(&affines[..1], &strides[..1], kept, idx, row)?
+                .first()
+                .copied()
+                .ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+            let ats: Vec<At> = (0..n.div_ceil(4)).map(|j| At { pos: zero, g: 4 * j as i64, lanes: (n - 4 * j).min(4) as u8 }).collect();
+            let init: Vec<Value> = if horiz {
+                let mut v: Vec<Value> = (0..unroll).map(|_| math::splat(em.b, math::identity(kind))).collect();
+                v.push(math::scalar(em.b, math::identity(kind)));
+                v
+            } else {
+                ats.iter().map(|&at| em.load(true, s_out, out_base, at)).collect()
+            };
+            let mut at_idx = idx.to_vec();
+            let done = em.nest_carried(&dims[kept..r - 1], &mut at_idx, init, &mut |em, full, cur| {
+                let bases = em.bases(affines, strides, r - 1, full, row)?;
+                let row = em.row_setup(k, inner.clone(), bases)?;
+                if horiz {
+                    let mut cur = cur;
+                    let s = cur.pop().ok_or_else(|| CodegenError::Cranelift("no scalar sum".into()))?;
+                    let (mut accs, s) = em.horiz_row(&row, n, kind, cur, s)?;
+                    accs.push(s);
+                    return Ok(accs);
+                }
+                let mut cur = cur;
+                for (j, &at) in ats.iter().enumerate() {
+                    let vals = em.eval_group(&row, at)?;
+                    let v = vals.get(k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+                    if let Some(acc) = cur.get_mut(j) {
+                        *acc = math::combine(em.b, kind, *acc, v);
+                    }
+                }
+                Ok(cur)
+            })?;
+            if horiz {
+                let mut accs = done;
+                let s = accs.pop().ok_or_else(|| CodegenError::Cranelift("no scalar sum".into()))?;
+                return em.finish_horiz(kind, accs, s, out_base);
+            }
+            for (&at, &v) in ats.iter().zip(&done) {
+                em.store(s_out, out_base, at, v);
+            }
+            Ok(())
         })
     }
 
@@ -359,55 +543,48 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let first: Vec<i64> = strides.iter().map(|s| s.first().copied().unwrap_or(0)).collect();
         let mut rest: Vec<Vec<i64>> = strides.iter().map(|s| s.get(1..).unwrap_or_default().to_vec()).collect();
         let dims = simplify(k.dims.get(1..).unwrap_or_default(), &mut rest);
-        let r = dims.len();
-        let (outer, n) = match dims.split_last() {
-            Some((&n, outer)) => (outer.to_vec(), n),
-            None => (Vec::new(), 1),
-        };
-        let inner: Vec<i64> = rest.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
-        self.loop_nest(&outer, &mut |em, idx| {
-            let mut bases = Vec::with_capacity(affines.len());
-            for ((a, s), &f) in affines.iter().zip(&rest).zip(&first) {
-                let base = em.base(a.storage, a.off, &s[..r.saturating_sub(1)], idx)?;
-                let step = em.b.ins().imul_imm_s(row, f * if a.storage.is_some() { 4 } else { 1 });
-                bases.push(em.b.ins().iadd(base, step));
-            }
-            em.emit_row(k, n, inner.clone(), bases)
-        })
+        self.emit_nest(k, affines, &dims, &rest, Some((row, &first)))
     }
 
-    /// The innermost axis of a map kernel: `n` elements.
-    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
+    /// Run `body` inside loops over `dims` (counters appended to `idx`),
+    /// carrying `carried` from one iteration to the next; returns the values
+    /// after the last.
+    fn nest_carried(
+        &mut self,
+        dims: &[usize],
+        idx: &mut Vec<Value>,
+        carried: Vec<Value>,
+        body: &mut CarryBody<'_, 'a, 'b>,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let Some((&d, rest)) = dims.split_first() else {
+            return body(self, idx, carried);
+        };
+        if d <= 1 {
+            let z = self.b.ins().iconst(I64, 0);
+            idx.push(z);
+            let out = self.nest_carried(rest, idx, carried, body)?;
+            idx.pop();
+            return Ok(out);
+        }
+        let (blk, i, params) = self.loop_begin(&carried);
+        idx.push(i);
+        let out = self.nest_carried(rest, idx, params, body)?;
+        idx.pop();
+        Ok(self.loop_end(blk, i, 1, d as i64, &out))
+    }
+
+    /// Expression nodes needed per group of the innermost axis (those that
+    /// depend on it), which sets the unrolling.
+    fn expr_cost(&self, k: &MapKernel, inner: &[i64]) -> usize {
+        let (needed, inv) = needed_and_invariant(k, inner);
+        (0..k.nodes.len()).filter(|&i| needed[i] && !inv[i]).count()
+    }
+
+    /// Per-row facts, with the row invariants computed here (before the row's loop).
+    fn row_setup<'k>(&mut self, k: &'k MapKernel, inner: Vec<i64>, bases: Vec<Value>) -> Result<Row<'k>, CodegenError> {
         let nn = k.nodes.len();
-        let mut needed = vec![false; nn];
-        for &r in std::iter::once(&k.root).chain(k.extra.iter().map(|(_, n)| n)) {
-            if let Some(slot) = needed.get_mut(r) {
-                *slot = true;
-            }
-        }
-        for i in (0..nn).rev() {
-            match (needed[i], k.nodes[i]) {
-                (true, ENode::Unary(_, a)) => needed[a] = true,
-                (true, ENode::Binary(_, a, c)) => {
-                    needed[a] = true;
-                    needed[c] = true;
-                }
-                _ => {}
-            }
-        }
-        let mut inv: Vec<bool> = Vec::with_capacity(nn);
-        for node in &k.nodes {
-            let both = |a: usize, c: usize| inv.get(a) == Some(&true) && inv.get(c) == Some(&true);
-            let v = match *node {
-                ENode::Operand(o) => inner.get(o + 1) == Some(&0),
-                ENode::Const(_) => true,
-                ENode::Unary(_, a) => both(a, a),
-                ENode::Binary(_, a, c) => both(a, c),
-            };
-            inv.push(v);
-        }
+        let (needed, inv) = needed_and_invariant(k, &inner);
         let mut row = Row { k, inner, bases, needed, pre: vec![None; nn], recip: vec![None; nn] };
-        // Row invariants: computed here, before the loop.
         let zero = self.b.ins().iconst(I64, 0);
         let at0 = At { pos: zero, g: 0, lanes: 4 };
         let hoisted: Vec<usize> = (0..nn).filter(|&i| row.needed[i] && inv[i]).collect();
@@ -423,59 +600,98 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 }
             }
         }
-        let cost = (0..nn).filter(|&i| row.needed[i] && !inv[i]).count();
+        Ok(row)
+    }
+
+    /// The innermost axis of a map kernel: `n` elements.
+    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
+        let cost = self.expr_cost(k, &inner);
+        let row = self.row_setup(k, inner, bases)?;
         let groups = n / 4;
         let tail = (n % 4) as u8;
-        let unroll = if cost <= 12 {
-            4
-        } else if cost <= 48 {
-            2
-        } else {
-            1
-        };
-        let unroll = unroll.min(groups.max(1));
+        let unroll = unroll_for(cost, groups);
+        if let Some(kind) = k.acc.filter(|_| row.inner.first() == Some(&0)) {
+            let accs = (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect();
+            let s = math::scalar(self.b, math::identity(kind));
+            let (accs, s) = self.horiz_row(&row, n, kind, accs, s)?;
+            let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+            return self.finish_horiz(kind, accs, s, out);
+        }
         let iters = groups / unroll;
-        let horiz = k.acc.filter(|_| row.inner.first() == Some(&0));
-        let mut accs: Vec<Value> = match horiz {
-            Some(kind) => (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect(),
-            None => Vec::new(),
-        };
+        let zero = self.b.ins().iconst(I64, 0);
+        let mut done = 0;
+        if iters >= 2 {
+            let (blk, pos, _) = self.loop_begin(&[]);
+            for j in 0..unroll {
+                let at = At { pos, g: 4 * j as i64, lanes: 4 };
+                self.group(&row, at, None, None)?;
+            }
+            self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &[]);
+            done = iters * unroll;
+        }
+        for j in done..groups {
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
+            self.group(&row, at, None, None)?;
+        }
+        if tail > 0 {
+            let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
+            self.group(&row, tail_at, None, None)?;
+        }
+        Ok(())
+    }
+
+    /// A row reduced along its `n` elements: groups of four folded into the
+    /// vector accumulators `accs` (`accs.len()` groups per iteration), the
+    /// tail into the scalar `s`; returns both.
+    fn horiz_row(
+        &mut self,
+        row: &Row,
+        n: usize,
+        kind: ReduceKind,
+        accs: Vec<Value>,
+        s: Value,
+    ) -> Result<(Vec<Value>, Value), CodegenError> {
+        let groups = n / 4;
+        let tail = (n % 4) as u8;
+        let unroll = accs.len().max(1);
+        let iters = groups / unroll;
+        let zero = self.b.ins().iconst(I64, 0);
+        let mut accs = accs;
         let mut done = 0;
         if iters >= 2 {
             let (blk, pos, mut cur) = self.loop_begin(&accs);
             for j in 0..unroll {
                 let at = At { pos, g: 4 * j as i64, lanes: 4 };
-                self.group(&row, at, horiz, cur.get_mut(j))?;
+                self.group(row, at, Some(kind), cur.get_mut(j))?;
             }
             accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
             done = iters * unroll;
         }
         for j in done..groups {
             let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
-            self.group(&row, at, horiz, accs.get_mut(j % unroll))?;
+            self.group(row, at, Some(kind), accs.get_mut(j % unroll))?;
         }
-        let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
-        match horiz {
-            Some(kind) => {
-                let mut s = math::scalar(self.b, math::identity(kind));
-                if tail > 0 {
-                    let vals = self.eval_group(&row, tail_at)?;
-                    let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
-                    s = math::reduce_lanes(self.b, kind, v, tail, s);
-                }
-                let mut it = accs.into_iter();
-                if let Some(first) = it.next() {
-                    let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
-                    s = math::reduce_lanes(self.b, kind, v, 4, s);
-                }
-                let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
-                let old = self.b.ins().load(F32, mem(), out, 0);
-                let new = math::combine_scalar(self.b, kind, old, s);
-                self.b.ins().store(mem(), new, out, 0);
-            }
-            None if tail > 0 => self.group(&row, tail_at, None, None)?,
-            None => {}
+        let mut s = s;
+        if tail > 0 {
+            let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
+            let vals = self.eval_group(row, tail_at)?;
+            let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+            s = math::reduce_lanes(self.b, kind, v, tail, s);
         }
+        Ok((accs, s))
+    }
+
+    /// Fold the accumulators of `horiz_row` into one value and combine it into the output element at `out`.
+    fn finish_horiz(&mut self, kind: ReduceKind, accs: Vec<Value>, s: Value, out: Value) -> Result<(), CodegenError> {
+        let mut s = s;
+        let mut it = accs.into_iter();
+        if let Some(first) = it.next() {
+            let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
+            s = math::reduce_lanes(self.b, kind, v, 4, s);
+        }
+        let old = self.b.ins().load(F32, mem(), out, 0);
+        let new = math::combine_scalar(self.b, kind, old, s);
+        self.b.ins().store(mem(), new, out, 0);
         Ok(())
     }
 

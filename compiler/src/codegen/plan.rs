@@ -144,27 +144,45 @@ const ACC_TILE: usize = 1024;
 /// Keeping a whole `OH×OW` plane inside, rather than one row, also means that
 /// consecutive iterations update different rows: with a row inside, a col2im
 /// (`Fold`) would reload a row shifted by one element right after storing it,
-/// which defeats store-to-load forwarding, and a window sum would chain every
-/// window element through the same stored row.
-/// Kernels that accumulate along their innermost axis (kept in registers) or
-/// already have this order are returned as they are.
-fn accumulate_near_inner(k: Kernel, axes: &[usize]) -> Kernel {
+/// which defeats store-to-load forwarding.
+///
+/// A reduction (`carried`: the output does not move along `axes`) instead
+/// puts them where the emitter keeps the partial sums in registers
+/// (`emit::CARRY_MAX`): just inside a short innermost kept axis (a window sum
+/// `[N, C, OH, KH, KW, OW]`), or, when the innermost axis is summed, all of
+/// them innermost (one value per kept index, summed in registers), the kept
+/// axes ordered by how far they move the operands.
+fn accumulate_near_inner(k: Kernel, axes: &[usize], carried: bool) -> Kernel {
     let Kernel::Map(mut m) = k else { return k };
     let r = m.dims.len();
-    if r < 2 || axes.contains(&(r - 1)) || axes.iter().any(|&a| a >= r) {
+    if r < 2 || axes.iter().any(|&a| a >= r) {
         return Kernel::Map(m);
     }
-    let kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
+    let mut kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
     // How many of the innermost kept axes stay inside the summed ones.
     let mut inside = 1;
-    let mut block = m.dims[r - 1];
-    while inside < kept.len() {
-        let next = m.dims[kept[kept.len() - 1 - inside]];
-        if block * next > ACC_TILE {
-            break;
+    if axes.contains(&(r - 1)) {
+        if !carried {
+            return Kernel::Map(m);
         }
-        block *= next;
-        inside += 1;
+        inside = 0;
+        // Each kept index sweeps the operands over all summed axes: the kept
+        // axes that move the operands least go innermost, so consecutive
+        // sweeps reread data still in cache (a depthwise weight gradient,
+        // `[C, KH, KW]` from `[N, C, OH, OW]` windows: all 49 window offsets
+        // of a channel while its planes sit in L2, not every channel per offset).
+        let reach = |a: usize| m.operands.iter().map(|o| o.strides.get(a).map_or(0, |s| s.abs())).max().unwrap_or(0);
+        kept.sort_by_key(|&a| std::cmp::Reverse(reach(a)));
+    } else if !carried || m.dims[r - 1] > super::emit::CARRY_MAX {
+        let mut block = m.dims[r - 1];
+        while inside < kept.len() {
+            let next = m.dims[kept[kept.len() - 1 - inside]];
+            if block * next > ACC_TILE {
+                break;
+            }
+            block *= next;
+            inside += 1;
+        }
     }
     let mut perm: Vec<usize> = kept[..kept.len() - inside].to_vec();
     perm.extend(axes.iter().copied());
@@ -670,7 +688,7 @@ impl Planner<'_> {
         let root = self.expr(&mut eb, x, &identity(xd.len()))?;
         let acc = Affine { storage: Some(out.storage), off: out.off, strides: Self::window_strides(&out.strides, w) };
         let k = eb.finish(xd, acc, root, Some(ReduceKind::Sum));
-        self.kernels.push(accumulate_near_inner(k, &[w.lead, w.lead + 1]));
+        self.kernels.push(accumulate_near_inner(k, &[w.lead, w.lead + 1], false));
         Ok(())
     }
 
@@ -767,7 +785,7 @@ impl Planner<'_> {
             *strides.get_mut(a).ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
         }
         let acc = Affine { storage: Some(out.storage), off: out.off, strides };
-        self.kernels.push(accumulate_near_inner(eb.finish(xd, acc, root, Some(kind)), axes));
+        self.kernels.push(accumulate_near_inner(eb.finish(xd, acc, root, Some(kind)), axes, true));
         Ok(())
     }
 
