@@ -289,6 +289,40 @@ fn window_reductions() {
     }
 }
 
+/// Convolution products whose B is the unfolded image read in place (no
+/// im2col matrix): `K · cols`, `G · colsᵀ` (the weight gradient), grouped
+/// (a batch of two products), and with the unfolded image also read by a
+/// fused loop, or also an output (then read from its buffer).
+#[test]
+fn products_of_unfolded_images() {
+    for (groups, also) in [(1usize, 0u8), (2, 0), (1, 1), (2, 2)] {
+        let (n, c, hw, o, k) = (3usize, 4usize, 9usize, 6usize, 3usize);
+        let w = Window { kernel: [k, k], stride: [1, 1], dilation: [1, 1], lead: 1 };
+        let (cg, og, ohw) = (c / groups, o / groups, hw - k + 1);
+        let (kk, npix) = (cg * k * k, n * ohw * ohw);
+        let g = graph(|b| {
+            let x = input(b, "x", &[n, c, hw, hw]);
+            let wm = input(b, "w", &[groups, og, kk]);
+            let gy = input(b, "g", &[groups, og, npix]);
+            let x5 = b.reshape(x, &Shape::known(&[n, groups, cg, hw, hw]));
+            let xt = b.transpose(x5, &[1, 2, 0, 3, 4]);
+            let u = b.unfold(xt, w);
+            let cols = b.reshape(u, &Shape::known(&[groups, kk, npix]));
+            let y = b.op(Op::MatMul, &[wm, cols]);
+            let colst = b.transpose(cols, &[0, 2, 1]);
+            let dk = b.op(Op::MatMul, &[gy, colst]);
+            let mut outs = vec![y, dk];
+            match also {
+                1 => outs.push(b.exp(u)),
+                2 => outs.push(u),
+                _ => {}
+            }
+            outs
+        });
+        check_with(&g, Fill::Signed, 1e-5, 9);
+    }
+}
+
 /// Dropout's random numbers: the JIT draws exactly the reference's numbers
 /// (both hash (seed, stream, index)), uniform on [0, 1), different per stream.
 #[test]

@@ -27,6 +27,8 @@ pub(crate) struct Emitter<'a, 'b> {
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
     /// of every map kernel emitted (see `parallel_form`).
     pub rows: Option<(Value, Value)>,
+    /// Addresses of the plan's offset tables (gathered matrix operands).
+    pub tables: &'a [i64],
 }
 
 /// Map kernels with at least this many elements are split across the worker
@@ -59,13 +61,24 @@ pub(crate) fn pairable(first: &Kernel, second: &Kernel, offsets: &[usize], lens:
         (Some((a, b)), Some((c, d))) => a < d && c < b,
         _ => true,
     };
-    let big = |m: usize, k: usize, n: usize| m * k * n >= PAIR_MIN;
-    b1.is_empty()
-        && b2.is_empty()
-        && big(*m1, *k1, *n1)
-        && big(*m2, *k2, *n2)
+    let _ = (b1, m1, k1, n1, b2, m2, k2, n2);
+    pair_candidates(first, second)
         && ![a2.storage, x2.storage, c2.storage].iter().any(|&s| overlap(c1.storage, s))
         && ![a1.storage, x1.storage].iter().any(|&s| overlap(c2.storage, s))
+}
+
+/// Two consecutive unbatched products, each of at least `PAIR_MIN`
+/// multiply-adds, the second not reading the first's output (by storage): the
+/// arena layout keeps their operands and outputs apart (`memory::assign`), so
+/// `pairable` holds for them.
+pub(crate) fn pair_candidates(first: &Kernel, second: &Kernel) -> bool {
+    let (Kernel::MatMul { batch: b1, m: m1, k: k1, n: n1, c: c1, .. }, Kernel::MatMul { batch: b2, m: m2, k: k2, n: n2, a: a2, b: x2, .. }) =
+        (first, second)
+    else {
+        return false;
+    };
+    let big = |m: usize, k: usize, n: usize| m * k * n >= PAIR_MIN;
+    b1.is_empty() && b2.is_empty() && big(*m1, *k1, *n1) && big(*m2, *k2, *n2) && a2.storage != c1.storage && x2.storage != c1.storage
 }
 
 /// `k` with its (simplified) first axis the one to split across threads, or
@@ -827,6 +840,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     // ---- library calls ----------------------------------------------------------------
 
+    /// The addresses of a gathered operand's row and column offset tables (0, 0 if strided).
+    fn gather_tables(&self, op: &MatOperand) -> Result<[i64; 2], CodegenError> {
+        let Some([r, c]) = op.gather else { return Ok([0, 0]) };
+        let at = |t: usize| self.tables.get(t).copied().ok_or_else(|| CodegenError::Cranelift(format!("no offset table {t}")));
+        Ok([at(r)?, at(c)?])
+    }
+
     fn mat_ptr(&mut self, op: &MatOperand, idx: &[Value]) -> Result<Value, CodegenError> {
         self.base(Some(op.storage), op.off, &op.batch, idx)
     }
@@ -845,9 +865,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
         self.loop_nest(batch, &mut |em, idx| {
             let (pa, pb, pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
-            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
+            let [ro, co] = em.gather_tables(b)?;
+            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs, ro, co];
             let v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
-            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]];
+            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8], v[9], v[10]];
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })
@@ -868,7 +889,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Two unbatched products as one call of `nnc_sgemm_pair` (see `pairable`).
     pub fn emit_matmul_pair(&mut self, first: &Kernel, second: &Kernel, pair: FuncRef) -> Result<(), CodegenError> {
-        let mut args = Vec::with_capacity(24);
+        let mut args = Vec::with_capacity(28);
+        let mut tables = Vec::with_capacity(4);
         for k in [first, second] {
             let Kernel::MatMul { m, k, n, a, b, c, .. } = k else {
                 return Err(CodegenError::Cranelift("paired kernel is not a product".into()));
@@ -877,6 +899,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
             let ints = [*m as i64, *k as i64, *n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
             let v: Vec<Value> = ints.iter().map(|&x| self.b.ins().iconst(I64, x)).collect();
             args.extend([v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]]);
+            tables.extend(self.gather_tables(b)?);
+        }
+        for t in tables {
+            args.push(self.b.ins().iconst(I64, t));
         }
         self.b.ins().call(pair, &args);
         Ok(())
