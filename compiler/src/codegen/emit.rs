@@ -236,12 +236,18 @@ pub(crate) fn simplify(dims: &[usize], strides: &mut [Vec<i64>]) -> Vec<usize> {
 }
 
 /// Where one group of (up to) four elements of the innermost axis is:
-/// element index `pos + g`, `lanes` valid lanes.
+/// element index `pos + g`, `lanes` valid lanes. A row's tail of 1–3
+/// elements (`n ≥ 4`) is a full group ending at the row's end whose first
+/// `skip` lanes repeat elements of the previous group: a map stores the same
+/// values again there, an accumulation masks them to the identity. One
+/// vector load and store instead of a scalar load per lane and operand (rows
+/// of 7 or 14 in MNIST-sized images).
 #[derive(Clone, Copy)]
 struct At {
     pos: Value,
     g: i64,
     lanes: u8,
+    skip: u8,
 }
 
 /// Per-row facts of a map kernel.
@@ -465,13 +471,19 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 .first()
                 .copied()
                 .ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
-            let ats: Vec<At> = (0..n.div_ceil(4)).map(|j| At { pos: zero, g: 4 * j as i64, lanes: (n - 4 * j).min(4) as u8 }).collect();
+            let mut ats: Vec<At> = (0..n.div_ceil(4)).map(|j| At { pos: zero, g: 4 * j as i64, lanes: (n - 4 * j).min(4) as u8, skip: 0 }).collect();
+            // A tail overlapping the previous group: summed from the identity
+            // and added to the output after the other groups are stored.
+            let overlap = n >= 4 && n % 4 != 0;
+            if let (true, Some(last)) = (overlap, ats.last_mut()) {
+                *last = At { pos: zero, g: n as i64 - 4, lanes: 4, skip: (4 - n % 4) as u8 };
+            }
             let init: Vec<Value> = if horiz {
                 let mut v: Vec<Value> = (0..unroll).map(|_| math::splat(em.b, math::identity(kind))).collect();
                 v.push(math::scalar(em.b, math::identity(kind)));
                 v
             } else {
-                ats.iter().map(|&at| em.load(true, s_out, out_base, at)).collect()
+                ats.iter().map(|&at| if at.skip > 0 { math::splat(em.b, math::identity(kind)) } else { em.load(true, s_out, out_base, at) }).collect()
             };
             let mut at_idx = idx.to_vec();
             let done = em.nest_carried(&dims[kept..r - 1], &mut at_idx, init, &mut |em, full, cur| {
@@ -488,6 +500,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 for (j, &at) in ats.iter().enumerate() {
                     let vals = em.eval_group(&row, at)?;
                     let v = vals.get(k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+                    let v = em.skip_lanes(v, at.skip, kind);
                     if let Some(acc) = cur.get_mut(j) {
                         *acc = math::combine(em.b, kind, *acc, v);
                     }
@@ -499,7 +512,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let s = accs.pop().ok_or_else(|| CodegenError::Cranelift("no scalar sum".into()))?;
                 return em.finish_horiz(kind, accs, s, out_base);
             }
-            for (&at, &v) in ats.iter().zip(&done) {
+            for (&at, &v) in ats.iter().zip(&done).filter(|(at, _)| at.skip == 0) {
+                em.store(s_out, out_base, at, v);
+            }
+            for (&at, &v) in ats.iter().zip(&done).filter(|(at, _)| at.skip > 0) {
+                let old = em.load(true, s_out, out_base, at);
+                let v = math::combine(em.b, kind, old, v);
                 em.store(s_out, out_base, at, v);
             }
             Ok(())
@@ -599,7 +617,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let (needed, inv) = needed_and_invariant(k, &inner);
         let mut row = Row { k, inner, bases, needed, pre: vec![None; nn], recip: vec![None; nn] };
         let zero = self.b.ins().iconst(I64, 0);
-        let at0 = At { pos: zero, g: 0, lanes: 4 };
+        let at0 = At { pos: zero, g: 0, lanes: 4, skip: 0 };
         let hoisted: Vec<usize> = (0..nn).filter(|&i| row.needed[i] && inv[i]).collect();
         for i in hoisted {
             let v = self.eval_node(&row, i, &row.pre, at0)?;
@@ -636,18 +654,28 @@ impl<'a, 'b> Emitter<'a, 'b> {
         if iters >= 2 {
             let (blk, pos, _) = self.loop_begin(&[]);
             for j in 0..unroll {
-                let at = At { pos, g: 4 * j as i64, lanes: 4 };
+                let at = At { pos, g: 4 * j as i64, lanes: 4, skip: 0 };
                 self.group(&row, at, None, None)?;
             }
             self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &[]);
             done = iters * unroll;
         }
         for j in done..groups {
-            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 };
             self.group(&row, at, None, None)?;
         }
         if tail > 0 {
-            let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
+            // An overlapping last group, unless the kernel reads what it writes
+            // (an in-place update would apply twice to the repeated lanes) or
+            // accumulates (reloading the lanes just stored, shifted, would
+            // defeat store-to-load forwarding).
+            let writes = std::iter::once(&k.out).chain(k.extra.iter().map(|(a, _)| a)).filter_map(|a| a.storage);
+            let aliased = writes.into_iter().any(|w| k.operands.iter().any(|o| o.storage == Some(w)));
+            let tail_at = if n >= 4 && k.acc.is_none() && !aliased {
+                At { pos: zero, g: n as i64 - 4, lanes: 4, skip: 4 - tail }
+            } else {
+                At { pos: zero, g: 4 * groups as i64, lanes: tail, skip: 0 }
+            };
             self.group(&row, tail_at, None, None)?;
         }
         Ok(())
@@ -674,19 +702,22 @@ impl<'a, 'b> Emitter<'a, 'b> {
         if iters >= 2 {
             let (blk, pos, mut cur) = self.loop_begin(&accs);
             for j in 0..unroll {
-                let at = At { pos, g: 4 * j as i64, lanes: 4 };
+                let at = At { pos, g: 4 * j as i64, lanes: 4, skip: 0 };
                 self.group(row, at, Some(kind), cur.get_mut(j))?;
             }
             accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
             done = iters * unroll;
         }
         for j in done..groups {
-            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 };
             self.group(row, at, Some(kind), accs.get_mut(j % unroll))?;
         }
         let mut s = s;
-        if tail > 0 {
-            let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
+        if tail > 0 && n >= 4 && !accs.is_empty() {
+            let tail_at = At { pos: zero, g: n as i64 - 4, lanes: 4, skip: 4 - tail };
+            self.group(row, tail_at, Some(kind), accs.first_mut())?;
+        } else if tail > 0 {
+            let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail, skip: 0 };
             let vals = self.eval_group(row, tail_at)?;
             let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
             s = math::reduce_lanes(self.b, kind, v, tail, s);
@@ -712,7 +743,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// reduction along the innermost axis) fold into the register `acc`.
     fn group(&mut self, row: &Row, at: At, horiz: Option<ReduceKind>, acc: Option<&mut Value>) -> Result<(), CodegenError> {
         let vals = self.eval_group(row, at)?;
-        let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+        let mut v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+        if let Some(kind) = row.k.acc {
+            v = self.skip_lanes(v, at.skip, kind);
+        }
         if let (Some(kind), Some(acc)) = (horiz, acc) {
             *acc = math::combine(self.b, kind, *acc, v);
             return Ok(());
@@ -735,6 +769,18 @@ impl<'a, 'b> Emitter<'a, 'b> {
             self.store(s, base, at, x);
         }
         Ok(())
+    }
+
+    /// `v` with its first `skip` lanes replaced by the identity of `kind`.
+    fn skip_lanes(&mut self, v: Value, skip: u8, kind: ReduceKind) -> Value {
+        if skip == 0 {
+            return v;
+        }
+        let bytes: Vec<u8> = (0..4u8).flat_map(|l| if l < skip { [0u8; 4] } else { [0xff; 4] }).collect();
+        let c = self.b.func.dfg.constants.insert(ConstantData::from(bytes));
+        let mask = self.b.ins().vconst(F32X4, c);
+        let ident = math::splat(self.b, math::identity(kind));
+        self.b.ins().bitselect(mask, v, ident)
     }
 
     fn eval_group(&mut self, row: &Row, at: At) -> Result<Vec<Option<Value>>, CodegenError> {
