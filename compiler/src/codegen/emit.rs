@@ -471,7 +471,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 .first()
                 .copied()
                 .ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
-            let mut ats: Vec<At> = (0..n.div_ceil(4)).map(|j| At { pos: zero, g: 4 * j as i64, lanes: (n - 4 * j).min(4) as u8, skip: 0 }).collect();
+            let mut ats: Vec<At> =
+                (0..n.div_ceil(4)).map(|j| At { pos: zero, g: 4 * j as i64, lanes: (n - 4 * j).min(4) as u8, skip: 0 }).collect();
             // A tail overlapping the previous group: summed from the identity
             // and added to the output after the other groups are stored.
             let overlap = n >= 4 && n % 4 != 0;
@@ -483,7 +484,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 v.push(math::scalar(em.b, math::identity(kind)));
                 v
             } else {
-                ats.iter().map(|&at| if at.skip > 0 { math::splat(em.b, math::identity(kind)) } else { em.load(true, s_out, out_base, at) }).collect()
+                ats.iter()
+                    .map(|&at| if at.skip > 0 { math::splat(em.b, math::identity(kind)) } else { em.load(true, s_out, out_base, at) })
+                    .collect()
             };
             let mut at_idx = idx.to_vec();
             let done = em.nest_carried(&dims[kept..r - 1], &mut at_idx, init, &mut |em, full, cur| {
