@@ -94,7 +94,7 @@ pub unsafe fn sgemm_strided(
     threads: usize,
 ) {
     let [m, k, n] = mkn;
-    let mat = |p: *const f32, s: [isize; 2]| gemm::Mat { ptr: p.cast_mut(), rs: s[0], cs: s[1] };
+    let mat = |p: *const f32, s: [isize; 2]| gemm::Mat::strided(p.cast_mut(), s[0], s[1]);
     // SAFETY: the caller's contract is `gemm::sgemm`'s.
     unsafe { gemm::sgemm(m, k, n, mat(a, a_strides), mat(b, b_strides), mat(c, c_strides), threads) }
 }
@@ -153,6 +153,9 @@ pub struct CompiledGraph {
     flush_subnormals: bool,
     compile_time: Duration,
     fault: Option<Fault>,
+    /// Offset tables read by the SGEMM helper for gathered operands (the code
+    /// holds their addresses).
+    _tables: Vec<Box<[i32]>>,
 }
 
 /// Turn the finalized code address into a callable function pointer.
@@ -189,19 +192,19 @@ fn new_module() -> Result<JITModule, CodegenError> {
 }
 
 /// Declare and define the graph's function in `module`.
-fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Result<FuncId, CodegenError> {
+fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: &[i64]) -> Result<FuncId, CodegenError> {
     let import = |module: &mut JITModule, name: &str, n: usize| {
         let mut sig = module.make_signature();
         sig.params = vec![AbiParam::new(I64); n];
         module.declare_function(name, Linkage::Import, &sig).map_err(cl)
     };
-    let sgemm_id = import(module, "nnc_sgemm", 12)?;
+    let sgemm_id = import(module, "nnc_sgemm", 14)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
     let lookup_id = import(module, "nnc_lookup", 8)?;
     let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
-    let pair_id = import(module, "nnc_sgemm_pair", 24)?;
+    let pair_id = import(module, "nnc_sgemm_pair", 28)?;
     let adam_id = import(module, "nnc_adam", 16)?;
     // Adam's update runs as a precompiled AVX-512 kernel when recognised.
     let adams: Vec<Option<adam::Adam>> = plan
@@ -222,7 +225,10 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
         pieces.push(match form {
             Some(pk) => {
                 let rows = pk.dims.first().copied().unwrap_or(1);
-                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, [sgemm_id, solve_id, random_id, lookup_id])?, rows))
+                Some((
+                    define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, tables, [sgemm_id, solve_id, random_id, lookup_id])?,
+                    rows,
+                ))
             }
             None => None,
         });
@@ -246,7 +252,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize]) -> Resul
     {
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
-        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, rows: None };
+        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, rows: None, tables };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
@@ -311,7 +317,10 @@ fn describe(k: &kernel::Kernel) -> String {
             let parts: Vec<String> = kernels.iter().map(|k| describe(&kernel::Kernel::Map(k.clone()))).collect();
             format!("{} loops fused over {rows} rows: [{}]", kernels.len(), parts.join("; "))
         }
-        kernel::Kernel::MatMul { batch, m, k, n, .. } => format!("matmul {batch:?} {m}x{k} @ {k}x{n}"),
+        kernel::Kernel::MatMul { batch, m, k, n, b, .. } => {
+            let gathered = if b.gather.is_some() { " (B unfolded in place)" } else { "" };
+            format!("matmul {batch:?} {m}x{k} @ {k}x{n}{gathered}")
+        }
         kernel::Kernel::Solve { n, k, .. } => format!("solve {n}x{n} \\ {n}x{k}"),
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
         kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
@@ -326,6 +335,7 @@ fn define_piece(
     name: &str,
     k: &kernel::MapKernel,
     offsets: &[usize],
+    tables: &[i64],
     helpers: [FuncId; 4],
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();
@@ -345,7 +355,8 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
-        let mut em = emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, random, lookup, rows: Some((lo, hi)) };
+        let mut em =
+            emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, random, lookup, rows: Some((lo, hi)), tables };
         em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
     }
     b.ins().return_(&[]);
@@ -365,7 +376,11 @@ impl CompiledGraph {
         let plan = plan::plan(graph, updates)?;
         let layout = memory::assign(&plan.storages, &plan.kernels);
         let mut module = new_module()?;
-        let id = define(&mut module, &plan, &layout.offsets)?;
+        // The offset tables of gathered operands: boxed, so their addresses
+        // (baked into the code) stay valid while the compiled graph owns them.
+        let tables: Vec<Box<[i32]>> = plan.tables.iter().map(|t| t.clone().into_boxed_slice()).collect();
+        let addrs: Vec<i64> = tables.iter().map(|t| t.as_ptr() as i64).collect();
+        let id = define(&mut module, &plan, &layout.offsets, &addrs)?;
         module.finalize_definitions().map_err(cl)?;
         let code = module.get_finalized_function(id);
         // SAFETY: `code` is the function just defined with params (i64, i64) and no
@@ -398,6 +413,7 @@ impl CompiledGraph {
             flush_subnormals: false,
             compile_time: start.elapsed(),
             fault: None,
+            _tables: tables,
         })
     }
 

@@ -240,6 +240,8 @@ fn windows_unfold_and_fold() {
         (&[2, 3, 8, 8], [3, 3], [1, 1], [1, 1], 0), (&[1, 2, 7, 6], [3, 2], [2, 1], [1, 2], 1),
         (&[2, 2, 9, 9], [2, 2], [2, 2], [1, 1], 2), (&[3, 11, 5], [5, 1], [3, 2], [2, 1], 1),
         (&[1, 1, 28, 28], [3, 3], [1, 1], [1, 1], 1), (&[2, 3, 4, 10, 10], [3, 3], [1, 1], [1, 1], 1),
+        // Large enough for the col2im to be split across threads (by channel).
+        (&[8, 8, 14, 14], [7, 7], [1, 1], [1, 1], 0), (&[3, 16, 6, 10, 10], [3, 3], [1, 1], [1, 1], 1),
     ];
     for (dims, kernel, stride, dilation, lead) in cases {
         let w = Window { kernel: *kernel, stride: *stride, dilation: *dilation, lead: *lead };
@@ -253,6 +255,71 @@ fn windows_unfold_and_fold() {
             vec![u, f]
         });
         check(&g, Fill::Signed);
+    }
+}
+
+/// Window sums as a depthwise convolution lowers them: the window sum (partial
+/// sums of a short output row carried in registers over the window), its
+/// weight gradient (a reduction over batch and positions, one value per
+/// channel and window offset) and a window maximum, small and large enough to
+/// run on several threads.
+#[test]
+fn window_reductions() {
+    for (dims, k) in [([2usize, 3, 9, 9], 3usize), ([16, 8, 14, 14], 3), ([4, 6, 13, 13], 7), ([2, 2, 40, 40], 2)] {
+        let w = Window { kernel: [k, k], stride: [1, 1], dilation: [1, 1], lead: 0 };
+        let [n, c, h, wd] = dims;
+        let (oh, ow) = (h - k + 1, wd - k + 1);
+        let g = graph(|b| {
+            let x = input(b, "x", &dims);
+            let wt = input(b, "w", &[k, k, 1, c, 1, 1]);
+            let gy = input(b, "g", &[n, c, oh, ow]);
+            let u = b.unfold(x, w);
+            let full = Shape::known(&[k, k, n, c, oh, ow]);
+            let wb = b.broadcast(wt, &full);
+            let prod = b.mul(u, wb);
+            let y = b.reduce_sum(prod, &[0, 1]);
+            let gb = b.reshape(gy, &Shape::known(&[1, 1, n, c, oh, ow]));
+            let gb = b.broadcast(gb, &full);
+            let gu = b.mul(u, gb);
+            let dw = b.reduce_sum(gu, &[2, 4, 5]);
+            let mx = b.reduce_max(u, &[0, 1]);
+            vec![y, dw, mx]
+        });
+        check_with(&g, Fill::Signed, 1e-5, 5);
+    }
+}
+
+/// Convolution products whose B is the unfolded image read in place (no
+/// im2col matrix): `K · cols`, `G · colsᵀ` (the weight gradient), grouped
+/// (a batch of two products), and with the unfolded image also read by a
+/// fused loop, or also an output (then read from its buffer).
+#[test]
+fn products_of_unfolded_images() {
+    for (groups, also) in [(1usize, 0u8), (2, 0), (1, 1), (2, 2)] {
+        let (n, c, hw, o, k) = (3usize, 4usize, 9usize, 6usize, 3usize);
+        let w = Window { kernel: [k, k], stride: [1, 1], dilation: [1, 1], lead: 1 };
+        let (cg, og, ohw) = (c / groups, o / groups, hw - k + 1);
+        let (kk, npix) = (cg * k * k, n * ohw * ohw);
+        let g = graph(|b| {
+            let x = input(b, "x", &[n, c, hw, hw]);
+            let wm = input(b, "w", &[groups, og, kk]);
+            let gy = input(b, "g", &[groups, og, npix]);
+            let x5 = b.reshape(x, &Shape::known(&[n, groups, cg, hw, hw]));
+            let xt = b.transpose(x5, &[1, 2, 0, 3, 4]);
+            let u = b.unfold(xt, w);
+            let cols = b.reshape(u, &Shape::known(&[groups, kk, npix]));
+            let y = b.op(Op::MatMul, &[wm, cols]);
+            let colst = b.transpose(cols, &[0, 2, 1]);
+            let dk = b.op(Op::MatMul, &[gy, colst]);
+            let mut outs = vec![y, dk];
+            match also {
+                1 => outs.push(b.exp(u)),
+                2 => outs.push(u),
+                _ => {}
+            }
+            outs
+        });
+        check_with(&g, Fill::Signed, 1e-5, 9);
     }
 }
 
@@ -313,6 +380,9 @@ fn reductions() {
         (&[7], &[0]), (&[65], &[0]), (&[1], &[0]), (&[13, 7], &[0]), (&[13, 7], &[1]), (&[13, 7], &[0, 1]),
         (&[3, 1, 5], &[1]), (&[2, 3, 13], &[0, 2]), (&[2, 3, 13], &[1]), (&[2, 3, 13], &[0, 1, 2]),
         (&[4, 65, 3], &[1]), (&[65, 65], &[1]),
+        // Carried in registers: a short kept row, or every summed axis innermost.
+        (&[5, 20, 6], &[1]), (&[64, 10], &[0]), (&[40, 3, 33], &[0]), (&[16, 8, 12, 12], &[0, 2, 3]),
+        (&[64, 32, 16], &[0, 2]), (&[3, 5, 7, 9], &[1, 3]),
     ];
     for (dims, axes) in cases {
         for kind in [ReduceKind::Sum, ReduceKind::Max] {

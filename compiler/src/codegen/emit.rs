@@ -28,6 +28,8 @@ pub(crate) struct Emitter<'a, 'b> {
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
     /// of every map kernel emitted (see `parallel_form`).
     pub rows: Option<(Value, Value)>,
+    /// Addresses of the plan's offset tables (gathered matrix operands).
+    pub tables: &'a [i64],
 }
 
 /// Map kernels with at least this many elements are split across the worker
@@ -60,21 +62,33 @@ pub(crate) fn pairable(first: &Kernel, second: &Kernel, offsets: &[usize], lens:
         (Some((a, b)), Some((c, d))) => a < d && c < b,
         _ => true,
     };
-    let big = |m: usize, k: usize, n: usize| m * k * n >= PAIR_MIN;
-    b1.is_empty()
-        && b2.is_empty()
-        && big(*m1, *k1, *n1)
-        && big(*m2, *k2, *n2)
+    let _ = (b1, m1, k1, n1, b2, m2, k2, n2);
+    pair_candidates(first, second)
         && ![a2.storage, x2.storage, c2.storage].iter().any(|&s| overlap(c1.storage, s))
         && ![a1.storage, x1.storage].iter().any(|&s| overlap(c2.storage, s))
 }
 
+/// Two consecutive unbatched products, each of at least `PAIR_MIN`
+/// multiply-adds, the second not reading the first's output (by storage): the
+/// arena layout keeps their operands and outputs apart (`memory::assign`), so
+/// `pairable` holds for them.
+pub(crate) fn pair_candidates(first: &Kernel, second: &Kernel) -> bool {
+    let (Kernel::MatMul { batch: b1, m: m1, k: k1, n: n1, c: c1, .. }, Kernel::MatMul { batch: b2, m: m2, k: k2, n: n2, a: a2, b: x2, .. }) =
+        (first, second)
+    else {
+        return false;
+    };
+    let big = |m: usize, k: usize, n: usize| m * k * n >= PAIR_MIN;
+    b1.is_empty() && b2.is_empty() && big(*m1, *k1, *n1) && big(*m2, *k2, *n2) && a2.storage != c1.storage && x2.storage != c1.storage
+}
+
 /// `k` with its (simplified) first axis the one to split across threads, or
-/// `None` if it should run on one thread: too small, or accumulating (pieces
-/// would race on the same output elements).
+/// `None` if it should run on one thread: too small, or accumulating into
+/// output elements that two values of the first axis share (pieces would race
+/// on them).
 pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     let numel: usize = k.dims.iter().product();
-    if k.acc.is_some() || numel < parallel_elements() {
+    if numel < parallel_elements() {
         return None;
     }
     let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(k.extra.iter().map(|(a, _)| a)).collect();
@@ -93,15 +107,99 @@ pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     if dims.first().is_none_or(|&d| d < 2) {
         return None;
     }
+    if k.acc.is_some() && !disjoint_first_axis(&dims, strides.first().map_or(&[], |s| s.as_slice())) {
+        return None;
+    }
     let mut it = strides.into_iter();
     let mut with = |a: &Affine| Affine { storage: a.storage, off: a.off, strides: it.next().unwrap_or_default() };
     let out = with(&k.out);
     let operands = k.operands.iter().map(&mut with).collect();
     let extra = k.extra.iter().map(|(a, n)| (with(a), *n)).collect();
-    Some(MapKernel { dims, out, operands, nodes: k.nodes.clone(), root: k.root, acc: None, extra })
+    Some(MapKernel { dims, out, operands, nodes: k.nodes.clone(), root: k.root, acc: k.acc, extra })
+}
+
+/// True if the output elements an accumulating loop touches for one index of
+/// its first axis are disjoint from those of every other index: the first
+/// axis moves the output (non-negative strides), and either the other axes
+/// span less than its stride, or the axes that move the output address
+/// distinct elements (each stride larger than the span of the smaller ones). Then each index (a depthwise convolution's image, a col2im's
+/// channel, a weight gradient's channel) can run on its own thread.
+fn disjoint_first_axis(dims: &[usize], out: &[i64]) -> bool {
+    let (Some(&s0), true) = (out.first(), out.len() == dims.len()) else { return false };
+    if out.iter().any(|&s| s < 0) || s0 == 0 {
+        return false;
+    }
+    // The other axes stay within one step of the first (they may overlap
+    // among themselves: a col2im's window and position axes).
+    let rest: i64 = dims.iter().zip(out).skip(1).map(|(&d, &s)| (d as i64 - 1) * s).sum();
+    if rest < s0 {
+        return true;
+    }
+    let mut moving: Vec<(i64, usize)> = out.iter().zip(dims).filter(|(&s, &d)| s != 0 && d > 1).map(|(&s, &d)| (s, d)).collect();
+    moving.sort_unstable();
+    let mut span = 0i64;
+    for (s, d) in moving {
+        if s <= span {
+            return false;
+        }
+        span += (d as i64 - 1) * s;
+    }
+    true
 }
 
 type Body<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value]) -> Result<(), CodegenError> + 'x;
+type CarryBody<'x, 'a, 'b> = dyn FnMut(&mut Emitter<'a, 'b>, &[Value], Vec<Value>) -> Result<Vec<Value>, CodegenError> + 'x;
+
+/// Longest output row whose partial sums are carried in registers across
+/// summed loops (`Emitter::emit_carried`): 8 vectors of four.
+pub(crate) const CARRY_MAX: usize = 32;
+
+/// Groups of four evaluated per iteration of a row's loop, by expression size.
+fn unroll_for(cost: usize, groups: usize) -> usize {
+    let unroll = if cost <= 12 {
+        4
+    } else if cost <= 48 {
+        2
+    } else {
+        1
+    };
+    unroll.min(groups.max(1))
+}
+
+/// Which expression nodes the kernel's outputs need, and which of them do
+/// not depend on the innermost index (`inner[0]` is the output's stride,
+/// `inner[1 + o]` operand `o`'s).
+fn needed_and_invariant(k: &MapKernel, inner: &[i64]) -> (Vec<bool>, Vec<bool>) {
+    let nn = k.nodes.len();
+    let mut needed = vec![false; nn];
+    for &r in std::iter::once(&k.root).chain(k.extra.iter().map(|(_, n)| n)) {
+        if let Some(slot) = needed.get_mut(r) {
+            *slot = true;
+        }
+    }
+    for i in (0..nn).rev() {
+        match (needed[i], k.nodes[i]) {
+            (true, ENode::Unary(_, a)) => needed[a] = true,
+            (true, ENode::Binary(_, a, c)) => {
+                needed[a] = true;
+                needed[c] = true;
+            }
+            _ => {}
+        }
+    }
+    let mut inv: Vec<bool> = Vec::with_capacity(nn);
+    for node in &k.nodes {
+        let both = |a: usize, c: usize| inv.get(a) == Some(&true) && inv.get(c) == Some(&true);
+        let v = match *node {
+            ENode::Operand(o) => inner.get(o + 1) == Some(&0),
+            ENode::Const(_) => true,
+            ENode::Unary(_, a) => both(a, a),
+            ENode::Binary(_, a, c) => both(a, c),
+        };
+        inv.push(v);
+    }
+    (needed, inv)
+}
 
 fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
@@ -139,12 +237,18 @@ pub(crate) fn simplify(dims: &[usize], strides: &mut [Vec<i64>]) -> Vec<usize> {
 }
 
 /// Where one group of (up to) four elements of the innermost axis is:
-/// element index `pos + g`, `lanes` valid lanes.
+/// element index `pos + g`, `lanes` valid lanes. A row's tail of 1–3
+/// elements (`n ≥ 4`) is a full group ending at the row's end whose first
+/// `skip` lanes repeat elements of the previous group: a map stores the same
+/// values again there, an accumulation masks them to the identity. One
+/// vector load and store instead of a scalar load per lane and operand (rows
+/// of 7 or 14 in MNIST-sized images).
 #[derive(Clone, Copy)]
 struct At {
     pos: Value,
     g: i64,
     lanes: u8,
+    skip: u8,
 }
 
 /// Per-row facts of a map kernel.
@@ -286,18 +390,150 @@ impl<'a, 'b> Emitter<'a, 'b> {
             return self.emit_map_rows(k, affines, strides, lo, hi);
         }
         let dims = simplify(&k.dims, &mut strides);
+        self.emit_nest(k, &affines, &dims, &strides, None)
+    }
+
+    /// The loop nest of a map kernel over `dims` (simplified, `strides[i]` for
+    /// `affines[i]`), every address offset by `row · first[i]` when `row` is
+    /// `Some((row, first))`. An accumulation whose output does not move along
+    /// its last axes but the innermost (a window sum: `[N, C, OH, KH, KW, OW]`
+    /// into `[N, C, OH, OW]`; or, with the innermost axis summed too, a
+    /// reduction to one value) keeps its partial sums in registers across
+    /// those axes: the output row is loaded and stored once, not once per
+    /// summed index (`emit_carried`).
+    fn emit_nest(
+        &mut self,
+        k: &MapKernel,
+        affines: &[&Affine],
+        dims: &[usize],
+        strides: &[Vec<i64>],
+        row: Option<(Value, &[i64])>,
+    ) -> Result<(), CodegenError> {
         let r = dims.len();
         let (outer, n) = match dims.split_last() {
             Some((&n, outer)) => (outer.to_vec(), n),
             None => (Vec::new(), 1),
         };
         let inner: Vec<i64> = strides.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
+        let out_s = strides.first().map_or(&[][..], |s| s.as_slice());
+        let summed =
+            if k.acc.is_some() { outer.iter().enumerate().rev().take_while(|(i, _)| out_s.get(*i) == Some(&0)).count() } else { 0 };
+        let horiz = inner.first() == Some(&0);
+        if summed > 0 && (horiz || n <= CARRY_MAX) {
+            return self.emit_carried(k, affines, dims, strides, row, summed);
+        }
         self.loop_nest(&outer, &mut |em, idx| {
-            let mut bases = Vec::with_capacity(affines.len());
-            for (a, s) in affines.iter().zip(&strides) {
-                bases.push(em.base(a.storage, a.off, &s[..r.saturating_sub(1)], idx)?);
-            }
+            let bases = em.bases(affines, strides, r.saturating_sub(1), idx, row)?;
             em.emit_row(k, n, inner.clone(), bases)
+        })
+    }
+
+    /// Addresses of every affine at the loop counters `idx` (its first `upto` strides).
+    fn bases(
+        &mut self,
+        affines: &[&Affine],
+        strides: &[Vec<i64>],
+        upto: usize,
+        idx: &[Value],
+        row: Option<(Value, &[i64])>,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let mut bases = Vec::with_capacity(affines.len());
+        for (i, (a, s)) in affines.iter().zip(strides).enumerate() {
+            let mut base = self.base(a.storage, a.off, s.get(..upto).unwrap_or(s), idx)?;
+            if let Some((row, first)) = row {
+                let f = first.get(i).copied().unwrap_or(0);
+                let step = self.b.ins().imul_imm_s(row, f * if a.storage.is_some() { 4 } else { 1 });
+                base = self.b.ins().iadd(base, step);
+            }
+            bases.push(base);
+        }
+        Ok(bases)
+    }
+
+    /// `emit_nest` for an accumulation whose last `summed` outer axes do not
+    /// move the output: loops over the kept axes; the output row's partial
+    /// results (one vector per group of four, or for a reduction along the
+    /// innermost axis the unrolled vector accumulators and a scalar) are
+    /// carried through the loops over the summed axes, then combined into the
+    /// output once.
+    fn emit_carried(
+        &mut self,
+        k: &MapKernel,
+        affines: &[&Affine],
+        dims: &[usize],
+        strides: &[Vec<i64>],
+        row: Option<(Value, &[i64])>,
+        summed: usize,
+    ) -> Result<(), CodegenError> {
+        let kind = k.acc.ok_or_else(|| CodegenError::Cranelift("carried sums without accumulation".into()))?;
+        let r = dims.len();
+        let n = dims.last().copied().unwrap_or(1);
+        let kept = r - 1 - summed;
+        let inner: Vec<i64> = strides.iter().map(|s| s.get(r - 1).copied().unwrap_or(0)).collect();
+        let s_out = inner.first().copied().unwrap_or(0);
+        let horiz = s_out == 0;
+        let cost = self.expr_cost(k, &inner);
+        let unroll = unroll_for(cost, n / 4);
+        self.loop_nest(&dims[..kept], &mut |em, idx| {
+            let zero = em.b.ins().iconst(I64, 0);
+            let out_base = em
+                .bases(&affines[..1], &strides[..1], kept, idx, row)?
+                .first()
+                .copied()
+                .ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+            let mut ats: Vec<At> =
+                (0..n.div_ceil(4)).map(|j| At { pos: zero, g: 4 * j as i64, lanes: (n - 4 * j).min(4) as u8, skip: 0 }).collect();
+            // A tail overlapping the previous group: summed from the identity
+            // and added to the output after the other groups are stored.
+            let overlap = n >= 4 && n % 4 != 0;
+            if let (true, Some(last)) = (overlap, ats.last_mut()) {
+                *last = At { pos: zero, g: n as i64 - 4, lanes: 4, skip: (4 - n % 4) as u8 };
+            }
+            let init: Vec<Value> = if horiz {
+                let mut v: Vec<Value> = (0..unroll).map(|_| math::splat(em.b, math::identity(kind))).collect();
+                v.push(math::scalar(em.b, math::identity(kind)));
+                v
+            } else {
+                ats.iter()
+                    .map(|&at| if at.skip > 0 { math::splat(em.b, math::identity(kind)) } else { em.load(true, s_out, out_base, at) })
+                    .collect()
+            };
+            let mut at_idx = idx.to_vec();
+            let done = em.nest_carried(&dims[kept..r - 1], &mut at_idx, init, &mut |em, full, cur| {
+                let bases = em.bases(affines, strides, r - 1, full, row)?;
+                let row = em.row_setup(k, inner.clone(), bases)?;
+                if horiz {
+                    let mut cur = cur;
+                    let s = cur.pop().ok_or_else(|| CodegenError::Cranelift("no scalar sum".into()))?;
+                    let (mut accs, s) = em.horiz_row(&row, n, kind, cur, s)?;
+                    accs.push(s);
+                    return Ok(accs);
+                }
+                let mut cur = cur;
+                for (j, &at) in ats.iter().enumerate() {
+                    let vals = em.eval_group(&row, at)?;
+                    let v = vals.get(k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+                    let v = em.skip_lanes(v, at.skip, kind);
+                    if let Some(acc) = cur.get_mut(j) {
+                        *acc = math::combine(em.b, kind, *acc, v);
+                    }
+                }
+                Ok(cur)
+            })?;
+            if horiz {
+                let mut accs = done;
+                let s = accs.pop().ok_or_else(|| CodegenError::Cranelift("no scalar sum".into()))?;
+                return em.finish_horiz(kind, accs, s, out_base);
+            }
+            for (&at, &v) in ats.iter().zip(&done).filter(|(at, _)| at.skip == 0) {
+                em.store(s_out, out_base, at, v);
+            }
+            for (&at, &v) in ats.iter().zip(&done).filter(|(at, _)| at.skip > 0) {
+                let old = em.load(true, s_out, out_base, at);
+                let v = math::combine(em.b, kind, old, v);
+                em.store(s_out, out_base, at, v);
+            }
+            Ok(())
         })
     }
 
@@ -351,57 +587,50 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let first: Vec<i64> = strides.iter().map(|s| s.first().copied().unwrap_or(0)).collect();
         let mut rest: Vec<Vec<i64>> = strides.iter().map(|s| s.get(1..).unwrap_or_default().to_vec()).collect();
         let dims = simplify(k.dims.get(1..).unwrap_or_default(), &mut rest);
-        let r = dims.len();
-        let (outer, n) = match dims.split_last() {
-            Some((&n, outer)) => (outer.to_vec(), n),
-            None => (Vec::new(), 1),
-        };
-        let inner: Vec<i64> = rest.iter().map(|s| if r == 0 { 0 } else { s.get(r - 1).copied().unwrap_or(0) }).collect();
-        self.loop_nest(&outer, &mut |em, idx| {
-            let mut bases = Vec::with_capacity(affines.len());
-            for ((a, s), &f) in affines.iter().zip(&rest).zip(&first) {
-                let base = em.base(a.storage, a.off, &s[..r.saturating_sub(1)], idx)?;
-                let step = em.b.ins().imul_imm_s(row, f * if a.storage.is_some() { 4 } else { 1 });
-                bases.push(em.b.ins().iadd(base, step));
-            }
-            em.emit_row(k, n, inner.clone(), bases)
-        })
+        self.emit_nest(k, affines, &dims, &rest, Some((row, &first)))
     }
 
-    /// The innermost axis of a map kernel: `n` elements.
-    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
+    /// Run `body` inside loops over `dims` (counters appended to `idx`),
+    /// carrying `carried` from one iteration to the next; returns the values
+    /// after the last.
+    fn nest_carried(
+        &mut self,
+        dims: &[usize],
+        idx: &mut Vec<Value>,
+        carried: Vec<Value>,
+        body: &mut CarryBody<'_, 'a, 'b>,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let Some((&d, rest)) = dims.split_first() else {
+            return body(self, idx, carried);
+        };
+        if d <= 1 {
+            let z = self.b.ins().iconst(I64, 0);
+            idx.push(z);
+            let out = self.nest_carried(rest, idx, carried, body)?;
+            idx.pop();
+            return Ok(out);
+        }
+        let (blk, i, params) = self.loop_begin(&carried);
+        idx.push(i);
+        let out = self.nest_carried(rest, idx, params, body)?;
+        idx.pop();
+        Ok(self.loop_end(blk, i, 1, d as i64, &out))
+    }
+
+    /// Expression nodes needed per group of the innermost axis (those that
+    /// depend on it), which sets the unrolling.
+    fn expr_cost(&self, k: &MapKernel, inner: &[i64]) -> usize {
+        let (needed, inv) = needed_and_invariant(k, inner);
+        (0..k.nodes.len()).filter(|&i| needed[i] && !inv[i]).count()
+    }
+
+    /// Per-row facts, with the row invariants computed here (before the row's loop).
+    fn row_setup<'k>(&mut self, k: &'k MapKernel, inner: Vec<i64>, bases: Vec<Value>) -> Result<Row<'k>, CodegenError> {
         let nn = k.nodes.len();
-        let mut needed = vec![false; nn];
-        for &r in std::iter::once(&k.root).chain(k.extra.iter().map(|(_, n)| n)) {
-            if let Some(slot) = needed.get_mut(r) {
-                *slot = true;
-            }
-        }
-        for i in (0..nn).rev() {
-            match (needed[i], k.nodes[i]) {
-                (true, ENode::Unary(_, a)) => needed[a] = true,
-                (true, ENode::Binary(_, a, c)) => {
-                    needed[a] = true;
-                    needed[c] = true;
-                }
-                _ => {}
-            }
-        }
-        let mut inv: Vec<bool> = Vec::with_capacity(nn);
-        for node in &k.nodes {
-            let both = |a: usize, c: usize| inv.get(a) == Some(&true) && inv.get(c) == Some(&true);
-            let v = match *node {
-                ENode::Operand(o) => inner.get(o + 1) == Some(&0),
-                ENode::Const(_) => true,
-                ENode::Unary(_, a) => both(a, a),
-                ENode::Binary(_, a, c) => both(a, c),
-            };
-            inv.push(v);
-        }
+        let (needed, inv) = needed_and_invariant(k, &inner);
         let mut row = Row { k, inner, bases, needed, pre: vec![None; nn], recip: vec![None; nn] };
-        // Row invariants: computed here, before the loop.
         let zero = self.b.ins().iconst(I64, 0);
-        let at0 = At { pos: zero, g: 0, lanes: 4 };
+        let at0 = At { pos: zero, g: 0, lanes: 4, skip: 0 };
         let hoisted: Vec<usize> = (0..nn).filter(|&i| row.needed[i] && inv[i]).collect();
         for i in hoisted {
             let v = self.eval_node(&row, i, &row.pre, at0)?;
@@ -415,59 +644,111 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 }
             }
         }
-        let cost = (0..nn).filter(|&i| row.needed[i] && !inv[i]).count();
+        Ok(row)
+    }
+
+    /// The innermost axis of a map kernel: `n` elements.
+    fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
+        let cost = self.expr_cost(k, &inner);
+        let row = self.row_setup(k, inner, bases)?;
         let groups = n / 4;
         let tail = (n % 4) as u8;
-        let unroll = if cost <= 12 {
-            4
-        } else if cost <= 48 {
-            2
-        } else {
-            1
-        };
-        let unroll = unroll.min(groups.max(1));
+        let unroll = unroll_for(cost, groups);
+        if let Some(kind) = k.acc.filter(|_| row.inner.first() == Some(&0)) {
+            let accs = (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect();
+            let s = math::scalar(self.b, math::identity(kind));
+            let (accs, s) = self.horiz_row(&row, n, kind, accs, s)?;
+            let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
+            return self.finish_horiz(kind, accs, s, out);
+        }
         let iters = groups / unroll;
-        let horiz = k.acc.filter(|_| row.inner.first() == Some(&0));
-        let mut accs: Vec<Value> = match horiz {
-            Some(kind) => (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect(),
-            None => Vec::new(),
-        };
+        let zero = self.b.ins().iconst(I64, 0);
+        let mut done = 0;
+        if iters >= 2 {
+            let (blk, pos, _) = self.loop_begin(&[]);
+            for j in 0..unroll {
+                let at = At { pos, g: 4 * j as i64, lanes: 4, skip: 0 };
+                self.group(&row, at, None, None)?;
+            }
+            self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &[]);
+            done = iters * unroll;
+        }
+        for j in done..groups {
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 };
+            self.group(&row, at, None, None)?;
+        }
+        if tail > 0 {
+            // An overlapping last group, unless the kernel reads what it writes
+            // (an in-place update would apply twice to the repeated lanes) or
+            // accumulates (reloading the lanes just stored, shifted, would
+            // defeat store-to-load forwarding).
+            let writes = std::iter::once(&k.out).chain(k.extra.iter().map(|(a, _)| a)).filter_map(|a| a.storage);
+            let aliased = writes.into_iter().any(|w| k.operands.iter().any(|o| o.storage == Some(w)));
+            let tail_at = if n >= 4 && k.acc.is_none() && !aliased {
+                At { pos: zero, g: n as i64 - 4, lanes: 4, skip: 4 - tail }
+            } else {
+                At { pos: zero, g: 4 * groups as i64, lanes: tail, skip: 0 }
+            };
+            self.group(&row, tail_at, None, None)?;
+        }
+        Ok(())
+    }
+
+    /// A row reduced along its `n` elements: groups of four folded into the
+    /// vector accumulators `accs` (`accs.len()` groups per iteration), the
+    /// tail into the scalar `s`; returns both.
+    fn horiz_row(
+        &mut self,
+        row: &Row,
+        n: usize,
+        kind: ReduceKind,
+        accs: Vec<Value>,
+        s: Value,
+    ) -> Result<(Vec<Value>, Value), CodegenError> {
+        let groups = n / 4;
+        let tail = (n % 4) as u8;
+        let unroll = accs.len().max(1);
+        let iters = groups / unroll;
+        let zero = self.b.ins().iconst(I64, 0);
+        let mut accs = accs;
         let mut done = 0;
         if iters >= 2 {
             let (blk, pos, mut cur) = self.loop_begin(&accs);
             for j in 0..unroll {
-                let at = At { pos, g: 4 * j as i64, lanes: 4 };
-                self.group(&row, at, horiz, cur.get_mut(j))?;
+                let at = At { pos, g: 4 * j as i64, lanes: 4, skip: 0 };
+                self.group(row, at, Some(kind), cur.get_mut(j))?;
             }
             accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
             done = iters * unroll;
         }
         for j in done..groups {
-            let at = At { pos: zero, g: 4 * j as i64, lanes: 4 };
-            self.group(&row, at, horiz, accs.get_mut(j % unroll))?;
+            let at = At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 };
+            self.group(row, at, Some(kind), accs.get_mut(j % unroll))?;
         }
-        let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail };
-        match horiz {
-            Some(kind) => {
-                let mut s = math::scalar(self.b, math::identity(kind));
-                if tail > 0 {
-                    let vals = self.eval_group(&row, tail_at)?;
-                    let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
-                    s = math::reduce_lanes(self.b, kind, v, tail, s);
-                }
-                let mut it = accs.into_iter();
-                if let Some(first) = it.next() {
-                    let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
-                    s = math::reduce_lanes(self.b, kind, v, 4, s);
-                }
-                let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
-                let old = self.b.ins().load(F32, mem(), out, 0);
-                let new = math::combine_scalar(self.b, kind, old, s);
-                self.b.ins().store(mem(), new, out, 0);
-            }
-            None if tail > 0 => self.group(&row, tail_at, None, None)?,
-            None => {}
+        let mut s = s;
+        if tail > 0 && n >= 4 && !accs.is_empty() {
+            let tail_at = At { pos: zero, g: n as i64 - 4, lanes: 4, skip: 4 - tail };
+            self.group(row, tail_at, Some(kind), accs.first_mut())?;
+        } else if tail > 0 {
+            let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail, skip: 0 };
+            let vals = self.eval_group(row, tail_at)?;
+            let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+            s = math::reduce_lanes(self.b, kind, v, tail, s);
         }
+        Ok((accs, s))
+    }
+
+    /// Fold the accumulators of `horiz_row` into one value and combine it into the output element at `out`.
+    fn finish_horiz(&mut self, kind: ReduceKind, accs: Vec<Value>, s: Value, out: Value) -> Result<(), CodegenError> {
+        let mut s = s;
+        let mut it = accs.into_iter();
+        if let Some(first) = it.next() {
+            let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
+            s = math::reduce_lanes(self.b, kind, v, 4, s);
+        }
+        let old = self.b.ins().load(F32, mem(), out, 0);
+        let new = math::combine_scalar(self.b, kind, old, s);
+        self.b.ins().store(mem(), new, out, 0);
         Ok(())
     }
 
@@ -475,7 +756,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// reduction along the innermost axis) fold into the register `acc`.
     fn group(&mut self, row: &Row, at: At, horiz: Option<ReduceKind>, acc: Option<&mut Value>) -> Result<(), CodegenError> {
         let vals = self.eval_group(row, at)?;
-        let v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+        let mut v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
+        if let Some(kind) = row.k.acc {
+            v = self.skip_lanes(v, at.skip, kind);
+        }
         if let (Some(kind), Some(acc)) = (horiz, acc) {
             *acc = math::combine(self.b, kind, *acc, v);
             return Ok(());
@@ -498,6 +782,18 @@ impl<'a, 'b> Emitter<'a, 'b> {
             self.store(s, base, at, x);
         }
         Ok(())
+    }
+
+    /// `v` with its first `skip` lanes replaced by the identity of `kind`.
+    fn skip_lanes(&mut self, v: Value, skip: u8, kind: ReduceKind) -> Value {
+        if skip == 0 {
+            return v;
+        }
+        let bytes: Vec<u8> = (0..4u8).flat_map(|l| if l < skip { [0u8; 4] } else { [0xff; 4] }).collect();
+        let c = self.b.func.dfg.constants.insert(ConstantData::from(bytes));
+        let mask = self.b.ins().vconst(F32X4, c);
+        let ident = math::splat(self.b, math::identity(kind));
+        self.b.ins().bitselect(mask, v, ident)
     }
 
     fn eval_group(&mut self, row: &Row, at: At) -> Result<Vec<Option<Value>>, CodegenError> {
@@ -603,6 +899,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     // ---- library calls ----------------------------------------------------------------
 
+    /// The addresses of a gathered operand's row and column offset tables (0, 0 if strided).
+    fn gather_tables(&self, op: &MatOperand) -> Result<[i64; 2], CodegenError> {
+        let Some([r, c]) = op.gather else { return Ok([0, 0]) };
+        let at = |t: usize| self.tables.get(t).copied().ok_or_else(|| CodegenError::Cranelift(format!("no offset table {t}")));
+        Ok([at(r)?, at(c)?])
+    }
+
     fn mat_ptr(&mut self, op: &MatOperand, idx: &[Value]) -> Result<Value, CodegenError> {
         self.base(Some(op.storage), op.off, &op.batch, idx)
     }
@@ -621,9 +924,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
         self.loop_nest(batch, &mut |em, idx| {
             let (pa, pb, pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
-            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
+            let [ro, co] = em.gather_tables(b)?;
+            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs, ro, co];
             let v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
-            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]];
+            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8], v[9], v[10]];
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })
@@ -644,7 +948,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Two unbatched products as one call of `nnc_sgemm_pair` (see `pairable`).
     pub fn emit_matmul_pair(&mut self, first: &Kernel, second: &Kernel, pair: FuncRef) -> Result<(), CodegenError> {
-        let mut args = Vec::with_capacity(24);
+        let mut args = Vec::with_capacity(28);
+        let mut tables = Vec::with_capacity(4);
         for k in [first, second] {
             let Kernel::MatMul { m, k, n, a, b, c, .. } = k else {
                 return Err(CodegenError::Cranelift("paired kernel is not a product".into()));
@@ -653,6 +958,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
             let ints = [*m as i64, *k as i64, *n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs];
             let v: Vec<Value> = ints.iter().map(|&x| self.b.ins().iconst(I64, x)).collect();
             args.extend([v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8]]);
+            tables.extend(self.gather_tables(b)?);
+        }
+        for t in tables {
+            args.push(self.b.ins().iconst(I64, t));
         }
         self.b.ins().call(pair, &args);
         Ok(())

@@ -45,12 +45,18 @@ fn parallel_min() -> usize {
     *MIN.get_or_init(|| pool::threshold("NNC_PAR_MACS", PARALLEL_MIN))
 }
 
-/// A strided matrix view: element `(i, j)` at `ptr[i·rs + j·cs]`.
+/// A strided matrix view: element `(i, j)` at `ptr[i·rs + j·cs]`; or, when
+/// `ro` and `co` are not null, a gathered one: element `(i, j)` at
+/// `ptr[ro[i] + co[j]]` (an unfolded image read in place: `ro` holds each
+/// row's window offset and channel, `co` each column's image and position).
+/// Only B operands are gathered (`pack_b_gather`).
 #[derive(Clone, Copy)]
 pub(crate) struct Mat {
     pub ptr: *mut f32,
     pub rs: isize,
     pub cs: isize,
+    pub ro: *const i32,
+    pub co: *const i32,
 }
 
 // SAFETY: a `Mat` is only a pointer with strides; the callers guarantee that
@@ -61,8 +67,30 @@ unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
 impl Mat {
+    pub fn strided(ptr: *mut f32, rs: isize, cs: isize) -> Mat {
+        Mat { ptr, rs, cs, ro: std::ptr::null(), co: std::ptr::null() }
+    }
+
+    fn gathered(self) -> bool {
+        !self.ro.is_null() && !self.co.is_null()
+    }
+
+    /// Address of element `(i, j)` of a strided view.
     fn at(self, i: usize, j: usize) -> *mut f32 {
         self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs)
+    }
+
+    /// The view from element `(i, j)` on.
+    fn sub(self, i: usize, j: usize) -> Mat {
+        if self.gathered() {
+            Mat { ro: self.ro.wrapping_add(i), co: self.co.wrapping_add(j), ..self }
+        } else {
+            Mat { ptr: self.at(i, j), ..self }
+        }
+    }
+
+    fn transposed(self) -> Mat {
+        Mat { ptr: self.ptr, rs: self.cs, cs: self.rs, ro: self.co, co: self.ro }
     }
 }
 
@@ -105,6 +133,10 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
     if m == 0 || n == 0 {
         return;
     }
+    if a.gathered() || c.gathered() {
+        // Not produced by the planner (only B operands are gathered).
+        return;
+    }
     if k == 0 {
         for i in 0..m {
             for j in 0..n {
@@ -115,17 +147,21 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
         return;
     }
     if !has_avx512() {
+        if b.gathered() {
+            // SAFETY: the caller's contract.
+            unsafe { gathered_fallback(m, k, n, a, b, c) };
+            return;
+        }
         // SAFETY: the caller's contract is matrixmultiply's.
         unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, 0.0, c.ptr, c.rs, c.cs) };
         return;
     }
-    if n < NR && m > n {
+    if n < NR && m > n && !b.gathered() {
         // A narrow C (few columns, e.g. the classifier layer): compute
         // Cᵀ = Bᵀ·Aᵀ, whose rows fill the 12-row tiles instead of wasting most
         // of the 32 columns.
-        let t = |x: Mat| Mat { ptr: x.ptr, rs: x.cs, cs: x.rs };
         // SAFETY: the same elements as the caller's product, transposed.
-        unsafe { sgemm(n, k, m, t(b), t(a), t(c), threads) };
+        unsafe { sgemm(n, k, m, b.transposed(), a.transposed(), c.transposed(), threads) };
         return;
     }
     let p = pool::pool();
@@ -154,13 +190,9 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat,
         // sub-views stay inside the caller's in-bounds ranges.
         unsafe {
             if split_n {
-                let b2 = Mat { ptr: b.at(0, lo), ..b };
-                let c2 = Mat { ptr: c.at(0, lo), ..c };
-                serial(m, k, hi - lo, a, b2, c2)
+                serial(m, k, hi - lo, a, b.sub(0, lo), c.sub(0, lo))
             } else {
-                let a2 = Mat { ptr: a.at(lo, 0), ..a };
-                let c2 = Mat { ptr: c.at(lo, 0), ..c };
-                serial(hi - lo, k, n, a2, b, c2)
+                serial(hi - lo, k, n, a.sub(lo, 0), b, c.sub(lo, 0))
             }
         }
     };
@@ -216,11 +248,21 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                 // strips): packing it would cost as much as the products. With
                 // many row tiles the packed copy wins (contiguous, no L1 set
                 // conflicts from the row stride). Measured: docs/performance.md.
-                let direct =
-                    b.cs == 1 && b.rs <= DIRECT_MAX_ROW_STRIDE && m <= DIRECT_MAX_M && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+                let direct = !b.gathered()
+                    && b.cs == 1
+                    && b.rs <= DIRECT_MAX_ROW_STRIDE
+                    && m <= DIRECT_MAX_M
+                    && DIRECT.load(std::sync::atomic::Ordering::Relaxed);
                 let packed_from = if direct { nc / NR * NR } else { 0 };
                 // SAFETY: the panel is inside B; `pb` holds KC·NC floats.
-                unsafe { pack_b(kc, nc - packed_from, b.at(pc, jc + packed_from), b.rs, b.cs, pb.add(packed_from * kc)) };
+                unsafe {
+                    if b.gathered() {
+                        #[cfg(target_arch = "x86_64")]
+                        avx512::pack_b_gather(kc, nc, b.sub(pc, jc), pb);
+                    } else {
+                        pack_b(kc, nc - packed_from, b.at(pc, jc + packed_from), b.rs, b.cs, pb.add(packed_from * kc));
+                    }
+                }
                 let mut ic = 0;
                 while ic < m {
                     let mc = MC.min(m - ic);
@@ -232,7 +274,7 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
                         let mut ir = 0;
                         while ir < mc {
                             let rows = MR.min(mc - ir);
-                            let tile = Mat { ptr: c.at(ic + ir, jc + jr), ..c };
+                            let tile = c.sub(ic + ir, jc + jr);
                             // SAFETY: packed panels hold kc·MR and kc·NR floats
                             // at these offsets; the tile is inside C.
                             unsafe {
@@ -255,6 +297,25 @@ unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
             jc += NC;
         }
     });
+}
+
+/// `C = A · B` for a gathered B without AVX-512: one element at a time.
+///
+/// # Safety
+///
+/// As `sgemm`.
+unsafe fn gathered_fallback(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for l in 0..k {
+                // SAFETY: in bounds by the caller's contract (tables of k and n entries).
+                unsafe { acc += *a.at(i, l) * *b.ptr.offset(*b.ro.add(l) as isize + *b.co.add(j) as isize) };
+            }
+            // SAFETY: as above.
+            unsafe { *c.at(i, j) = acc };
+        }
+    }
 }
 
 /// Pack `mc×kc` of A as strips of MR rows, each `[kc][MR]`, zero-padded.
@@ -465,6 +526,40 @@ mod avx512 {
                 }
                 l0 += 16;
             }
+        }
+    }
+
+    /// Pack `kc×nc` of a gathered B (`Mat::ro`, `Mat::co`) as strips of NR
+    /// columns, each `[kc][NR]`, zero-padded: two 16-lane gathers per packed
+    /// row, with the column offsets loaded once per strip.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F available; `b.ro` holds `kc` and `b.co` `nc` offsets, every
+    /// `b.ptr[ro[l] + co[j]]` in bounds; `dst` holds `kc·⌈nc/NR⌉·NR` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_b_gather(kc: usize, nc: usize, b: Mat, dst: *mut f32) {
+        let mut s = 0;
+        while s < nc {
+            let cols = NR.min(nc - s);
+            let (m0, m1) = (first_lanes(cols), first_lanes(cols.saturating_sub(16)));
+            // SAFETY: the masked lanes are the strip's columns, inside `co`.
+            let (i0, i1) =
+                unsafe { (_mm512_maskz_loadu_epi32(m0, b.co.add(s).cast()), _mm512_maskz_loadu_epi32(m1, b.co.add(s + 16).cast())) };
+            let strip = dst.wrapping_add(s * kc);
+            for l in 0..kc {
+                // SAFETY: row l's offset is in `ro`; the gathered elements are
+                // in bounds (caller), the masked-off lanes are not read; the
+                // packed row is inside `dst`.
+                unsafe {
+                    let base = b.ptr.offset(*b.ro.add(l) as isize).cast_const();
+                    let v0 = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m0, i0, base);
+                    let v1 = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m1, i1, base);
+                    _mm512_storeu_ps(strip.add(l * NR), v0);
+                    _mm512_storeu_ps(strip.add(l * NR + 16), v1);
+                }
+            }
+            s += NR;
         }
     }
 

@@ -19,20 +19,26 @@ pub(crate) extern "C" fn nnc_sgemm(
     c: *mut f32,
     rsc: i64,
     csc: i64,
+    bro: *const i32,
+    bco: *const i32,
 ) {
     let (Ok(m), Ok(k), Ok(n)) = (usize::try_from(m), usize::try_from(k), usize::try_from(n)) else {
         return;
     };
-    let mat = |p: *const f32, rs: i64, cs: i64| Mat { ptr: p.cast_mut(), rs: rs as isize, cs: cs as isize };
+    let mat = |p: *const f32, rs: i64, cs: i64| Mat::strided(p.cast_mut(), rs as isize, cs as isize);
     let threads = super::pool::pool().threads();
     // SAFETY: the generated code passes pointers into the arena with strides and
     // sizes taken from the planned (shape-checked) layouts, so every element
     // `a[i·rsa + l·csa]`, `b[l·rsb + j·csb]`, `c[i·rsc + j·csc]` is in bounds, and
     // `c` never overlaps `a` or `b` (the planner gives matmul a fresh buffer).
-    unsafe { gemm::sgemm(m, k, n, mat(a, rsa, csa), mat(b, rsb, csb), mat(c, rsc, csc), threads) }
+    // A gathered B (`bro`, `bco` not null) has `k` row and `n` column offsets,
+    // built by the planner from the same layouts and kept by the compiled graph.
+    let b = Mat { ro: bro, co: bco, ..mat(b, rsb, csb) };
+    unsafe { gemm::sgemm(m, k, n, mat(a, rsa, csa), b, mat(c, rsc, csc), threads) }
 }
 
-/// Two independent `nnc_sgemm` products (12 arguments each, in order), run
+/// Two independent `nnc_sgemm` products (12 arguments each, in order, then
+/// the two B tables of each), run
 /// concurrently on two threads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) extern "C" fn nnc_sgemm_pair(
@@ -60,15 +66,19 @@ pub(crate) extern "C" fn nnc_sgemm_pair(
     c2: *mut f32,
     rsc2: i64,
     csc2: i64,
+    bro1: *const i32,
+    bco1: *const i32,
+    bro2: *const i32,
+    bco2: *const i32,
 ) {
-    let mat = |p: *const f32, rs: i64, cs: i64| Mat { ptr: p.cast_mut(), rs: rs as isize, cs: cs as isize };
+    let mat = |p: *const f32, rs: i64, cs: i64| Mat::strided(p.cast_mut(), rs as isize, cs as isize);
     let dims = |m: i64, k: i64, n: i64| Some((usize::try_from(m).ok()?, usize::try_from(k).ok()?, usize::try_from(n).ok()?));
     let (Some((m1, k1, n1)), Some((m2, k2, n2))) = (dims(m1, k1, n1), dims(m2, k2, n2)) else {
         return;
     };
     let threads = super::pool::pool().threads();
-    let p1 = (m1, k1, n1, mat(a1, rsa1, csa1), mat(b1, rsb1, csb1), mat(c1, rsc1, csc1));
-    let p2 = (m2, k2, n2, mat(a2, rsa2, csa2), mat(b2, rsb2, csb2), mat(c2, rsc2, csc2));
+    let p1 = (m1, k1, n1, mat(a1, rsa1, csa1), Mat { ro: bro1, co: bco1, ..mat(b1, rsb1, csb1) }, mat(c1, rsc1, csc1));
+    let p2 = (m2, k2, n2, mat(a2, rsa2, csa2), Mat { ro: bro2, co: bco2, ..mat(b2, rsb2, csb2) }, mat(c2, rsc2, csc2));
     // SAFETY: as for `nnc_sgemm`, for each product; the code generator pairs
     // only products whose outputs overlap no operand of the other
     // (`emit::pairable`).

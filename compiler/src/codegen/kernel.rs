@@ -68,6 +68,10 @@ pub(crate) struct MatOperand {
     pub batch: Vec<i64>,
     pub rs: i64,
     pub cs: i64,
+    /// A gathered operand (an unfolded image read in place): element `(i, j)`
+    /// at `off + rows[i] + cols[j]`, with `rows` and `cols` the plan's offset
+    /// tables of these indices (`Plan::tables`); `rs` and `cs` are then unused.
+    pub gather: Option<[usize; 2]>,
 }
 
 #[derive(Clone, Debug)]

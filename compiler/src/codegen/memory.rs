@@ -25,12 +25,22 @@ struct Slot {
 }
 
 pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
-    // Lifetime of each temp: first and last kernel that touches it.
+    // Lifetime of each temp: first and last kernel that touches it. Two
+    // products that may run side by side (`emit::pair_candidates`) count as
+    // one step, so neither output shares space with the other's operands.
+    let mut step = Vec::with_capacity(kernels.len());
+    for (k, kern) in kernels.iter().enumerate() {
+        let paired = k > 0
+            && step.get(k - 1) != step.get(k.wrapping_sub(2))
+            && kernels.get(k - 1).is_some_and(|prev| super::emit::pair_candidates(prev, kern));
+        step.push(if paired { step[k - 1] } else { k });
+    }
     let mut life: Vec<Option<(usize, usize)>> = vec![None; storages.len()];
     for (k, kern) in kernels.iter().enumerate() {
+        let t = step[k];
         for s in kern.reads().into_iter().chain(kern.writes()) {
             if let Some(slot) = life.get_mut(s) {
-                *slot = Some(slot.map_or((k, k), |(a, _)| (a, k)));
+                *slot = Some(slot.map_or((t, t), |(a, _)| (a, t)));
             }
         }
     }

@@ -30,6 +30,8 @@ pub(crate) struct Plan {
     pub outputs: Vec<(StorageId, usize)>,
     /// f64 scratch elements needed by `Solve`.
     pub scratch: usize,
+    /// Offset tables of gathered matrix operands (`MatOperand::gather`).
+    pub tables: Vec<Vec<i32>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,6 +55,10 @@ enum Need {
     Fuse { expanding: bool },
     /// A strided view of a buffer (library calls).
     Strided,
+    /// The B operand of a product: a strided view, or an unfolded image read
+    /// in place through offset tables (`gathered`), so the im2col matrix of a
+    /// convolution is never written.
+    GatherB,
     /// A contiguous buffer (reshape).
     Contig,
     /// A graph output (a contiguous buffer after the run).
@@ -130,23 +136,64 @@ struct Planner<'g> {
     scratch: usize,
     /// The buffer of each `Tee` node, which has a layout only once stored.
     tee: Vec<Option<StorageId>>,
+    tables: Vec<Vec<i32>>,
 }
 
+/// Output elements (of the innermost kept axes) an accumulating loop may
+/// sweep once per summed index: 1024 floats (4 KiB) stay in L1.
+const ACC_TILE: usize = 1024;
+
 /// Loop order for an accumulating kernel: the accumulated axes `axes` move
-/// just inside the innermost kept axis, so each output row is read, updated
-/// and written while it sits in L1 (reducing `[KH, KW, N, C, OH, OW]` over the
+/// just outside the innermost kept axes whose output block fits in `ACC_TILE`
+/// elements (at least the innermost one), so that block is read, updated and
+/// written while it sits in L1 (reducing `[KH, KW, N, C, OH, OW]` over the
 /// window in that order would sweep the whole output once per window element).
-/// Kernels that accumulate along their innermost axis (kept in registers) or
-/// already have this order are returned as they are.
-fn accumulate_near_inner(k: Kernel, axes: &[usize]) -> Kernel {
+/// Keeping a whole `OH×OW` plane inside, rather than one row, also means that
+/// consecutive iterations update different rows: with a row inside, a col2im
+/// (`Fold`) would reload a row shifted by one element right after storing it,
+/// which defeats store-to-load forwarding.
+///
+/// A reduction (`carried`: the output does not move along `axes`) instead
+/// puts them where the emitter keeps the partial sums in registers
+/// (`emit::CARRY_MAX`): just inside a short innermost kept axis (a window sum
+/// `[N, C, OH, KH, KW, OW]`), or, when the innermost axis is summed, all of
+/// them innermost (one value per kept index, summed in registers), the kept
+/// axes ordered by how far they move the operands.
+fn accumulate_near_inner(k: Kernel, axes: &[usize], carried: bool) -> Kernel {
     let Kernel::Map(mut m) = k else { return k };
     let r = m.dims.len();
-    if r < 2 || axes.contains(&(r - 1)) || axes.iter().any(|&a| a >= r) {
+    if r < 2 || axes.iter().any(|&a| a >= r) {
         return Kernel::Map(m);
     }
-    let mut perm: Vec<usize> = (0..r - 1).filter(|a| !axes.contains(a)).collect();
+    let mut kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
+    // How many of the innermost kept axes stay inside the summed ones.
+    let mut inside = 1;
+    if axes.contains(&(r - 1)) {
+        if !carried {
+            return Kernel::Map(m);
+        }
+        inside = 0;
+        // Each kept index sweeps the operands over all summed axes: the kept
+        // axes that move the operands least go innermost, so consecutive
+        // sweeps reread data still in cache (a depthwise weight gradient,
+        // `[C, KH, KW]` from `[N, C, OH, OW]` windows: all 49 window offsets
+        // of a channel while its planes sit in L2, not every channel per offset).
+        let reach = |a: usize| m.operands.iter().map(|o| o.strides.get(a).map_or(0, |s| s.abs())).max().unwrap_or(0);
+        kept.sort_by_key(|&a| std::cmp::Reverse(reach(a)));
+    } else if !carried || m.dims[r - 1] > super::emit::CARRY_MAX {
+        let mut block = m.dims[r - 1];
+        while inside < kept.len() {
+            let next = m.dims[kept[kept.len() - 1 - inside]];
+            if block * next > ACC_TILE {
+                break;
+            }
+            block *= next;
+            inside += 1;
+        }
+    }
+    let mut perm: Vec<usize> = kept[..kept.len() - inside].to_vec();
     perm.extend(axes.iter().copied());
-    perm.push(r - 1);
+    perm.extend_from_slice(&kept[kept.len() - inside..]);
     if perm.iter().enumerate().all(|(i, &p)| i == p) {
         return Kernel::Map(m);
     }
@@ -157,6 +204,41 @@ fn accumulate_near_inner(k: Kernel, axes: &[usize]) -> Kernel {
         a.strides = apply(&a.strides);
     }
     Kernel::Map(m)
+}
+
+/// True if `perm` swaps the last two axes and keeps the others.
+fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+}
+
+/// For a reshape of `from` into `to` that only groups consecutive axes: the
+/// `from` axes of each `to` axis (size-1 axes go with a neighbour); `None`
+/// if the reshape splits an axis.
+fn group_axes(from: &[usize], to: &[usize]) -> Option<Vec<Vec<usize>>> {
+    let mut groups = vec![Vec::new(); to.len()];
+    let mut i = 0;
+    for (g, &t) in groups.iter_mut().zip(to) {
+        let mut prod = 1;
+        while prod < t {
+            let &d = from.get(i)?;
+            prod *= d;
+            g.push(i);
+            i += 1;
+        }
+        if prod != t {
+            return None;
+        }
+    }
+    // Trailing size-1 axes join the last group.
+    while i < from.len() {
+        if from[i] != 1 {
+            return None;
+        }
+        groups.last_mut()?.push(i);
+        i += 1;
+    }
+    Some(groups)
 }
 
 fn malformed(id: ValueId, reason: &str) -> CodegenError {
@@ -183,6 +265,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         kernels: Vec::new(),
         scratch: 0,
         tee: vec![None; graph.nodes.len()],
+        tables: Vec::new(),
     };
     let dests = p.check_updates(updates)?;
     p.decide_modes()?;
@@ -258,7 +341,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
     }
     updates::apply(&mut p.kernels, &mut p.storages, &pairs, &mut outputs);
     let kernels = super::rows::fuse(p.kernels);
-    Ok(Plan { storages: p.storages, kernels, inputs, outputs, scratch: p.scratch })
+    Ok(Plan { storages: p.storages, kernels, inputs, outputs, scratch: p.scratch, tables: p.tables })
 }
 
 impl Planner<'_> {
@@ -332,16 +415,25 @@ impl Planner<'_> {
             let (mode, pass): (Mode, Vec<Need>) = match &node.op {
                 Op::Input { .. } => (Mode::Buffer, Vec::new()),
                 Op::Reshape { .. } if !hard && self.constant_chain(ValueId(i as u32)).is_some() => (Mode::Inline, Vec::new()),
+                // An unfolded image viewed as a product's B matrix: read in place.
+                Op::Reshape { .. }
+                    if !mine.is_empty() && mine.iter().all(|k| *k == Need::GatherB) && self.gatherable(ValueId(i as u32)) =>
+                {
+                    (Mode::Inline, vec![Need::GatherB])
+                }
                 Op::Reshape { .. } => (Mode::View, vec![Need::Contig]),
                 Op::Constant(_) | Op::Iota { .. } => (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new()),
                 Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::StopGradient => {
                     if contig {
                         (Mode::Kernel, vec![Need::Fuse { expanding: expands }])
                     } else {
+                        // Only a transpose of a matrix's last two axes keeps a gathered view.
+                        let swap = matches!(&node.op, Op::Transpose { perm } if swaps_last_two(perm));
                         let pass = mine
                             .iter()
                             .map(|k| match k {
                                 Need::Fuse { expanding } => Need::Fuse { expanding: *expanding || expands },
+                                Need::GatherB if !swap => Need::Strided,
                                 other => *other,
                             })
                             .collect();
@@ -366,12 +458,15 @@ impl Planner<'_> {
                 // convolution) is inlined: its elements are loaded through the
                 // window strides, with no im2col copy. A window of a window
                 // would need more than two terms per axis, so it is copied.
-                Op::Unfold { .. } if !hard && !self.feeds_unfold(node.args.first().copied()) => {
+                Op::Unfold { .. }
+                    if mine.iter().all(|k| matches!(k, Need::Fuse { .. } | Need::GatherB))
+                        && !self.feeds_unfold(node.args.first().copied()) =>
+                {
                     let pass = mine
                         .iter()
                         .map(|k| match k {
                             Need::Fuse { .. } => Need::Fuse { expanding: true },
-                            other => *other,
+                            _ => Need::Strided,
                         })
                         .collect();
                     (Mode::Inline, pass)
@@ -381,10 +476,16 @@ impl Planner<'_> {
                 Op::Gather | Op::ScatterAdd { .. } => (Mode::Kernel, vec![Need::Contig]),
             };
             self.mode[i] = mode;
-            for a in &node.args {
+            // A product's B may be gathered when it runs as a library call.
+            let gather_b = matches!(node.op, Op::MatMul) && !self.loop_matmul_size(ValueId(i as u32));
+            for (ai, a) in node.args.iter().enumerate() {
                 let slot = needs.get_mut(a.index()).filter(|_| a.index() < i);
                 let slot = slot.ok_or_else(|| malformed(ValueId(i as u32), "operand not before its user"))?;
-                slot.extend(pass.iter().copied());
+                if gather_b && ai == 1 {
+                    slot.push(Need::GatherB);
+                } else {
+                    slot.extend(pass.iter().copied());
+                }
             }
         }
         Ok(())
@@ -402,6 +503,103 @@ impl Planner<'_> {
             }
         }
         false
+    }
+
+    /// True if the product `id` runs as a fused loop (`loop_matmul`), not SGEMM.
+    fn loop_matmul_size(&self, id: ValueId) -> bool {
+        let od = self.shape(id);
+        let r = od.len();
+        let k = self.args(id).first().and_then(|x| self.shape(*x).last().copied()).unwrap_or(0);
+        if r < 2 {
+            return true;
+        }
+        let (m, n) = (od[r - 2], od[r - 1]);
+        m * k * n <= SMALL_MATMUL || m <= 2 || n <= 2
+    }
+
+    /// True if the reshape `id` of an unfolded image can be read as a gathered
+    /// matrix: it groups the unfolded axes (`group_axes`), its batch axes move
+    /// along at most one unfolded axis each, and every offset fits an `i32`.
+    fn gatherable(&self, id: ValueId) -> bool {
+        let Some(&u) = self.args(id).first() else { return false };
+        if !matches!(self.g.node(u).op, Op::Unfold { .. }) {
+            return false;
+        }
+        let Some(&x) = self.args(u).first() else { return false };
+        let Some(groups) = group_axes(self.shape(u), self.shape(id)) else { return false };
+        let udims = self.shape(u);
+        let r = groups.len();
+        r >= 2
+            && groups[..r - 2].iter().all(|g| g.iter().filter(|&&a| udims[a] > 1).count() <= 1)
+            && self.numel(x) < (1 << 30)
+            && self.numel(u) < (1 << 31)
+    }
+
+    /// The B operand `id` of a product as a gathered view of an unfolded image
+    /// (`Need::GatherB`): `[transpose of the last two axes of] reshape of
+    /// unfold` (or the unfold itself), read from the unfold's operand, or from
+    /// its buffer if it has one. `None` if `id` is not such a view.
+    fn gathered(&mut self, id: ValueId) -> Result<Option<MatOperand>, CodegenError> {
+        if self.layouts[id.index()].is_some() {
+            return Ok(None);
+        }
+        let mut at = id;
+        let mut swap = false;
+        if let Op::Transpose { perm } = &self.g.node(at).op {
+            if !swaps_last_two(perm) {
+                return Ok(None);
+            }
+            swap = true;
+            at = self.arg(at, 0)?;
+            if self.layouts[at.index()].is_some() {
+                return Ok(None);
+            }
+        }
+        let u = match &self.g.node(at).op {
+            Op::Reshape { .. } => self.arg(at, 0)?,
+            Op::Unfold { .. } => at,
+            _ => return Ok(None),
+        };
+        let Op::Unfold { window: w } = &self.g.node(u).op else { return Ok(None) };
+        let (storage, off, ustrides) = match &self.layouts[u.index()] {
+            Some(l) => (l.storage, l.off, l.strides.clone()),
+            None => {
+                let l = self.strided(self.arg(u, 0)?)?;
+                (l.storage, l.off, Self::window_strides(&l.strides, w))
+            }
+        };
+        let udims = self.shape(u).to_vec();
+        let groups = group_axes(&udims, self.shape(at)).ok_or_else(|| malformed(id, "reshape does not group the unfolded axes"))?;
+        let r = groups.len();
+        if r < 2 {
+            return Err(malformed(id, "gathered matrix of rank < 2"));
+        }
+        let mut batch = Vec::with_capacity(r - 2);
+        for g in &groups[..r - 2] {
+            let moving: Vec<usize> = g.iter().copied().filter(|&a| udims[a] > 1).collect();
+            match moving.as_slice() {
+                [] => batch.push(0),
+                [a] => batch.push(ustrides[*a]),
+                _ => return Err(malformed(id, "batch axis of a gathered matrix spans several unfolded axes")),
+            }
+        }
+        let table = |g: &[usize]| -> Option<Vec<i32>> {
+            let mut offs = vec![0i64];
+            for &a in g {
+                let (d, st) = (udims[a], ustrides[a]);
+                offs = offs.iter().flat_map(|&o| (0..d as i64).map(move |i| o + i * st)).collect();
+            }
+            offs.into_iter().map(|o| i32::try_from(o).ok()).collect()
+        };
+        let too_far = || malformed(id, "gathered offsets exceed 32 bits");
+        let (mut rows, mut cols) = (table(&groups[r - 2]).ok_or_else(too_far)?, table(&groups[r - 1]).ok_or_else(too_far)?);
+        if swap {
+            std::mem::swap(&mut rows, &mut cols);
+        }
+        self.tables.push(rows);
+        self.tables.push(cols);
+        let t = self.tables.len();
+        Ok(Some(MatOperand { storage, off, batch, rs: 0, cs: 0, gather: Some([t - 2, t - 1]) }))
     }
 
     // ---- expressions ------------------------------------------------------------
@@ -568,7 +766,14 @@ impl Planner<'_> {
         if r < 2 {
             return Err(malformed(id, "matrix operand of rank < 2"));
         }
-        Ok(MatOperand { storage: l.storage, off: l.off, batch: l.strides[..r - 2].to_vec(), rs: l.strides[r - 2], cs: l.strides[r - 1] })
+        Ok(MatOperand {
+            storage: l.storage,
+            off: l.off,
+            batch: l.strides[..r - 2].to_vec(),
+            rs: l.strides[r - 2],
+            cs: l.strides[r - 1],
+            gather: None,
+        })
     }
 
     // ---- lowering -----------------------------------------------------------------
@@ -653,7 +858,7 @@ impl Planner<'_> {
         let root = self.expr(&mut eb, x, &identity(xd.len()))?;
         let acc = Affine { storage: Some(out.storage), off: out.off, strides: Self::window_strides(&out.strides, w) };
         let k = eb.finish(xd, acc, root, Some(ReduceKind::Sum));
-        self.kernels.push(accumulate_near_inner(k, &[w.lead, w.lead + 1]));
+        self.kernels.push(accumulate_near_inner(k, &[w.lead, w.lead + 1], false));
         Ok(())
     }
 
@@ -750,13 +955,17 @@ impl Planner<'_> {
             *strides.get_mut(a).ok_or_else(|| malformed(id, "reduce axis out of range"))? = 0;
         }
         let acc = Affine { storage: Some(out.storage), off: out.off, strides };
-        self.kernels.push(accumulate_near_inner(eb.finish(xd, acc, root, Some(kind)), axes));
+        self.kernels.push(accumulate_near_inner(eb.finish(xd, acc, root, Some(kind)), axes, true));
         Ok(())
     }
 
     fn lower_matmul(&mut self, id: ValueId, out: &Layout) -> Result<(), CodegenError> {
         let (x, y) = (self.arg(id, 0)?, self.arg(id, 1)?);
-        let (a, b) = (self.mat_operand(x)?, self.mat_operand(y)?);
+        let a = self.mat_operand(x)?;
+        let b = match self.gathered(y)? {
+            Some(b) => b,
+            None => self.mat_operand(y)?,
+        };
         let od = self.shape(id);
         let r = od.len();
         let k = self.shape(x).last().copied().ok_or_else(|| malformed(id, "matmul of a scalar"))?;
@@ -769,9 +978,17 @@ impl Planner<'_> {
             batch: out.strides[..r - 2].to_vec(),
             rs: out.strides[r - 2],
             cs: out.strides[r - 1],
+            gather: None,
         };
-        let batch = od[..r - 2].to_vec();
         let (m, n) = (od[r - 2], od[r - 1]);
+        // Batch axes of size 1 (one group of a convolution) are dropped, so the
+        // product counts as unbatched (it may then be paired with its neighbour).
+        let same = a.batch.len() == r - 2 && b.batch.len() == r - 2;
+        let keep: Vec<bool> = od[..r - 2].iter().map(|&d| d != 1 || !same).collect();
+        let squeeze =
+            |op: MatOperand| MatOperand { batch: op.batch.iter().zip(&keep).filter(|(_, &k)| k).map(|(&s, _)| s).collect(), ..op };
+        let (a, b, c) = (squeeze(a), squeeze(b), squeeze(c));
+        let batch: Vec<usize> = od[..r - 2].iter().zip(&keep).filter(|(_, &k)| k).map(|(&d, _)| d).collect();
         if m * k * n <= SMALL_MATMUL || m <= 2 || n <= 2 {
             self.loop_matmul(batch, [m, k, n], &a, &b, &c);
         } else {
@@ -811,7 +1028,7 @@ impl Planner<'_> {
             return Err(malformed(id, "solve result must be a matrix"));
         };
         let (n, k) = (*n, *k);
-        let x_out = MatOperand { storage: out.storage, off: out.off, batch: Vec::new(), rs: k as i64, cs: 1 };
+        let x_out = MatOperand { storage: out.storage, off: out.off, batch: Vec::new(), rs: k as i64, cs: 1, gather: None };
         self.scratch = self.scratch.max(n * n + n * k);
         self.kernels.push(Kernel::Solve { n, k, a, b, x: x_out });
         Ok(())

@@ -16,6 +16,17 @@ use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(300);
+/// Spin iterations between two `yield_now` of a waiting thread (a few µs;
+/// `NNC_YIELD_SPINS` overrides it, 0 = never yield, for measuring).
+const YIELD_SPINS: u32 = 4096;
+
+fn yield_spins() -> u32 {
+    static N: OnceLock<u32> = OnceLock::new();
+    *N.get_or_init(|| match threshold("NNC_YIELD_SPINS", YIELD_SPINS as usize) {
+        0 => u32::MAX,
+        n => u32::try_from(n).unwrap_or(u32::MAX),
+    })
+}
 /// Low bits of `state`: the next piece to claim.
 const PIECE_BITS: u32 = 24;
 const PIECE_MASK: u64 = (1 << PIECE_BITS) - 1;
@@ -153,8 +164,17 @@ impl Pool {
             s.wake.notify_all();
         }
         s.work(epoch);
+        // Wait for pieces the workers hold. A worker that lost its core (other
+        // processes on a shared machine) needs a CPU to finish: after a short
+        // spin the caller yields, so it does not burn the time slice the
+        // worker may be waiting for.
+        let (mut spins, every) = (0u32, yield_spins());
         while s.done.load(Ordering::Acquire) < chunks {
             std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(every) {
+                std::thread::yield_now();
+            }
         }
         s.task.store(std::ptr::null_mut(), Ordering::Release);
     }
@@ -165,7 +185,7 @@ fn worker(s: &'static Shared) {
     loop {
         // Wait for a new epoch: spin, then sleep.
         let start = Instant::now();
-        let mut spins = 0u32;
+        let (mut spins, every) = (0u32, yield_spins());
         let epoch = loop {
             let e = s.state.load(Ordering::SeqCst) >> PIECE_BITS;
             if e != seen {
@@ -173,6 +193,11 @@ fn worker(s: &'static Shared) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(every) {
+                // Let a runnable thread of this process (the caller, busy with
+                // serial work) or another process have the core now and then.
+                std::thread::yield_now();
+            }
             if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
