@@ -92,6 +92,10 @@ fn main() {
         Case { name: "W3 K@cols", m: 64, k: 288, n: 4096, kind: Kind::Plain },
         Case { name: "W3 g@colst", m: 64, k: 4096, n: 288, kind: Kind::TransB },
         Case { name: "W3 Kt@g", m: 288, k: 64, n: 4096, kind: Kind::TransA },
+        // W4 (GPT, batch 32 x 64 positions folded into the rows): forward and the weight gradient.
+        Case { name: "W4 x@Wup", m: 2048, k: 128, n: 512, kind: Kind::Plain },
+        Case { name: "W4 xt@gup", m: 128, k: 2048, n: 512, kind: Kind::TransA },
+        Case { name: "W4 ht@gdown", m: 512, k: 2048, n: 128, kind: Kind::TransA },
     ];
     if filter.as_deref() == Some("threads") {
         threads_sweep();
