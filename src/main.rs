@@ -65,9 +65,6 @@ enum Command {
         /// Beams kept by beam search.
         #[arg(long, default_value_t = 4)]
         width: usize,
-        /// Beam search's length normalisation: log-probability / length^alpha.
-        #[arg(long, default_value_t = 0.0)]
-        alpha: f64,
         /// Softmax temperature for temperature and top-k sampling.
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
@@ -98,12 +95,12 @@ fn main() -> ExitCode {
         Command::Check { file } => check_file(&file),
         Command::Ir { file, grad, step } => print_ir(&file, grad, step),
         Command::Info { file, json } => print_info(&file, json),
-        Command::Sample { file, checkpoint, prompt, tokens, strategy, width, alpha, temperature, k, seed, model } => {
+        Command::Sample { file, checkpoint, prompt, tokens, strategy, width, temperature, k, seed, model } => {
             let strategy = match strategy.as_str() {
                 "greedy" => Strategy::Greedy,
                 "temperature" => Strategy::Temperature(temperature),
                 "top-k" | "topk" => Strategy::TopK { k, temperature },
-                "beam" => Strategy::Beam { width, length_penalty: alpha },
+                "beam" => Strategy::Beam { width },
                 other => {
                     eprintln!("error: unknown strategy `{other}` (expected greedy, temperature, top-k or beam)");
                     return ExitCode::FAILURE;

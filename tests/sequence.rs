@@ -3,23 +3,11 @@
 //! well below the corpus' unigram entropy, `nnc sample` continues a prompt with
 //! each strategy, and an id outside an embedding table is an error at its line.
 
-use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// One training process at a time (each uses both cores).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn nnc(args: &[&str]) -> Output {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    Command::new(env!("CARGO_BIN_EXE_nnc")).args(args).current_dir(root()).output().expect("run nnc")
-}
+mod common;
+use common::{metric, nnc, root, run_json};
 
 fn corpus() -> String {
     let raw = std::fs::read(root().join("examples/data/shakespeare.txt.gz")).expect("corpus");
@@ -39,23 +27,12 @@ fn unigram_entropy(text: &str) -> f64 {
     counts.values().map(|&k| k as f64 / n).map(|p| -p * p.ln()).sum()
 }
 
-fn metric(v: &Value, run: &str, prefix: &str) -> f64 {
-    v["runs"][run]["metrics"]
-        .as_object()
-        .and_then(|m| m.iter().find(|(k, _)| k.starts_with(prefix)))
-        .and_then(|(_, v)| v.as_f64())
-        .unwrap_or_else(|| panic!("no `{prefix}` metric for run `{run}` in {v}"))
-}
-
 #[test]
 fn gpt_charlm_learns_and_samples() {
     let text = corpus();
     let unigram = unigram_entropy(&text);
     assert!((3.0..3.5).contains(&unigram), "unigram entropy {unigram}");
-    let out = nnc(&["run", "examples/gpt_charlm.nn", "--json"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nnc run failed ({}):\n{stderr}", out.status);
-    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON summary");
+    let v = run_json("examples/gpt_charlm.nn");
     let loss = metric(&v, "gpt", "loss on");
     eprintln!(
         "gpt_charlm: validation loss {loss:.4} nats/char, accuracy {:.4}; unigram entropy {unigram:.4}",
@@ -99,7 +76,7 @@ fn an_id_outside_the_table_is_an_error_at_its_line() {
         corpus.display()
     );
     std::fs::write(&file, source).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_nnc")).args(["run", file.to_str().unwrap()]).output().expect("run nnc");
+    let out = nnc(&["run", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("out of range") && stderr.contains("rows 0..10"), "{stderr}");

@@ -4,35 +4,12 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// One training process at a time: each already uses both cores, and five
-/// at once only oversubscribe the machine (and once ended one without a word:
-/// the status is printed below to tell a signal from an error).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn nnc(args: &[&str]) -> Output {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    Command::new(env!("CARGO_BIN_EXE_nnc")).args(args).current_dir(root()).output().expect("run nnc")
-}
-
-fn run_json(file: &str) -> Value {
-    let out = nnc(&["run", file, "--json"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nnc run {file} failed ({}):\n{stderr}", out.status);
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("valid JSON")
-}
+mod common;
+use common::{metric, nnc, root, run_json};
 
 fn test_accuracy(v: &Value, run: &str) -> f64 {
-    v["runs"][run]["metrics"]
-        .as_object()
-        .and_then(|m| m.iter().find(|(k, _)| k.starts_with("accuracy on")))
-        .and_then(|(_, v)| v.as_f64())
-        .unwrap_or_else(|| panic!("no accuracy for run `{run}` in {v}"))
+    metric(v, run, "accuracy on")
 }
 
 fn scratch(name: &str) -> PathBuf {

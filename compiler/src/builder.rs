@@ -119,6 +119,20 @@ impl<'g> Builder<'g> {
     }
 
     /// Uniform [0, 1) numbers of `shape` from the scalar `seed` (see `ops::random`).
+    /// softmax over `axes`: `exp(x − max) / Σ exp(x − max)`, the max shift held
+    /// constant (it cancels), one exponential per element.
+    pub fn softmax(&mut self, x: ValueId, axes: &[usize]) -> ValueId {
+        let shape = self.shape(x);
+        let m = self.reduce_max(x, axes);
+        let m = self.stop_gradient(m);
+        let mb = self.broadcast(m, &shape);
+        let z = self.sub(x, mb);
+        let e = self.exp(z);
+        let s = self.reduce_sum(e, axes);
+        let sb = self.broadcast(s, &shape);
+        self.div(e, sb)
+    }
+
     pub fn random_uniform(&mut self, seed: ValueId, shape: &Shape, stream: u32) -> ValueId {
         self.graph.push(Op::RandomUniform { stream }, vec![seed], TensorType::f32(shape.clone()), self.span)
     }

@@ -169,22 +169,27 @@ fn second_order_gradients_match_finite_differences() {
         }
         let (mut g, ids, loss, mut inputs) = build(&c, &mut rng);
         let grads = autodiff::grad(&mut g, loss, &ids, Span::default()).unwrap();
-        let first = ids[0];
-        let g0 = grads[0];
-        let shape = g.shape(first).clone();
-        let dims = shape.concrete().unwrap();
-        let mut b = Builder::new(&mut g, Span::default());
-        let v = b.input("v", InputKind::Data, TensorType::f32(shape));
-        let dot = b.mul(g0, v);
-        let gv = b.sum_all(dot);
-        inputs.insert("v".into(), rng.array(&dims, -1.0, 1.0));
-        let hv = autodiff::grad(&mut g, gv, &[first], Span::default()).unwrap()[0];
-        let mut hg = g.clone();
-        hg.outputs = vec![hv];
-        let analytic = interp::run(&hg, &inputs).unwrap().remove(0);
-        let numeric = numeric_grad(&g, gv, &inputs, "a0");
-        assert_close(c.name, "Hessian-vector product", &analytic, &numeric, 1e-5);
+        check_hessian_vector_product(c.name, &mut g, ids[0], "a0", grads[0], &mut inputs, &mut rng);
     }
+}
+
+/// For a random direction v, the gradient of ⟨grad, v⟩ with respect to `x`
+/// (input `name`) — the Hessian-vector product, by differentiating the
+/// gradient graph again — against finite differences of ⟨grad, v⟩.
+fn check_hessian_vector_product(what: &str, g: &mut Graph, x: ValueId, name: &str, grad: ValueId, inputs: &mut Inputs, rng: &mut Lcg) {
+    let shape = g.shape(x).clone();
+    let dims = shape.concrete().unwrap();
+    let mut b = Builder::new(g, Span::default());
+    let v = b.input("v", InputKind::Data, TensorType::f32(shape));
+    let dot = b.mul(grad, v);
+    let gv = b.sum_all(dot);
+    inputs.insert("v".into(), rng.array(&dims, -1.0, 1.0));
+    let hv = autodiff::grad(g, gv, &[x], Span::default()).unwrap()[0];
+    let mut hg = g.clone();
+    hg.outputs = vec![hv];
+    let analytic = interp::run(&hg, inputs).unwrap().remove(0);
+    let numeric = numeric_grad(g, gv, inputs, name);
+    assert_close(what, "Hessian-vector product", &analytic, &numeric, 1e-5);
 }
 
 #[test]
@@ -275,16 +280,6 @@ fn gather_and_scatter_add_gradients() {
         gg.outputs = vec![grads[0]];
         let analytic = interp::run(&gg, &inputs).unwrap().remove(0);
         assert_close(name, "d/da", &analytic, &numeric_grad(&g, loss, &inputs, "a0"), 1e-6);
-        // Second order: the gradient of <grad, v>.
-        let mut b = Builder::new(&mut g, Span::default());
-        let v = b.input("v", InputKind::Data, TensorType::f32(Shape::known(&shape)));
-        let dot = b.mul(grads[0], v);
-        let gv = b.sum_all(dot);
-        inputs.insert("v".into(), rng.array(&shape, -1.0, 1.0));
-        let hv = autodiff::grad(&mut g, gv, &[a], Span::default()).unwrap()[0];
-        let mut hg = g.clone();
-        hg.outputs = vec![hv];
-        let analytic = interp::run(&hg, &inputs).unwrap().remove(0);
-        assert_close(name, "Hessian-vector product", &analytic, &numeric_grad(&g, gv, &inputs, "a0"), 1e-5);
+        check_hessian_vector_product(name, &mut g, a, "a0", grads[0], &mut inputs, &mut rng);
     }
 }

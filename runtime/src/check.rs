@@ -200,28 +200,37 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
 
 /// The training plans of a program (for `nnc ir`), loading data for shapes.
 pub fn train_plans(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<TrainPlan>, Vec<Diagnostic>> {
+    plans_and_data(program, base_dir).map(|(plans, _)| plans)
+}
+
+/// The training plans and the data sets they were checked against (for
+/// `nnc sample`, which needs a text data set's vocabulary).
+pub fn plans_and_data(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<(Vec<TrainPlan>, Vec<Dataset>), Vec<Diagnostic>> {
     for_each_train(program, base_dir, |session, t| session.train_plan(t))
 }
 
 /// The layer table of each training run's model (for `nnc info`), loading data for shapes.
 pub fn model_infos(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<ModelInfo>, Vec<Diagnostic>> {
-    for_each_train(program, base_dir, |session, t| session.model_info(t))
+    for_each_train(program, base_dir, |session, t| session.model_info(t)).map(|(infos, _)| infos)
 }
 
 /// Walk the items in order as `nnc run` would, without training or
-/// evaluating anything, and apply `f` to every `train` block.
+/// evaluating anything, and apply `f` to every `train` block; also returns
+/// the data sets loaded on the way.
 fn for_each_train<T>(
     program: &nnc_compiler::ast::Program,
     base_dir: &Path,
     mut f: impl FnMut(&Session, &TrainDef) -> Result<T, Vec<Diagnostic>>,
-) -> Result<Vec<T>, Vec<Diagnostic>> {
+) -> Result<(Vec<T>, Vec<Dataset>), Vec<Diagnostic>> {
     let mut session = Session::new(program)?;
     let mut out = Vec::new();
+    let mut datasets = Vec::new();
     for item in &program.items {
         match item {
             Item::Data(d) => {
                 let ds = dataset::load(d, base_dir).map_err(|e| vec![e])?;
                 session.add_data(&ds.name, ds.shape.clone());
+                datasets.push(ds);
             }
             Item::Train(t) => {
                 out.push(f(&session, t)?);
@@ -235,5 +244,5 @@ fn for_each_train<T>(
             Item::Module(_) | Item::Function(_) | Item::Plot(_) | Item::Report(_) => {}
         }
     }
-    Ok(out)
+    Ok((out, datasets))
 }

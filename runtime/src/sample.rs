@@ -11,13 +11,13 @@
 //! change the logits read. Each new token runs the compiled forward function
 //! once over the last `T` tokens.
 
-use crate::check::train_plans;
-use crate::dataset::{self, Dataset};
+use crate::check::plans_and_data;
+use crate::dataset::Dataset;
 use crate::exec::Exec;
 use crate::rng;
 use crate::text::Vocab;
 use crate::train::load_params;
-use nnc_compiler::ast::{Item, Program, Span};
+use nnc_compiler::ast::Program;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::TrainPlan;
 use nnc_compiler::ir::SizeEnv;
@@ -32,8 +32,9 @@ pub enum Strategy {
     Temperature(f64),
     /// A draw from the `k` most likely tokens, renormalised, at `temperature`.
     TopK { k: usize, temperature: f64 },
-    /// The best continuation found by beam search (see `beam_search`).
-    Beam { width: usize, length_penalty: f64 },
+    /// The most likely whole continuation found by beam search of this width
+    /// (see `beam_search`).
+    Beam { width: usize },
 }
 
 pub struct SampleOptions<'a> {
@@ -60,10 +61,9 @@ fn error(title: impl Into<String>) -> Vec<Diagnostic> {
 impl Generator {
     /// Compile the chosen run's model and load its checkpoint.
     pub fn new(program: &Program, base_dir: &Path, model: Option<&str>, checkpoint: &Path) -> Result<Generator, Vec<Diagnostic>> {
-        let plans = train_plans(program, base_dir)?;
-        let plan = choose(program, &plans, model)?;
-        let data = load_data(program, base_dir, &plan.data)?;
-        let Some(vocab) = data.vocab else {
+        let (plans, datasets) = plans_and_data(program, base_dir)?;
+        let plan = choose(&plans, &datasets, model)?;
+        let Some(vocab) = datasets.iter().find(|d| d.name == plan.data).and_then(|d| d.vocab.clone()) else {
             return Err(vec![Diagnostic::new(format!("`{}` is not trained on text", plan.name))
                 .label(plan.span, format!("its data `{}` has no tokenizer", plan.data))
                 .note("`nnc sample` needs a language model trained on `text(...)` data")]);
@@ -100,7 +100,7 @@ impl Generator {
             ids = self.vocab.encode("\n").unwrap_or_else(|_| vec![0]);
         }
         let start = ids.len();
-        if let Strategy::Beam { width, length_penalty } = strategy {
+        if let Strategy::Beam { width } = strategy {
             let mut fault = None;
             let mut scorer = |seq: &[u32]| match self.logits(seq) {
                 Ok(l) => log_softmax(&l),
@@ -109,7 +109,7 @@ impl Generator {
                     Vec::new()
                 }
             };
-            let best = beam_search(&mut scorer, &ids, tokens, width, length_penalty);
+            let best = beam_search(&mut scorer, &ids, tokens, width);
             if let Some(d) = fault {
                 return Err(d);
             }
@@ -125,22 +125,15 @@ impl Generator {
 }
 
 /// The run to sample from: the named one, or the only one trained on text.
-fn choose<'p>(program: &Program, plans: &'p [TrainPlan], model: Option<&str>) -> Result<&'p TrainPlan, Vec<Diagnostic>> {
+fn choose<'p>(plans: &'p [TrainPlan], datasets: &[Dataset], model: Option<&str>) -> Result<&'p TrainPlan, Vec<Diagnostic>> {
     if let Some(m) = model {
         return plans.iter().find(|p| p.name == m).ok_or_else(|| {
             let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
             error(format!("no `train {m}` in this file (it trains: {})", names.join(", ")))
         });
     }
-    let text_data: Vec<&str> = program
-        .items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Data(d) if is_text(&d.source) => Some(d.name.name.as_str()),
-            _ => None,
-        })
-        .collect();
-    let candidates: Vec<&TrainPlan> = plans.iter().filter(|p| text_data.contains(&p.data.as_str())).collect();
+    let on_text = |p: &&TrainPlan| datasets.iter().any(|d| d.name == p.data && d.vocab.is_some());
+    let candidates: Vec<&TrainPlan> = plans.iter().filter(on_text).collect();
     match candidates.as_slice() {
         [one] => Ok(one),
         [] => Err(error("this file trains no model on text data, so there is nothing to sample from")),
@@ -149,22 +142,6 @@ fn choose<'p>(program: &Program, plans: &'p [TrainPlan], model: Option<&str>) ->
             many.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
         ))),
     }
-}
-
-fn is_text(source: &nnc_compiler::ast::Expr) -> bool {
-    use nnc_compiler::ast::ExprKind;
-    matches!(&source.kind, ExprKind::Call { callee, .. } if matches!(&callee.kind, ExprKind::Name(n) if n == "text"))
-}
-
-fn load_data(program: &Program, base_dir: &Path, name: &str) -> Result<Dataset, Vec<Diagnostic>> {
-    for item in &program.items {
-        if let Item::Data(d) = item {
-            if d.name.name == name {
-                return dataset::load(d, base_dir).map_err(|e| vec![e]);
-            }
-        }
-    }
-    Err(vec![Diagnostic::new(format!("no data `{name}`")).label(Span::default(), "here")])
 }
 
 /// The next token under `strategy`.
@@ -201,31 +178,22 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&v| f64::from(v) - lse).collect()
 }
 
-/// A finished hypothesis of `beam_search`: the whole sequence (prompt
-/// included), its summed log-probability and its length-normalised score.
+/// The result of `beam_search`: the whole sequence (prompt included) and its
+/// summed log-probability.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hypothesis {
     pub tokens: Vec<u32>,
     pub log_prob: f64,
-    pub score: f64,
 }
 
 /// Beam search: keep the `width` best partial continuations of `prompt`; at each
 /// of `steps` steps extend every one by every token (log-probabilities from
-/// `log_probs(sequence)`, summed along the way) and keep the `width` best. The
-/// winner maximises `log P / length^α` (`α` = `length_penalty`; 0 compares raw
-/// sums). All continuations here have the same length, so α only matters when
-/// hypotheses of several lengths compete (an end token; not used yet), but it is
-/// applied as the score for uniformity. Width 1 is greedy decoding; a width of
-/// at least `V^(steps−1)` keeps every sequence and is exact.
-pub fn beam_search(
-    log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>,
-    prompt: &[u32],
-    steps: usize,
-    width: usize,
-    length_penalty: f64,
-) -> Hypothesis {
-    let score = |lp: f64, len: usize| lp / (len.max(1) as f64).powf(length_penalty);
+/// `log_probs(sequence)`, summed along the way) and keep the `width` best by
+/// summed log-probability; the best at the end wins. Every continuation has
+/// `steps` tokens, so there is no length normalisation to apply (it matters
+/// once hypotheses can end early at an end token). Width 1 is greedy decoding;
+/// a width of at least `V^(steps−1)` keeps every sequence and is exact.
+pub fn beam_search(log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>, prompt: &[u32], steps: usize, width: usize) -> Hypothesis {
     let mut beams = vec![(prompt.to_vec(), 0.0f64)];
     for _ in 0..steps {
         let mut next: Vec<(Vec<u32>, f64)> = Vec::new();
@@ -244,9 +212,8 @@ pub fn beam_search(
         }
         beams = next;
     }
-    let generated = steps.min(beams.first().map_or(0, |b| b.0.len() - prompt.len()));
     let (tokens, log_prob) = beams.into_iter().next().unwrap_or((prompt.to_vec(), 0.0));
-    Hypothesis { tokens, log_prob, score: score(log_prob, generated) }
+    Hypothesis { tokens, log_prob }
 }
 
 /// `nnc sample`: the prompt and its continuation.
@@ -302,11 +269,11 @@ mod tests {
         let prompt = [1u32, 2];
         let (best, best_lp) = exhaustive(&prompt, 6);
         // Wide enough to keep every prefix: exact.
-        let wide = beam_search(&mut |s| toy(s), &prompt, 6, 3usize.pow(5), 0.0);
+        let wide = beam_search(&mut |s| toy(s), &prompt, 6, 3usize.pow(5));
         assert_eq!(wide.tokens, best);
         assert!((wide.log_prob - best_lp).abs() < 1e-12);
         // Width 1 is greedy decoding, never better than the optimum.
-        let greedy = beam_search(&mut |s| toy(s), &prompt, 6, 1, 0.0);
+        let greedy = beam_search(&mut |s| toy(s), &prompt, 6, 1);
         let mut seq = prompt.to_vec();
         for _ in 0..6 {
             let lp = toy(&seq);
@@ -317,14 +284,11 @@ mod tests {
         assert!(greedy.log_prob <= best_lp + 1e-12);
         // No width beats the optimum, and each result's log-probability is its sequence's.
         for width in [2, 4, 9, 27] {
-            let h = beam_search(&mut |s| toy(s), &prompt, 6, width, 0.0);
+            let h = beam_search(&mut |s| toy(s), &prompt, 6, width);
             assert!(h.log_prob <= best_lp + 1e-12, "width {width}");
             let replay: f64 = (prompt.len()..h.tokens.len()).map(|i| toy(&h.tokens[..i])[h.tokens[i] as usize]).sum();
             assert!((replay - h.log_prob).abs() < 1e-12, "width {width}");
         }
-        // Length normalisation: the score is the sum over the length to the power α.
-        let h = beam_search(&mut |s| toy(s), &prompt, 6, 243, 1.0);
-        assert!((h.score - h.log_prob / 6.0).abs() < 1e-12);
     }
 
     #[test]

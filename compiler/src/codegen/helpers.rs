@@ -190,8 +190,7 @@ pub(crate) extern "C" fn nnc_lookup(
         dst.fill(0.0);
     }
     for (i, &id) in ids.iter().enumerate() {
-        let row = if id >= 0.0 && id.fract() == 0.0 && (id as usize) < rows { Some(id as usize) } else { None };
-        let Some(r) = row else {
+        let Some(r) = crate::ops::index::row_index(f64::from(id), rows) else {
             FAULT.with(|f| {
                 if f.get().is_none() {
                     f.set(Some(Fault { site: site as u32, index: id, bound: rows }));

@@ -122,6 +122,20 @@ impl AxisRef {
     }
 }
 
+/// A layout of rank ≥ 2 as a matrix operand: its last two axes are the rows and
+/// columns, the others the batch.
+fn matrix_of(l: &Layout) -> MatOperand {
+    let r = l.strides.len();
+    MatOperand {
+        storage: l.storage,
+        off: l.off,
+        batch: l.strides[..r - 2].to_vec(),
+        rs: l.strides[r - 2],
+        cs: l.strides[r - 1],
+        gather: None,
+    }
+}
+
 fn identity(rank: usize) -> Vec<AxisRef> {
     (0..rank).map(AxisRef::axis).collect()
 }
@@ -766,14 +780,7 @@ impl Planner<'_> {
         if r < 2 {
             return Err(malformed(id, "matrix operand of rank < 2"));
         }
-        Ok(MatOperand {
-            storage: l.storage,
-            off: l.off,
-            batch: l.strides[..r - 2].to_vec(),
-            rs: l.strides[r - 2],
-            cs: l.strides[r - 1],
-            gather: None,
-        })
+        Ok(matrix_of(&l))
     }
 
     // ---- lowering -----------------------------------------------------------------
@@ -972,14 +979,7 @@ impl Planner<'_> {
         if r < 2 {
             return Err(malformed(id, "matmul result of rank < 2"));
         }
-        let c = MatOperand {
-            storage: out.storage,
-            off: out.off,
-            batch: out.strides[..r - 2].to_vec(),
-            rs: out.strides[r - 2],
-            cs: out.strides[r - 1],
-            gather: None,
-        };
+        let c = matrix_of(out);
         let (m, n) = (od[r - 2], od[r - 1]);
         // Batch axes of size 1 (one group of a convolution) are dropped, so the
         // product counts as unbatched (it may then be paired with its neighbour).

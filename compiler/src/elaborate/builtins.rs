@@ -139,14 +139,12 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 Some(arg) => axes_arg(cx, &x, Some(arg), span)?,
                 None => vec![cx.shape(&x).rank().saturating_sub(1)],
             };
-            let lse = logsumexp(cx, &x, &axes, true, span)?;
-            let shifted = sub_broadcast(cx, &x, &lse, span)?;
             if name == "softmax" {
-                let id = cx.builder(span).exp(shifted.id);
-                Ok(Value::Tensor(Tensor { id, names: x.names.clone() }))
-            } else {
-                Ok(Value::Tensor(shifted))
+                let id = cx.builder(span).softmax(x.id, &axes);
+                return Ok(Value::Tensor(Tensor { id, names: x.names.clone() }));
             }
+            let lse = logsumexp(cx, &x, &axes, true, span)?;
+            sub_broadcast(cx, &x, &lse, span).map(Value::Tensor)
         }
         "reshape" => {
             let mut a = bind(cx, name, args, &["x", "shape"], 2, span)?;

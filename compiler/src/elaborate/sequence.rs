@@ -30,16 +30,8 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         "causal_mask" => {
             let mut a = bind(cx, name, args, &["size"], 1, span)?;
             let Some(n) = take(&mut a[0]) else { return Err(super::builtins::internal(cx, span)) };
-            let size = cx.number(&n.value, n.span, "the sequence length")?;
-            if size < 1.0 || size.fract() != 0.0 {
-                return Err(cx.err(ErrorKind::Builtin {
-                    span: n.span,
-                    title: format!("`causal_mask` needs a positive whole sequence length, found {size}"),
-                    label: "the number of positions".into(),
-                    note: None,
-                }));
-            }
-            causal_mask(cx, size as usize, span)
+            let size = whole(cx, &n, name, "the sequence length")?;
+            causal_mask(cx, size, span)
         }
         "sinusoidal_positions" => {
             let mut a = bind(cx, name, args, &["length", "width"], 2, span)?;
@@ -249,17 +241,8 @@ fn attention(cx: &mut Ctx, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<(Ten
         let pen = Tensor { id: pen, names: Vec::new() };
         logits = cx.elementwise(BinaryOp::Add, &logits, &pen, span, mspan, span, "attention mask")?;
     }
-    let shape = cx.shape(&logits);
-    let last = shape.rank() - 1;
-    let mut b = cx.builder(span);
-    let m = b.reduce_max(logits.id, &[last]);
-    let m = b.stop_gradient(m);
-    let mb = b.broadcast(m, &shape);
-    let z = b.sub(logits.id, mb);
-    let e = b.exp(z);
-    let s = b.reduce_sum(e, &[last]);
-    let sb = b.broadcast(s, &shape);
-    let p = b.div(e, sb);
+    let last = cx.shape(&logits).rank() - 1;
+    let p = cx.builder(span).softmax(logits.id, &[last]);
     let p = Tensor { id: p, names: Vec::new() };
     super::builtins::matmul(cx, &p, v, span, span, span)
 }

@@ -61,13 +61,16 @@ pub fn scatter_add_vjp_rule(b: &mut Builder, args: &[ValueId], g: ValueId) -> Ve
     vec![None, Some(b.gather_rows(g, *ids))]
 }
 
+/// The row an id selects: `None` for an id that is negative, fractional, NaN
+/// or not below `rows`. The compiled lookup (`codegen::helpers::nnc_lookup`)
+/// applies the same rule.
+pub(crate) fn row_index(id: f64, rows: usize) -> Option<usize> {
+    (id >= 0.0 && id.fract() == 0.0 && id < rows as f64).then_some(id as usize)
+}
+
 /// The row an id selects, or the fault it is.
 fn row_of(id: f64, rows: usize) -> Result<usize, EvalError> {
-    if id >= 0.0 && id.fract() == 0.0 && (id as usize) < rows {
-        Ok(id as usize)
-    } else {
-        Err(EvalError::IndexOutOfRange { index: id, bound: rows })
-    }
+    row_index(id, rows).ok_or(EvalError::IndexOutOfRange { index: id, bound: rows })
 }
 
 pub fn gather_eval(args: &[&ArrayD<f64>], out: &[usize]) -> Result<ArrayD<f64>, EvalError> {
