@@ -184,6 +184,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     jb.symbol("nnc_random", helpers::nnc_random as *const u8);
     jb.symbol("nnc_lookup", helpers::nnc_lookup as *const u8);
+    jb.symbol("nnc_copy_rows", helpers::nnc_copy_rows as *const u8);
     jb.symbol("nnc_tick", helpers::profile::nnc_tick as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
@@ -202,6 +203,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
     let lookup_id = import(module, "nnc_lookup", 8)?;
+    let copy_rows_id = import(module, "nnc_copy_rows", 6)?;
     let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 3)?;
     let pair_id = import(module, "nnc_sgemm_pair", 28)?;
@@ -226,7 +228,14 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
             Some(pk) => {
                 let rows = pk.dims.first().copied().unwrap_or(1);
                 Some((
-                    define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, tables, [sgemm_id, solve_id, random_id, lookup_id])?,
+                    define_piece(
+                        module,
+                        &format!("nnc_piece{i}"),
+                        &pk,
+                        offsets,
+                        tables,
+                        [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id],
+                    )?,
                     rows,
                 ))
             }
@@ -242,6 +251,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let solve = module.declare_func_in_func(solve_id, b.func);
     let random = module.declare_func_in_func(random_id, b.func);
     let lookup = module.declare_func_in_func(lookup_id, b.func);
+    let copy_rows = module.declare_func_in_func(copy_rows_id, b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -252,7 +262,8 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     {
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
-        let mut em = emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, rows: None, tables };
+        let mut em =
+            emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, copy_rows, step: None, rows: None, tables };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
@@ -325,6 +336,12 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
         kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
         kernel::Kernel::Lookup { scatter: true, n, rows, width, .. } => format!("scatter-add {n} into {rows} rows x {width}"),
+        kernel::Kernel::Loop { steps, reverse, body } => {
+            let parts: Vec<String> = body.iter().map(describe).collect();
+            let dir = if *reverse { ", reversed" } else { "" };
+            format!("loop of {steps} steps{dir}: [{}]", parts.join("; "))
+        }
+        kernel::Kernel::StepCopy { rows, width, .. } => format!("copy {rows} rows x {width}"),
     }
 }
 
@@ -336,7 +353,7 @@ fn define_piece(
     k: &kernel::MapKernel,
     offsets: &[usize],
     tables: &[i64],
-    helpers: [FuncId; 4],
+    helpers: [FuncId; 5],
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64); 3];
@@ -347,6 +364,7 @@ fn define_piece(
     let solve = module.declare_func_in_func(helpers[1], b.func);
     let random = module.declare_func_in_func(helpers[2], b.func);
     let lookup = module.declare_func_in_func(helpers[3], b.func);
+    let copy_rows = module.declare_func_in_func(helpers[4], b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -356,7 +374,20 @@ fn define_piece(
     };
     {
         let mut em =
-            emit::Emitter { b: &mut b, arena, scratch: arena, offsets, sgemm, solve, random, lookup, rows: Some((lo, hi)), tables };
+            emit::Emitter {
+                b: &mut b,
+                arena,
+                scratch: arena,
+                offsets,
+                sgemm,
+                solve,
+                random,
+                lookup,
+                copy_rows,
+                step: None,
+                rows: Some((lo, hi)),
+                tables,
+            };
         em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
     }
     b.ins().return_(&[]);

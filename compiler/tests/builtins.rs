@@ -85,6 +85,33 @@ fn t_cos(x: [3, 5], w: [3, 5]) -> scalar = sum(w * cos(3 * x))
 fn t_sinusoidal(x: [6, 4], w: [6, 4]) -> scalar = sum(w * x * sinusoidal_positions(6, 4))
 fn t_rotary(x: [2, 5, 4], w: [2, 5, 4]) -> scalar = sum(w * rotary(x * w))
 
+// Recurrence, backpropagation through 5-6 steps: an Elman RNN and an LSTM
+// (gates as in the notes, state concat(h, c)), with the gradient for the
+// inputs, for the weights (handed to every step by `with:`) and through the
+// initial state; a reversed scan; a scan over two sequences.
+fn elman(h: [N, 4], x: [N, 3], W: [3, 4], U: [4, 4]) -> [N, 4] = tanh(x @ W + h @ U)
+fn lstm(s: [N, 8], x: [N, 3], W: [3, 16], U: [4, 16]) -> [N, 8] {
+  let h = s[:, 0:4]
+  let c = s[:, 4:8]
+  let z = x @ W + h @ U
+  let f = sigmoid(z[:, 0:4])
+  let i = sigmoid(z[:, 4:8])
+  let g = tanh(z[:, 8:12])
+  let o = sigmoid(z[:, 12:16])
+  let c2 = f * c + i * g
+  concat([o * tanh(c2), c2], 1)
+}
+fn mix(h: [N, 3], x: [N, 3], y: [N, 3]) -> [N, 3] = h * y + x
+fn t_scan_rnn(x: [2, 6, 3], w: [3, 4]) -> scalar = sum(sin(3 * scan(elman, x[:, 0] @ w, x, with: [w, w.T @ w * 0.5])))
+fn t_scan_rnn_weight(w: [3, 4], x: [2, 6, 3]) -> scalar = sum(sin(3 * scan(elman, x[:, 0] @ w, x, with: [w, w.T @ w * 0.5])))
+fn t_scan_lstm(x: [2, 5, 3], w: [3, 16]) -> scalar = sum(sin(3 * scan(lstm, zeros([2, 8]), x, with: [w, w[:, 0:4].T @ w])))
+fn t_scan_lstm_weight(w: [3, 16], x: [2, 5, 3]) -> scalar = sum(sin(3 * scan(lstm, zeros([2, 8]), x, with: [w, w[:, 0:4].T @ w])))
+fn t_scan_reverse(x: [2, 5, 3], w: [3, 4]) -> scalar = sum(sin(3 * scan(elman, zeros([2, 4]), x, with: [w, w.T @ w * 0.5], reverse: 1)))
+fn t_scan_two(x: [2, 5, 3], w: [2, 5, 3]) -> scalar = sum(sin(scan(mix, x[:, 1], [x, w])))
+fn t_cumsum(x: [2, 5, 3], w: [2, 5, 3]) -> scalar = sum(w * scan(mix, zeros([2, 3]), [x, zeros([2, 5, 3]) + 1]))
+fn rnn_loss(x: [2, 5, 3], w: [3, 4]) -> scalar = sum(sin(3 * scan(elman, zeros([2, 4]), x, with: [w, w.T @ w * 0.5])))
+fn t_scan_second_order(x: [2, 5, 3], w: [3, 4]) -> scalar = sum(sin(grad(rnn_loss)(x, w)))
+
 // The language's own grad, and grad of grad.
 fn cube(x: [3, 5]) -> scalar = sum(x * x * x)
 fn t_grad(x: [3, 5], w: [3, 5]) -> scalar = sum(w * grad(cube)(x))
@@ -259,6 +286,38 @@ fn builtins_agree_with_closed_forms() {
     }
     let got = value(&g, &inputs);
     assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "rotary {got} vs {total}");
+
+    // A scan of h + x is the running sum along time.
+    let (g, inputs) = function(&session, "t_cumsum");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let mut total = 0.0;
+    for b in 0..2 {
+        for c in 0..3 {
+            let mut run = 0.0;
+            for t in 0..5 {
+                run += x[[b, t, c]];
+                total += w[[b, t, c]] * run;
+            }
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "cumulative sum by scan {got} vs {total}");
+    // The Elman recurrence written out: h_t = tanh(x_t W + h_{t-1} U), h_{-1} = x_0 W.
+    let (g, inputs) = function(&session, "t_scan_rnn");
+    let (x, w) = (&inputs["arg0"], &inputs["arg1"]);
+    let u = |i: usize, j: usize| (0..3).map(|k| w[[k, i]] * w[[k, j]]).sum::<f64>() * 0.5;
+    let mut total = 0.0;
+    for b in 0..2 {
+        let mut h: Vec<f64> = (0..4).map(|j| (0..3).map(|k| x[[b, 0, k]] * w[[k, j]]).sum()).collect();
+        for t in 0..6 {
+            h = (0..4)
+                .map(|j| ((0..3).map(|k| x[[b, t, k]] * w[[k, j]]).sum::<f64>() + (0..4).map(|i| h[i] * u(i, j)).sum::<f64>()).tanh())
+                .collect();
+            total += h.iter().map(|v| (3.0 * v).sin()).sum::<f64>();
+        }
+    }
+    let got = value(&g, &inputs);
+    assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "Elman RNN by scan {got} vs {total}");
 
     // A masked cross-entropy: the mean over the kept positions only.
     let (g, inputs) = function(&session, "t_ce_masked");

@@ -25,6 +25,9 @@ pub(crate) struct Emitter<'a, 'b> {
     pub solve: FuncRef,
     pub random: FuncRef,
     pub lookup: FuncRef,
+    pub copy_rows: FuncRef,
+    /// Inside a `Loop`: the current step (an `i64`).
+    pub step: Option<Value>,
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
     /// of every map kernel emitted (see `parallel_form`).
     pub rows: Option<(Value, Value)>,
@@ -290,7 +293,48 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, pd, site]);
                 Ok(())
             }
+            Kernel::Loop { steps, reverse, body } => self.emit_loop(*steps, *reverse, body),
+            Kernel::StepCopy { rows, width, src, dst } => {
+                let ps = self.strip_base(src)?;
+                let pd = self.strip_base(dst)?;
+                let consts = [dst.row_stride, src.row_stride, *rows as i64, *width as i64];
+                let [ds, ss, rows, width] = consts.map(|c| self.b.ins().iconst(I64, c));
+                self.b.ins().call(self.copy_rows, &[pd, ds, ps, ss, rows, width]);
+                Ok(())
+            }
         }
+    }
+
+    /// A scan: the body's kernels inside a loop over the steps.
+    fn emit_loop(&mut self, steps: usize, reverse: bool, body: &[Kernel]) -> Result<(), CodegenError> {
+        if steps == 0 {
+            return Ok(());
+        }
+        let (blk, i, _) = self.loop_begin(&[]);
+        let t = if reverse {
+            let last = self.b.ins().iconst(I64, steps as i64 - 1);
+            self.b.ins().isub(last, i)
+        } else {
+            i
+        };
+        let outer = self.step.replace(t);
+        for k in body {
+            self.emit_kernel(k)?;
+        }
+        self.step = outer;
+        self.loop_end(blk, i, 1, steps as i64, &[]);
+        Ok(())
+    }
+
+    /// The byte address of a strip's first row at the current step.
+    fn strip_base(&mut self, s: &super::kernel::Strip) -> Result<Value, CodegenError> {
+        let base = self.base(Some(s.storage), s.off, &[], &[])?;
+        if s.step == 0 {
+            return Ok(base);
+        }
+        let t = self.step.ok_or_else(|| CodegenError::Cranelift("a step copy outside a loop".into()))?;
+        let by = self.b.ins().imul_imm_s(t, s.step * 4);
+        Ok(self.b.ins().iadd(base, by))
     }
 
     // ---- loops ----------------------------------------------------------------------

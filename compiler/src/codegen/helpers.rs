@@ -274,3 +274,22 @@ pub(crate) extern "C" fn nnc_parallel(piece: Piece, arena: *mut f32, rows: i64) 
     };
     p.run(chunks as usize, &f);
 }
+
+/// `rows` rows of `width` floats from `src` to `dst`, rows `src_stride` and
+/// `dst_stride` floats apart (`Kernel::StepCopy`: a scan step's slice of a
+/// sequence, or its new state).
+pub(crate) extern "C" fn nnc_copy_rows(dst: *mut f32, dst_stride: i64, src: *const f32, src_stride: i64, rows: i64, width: i64) {
+    let (Ok(rows), Ok(width)) = (usize::try_from(rows), usize::try_from(width)) else {
+        return;
+    };
+    for r in 0..rows as isize {
+        // SAFETY: the planner placed every row inside its storage (`lower_scan`:
+        // the strides and widths come from the operands' shapes), and source and
+        // destination are different storages.
+        unsafe {
+            let s = src.offset(r * src_stride as isize);
+            let d = dst.offset(r * dst_stride as isize);
+            std::ptr::copy_nonoverlapping(s, d, width);
+        }
+    }
+}

@@ -74,6 +74,17 @@ pub(crate) struct MatOperand {
     pub gather: Option<[usize; 2]>,
 }
 
+/// Rows of contiguous floats at `off + r·row_stride + t·step` in a storage,
+/// for the current step `t` of the enclosing `Loop` (`step` 0: the same place
+/// every step).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strip {
+    pub storage: StorageId,
+    pub off: i64,
+    pub row_stride: i64,
+    pub step: i64,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Kernel {
     Map(MapKernel),
@@ -120,6 +131,20 @@ pub(crate) enum Kernel {
         seed: (StorageId, i64),
         stream: u32,
     },
+    /// A `Scan`: `body` run `steps` times, with the step `t` counting up from 0
+    /// (down from `steps − 1` if `reverse`) for the `StepCopy` kernels in it.
+    Loop {
+        steps: usize,
+        reverse: bool,
+        body: Vec<Kernel>,
+    },
+    /// `rows × width` floats from `src` to `dst` at the current step (only inside a `Loop`).
+    StepCopy {
+        rows: usize,
+        width: usize,
+        src: Strip,
+        dst: Strip,
+    },
 }
 
 impl Kernel {
@@ -137,6 +162,8 @@ impl Kernel {
             Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
             Kernel::Random { seed, .. } => vec![seed.0],
             Kernel::Lookup { ids, src, .. } => vec![ids.0, src.0],
+            Kernel::Loop { body, .. } => body.iter().flat_map(Kernel::reads).collect(),
+            Kernel::StepCopy { src, .. } => vec![src.storage],
         }
     }
 
@@ -149,6 +176,8 @@ impl Kernel {
             Kernel::Solve { x, .. } => vec![x.storage],
             Kernel::Random { out, .. } => vec![out.0],
             Kernel::Lookup { dst, .. } => vec![dst.0],
+            Kernel::Loop { body, .. } => body.iter().flat_map(Kernel::writes).collect(),
+            Kernel::StepCopy { dst, .. } => vec![dst.storage],
         }
     }
 
@@ -180,6 +209,8 @@ impl Kernel {
             Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
             Kernel::Random { out, seed, .. } => [out, seed].into_iter().for_each(|o| fix(&mut o.0)),
             Kernel::Lookup { ids, src, dst, .. } => [ids, src, dst].into_iter().for_each(|o| fix(&mut o.0)),
+            Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| k.rename(from, to)),
+            Kernel::StepCopy { src, dst, .. } => [src, dst].into_iter().for_each(|o| fix(&mut o.storage)),
         }
     }
 
@@ -197,9 +228,13 @@ impl Kernel {
                         .filter(|a| a.storage == Some(s))
                         .all(|a| outs.iter().all(|o| a.off == o.off && a.strides == o.strides))
             }
-            Kernel::Rows { .. } | Kernel::MatMul { .. } | Kernel::Solve { .. } | Kernel::Random { .. } | Kernel::Lookup { .. } => {
-                !self.reads().contains(&s)
-            }
+            Kernel::Rows { .. }
+            | Kernel::MatMul { .. }
+            | Kernel::Solve { .. }
+            | Kernel::Random { .. }
+            | Kernel::Lookup { .. }
+            | Kernel::Loop { .. }
+            | Kernel::StepCopy { .. } => !self.reads().contains(&s),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! live node either owns a contiguous buffer (`Kernel`, `Buffer` for inputs) or
 //! is a contiguous view of one (`View`, for reshape).
 
-use super::kernel::{contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage, StorageId, StorageKind};
+use super::kernel::{
+    contiguous_strides, copy_kernel, Affine, ENode, ExprBuilder, Kernel, MatOperand, Storage, StorageId, StorageKind, Strip,
+};
 use super::{updates, CodegenError};
 use crate::ir::{Graph, Op, ValueId};
 use crate::ops::{BinaryOp, ReduceKind, Window};
@@ -255,6 +257,23 @@ fn group_axes(from: &[usize], to: &[usize]) -> Option<Vec<Vec<usize>>> {
     Some(groups)
 }
 
+/// A kernel planned for a scan body, moved into the enclosing plan: its offset
+/// tables follow the plan's `tables` others, and a bad id it meets is reported
+/// as a fault of the scan node `site`.
+fn relocate(k: &mut Kernel, tables: usize, site: u32) {
+    match k {
+        Kernel::MatMul { a, b, c, .. } => {
+            for g in [a, b, c].into_iter().filter_map(|o| o.gather.as_mut()) {
+                g[0] += tables;
+                g[1] += tables;
+            }
+        }
+        Kernel::Lookup { site: s, .. } => *s = site,
+        Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| relocate(k, tables, site)),
+        _ => {}
+    }
+}
+
 fn malformed(id: ValueId, reason: &str) -> CodegenError {
     CodegenError::Malformed { node: id, reason: reason.to_string() }
 }
@@ -487,7 +506,7 @@ impl Planner<'_> {
                 }
                 Op::MatMul | Op::Solve | Op::Unfold { .. } | Op::RandomUniform { .. } => (Mode::Kernel, vec![Need::Strided]),
                 Op::Fold { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
-                Op::Gather | Op::ScatterAdd { .. } => (Mode::Kernel, vec![Need::Contig]),
+                Op::Gather | Op::ScatterAdd { .. } | Op::Scan { .. } => (Mode::Kernel, vec![Need::Contig]),
             };
             self.mode[i] = mode;
             // A product's B may be gathered when it runs as a library call.
@@ -744,7 +763,8 @@ impl Planner<'_> {
             | Op::Gather
             | Op::ScatterAdd { .. }
             | Op::MatMul
-            | Op::Solve => Err(malformed(id, "op cannot be fused into a loop")),
+            | Op::Solve
+            | Op::Scan { .. } => Err(malformed(id, "op cannot be fused into a loop")),
         }
     }
 
@@ -814,6 +834,7 @@ impl Planner<'_> {
             Op::Fold { window, .. } => self.lower_fold(id, window, &out),
             Op::Gather => self.lower_lookup(id, false, &out),
             Op::ScatterAdd { .. } => self.lower_lookup(id, true, &out),
+            Op::Scan { body, steps, inputs, reverse } => self.lower_scan(id, body, *steps, *inputs, *reverse, &out),
         }
     }
 
@@ -1047,6 +1068,80 @@ impl Planner<'_> {
         let at = |l: &Layout| (l.storage, l.off);
         let (ids, src) = (at(self.layout(ids)?), at(self.layout(src)?));
         self.kernels.push(Kernel::Lookup { scatter, n, rows, width, ids, src, dst: at(out), site: id.0 });
+        Ok(())
+    }
+
+    /// A `Scan` as a `Loop`: the body is planned on its own (its batch dim set
+    /// to the state's rows) and its storages join this plan's. Each step copies
+    /// its slice of every per-step input into the body's input buffers, runs
+    /// the body's kernels, and copies the new state into the result and back
+    /// into the body's state buffer; constants are read where they are.
+    #[allow(clippy::too_many_arguments)]
+    fn lower_scan(
+        &mut self,
+        id: ValueId,
+        body: &crate::ir::Graph,
+        steps: usize,
+        inputs: usize,
+        reverse: bool,
+        out: &Layout,
+    ) -> Result<(), CodegenError> {
+        let init = self.arg(id, 0)?;
+        let rows = self.shape(init).first().copied().unwrap_or(1);
+        let state_len = self.numel(init);
+        let width = state_len / rows.max(1);
+        let body = crate::ops::scan::body_for_batch(body, &crate::ir::Dim::Known(rows));
+        let sub = plan(&body, &[])?;
+        let base = self.storages.len();
+        let tables = self.tables.len();
+        self.storages.extend(sub.storages.iter().map(|st| Storage { len: st.len, kind: StorageKind::Temp }));
+        self.tables.extend(sub.tables);
+        self.scratch = self.scratch.max(sub.scratch);
+        let mut kernels = sub.kernels;
+        // Body storage ids move past this plan's, highest first so none collides.
+        for s in (0..sub.storages.len()).rev() {
+            kernels.iter_mut().for_each(|k| k.rename(s, s + base));
+        }
+        kernels.iter_mut().for_each(|k| relocate(k, tables, id.0));
+        let body_input = |k: usize| sub.inputs.get(k).map(|(_, s)| s + base).ok_or_else(|| malformed(id, "scan body input missing"));
+        let state = body_input(0)?;
+        let new_state = sub.outputs.first().map(|(s, _)| s + base).ok_or_else(|| malformed(id, "scan body has no output"))?;
+        let strip = |l: &Layout, row_stride: usize, step: usize| Strip {
+            storage: l.storage,
+            off: l.off,
+            row_stride: row_stride as i64,
+            step: step as i64,
+        };
+        let own = |s: StorageId, row_stride: usize| Strip { storage: s, off: 0, row_stride: row_stride as i64, step: 0 };
+        let mut before = Vec::new();
+        let init_l = self.layout(init)?.clone();
+        before.push(Kernel::StepCopy { rows: 1, width: state_len, src: strip(&init_l, 0, 0), dst: own(state, 0) });
+        let mut each = Vec::new();
+        for k in 0..inputs {
+            let x = self.arg(id, 1 + k)?;
+            let w = self.numel(x) / (rows * steps).max(1);
+            let l = self.layout(x)?.clone();
+            each.push(Kernel::StepCopy { rows, width: w, src: strip(&l, steps * w, w), dst: own(body_input(1 + k)?, w) });
+        }
+        for k in 1 + inputs..self.args(id).len() {
+            let c = self.arg(id, k)?;
+            let l = self.layout(c)?.clone();
+            let target = body_input(k)?;
+            if l.off == 0 {
+                kernels.iter_mut().for_each(|kern| kern.rename(target, l.storage));
+                if let Some(st) = self.storages.get_mut(target) {
+                    st.len = 0;
+                }
+            } else {
+                let n = self.numel(c);
+                before.push(Kernel::StepCopy { rows: 1, width: n, src: strip(&l, 0, 0), dst: own(target, 0) });
+            }
+        }
+        each.extend(kernels);
+        each.push(Kernel::StepCopy { rows, width, src: own(new_state, width), dst: strip(out, steps * width, width) });
+        each.push(Kernel::StepCopy { rows: 1, width: state_len, src: own(new_state, 0), dst: own(state, 0) });
+        self.kernels.extend(before);
+        self.kernels.push(Kernel::Loop { steps, reverse, body: each });
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 pub mod builtins;
 pub mod error;
 mod expr;
+mod recurrence;
 mod sequence;
 pub mod train;
 pub mod value;
@@ -335,6 +336,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             ShapeError::Slice { start, end, shape, axis } => ErrorKind::Slice { span, shape, axis, start: start as i64, end: end as i64 },
             ShapeError::Axis { axis, shape } => ErrorKind::AxisOutOfRange { span, axis: axis as i64, rank: shape.rank() },
+            ShapeError::Scan { reason } => ErrorKind::Builtin { span, title: format!("`scan`: {reason}"), label: "here".into(), note: None },
             ShapeError::Arity { op, expected, found } => {
                 ErrorKind::Internal { span, message: format!("{op} given {found} operands, expected {expected}") }
             }
@@ -416,6 +418,20 @@ impl<'s, 'p> Ctx<'s, 'p> {
     pub(crate) fn order_params_like(&mut self, model: &ModuleInst) {
         let order: Vec<String> = model.all_params().into_iter().map(|(p, _)| p).collect();
         self.params.sort_by_key(|p| order.iter().position(|o| *o == p.path).unwrap_or(usize::MAX));
+    }
+
+    /// How many trained models have been instantiated in this graph.
+    pub(crate) fn trained_count(&self) -> usize {
+        self.trained_insts.len()
+    }
+
+    /// Point cached inputs at their new ids after nodes were renumbered.
+    pub(crate) fn remap_lazy_inputs(&mut self, moved: &HashMap<ValueId, ValueId>) {
+        for t in self.lazy_inputs.values_mut() {
+            if let Some(&id) = moved.get(&t.id) {
+                t.id = id;
+            }
+        }
     }
 
     /// A graph input, created once per name.

@@ -11,7 +11,7 @@ use crate::ast::Span;
 use crate::ir::{DType, Dim, Shape, ValueId};
 use crate::ops::{BinaryOp, Op, UnaryOp};
 
-pub const NAMES: &[&str] = &["embedding", "causal_mask", "padding_mask", "attention", "sinusoidal_positions", "rotary"];
+pub const NAMES: &[&str] = &["embedding", "causal_mask", "padding_mask", "attention", "sinusoidal_positions", "rotary", "scan"];
 
 /// Added to the scores of masked-out positions: exp(-1e9 - max) is exactly 0
 /// in f32, and unlike -inf it keeps a fully masked row finite (uniform).
@@ -19,6 +19,7 @@ const MASKED: f64 = -1e9;
 
 pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span) -> Result<Value, ElabError> {
     let t = match name {
+        "scan" => return super::recurrence::scan(cx, args, span),
         "embedding" => {
             let mut a = bind(cx, name, args, &["ids", "table"], 2, span)?;
             let ia = take(&mut a[0]);

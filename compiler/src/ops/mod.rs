@@ -17,6 +17,7 @@ pub mod linalg;
 pub mod movement;
 pub mod random;
 pub mod reduce;
+pub mod scan;
 pub mod window;
 
 use crate::builder::Builder;
@@ -108,6 +109,16 @@ pub enum Op {
     MatMul,
     /// `Solve(A, B) = A⁻¹ B` for square `A [N, N]` and `B [N, K]`.
     Solve,
+    // ---- recurrence ----------------------------------------------------
+    /// `[init, xs.., consts..]` → `[N, steps, S..]`: the states of a loop over
+    /// time whose step is the graph `body` (see `scan`).
+    Scan {
+        body: Box<crate::ir::Graph>,
+        steps: usize,
+        /// How many of the operands after `init` are per-step sequences.
+        inputs: usize,
+        reverse: bool,
+    },
 }
 
 /// Why an op cannot take operands of these types. The elaborator turns this
@@ -136,6 +147,8 @@ pub enum ShapeError {
     Solve { a: Shape, b: Shape },
     /// Ids that select rows must be integers.
     IndexType { found: TensorType },
+    /// A scan whose operands do not fit its body.
+    Scan { reason: String },
     /// Wrong number of operands (an internal error, never user-facing).
     Arity { op: &'static str, expected: usize, found: usize },
 }
@@ -163,6 +176,7 @@ impl Op {
             Op::ScatterAdd { .. } => "scatter_add",
             Op::MatMul => "matmul",
             Op::Solve => "solve",
+            Op::Scan { .. } => "scan",
         }
     }
 
@@ -205,6 +219,7 @@ pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeErro
         Op::ScatterAdd { rows } => index::scatter_add_shape_rule(*rows, args),
         Op::MatMul => linalg::matmul_shape_rule(args),
         Op::Solve => linalg::solve_shape_rule(args),
+        Op::Scan { body, steps, inputs, .. } => scan::scan_shape_rule(body, *steps, *inputs, args),
     }
 }
 
@@ -232,6 +247,7 @@ pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: Val
         Op::ScatterAdd { .. } => index::scatter_add_vjp_rule(b, args, g),
         Op::MatMul => linalg::matmul_vjp_rule(b, args, g),
         Op::Solve => linalg::solve_vjp_rule(b, args, out, g),
+        Op::Scan { body, steps, inputs, reverse } => scan::scan_vjp_rule(b, body, *steps, *inputs, *reverse, args, out, g),
     }
 }
 
@@ -287,6 +303,7 @@ pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f6
         Op::ScatterAdd { .. } => index::scatter_add_eval(args, &out_shape),
         Op::MatMul => Ok(linalg::matmul_eval(args, &out_shape)),
         Op::Solve => linalg::solve_eval(args),
+        Op::Scan { body, steps, inputs, reverse } => scan::scan_eval(body, *steps, *inputs, *reverse, args),
     }
 }
 
@@ -309,6 +326,10 @@ impl fmt::Display for Op {
             Op::Unfold { window } => write!(f, "unfold {window}"),
             Op::Fold { window, size } => write!(f, "fold {window} to {}x{}", size[0], size[1]),
             Op::ScatterAdd { rows } => write!(f, "scatter_add into {rows} rows"),
+            Op::Scan { body, steps, inputs, reverse } => {
+                let dir = if *reverse { " reverse" } else { "" };
+                write!(f, "scan{dir} steps={steps} inputs={inputs} body={{ {} nodes }}", body.nodes.len())
+            }
             Op::Unary(_) | Op::Binary(_) | Op::StopGradient | Op::Gather | Op::MatMul | Op::Solve => {
                 write!(f, "{}", self.name())
             }

@@ -1,0 +1,373 @@
+//! `Scan`: a loop over a time axis whose body is a graph of its own.
+//!
+//! `Scan { body, steps, inputs, reverse }` takes `[init, xs_1 .. xs_n, c_1 .. c_m]`:
+//! a state `init [N, S..]`, `n = inputs` per-step sequences `xs_k [N, steps, I_k..]`
+//! and `m` constants (the parameters the body reads). Step `t` computes
+//! `h_t = body(h_prev, xs_1[:, t], .., c_1, ..)`, with `h_prev` the previous
+//! step's state (`init` at the first step); the result stacks every `h_t` into
+//! `[N, steps, S..]`. A reverse scan visits `t = steps − 1 .. 0` and its
+//! previous step is `t + 1`.
+//!
+//! The body's inputs are, in node order, the state, the per-step inputs and
+//! the constants; its one output is the new state. Its batch dim is the symbol
+//! `STEP_BATCH`, bound to `N` where the body is evaluated or compiled, and its
+//! rows are independent (`check_rowwise`): that is what lets the derivative
+//! rule run the body once over all `N · steps` rows.
+//!
+//! Differentiation (backpropagation through time): the cotangent reaching each
+//! step's state is a second, reverse `Scan` whose body is the body's VJP with
+//! respect to its state; the cotangents of the per-step inputs and of the
+//! constants then come from one copy of the body's VJP over all `N · steps`
+//! rows at once, so the weight gradients are single large products rather than
+//! `steps` small ones. Nothing is unrolled: the graph grows by two bodies, not
+//! by `steps` copies.
+
+use super::{EvalError, Op, ShapeError};
+use crate::ast::Span;
+use crate::builder::Builder;
+use crate::interp::{self, Inputs};
+use crate::ir::{DType, Dim, Graph, InputKind, Shape, TensorType, ValueId};
+use ndarray::{ArrayD, Axis};
+
+/// The batch dim of a scan body: the rows of the state.
+pub const STEP_BATCH: &str = "N_step";
+
+/// `[N, steps, S..]` from `init [N, S..]`, checking the per-step inputs.
+pub fn scan_shape_rule(body: &Graph, steps: usize, inputs: usize, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let bad = |reason: String| ShapeError::Scan { reason };
+    let body_inputs = body.inputs().len();
+    if args.len() != body_inputs || args.len() < 1 + inputs {
+        return Err(ShapeError::Arity { op: "scan", expected: body_inputs, found: args.len() });
+    }
+    let init = args[0];
+    let Some(n) = init.shape.dims().first() else {
+        return Err(bad(format!("the state must have a batch axis first, found {}", init.shape)));
+    };
+    for xs in &args[1..=inputs] {
+        let d = xs.shape.dims();
+        if d.len() < 2 || &d[0] != n || d[1] != Dim::Known(steps) {
+            return Err(bad(format!("a per-step input must be [{n}, {steps}, ..] (batch, time, ..), found {}", xs.shape)));
+        }
+    }
+    let mut dims = vec![n.clone(), Dim::Known(steps)];
+    dims.extend_from_slice(&init.shape.dims()[1..]);
+    Ok(TensorType::f32(Shape(dims)))
+}
+
+/// `d` with the step batch replaced by `batch` (`N_step·4` becomes `batch·4`).
+fn substitute_batch(d: &Dim, batch: &Dim) -> Dim {
+    let (c, syms) = d.factors();
+    if !syms.iter().any(|s| s == STEP_BATCH) {
+        return d.clone();
+    }
+    let mut parts = vec![Dim::Known(c)];
+    parts.extend(syms.into_iter().map(|s| if s == STEP_BATCH { batch.clone() } else { Dim::Sym(s) }));
+    Dim::product(&parts)
+}
+
+fn shape_for_batch(s: &Shape, batch: &Dim) -> Shape {
+    Shape(s.dims().iter().map(|d| substitute_batch(d, batch)).collect())
+}
+
+/// The body with its batch dim set to `batch` (a size, or a symbol such as `B*64`).
+/// Nested scans keep their own bodies: their batch is bound where they run.
+pub fn body_for_batch(body: &Graph, batch: &Dim) -> Graph {
+    let mut g = body.clone();
+    for node in &mut g.nodes {
+        node.ty.shape = shape_for_batch(&node.ty.shape, batch);
+        node.op = match &node.op {
+            Op::Broadcast { shape } => Op::Broadcast { shape: shape_for_batch(shape, batch) },
+            Op::Reshape { shape } => Op::Reshape { shape: shape_for_batch(shape, batch) },
+            other => other.clone(),
+        };
+    }
+    g
+}
+
+/// Copy `body`'s nodes into `b`'s graph with its inputs bound to `args` (in the
+/// body's input order) and its batch dim set to `batch`; the values of its outputs.
+pub fn inline(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> Vec<ValueId> {
+    let body = body_for_batch(body, batch);
+    let mut map: Vec<ValueId> = Vec::with_capacity(body.nodes.len());
+    let mut next_arg = args.iter();
+    for node in &body.nodes {
+        let id = match &node.op {
+            Op::Input { .. } => match next_arg.next() {
+                Some(&a) => a,
+                None => {
+                    b.internal_error.get_or_insert(ShapeError::Arity { op: "scan body", expected: args.len() + 1, found: args.len() });
+                    b.scalar(0.0)
+                }
+            },
+            op => {
+                let node_args = node.args.iter().map(|a| map[a.index()]).collect();
+                b.graph.push(op.clone(), node_args, node.ty.clone(), node.span)
+            }
+        };
+        map.push(id);
+    }
+    body.outputs.iter().map(|o| map[o.index()]).collect()
+}
+
+/// Why a step function cannot be a scan body, if it cannot: it must treat
+/// the rows of its state independently (the derivative runs it over all
+/// `N · steps` rows at once) and draw no random numbers.
+pub fn check_rowwise(body: &Graph) -> Result<(), String> {
+    let batched = |s: &Shape| s.dims().iter().any(|d| d.factors().1.iter().any(|f| f == STEP_BATCH));
+    let leading = |s: &Shape| s.dims().first() == Some(&Dim::Sym(STEP_BATCH.into())) && !batched(&Shape(s.dims()[1..].to_vec()));
+    for node in &body.nodes {
+        let shape = &node.ty.shape;
+        if batched(shape) && !leading(shape) {
+            return Err(format!("it makes a value of shape {shape}, where the rows are not the first axis"));
+        }
+        let arg_batched = |k: usize| node.args.get(k).is_some_and(|a| batched(body.shape(*a)));
+        let any_batched = (0..node.args.len()).any(arg_batched);
+        let mixes = match &node.op {
+            Op::RandomUniform { .. } => return Err("it draws random numbers (dropout); apply dropout outside the scan".into()),
+            Op::Reduce { axes, .. } => any_batched && axes.contains(&0),
+            Op::Transpose { perm } => any_batched && perm.first() != Some(&0),
+            Op::Slice { axis, .. } | Op::Pad { axis, .. } | Op::Concat { axis } => any_batched && *axis == 0,
+            Op::Iota { axis } => batched(shape) && *axis == 0,
+            Op::MatMul => arg_batched(1) && body.shape(node.args[1]).rank() == 2,
+            Op::Gather => arg_batched(0),
+            Op::ScatterAdd { .. } | Op::Solve => any_batched,
+            Op::Reshape { .. } => any_batched && !batched(shape),
+            _ => false,
+        };
+        if mixes {
+            return Err(format!("its `{}` combines different rows of the state", node.op.name()));
+        }
+    }
+    Ok(())
+}
+
+/// Reference evaluation: the body, specialized to the batch, once per step.
+pub fn scan_eval(body: &Graph, steps: usize, inputs: usize, reverse: bool, args: &[&ArrayD<f64>]) -> Result<ArrayD<f64>, EvalError> {
+    let init = args.first().ok_or_else(|| EvalError::MissingInput("scan state".into()))?;
+    let n = init.shape().first().copied().unwrap_or(1);
+    let body = body_for_batch(body, &Dim::Known(n));
+    let names: Vec<String> = body.inputs().iter().map(|(_, name, _)| name.to_string()).collect();
+    let mut out_shape = vec![n, steps];
+    out_shape.extend_from_slice(&init.shape()[1..]);
+    let mut out = ArrayD::zeros(out_shape);
+    let mut state = (*init).clone();
+    for i in 0..steps {
+        let t = if reverse { steps - 1 - i } else { i };
+        let mut feed = Inputs::new();
+        for (k, (name, value)) in names.iter().zip(args).enumerate() {
+            let v = match k {
+                0 => state.clone(),
+                k if k <= inputs => value.index_axis(Axis(1), t).to_owned(),
+                _ => (*value).clone(),
+            };
+            feed.insert(name.clone(), v);
+        }
+        let next = interp::run(&body, &feed)?.into_iter().next().ok_or_else(|| EvalError::MissingInput("scan body output".into()))?;
+        out.index_axis_mut(Axis(1), t).assign(&next);
+        state = next;
+    }
+    Ok(out)
+}
+
+/// The per-step input types of the body: its inputs after the state.
+fn body_input_types(body: &Graph) -> Vec<TensorType> {
+    body.inputs().iter().map(|(id, _, _)| body.ty(*id).clone()).collect()
+}
+
+/// A fresh graph with inputs of types `tys` (named `v0`, `v1`, ...).
+fn graph_with_inputs(tys: &[TensorType], span: Span) -> (Graph, Vec<ValueId>) {
+    let mut g = Graph::default();
+    let ids = {
+        let mut b = Builder::new(&mut g, span);
+        tys.iter().enumerate().map(|(i, t)| b.input(&format!("v{i}"), InputKind::Data, t.clone())).collect()
+    };
+    (g, ids)
+}
+
+fn autodiff_error(e: crate::autodiff::AutodiffError) -> ShapeError {
+    match e {
+        crate::autodiff::AutodiffError::Internal { error, .. } => error,
+        crate::autodiff::AutodiffError::SeedShape => ShapeError::Scan { reason: "seed shape".into() },
+    }
+}
+
+/// The backward scan's body: state `ν` (the cotangent arriving from the
+/// following step), per-step inputs `h_prev, xs.., g` and the constants;
+/// returns the cotangent of `h_prev`: the body's VJP with respect to its
+/// state at `(h_prev, xs..)`, seeded with `g + ν`.
+fn state_vjp_body(body: &Graph, inputs: usize, span: Span) -> Result<Graph, ShapeError> {
+    let tys = body_input_types(body);
+    let state = tys[0].clone();
+    // [ν, h_prev, xs.., g, consts..]
+    let mut all = vec![state.clone(), state.clone()];
+    all.extend_from_slice(&tys[1..=inputs]);
+    all.push(state);
+    all.extend_from_slice(&tys[1 + inputs..]);
+    let (mut g, ids) = graph_with_inputs(&all, span);
+    let (nu, h_prev, g_t) = (ids[0], ids[1], ids[2 + inputs]);
+    let mut body_args = vec![h_prev];
+    body_args.extend_from_slice(&ids[2..2 + inputs]);
+    body_args.extend_from_slice(&ids[3 + inputs..]);
+    let (h, seed) = {
+        let mut b = Builder::new(&mut g, span);
+        let h = inline(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()))[0];
+        let seed = b.add(g_t, nu);
+        if let Some(e) = b.internal_error {
+            return Err(e);
+        }
+        (h, seed)
+    };
+    let d = crate::autodiff::vjp(&mut g, h, seed, &[h_prev], span).map_err(autodiff_error)?;
+    g.outputs = d;
+    g.output_names = vec!["h_prev'".into()];
+    Ok(crate::opt::optimize(&g))
+}
+
+/// The body's VJP with respect to its per-step inputs and constants, for
+/// running once over all rows: inputs `h_prev, xs.., λ, consts..`, outputs
+/// the cotangents of `xs..` then of `consts..`.
+fn inputs_vjp_body(body: &Graph, inputs: usize, span: Span) -> Result<Graph, ShapeError> {
+    let tys = body_input_types(body);
+    let state = tys[0].clone();
+    let mut all = vec![state.clone()];
+    all.extend_from_slice(&tys[1..=inputs]);
+    all.push(state);
+    all.extend_from_slice(&tys[1 + inputs..]);
+    let (mut g, ids) = graph_with_inputs(&all, span);
+    let lambda = ids[1 + inputs];
+    let mut body_args = ids[..=inputs].to_vec();
+    body_args.extend_from_slice(&ids[2 + inputs..]);
+    let h = {
+        let mut b = Builder::new(&mut g, span);
+        let h = inline(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()))[0];
+        if let Some(e) = b.internal_error {
+            return Err(e);
+        }
+        h
+    };
+    let wrt: Vec<ValueId> = body_args[1..].to_vec();
+    let d = crate::autodiff::vjp(&mut g, h, lambda, &wrt, span).map_err(autodiff_error)?;
+    g.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
+    g.outputs = d;
+    Ok(crate::opt::optimize(&g))
+}
+
+/// `x [N, T, r..]` as `[N·T, r..]`.
+fn merge_time(b: &mut Builder, x: ValueId) -> ValueId {
+    let s = b.shape(x);
+    let mut dims = vec![Dim::product(&s.dims()[..2])];
+    dims.extend_from_slice(&s.dims()[2..]);
+    b.reshape(x, &Shape(dims))
+}
+
+/// `x [N, r..]` as `[N, 1, r..]`.
+fn with_time(b: &mut Builder, x: ValueId) -> ValueId {
+    let s = b.shape(x);
+    let mut dims = vec![s.dims()[0].clone(), Dim::Known(1)];
+    dims.extend_from_slice(&s.dims()[1..]);
+    b.reshape(x, &Shape(dims))
+}
+
+/// `x [N, T, ..]` moved one step along time, towards `later` or earlier
+/// steps, with `fill` entering at the freed end.
+fn shift_time(b: &mut Builder, x: ValueId, fill: ValueId, steps: usize, towards_earlier: bool) -> ValueId {
+    if steps == 1 {
+        return fill;
+    }
+    if towards_earlier {
+        // y[t] = x[t + 1], y[T − 1] = fill
+        let rest = b.slice(x, 1, 1, steps);
+        b.concat(&[rest, fill], 1)
+    } else {
+        // y[t] = x[t − 1], y[0] = fill
+        let rest = b.slice(x, 1, 0, steps - 1);
+        b.concat(&[fill, rest], 1)
+    }
+}
+
+/// Backpropagation through time (see the module comment).
+pub fn scan_vjp_rule(
+    b: &mut Builder,
+    body: &Graph,
+    steps: usize,
+    inputs: usize,
+    reverse: bool,
+    args: &[ValueId],
+    out: ValueId,
+    g: ValueId,
+) -> Vec<Option<ValueId>> {
+    match scan_vjp(b, body, steps, inputs, reverse, args, out, g) {
+        Ok(v) => v.into_iter().map(Some).collect(),
+        Err(e) => {
+            b.internal_error.get_or_insert(e);
+            vec![None; args.len()]
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_vjp(
+    b: &mut Builder,
+    body: &Graph,
+    steps: usize,
+    inputs: usize,
+    reverse: bool,
+    args: &[ValueId],
+    out: ValueId,
+    g: ValueId,
+) -> Result<Vec<ValueId>, ShapeError> {
+    let init = args[0];
+    let xs = &args[1..=inputs];
+    let consts = &args[1 + inputs..];
+    // The state each step started from, in step order.
+    let init_t = with_time(b, init);
+    let h_prev = shift_time(b, out, init_t, steps, reverse);
+    // ν[t]: the cotangent step t passes to the state it started from.
+    let zeros = b.full_like(0.0, init);
+    let back = Op::Scan { body: Box::new(state_vjp_body(body, inputs, b.span)?), steps, inputs: inputs + 2, reverse: !reverse };
+    let mut back_args = vec![zeros, h_prev];
+    back_args.extend_from_slice(xs);
+    back_args.push(g);
+    back_args.extend_from_slice(consts);
+    let nu = b.op(back, &back_args);
+    let first = if reverse { steps - 1 } else { 0 };
+    let d_init = b.slice(nu, 1, first, first + 1);
+    let init_shape = b.shape(init);
+    let d_init = b.reshape(d_init, &init_shape);
+    // λ[t] = g[t] + ν[next step]: the whole cotangent of step t's state.
+    let zeros_t = b.full_like(0.0, init_t);
+    let from_next = shift_time(b, nu, zeros_t, steps, !reverse);
+    let lambda = b.add(g, from_next);
+    // Per-step inputs and constants: the body's VJP over all N·T rows at once.
+    let rows = Dim::product(&b.shape(out).dims()[..2]);
+    let mut flat = vec![merge_time(b, h_prev)];
+    for &x in xs {
+        flat.push(merge_time(b, x));
+    }
+    flat.push(merge_time(b, lambda));
+    flat.extend_from_slice(consts);
+    let grads = inline(b, &inputs_vjp_body(body, inputs, b.span)?, &flat, &rows);
+    let mut result = vec![d_init];
+    for (k, &x) in xs.iter().enumerate() {
+        let shape = b.shape(x);
+        let dx = b.reshape(grads[k], &shape);
+        result.push(dx);
+    }
+    result.extend_from_slice(&grads[inputs..]);
+    Ok(result)
+}
+
+/// The result dtype is float whatever the state's; int per-step inputs
+/// (token ids) are fine. Used by the elaborator to build the body's inputs.
+pub fn step_type(ty: &TensorType) -> TensorType {
+    let mut dims = vec![Dim::Sym(STEP_BATCH.into())];
+    dims.extend_from_slice(&ty.shape.dims()[1..]);
+    TensorType { shape: Shape(dims), dtype: ty.dtype }
+}
+
+/// `ty` of a per-step sequence `[N, T, r..]` as one step `[N_step, r..]`.
+pub fn step_input_type(ty: &TensorType) -> TensorType {
+    let mut dims = vec![Dim::Sym(STEP_BATCH.into())];
+    dims.extend_from_slice(&ty.shape.dims()[2..]);
+    TensorType { shape: Shape(dims), dtype: if ty.dtype == DType::I32 { DType::I32 } else { DType::F32 } }
+}
