@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare nnc with PyTorch (eager, torch.compile) and JAX (jax.jit) on CPU, 2 threads.
 
-    python3 bench/run.py [--repeats 3] [--workloads W1,W2,W3,W4,MNIST] [--sides nnc,torch,...] [--out NAME]
+    python3 bench/run.py [--repeats 3] [--workloads W1,W2,W3,W4,W5,MNIST] [--sides nnc,torch,...] [--out NAME]
 
 Creates bench/.venv (from bench/requirements.txt) on first use and re-runs itself there,
 builds nnc (cargo build --release), writes the random data to bench/data/, then for every
@@ -230,9 +230,9 @@ def markdown(res):
                              f"{p.get('error', 'machine peak (median of runs, best of 20 matmuls each)')} |")
     lines += ["", "Workloads: " + "; ".join(f"{k} = {w['title']} {w.get('arch') or '→'.join(map(str, w['sizes']))}, batch {w['batch']}, "
                                              f"{w['rows']} rows × {w['epochs']} epochs" for k, w in res["definitions"].items()) +
-              ". Float32, softmax cross-entropy, Adam lr 1e-3 (W4: AdamW, weight decay 0.01), He-normal init (W4: "
-              "normal 0.02 embeddings, Xavier-uniform linear layers); W1/W2/W3 on random data "
-              "(bench/data/*.csv, read by every side), W4 on random text over 65 characters (bench/data/w4.txt). "
+              ". Float32, softmax cross-entropy, Adam lr 1e-3 (W4: AdamW, weight decay 0.01), He-normal init (W4, W5: "
+              "normal embeddings, Xavier-uniform linear layers; PyTorch's LSTM keeps its own init); W1/W2/W3 on random data "
+              "(bench/data/*.csv, read by every side), W4 and W5 on random text over 65 characters (bench/data/w4.txt, w5.txt). "
               "W2 GFLOP/s = 6 · params · batch · steps/s."]
     return "\n".join(lines) + "\n"
 
@@ -243,7 +243,7 @@ def main():
     import workloads
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workloads", default="W1,W2,W3,W4,MNIST")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,MNIST")
     ap.add_argument("--sides", default=",".join(SIDES))
     ap.add_argument("--out", default=None,
                     help="write bench/results/OUT.json and OUT.md; default: 'results' for the full default "

@@ -109,9 +109,40 @@ def gpt(w):
     return params, forward
 
 
+def lstm(w):
+    """W5: embedding, one LSTM layer as a lax.scan over time (gates i, f, g, o from one
+    product with [x_t, h_{t-1}]'s weights, the input half computed before the loop), read-out."""
+    vocab, e, hdim = w["sizes"][1], w["embed"], w["hidden"]
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+
+    def xavier(key, a, b):
+        bound = (6.0 / (a + b)) ** 0.5
+        return jax.random.uniform(key, (a, b), jnp.float32, -bound, bound)
+    params = {"tokens": jax.random.normal(k[0], (vocab, e), jnp.float32) * 0.1,
+              "wx": xavier(k[1], e, 4 * hdim), "wh": xavier(k[2], hdim, 4 * hdim), "b": jnp.zeros((4 * hdim,), jnp.float32),
+              "head": xavier(k[3], hdim, vocab), "head_b": jnp.zeros((vocab,), jnp.float32)}
+
+    def forward(params, ids):
+        zx = params["tokens"][ids] @ params["wx"] + params["b"]  # [B, T, 4H]
+
+        def step(carry, z_t):
+            h, c = carry
+            z = z_t + h @ params["wh"]
+            f, i, g, o = jnp.split(z, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+        zero = jnp.zeros((ids.shape[0], hdim), jnp.float32)
+        _, hs = jax.lax.scan(step, (zero, zero), zx.transpose(1, 0, 2))
+        return hs.transpose(1, 0, 2) @ params["head"] + params["head_b"]
+    return params, forward
+
+
 def main(name):
     w = workloads.WORKLOADS[name]
-    if w.get("text"):
+    if w.get("lstm"):
+        params, forward = lstm(w)
+    elif w.get("text"):
         params, forward = gpt(w)
     else:
         params, forward = cnn(w) if "image" in w else mlp(w["sizes"])
@@ -119,7 +150,7 @@ def main(name):
     def loss_fn(params, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(forward(params, x), y).mean()
 
-    opt = optax.adamw(workloads.LR, weight_decay=0.01) if w.get("text") else optax.adam(workloads.LR)
+    opt = optax.adamw(workloads.LR, weight_decay=0.01) if w.get("text") and not w.get("lstm") else optax.adam(workloads.LR)
     state = opt.init(params)
 
     @jax.jit

@@ -80,11 +80,29 @@ class Gpt(torch.nn.Module):
         return self.head(self.ln(self.blocks(self.tokens(ids) + self.positions)))
 
 
+class CharLstm(torch.nn.Module):
+    """W5: embedding, one LSTM layer (cuDNN-style fused gates), linear read-out."""
+
+    def __init__(self, w):
+        super().__init__()
+        vocab = w["sizes"][1]
+        self.tokens = torch.nn.Embedding(vocab, w["embed"])
+        self.lstm = torch.nn.LSTM(w["embed"], w["hidden"], batch_first=True)
+        self.head = torch.nn.Linear(w["hidden"], vocab)
+
+    def forward(self, ids):
+        h, _ = self.lstm(self.tokens(ids))
+        return self.head(h)
+
+
 def main(name, compiled):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     w = workloads.WORKLOADS[name]
-    if w.get("text"):
+    if w.get("lstm"):
+        model = CharLstm(w)
+        opt = torch.optim.Adam(model.parameters(), lr=workloads.LR)
+    elif w.get("text"):
         model = Gpt(w)
         opt = torch.optim.AdamW(model.parameters(), lr=workloads.LR, weight_decay=0.01)
     else:

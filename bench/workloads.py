@@ -30,6 +30,10 @@ WORKLOADS = {
                text=True, d_model=128, heads=4, blocks=2,
                arch="vocab 65, context 64, d_model 128, 4 heads, 2 pre-LN blocks (causal attention + 4x GELU MLP), "
                     "learned positions, AdamW lr 1e-3 wd 0.01"),
+    # A character-level LSTM on the same kind of random text.
+    "W5": dict(title="LSTM", sizes=[64, 65], batch=32, rows=32 * 40, epochs=4, nn="w5_lstm.nn",
+               text=True, lstm=True, embed=64, hidden=256,
+               arch="vocab 65, sequence 64, embedding 64, one LSTM layer of 256, linear read-out, Adam lr 1e-3"),
 }
 LR = 1e-3
 

@@ -61,6 +61,32 @@ fn gpt_charlm_learns_and_samples() {
     }
 }
 
+/// The recurrent counterpart: an LSTM (a `scan` trained by backpropagation
+/// through time) on the same windows, steps and split as the GPT above.
+#[test]
+fn lstm_charlm_learns_and_samples() {
+    let text = corpus();
+    let unigram = unigram_entropy(&text);
+    let v = run_json("examples/lstm_charlm.nn");
+    let loss = metric(&v, "lstm", "loss on");
+    eprintln!(
+        "lstm_charlm: validation loss {loss:.4} nats/char, accuracy {:.4}; unigram entropy {unigram:.4}",
+        metric(&v, "lstm", "accuracy on")
+    );
+    assert!(loss < 0.7 * unigram, "validation loss {loss} nats/char vs unigram entropy {unigram}");
+    let prompt = "JULIET:\n";
+    for strategy in ["greedy", "temperature"] {
+        let args = ["sample", "examples/lstm_charlm.nn", "--checkpoint", "examples/lstm_charlm.safetensors"];
+        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "100", "--strategy", strategy, "--seed", "5"]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "nnc sample --strategy {strategy} failed:\n{stderr}");
+        let sample = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
+        assert!(sample.starts_with(prompt), "{strategy}: {sample:?}");
+        assert_eq!(sample.chars().count(), prompt.chars().count() + 100, "{strategy}: {sample:?}");
+        eprintln!("--- lstm {strategy}:\n{sample}");
+    }
+}
+
 /// A table with fewer rows than the vocabulary: the first lookup of a larger
 /// id stops training with an error at the `embedding` call, never a wild read.
 #[test]

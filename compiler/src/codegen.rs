@@ -373,21 +373,20 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
-        let mut em =
-            emit::Emitter {
-                b: &mut b,
-                arena,
-                scratch: arena,
-                offsets,
-                sgemm,
-                solve,
-                random,
-                lookup,
-                copy_rows,
-                step: None,
-                rows: Some((lo, hi)),
-                tables,
-            };
+        let mut em = emit::Emitter {
+            b: &mut b,
+            arena,
+            scratch: arena,
+            offsets,
+            sgemm,
+            solve,
+            random,
+            lookup,
+            copy_rows,
+            step: None,
+            rows: Some((lo, hi)),
+            tables,
+        };
         em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
     }
     b.ins().return_(&[]);

@@ -253,6 +253,8 @@ fn node_flops(graph: &Graph, node: &Node) -> u64 {
         }
         Op::Unary(_) | Op::Binary(_) => elements_per_example(&node.ty.shape),
         Op::Reduce { .. } => node.args.first().map_or(0, |a| elements_per_example(graph.shape(*a))),
+        // The step's cost once per step (a row of the state is one example's).
+        Op::Scan { body, steps, .. } => *steps as u64 * body.nodes.iter().map(|n| node_flops(body, n)).sum::<u64>(),
         // Sources, data movement, windows (im2col is a copy) and anything else: no arithmetic.
         _ => 0,
     }

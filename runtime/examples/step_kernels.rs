@@ -33,7 +33,7 @@ fn main() -> Result<(), String> {
         }
         exec.run().map_err(|d| d.title.clone())?;
         nnc_compiler::codegen::kernel_profile();
-        let reps = 200;
+        let reps = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
         let t = Instant::now();
         for _ in 0..reps {
             exec.run().map_err(|d| d.title.clone())?;

@@ -299,8 +299,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         "zeros" | "ones" => {
             let mut a = bind(cx, name, args, &["shape"], 1, span)?;
             let Some(s) = take(&mut a[0]) else { return Err(internal(cx, span)) };
-            let dims = int_list(cx, &s)?;
-            let shape = Shape::known(&dims);
+            let shape = shape_list(cx, &s)?;
             let id = cx.builder(span).full(if name == "ones" { 1.0 } else { 0.0 }, &shape);
             Ok(Value::Tensor(Tensor { id, names: Vec::new() }))
         }
@@ -650,6 +649,26 @@ fn int_list(cx: &mut Ctx, a: &Arg) -> Result<Vec<usize>, ElabError> {
         out.push(n as usize);
     }
     Ok(out)
+}
+
+/// A shape of whole numbers and symbolic dims (`zeros([B, 64])`: the batch size).
+fn shape_list(cx: &mut Ctx, a: &Arg) -> Result<Shape, ElabError> {
+    let Value::List(items) = &a.value else {
+        return Err(cx.err(ErrorKind::WrongKind { span: a.span, expected: "a list of integers".into(), found: "something else".into() }));
+    };
+    let mut dims = Vec::new();
+    for (v, s) in items {
+        if let Value::SymDim(d) = v {
+            dims.push(Dim::Sym(d.clone()));
+            continue;
+        }
+        let n = cx.number(v, *s, "a list entry")?;
+        if n < 0.0 || n.fract() != 0.0 {
+            return Err(cx.err(ErrorKind::BadDim { span: *s, found: n.to_string() }));
+        }
+        dims.push(Dim::Known(n as usize));
+    }
+    Ok(Shape(dims))
 }
 
 /// The target of `reshape`: integers, symbolic dims (`B`), and at most one `-1`.

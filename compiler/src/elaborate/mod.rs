@@ -336,7 +336,9 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             ShapeError::Slice { start, end, shape, axis } => ErrorKind::Slice { span, shape, axis, start: start as i64, end: end as i64 },
             ShapeError::Axis { axis, shape } => ErrorKind::AxisOutOfRange { span, axis: axis as i64, rank: shape.rank() },
-            ShapeError::Scan { reason } => ErrorKind::Builtin { span, title: format!("`scan`: {reason}"), label: "here".into(), note: None },
+            ShapeError::Scan { reason } => {
+                ErrorKind::Builtin { span, title: format!("`scan`: {reason}"), label: "here".into(), note: None }
+            }
             ShapeError::Arity { op, expected, found } => {
                 ErrorKind::Internal { span, message: format!("{op} given {found} operands, expected {expected}") }
             }

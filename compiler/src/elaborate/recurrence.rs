@@ -131,7 +131,11 @@ fn elaborate_step(
         other => {
             let found = other.describe(|id| cx.graph.shape(id).clone());
             cx.graph.nodes.truncate(mark);
-            return Err(mistake(cx, step.span, format!("the step function must return the new state, a tensor {}; it returned {found}", state.shape)));
+            return Err(mistake(
+                cx,
+                step.span,
+                format!("the step function must return the new state, a tensor {}; it returned {found}", state.shape),
+            ));
         }
     };
     let out_ty = cx.graph.ty(out).clone();
@@ -195,7 +199,8 @@ fn outline(cx: &mut Ctx, mark: usize, holders: &[ValueId], out: ValueId) -> (Gra
             inner.insert(v, id);
             return id;
         }
-        let id = body.push(Op::Input { name: format!("c{}", captured.len()), kind: InputKind::Data }, Vec::new(), node.ty.clone(), node.span);
+        let id =
+            body.push(Op::Input { name: format!("c{}", captured.len()), kind: InputKind::Data }, Vec::new(), node.ty.clone(), node.span);
         captured.push(outside);
         inner.insert(v, id);
         id

@@ -247,7 +247,7 @@ pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: Val
         Op::ScatterAdd { .. } => index::scatter_add_vjp_rule(b, args, g),
         Op::MatMul => linalg::matmul_vjp_rule(b, args, g),
         Op::Solve => linalg::solve_vjp_rule(b, args, out, g),
-        Op::Scan { body, steps, inputs, reverse } => scan::scan_vjp_rule(b, body, *steps, *inputs, *reverse, args, out, g),
+        Op::Scan { .. } => scan::scan_vjp_rule(b, op, args, out, g),
     }
 }
 

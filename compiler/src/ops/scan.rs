@@ -285,18 +285,12 @@ fn shift_time(b: &mut Builder, x: ValueId, fill: ValueId, steps: usize, towards_
     }
 }
 
-/// Backpropagation through time (see the module comment).
-pub fn scan_vjp_rule(
-    b: &mut Builder,
-    body: &Graph,
-    steps: usize,
-    inputs: usize,
-    reverse: bool,
-    args: &[ValueId],
-    out: ValueId,
-    g: ValueId,
-) -> Vec<Option<ValueId>> {
-    match scan_vjp(b, body, steps, inputs, reverse, args, out, g) {
+/// Backpropagation through time (see the module comment), for `op`, a `Scan`.
+pub fn scan_vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: ValueId) -> Vec<Option<ValueId>> {
+    let Op::Scan { body, steps, inputs, reverse } = op else {
+        return vec![None; args.len()];
+    };
+    match scan_vjp(b, body, *steps, *inputs, *reverse, args, out, g) {
         Ok(v) => v.into_iter().map(Some).collect(),
         Err(e) => {
             b.internal_error.get_or_insert(e);
