@@ -76,6 +76,9 @@ enum Command {
         /// Which `train` block's model, if the file trains several on text.
         #[arg(long)]
         model: Option<String>,
+        /// Run the whole window for every token instead of one position from cached keys and values.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Print the IR of each training run's loss (with --grad, the backward pass; with --step, the whole step).
     Ir {
@@ -95,7 +98,7 @@ fn main() -> ExitCode {
         Command::Check { file } => check_file(&file),
         Command::Ir { file, grad, step } => print_ir(&file, grad, step),
         Command::Info { file, json } => print_info(&file, json),
-        Command::Sample { file, checkpoint, prompt, tokens, strategy, width, temperature, k, seed, model } => {
+        Command::Sample { file, checkpoint, prompt, tokens, strategy, width, temperature, k, seed, model, no_cache } => {
             let strategy = match strategy.as_str() {
                 "greedy" => Strategy::Greedy,
                 "temperature" => Strategy::Temperature(temperature),
@@ -106,7 +109,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let opts = SampleOptions { model: model.as_deref(), checkpoint: &checkpoint, prompt: &prompt, tokens, strategy, seed };
+            let opts = SampleOptions {
+                model: model.as_deref(),
+                checkpoint: &checkpoint,
+                prompt: &prompt,
+                tokens,
+                strategy,
+                seed,
+                cache: !no_cache,
+            };
             sample_text(&file, &opts)
         }
     }

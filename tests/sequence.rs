@@ -55,6 +55,13 @@ fn gpt_charlm_learns_and_samples() {
         outputs.push(sample);
     }
     assert_eq!(outputs[0], outputs[3], "greedy decoding is deterministic");
+    // The key/value cache changes the cost of a token, not the text.
+    let args = ["sample", "examples/gpt_charlm.nn", "--checkpoint", "examples/gpt_charlm.safetensors", "--no-cache"];
+    for (strategy, cached) in [("greedy", &outputs[0]), ("beam", &outputs[4])] {
+        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "120", "--strategy", strategy, "--seed", "3"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), cached, "{strategy} with and without the cache");
+    }
     assert_ne!(outputs[0], outputs[1], "temperature sampling differs from greedy");
     for (strategy, sample) in ["greedy", "temperature", "top-k", "greedy", "beam"].iter().zip(&outputs) {
         eprintln!("--- {strategy}:\n{sample}");
@@ -74,17 +81,23 @@ fn lstm_charlm_learns_and_samples() {
         metric(&v, "lstm", "accuracy on")
     );
     assert!(loss < 0.7 * unigram, "validation loss {loss} nats/char vs unigram entropy {unigram}");
+    let mut samples = Vec::new();
     let prompt = "JULIET:\n";
-    for strategy in ["greedy", "temperature"] {
+    // Beam search moves between hypotheses: the cached recurrent states must be restored.
+    for (strategy, cache) in [("greedy", true), ("greedy", false), ("temperature", true), ("beam", true), ("beam", false)] {
         let args = ["sample", "examples/lstm_charlm.nn", "--checkpoint", "examples/lstm_charlm.safetensors"];
-        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "100", "--strategy", strategy, "--seed", "5"]].concat());
+        let no_cache: &[&str] = if cache { &[] } else { &["--no-cache"] };
+        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "50", "--strategy", strategy, "--seed", "5"], no_cache].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "nnc sample --strategy {strategy} failed:\n{stderr}");
         let sample = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
         assert!(sample.starts_with(prompt), "{strategy}: {sample:?}");
-        assert_eq!(sample.chars().count(), prompt.chars().count() + 100, "{strategy}: {sample:?}");
-        eprintln!("--- lstm {strategy}:\n{sample}");
+        assert_eq!(sample.chars().count(), prompt.chars().count() + 50, "{strategy}: {sample:?}");
+        eprintln!("--- lstm {strategy} (cache: {cache}):\n{sample}");
+        samples.push(sample);
     }
+    assert_eq!(samples[0], samples[1], "greedy with and without the cached state");
+    assert_eq!(samples[3], samples[4], "beam search with and without the cached states");
 }
 
 /// A table with fewer rows than the vocabulary: the first lookup of a larger

@@ -15,6 +15,7 @@ pub mod builder;
 pub mod codegen;
 pub mod diagnostic;
 pub mod elaborate;
+pub mod incremental;
 pub mod info;
 pub mod interp;
 pub mod ir;

@@ -8,6 +8,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod data;
 pub mod dataset;
+pub mod decode;
 pub mod exec;
 pub mod idx;
 pub mod init;

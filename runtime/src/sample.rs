@@ -8,11 +8,15 @@
 //!
 //! With causal attention a position sees only itself and earlier positions, so
 //! a window shorter than `T` is padded on the right and the padding cannot
-//! change the logits read. Each new token runs the compiled forward function
-//! once over the last `T` tokens.
+//! change the logits read. While the text fits the window, each new token runs
+//! a step graph for its position only, from cached keys and values (or the
+//! recurrent state) of the earlier positions (`decode`); past the window the
+//! compiled forward function runs over the last `T` tokens (absolute learned
+//! positions shift, so nothing can be reused).
 
 use crate::check::plans_and_data;
 use crate::dataset::Dataset;
+use crate::decode::Incremental;
 use crate::exec::Exec;
 use crate::rng;
 use crate::text::Vocab;
@@ -45,6 +49,8 @@ pub struct SampleOptions<'a> {
     pub tokens: usize,
     pub strategy: Strategy,
     pub seed: u64,
+    /// Decode one position at a time from cached keys and values where the model allows it.
+    pub cache: bool,
 }
 
 /// A model ready to generate: compiled forward function, tokenizer, window length.
@@ -52,6 +58,10 @@ pub struct Generator {
     exec: Exec,
     pub vocab: Vocab,
     context: usize,
+    /// One position per run from cached keys and values (or states), while the
+    /// text fits the window; `Err` says why the model cannot (then every token
+    /// runs the whole window).
+    pub incremental: Result<Incremental, String>,
 }
 
 fn error(title: impl Into<String>) -> Vec<Diagnostic> {
@@ -72,14 +82,23 @@ impl Generator {
         let sizes: SizeEnv = [("B".to_string(), 1)].into_iter().collect();
         let mut exec =
             Exec::compile(&plan.forward_graph, &sizes, &[]).map_err(|e| error(format!("cannot compile `{}`: {e}", plan.name)))?;
+        let mut incremental = Incremental::new(&plan.forward_graph, plan.features);
         for (path, _, v) in &params.tensors {
             exec.set(path, v);
+            if let Ok(inc) = incremental.as_mut() {
+                inc.set(path, v);
+            }
         }
-        Ok(Generator { exec, vocab, context: plan.features })
+        Ok(Generator { exec, vocab, context: plan.features, incremental })
     }
 
     /// Next-token logits after `ids` (the last `context` of them are seen).
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>, Diagnostic> {
+        if let Ok(inc) = self.incremental.as_mut() {
+            if (1..=inc.context()).contains(&ids.len()) {
+                return inc.logits(ids);
+            }
+        }
         let window = &ids[ids.len().saturating_sub(self.context)..];
         let mut x = vec![0.0f32; self.context];
         for (slot, &id) in x.iter_mut().zip(window) {
@@ -219,6 +238,9 @@ pub fn beam_search(log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>, prompt: &[u32]
 /// `nnc sample`: the prompt and its continuation.
 pub fn sample(program: &Program, base_dir: &Path, opts: &SampleOptions) -> Result<String, Vec<Diagnostic>> {
     let mut g = Generator::new(program, base_dir, opts.model, opts.checkpoint)?;
+    if !opts.cache {
+        g.incremental = Err("--no-cache".into());
+    }
     g.generate(opts.prompt, opts.tokens, opts.strategy, opts.seed).map_err(|d| vec![d])
 }
 
