@@ -8,7 +8,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod data;
 pub mod dataset;
-pub mod decode;
+pub mod incremental;
 pub mod exec;
 pub mod idx;
 pub mod init;

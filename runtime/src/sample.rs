@@ -10,13 +10,13 @@
 //! a window shorter than `T` is padded on the right and the padding cannot
 //! change the logits read. While the text fits the window, each new token runs
 //! a step graph for its position only, from cached keys and values (or the
-//! recurrent state) of the earlier positions (`decode`); past the window the
+//! recurrent state) of the earlier positions (`incremental`); past the window the
 //! compiled forward function runs over the last `T` tokens (absolute learned
 //! positions shift, so nothing can be reused).
 
 use crate::check::plans_and_data;
 use crate::dataset::Dataset;
-use crate::decode::Incremental;
+use crate::incremental::Incremental;
 use crate::exec::Exec;
 use crate::rng;
 use crate::text::Vocab;
