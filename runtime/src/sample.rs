@@ -16,8 +16,8 @@
 
 use crate::check::plans_and_data;
 use crate::dataset::Dataset;
-use crate::incremental::Incremental;
 use crate::exec::Exec;
+use crate::incremental::Incremental;
 use crate::rng;
 use crate::text::Vocab;
 use crate::train::load_params;

@@ -63,7 +63,9 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
             }
         }
     }
-    let Some(steps) = steps else { return Err(super::builtins::internal(cx, span)) };
+    let Some(steps) = steps else {
+        return Err(mistake(cx, xs_span, "`scan` needs at least one sequence to scan over".into()));
+    };
     let mut init = init;
     if init_ty.dtype == DType::I32 {
         // Ints are stored as floats: a float state is a change of type only.
@@ -74,8 +76,15 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
     let seq_tys: Vec<TensorType> = xs.iter().map(|(x, _)| cx.ty(x)).collect();
     let state_ty = cx.ty(&init);
     let (body, captured) = elaborate_step(cx, step, &state_ty, &seq_tys, extra, span)?;
-    if let Err(why) = check_rowwise(&body) {
-        return Err(mistake(cx, span, format!("the step function cannot be scanned: {why}")));
+    if let Err((why, at)) = check_rowwise(&body) {
+        return Err(cx.err(ErrorKind::Builtin {
+            span: at,
+            title: format!("the step function cannot be scanned: {why}"),
+            label: "here".into(),
+            note: Some(
+                "a scan step must treat each row of its state on its own: its gradient runs it over every row of every step at once".into(),
+            ),
+        }));
     }
     if let Some(outside) = body.nodes.iter().find(|n| n.ty.shape.dims().iter().any(|d| d.factors().1.iter().any(|f| f != STEP_BATCH))) {
         let shape = outside.ty.shape.clone();

@@ -112,18 +112,20 @@ pub fn inline(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> V
 /// Why a step function cannot be a scan body, if it cannot: it must treat
 /// the rows of its state independently (the derivative runs it over all
 /// `N · steps` rows at once) and draw no random numbers.
-pub fn check_rowwise(body: &Graph) -> Result<(), String> {
+pub fn check_rowwise(body: &Graph) -> Result<(), (String, Span)> {
     let batched = |s: &Shape| s.dims().iter().any(|d| d.factors().1.iter().any(|f| f == STEP_BATCH));
     let leading = |s: &Shape| s.dims().first() == Some(&Dim::Sym(STEP_BATCH.into())) && !batched(&Shape(s.dims()[1..].to_vec()));
     for node in &body.nodes {
         let shape = &node.ty.shape;
         if batched(shape) && !leading(shape) {
-            return Err(format!("it makes a value of shape {shape}, where the rows are not the first axis"));
+            return Err((format!("it makes a value of shape {shape}, where the rows are not the first axis"), node.span));
         }
         let arg_batched = |k: usize| node.args.get(k).is_some_and(|a| batched(body.shape(*a)));
         let any_batched = (0..node.args.len()).any(arg_batched);
         let mixes = match &node.op {
-            Op::RandomUniform { .. } => return Err("it draws random numbers (dropout); apply dropout outside the scan".into()),
+            Op::RandomUniform { .. } => {
+                return Err(("it draws random numbers (dropout); apply dropout outside the scan".into(), node.span))
+            }
             Op::Reduce { axes, .. } => any_batched && axes.contains(&0),
             Op::Transpose { perm } => any_batched && perm.first() != Some(&0),
             Op::Slice { axis, .. } | Op::Pad { axis, .. } | Op::Concat { axis } => any_batched && *axis == 0,
@@ -135,7 +137,7 @@ pub fn check_rowwise(body: &Graph) -> Result<(), String> {
             _ => false,
         };
         if mixes {
-            return Err(format!("its `{}` combines different rows of the state", node.op.name()));
+            return Err((format!("its `{}` combines different rows of the state", node.op.name()), node.span));
         }
     }
     Ok(())
