@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod exec;
 pub mod idx;
 pub mod init;
+pub mod masking;
 pub mod plot;
 pub mod program;
 pub mod rng;
