@@ -81,3 +81,14 @@ fn bert_mlm_beats_the_unigram_baseline_and_its_features_spot_typos() {
     assert!(probe > 0.6, "head on the MLM features: {probe}");
     assert!(probe > random.max(chars) + 0.1, "head on the MLM features {probe} vs untrained encoder {random}, characters {chars}");
 }
+
+/// `nnc sample` continues text with a next-token model; a masked language
+/// model's extra `[MASK]` logit makes it something else: an error, not text.
+#[test]
+fn sampling_from_the_masked_language_model_is_an_error() {
+    let args = ["sample", "examples/bert_mlm.nn", "--model", "bert", "--checkpoint", "bert.safetensors", "--prompt", "ROMEO"];
+    let out = common::nnc(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`bert` is not a next-token model") && stderr.contains("[B, 64, 83]"), "{stderr}");
+}

@@ -96,17 +96,23 @@ impl Masking {
         }
     }
 
-    /// The generator of one row's masks: ChaCha keyed by the seed, a tag and
-    /// the epoch (0 for the masks loaded with the data), on the row's stream.
+    /// The generator of one row's masks in `epoch` (0: the masks loaded with the data).
     fn rng(&self, epoch: usize, row: usize) -> ChaCha8Rng {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&self.seed.to_le_bytes());
-        key[8..16].copy_from_slice(b"masking\0");
-        key[16..24].copy_from_slice(&(epoch as u64).to_le_bytes());
-        let mut rng = ChaCha8Rng::from_seed(key);
-        rng.set_stream(row as u64);
-        rng
+        row_rng(self.seed, b"masking\0", epoch, row)
     }
+}
+
+/// The generator of one row: ChaCha keyed by the seed, a tag and the epoch,
+/// on the row's stream. The tag keeps these choices apart from `shuffle` and
+/// `augment` with the same seed.
+fn row_rng(seed: u64, tag: &[u8; 8], epoch: usize, row: usize) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(tag);
+    key[16..24].copy_from_slice(&(epoch as u64).to_le_bytes());
+    let mut rng = ChaCha8Rng::from_seed(key);
+    rng.set_stream(row as u64);
+    rng
 }
 
 /// Typos, a task for the features a masked language model learns: half the
@@ -118,7 +124,7 @@ pub fn transpose_pairs(table: &mut Table, pairs: usize, seed: u64) {
     let width = table.features.ncols();
     let mut labels = Array2::zeros((table.n_rows(), 1));
     for (row, mut x) in table.features.rows_mut().into_iter().enumerate() {
-        let mut rng = rng::seeded(seed, row as u64);
+        let mut rng = row_rng(seed, b"typos\0\0\0", 0, row);
         let (Some(xs), true) = (x.as_slice_mut(), width >= 2) else { continue };
         if rng::unit_f64(&mut rng) >= 0.5 {
             continue;
