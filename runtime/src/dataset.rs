@@ -3,6 +3,7 @@
 
 use crate::augment::Augment;
 use crate::data::{self, RowSelect, Standardizer, Table};
+use crate::masking::{Masking, TextTask};
 use crate::text::{self, Vocab};
 use ndarray::Array2;
 use nnc_compiler::ast::{self, DataDef, Expr, ExprKind, Span};
@@ -23,6 +24,8 @@ pub struct Split {
     /// `augment(image: [H, W], ...)`: transform each training batch's images.
     /// Only the training loop uses it; metrics and `let`s see `x` unchanged.
     pub augment: Option<Augment>,
+    /// `text(..., mask: rate)`: training batches are masked afresh each epoch.
+    pub masking: Option<Masking>,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +57,8 @@ struct Options<'a> {
     context: Option<usize>,
     /// `tokenizer: bpe(vocab: N)`: a BPE vocabulary of `N` tokens; `None`: characters.
     bpe: Option<usize>,
+    /// `mask:` / `typos:` / `seed:`: a self-supervised task instead of next tokens.
+    task: TextTask,
     source: &'a Expr,
 }
 
@@ -86,6 +91,7 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
         standardize: None,
         context: None,
         bpe: None,
+        task: TextTask::default(),
         source,
     };
     match kind {
@@ -140,6 +146,7 @@ fn text_options<'a>(args: &[ast::CallArg], mut opts: Options<'a>) -> Result<Opti
                     _ => return Err(error(a.value.span, "`bpe` needs a vocabulary size", "expected e.g. `bpe(vocab: 512)`")),
                 }
             }
+            (Some(k @ ("mask" | "typos" | "seed")), _) => opts.task.option(k, &a.value)?,
             (Some("tokenizer"), _) => {
                 return Err(error(a.value.span, "unknown tokenizer", "expected `chars` or `bpe(vocab: N)`").note(
                     "tokenizers: chars (one token per character), bpe(vocab: N) (byte-pair merges learned from the file up to N tokens)",
@@ -148,7 +155,7 @@ fn text_options<'a>(args: &[ast::CallArg], mut opts: Options<'a>) -> Result<Opti
             _ => {
                 let span = a.name.as_ref().map_or(a.value.span, |n| n.span);
                 return Err(error(span, "unexpected argument to `text`", "here")
-                    .note("text(\"FILE\", context: TOKENS, tokenizer: chars | bpe(vocab: N)): FILE may be gzipped (.gz)"));
+                    .note("text(\"FILE\", context: TOKENS, tokenizer: chars | bpe(vocab: N), mask: RATE | typos: PAIRS, seed: N): FILE may be gzipped (.gz)"));
             }
         }
     }
@@ -270,11 +277,14 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
         return Err(error(opts.source.span, "`csv` needs a label column", "here"));
     };
     if let Some(context) = opts.context {
-        let (table, vocab) = load_text(&path, context, opts.bpe, path_text, *path_span)?;
-        let classes = Some(vocab.len());
-        let mut data = finish(def, opts, table, classes, true)?;
+        let (mut table, vocab) = load_text(&path, context, opts.bpe, path_text, *path_span)?;
+        let (classes, label_width, masking) = opts.task.apply(&mut table, vocab.len())?;
+        let mut data = finish(def, opts, table, Some(classes), true)?;
         data.shape.features_int = true;
-        data.shape.label_width = Some(context);
+        data.shape.label_width = label_width;
+        for (_, s) in &mut data.splits {
+            s.masking.clone_from(&masking);
+        }
         data.vocab = Some(vocab);
         return Ok(data);
     }
@@ -360,7 +370,7 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
             data::scale(&mut t, f);
         }
         let (shuffle_seed, augment) = modifiers(s, table.n_features())?;
-        splits.push((s.name.name.clone(), Split { x: t.features, y: t.labels, shuffle_seed, augment }));
+        splits.push((s.name.name.clone(), Split { x: t.features, y: t.labels, shuffle_seed, augment, masking: None }));
     }
     if let Some((fit_on, span)) = &opts.standardize {
         let Some((_, reference)) = splits.iter().find(|(n, _)| n == fit_on) else {

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod idx;
 pub mod incremental;
 pub mod init;
+pub mod masking;
 pub mod plot;
 pub mod program;
 pub mod rng;

@@ -24,7 +24,7 @@ use crate::train::load_params;
 use nnc_compiler::ast::Program;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::TrainPlan;
-use nnc_compiler::ir::SizeEnv;
+use nnc_compiler::ir::{Dim, SizeEnv};
 use std::path::Path;
 
 /// How the next token is chosen from the logits.
@@ -78,6 +78,14 @@ impl Generator {
                 .label(plan.span, format!("its data `{}` has no tokenizer", plan.data))
                 .note("`nnc sample` needs a language model trained on `text(...)` data")]);
         };
+        // A next-token model has one logit per token at each position (not a
+        // masked language model's extra [MASK], nor a classifier's classes).
+        let output = plan.forward_graph.outputs.first().map(|&o| plan.forward_graph.ty(o).shape.clone());
+        if let Some(shape) = output.filter(|s| s.rank() != 3 || s.dims().last() != Some(&Dim::Known(vocab.len()))) {
+            return Err(vec![Diagnostic::new(format!("`{}` is not a next-token model of this vocabulary", plan.name))
+                .label(plan.span, format!("it outputs {shape}, not [B, T, {}] next-token logits", vocab.len()))
+                .note("`nnc sample` continues text with a model trained on `text(...)` without `mask:` or `typos:`")]);
+        }
         let params = load_params(plan, checkpoint, plan.span).map_err(|d| vec![d])?;
         let sizes: SizeEnv = [("B".to_string(), 1)].into_iter().collect();
         let mut exec =

@@ -6,6 +6,7 @@ use crate::data::{gather_rows, shuffled_order};
 use crate::dataset::{Dataset, Split};
 use crate::exec::Exec;
 use crate::init::{initialize, Init};
+use crate::masking::IGNORE;
 use crate::rng;
 use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -174,6 +175,9 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
                 a.apply(&mut xbuf[..b * features], rows, epoch).map_err(|e| Diagnostic::new(e.to_string()))?;
             }
             gather_rows(&split.y, rows, &mut ybuf[..b * label_width]).map_err(|e| Diagnostic::new(e.to_string()))?;
+            if let Some(m) = &split.masking {
+                m.remask(&mut xbuf[..b * features], &mut ybuf[..b * label_width], rows, epoch);
+            }
             exec.set("x", &xbuf[..b * features]);
             exec.set("y", &ybuf[..b * label_width]);
             set_hypers(exec, &plan.optimizer, &schedule, step, plan.seed);
@@ -437,12 +441,14 @@ impl<'d> Evaluators<'d> {
 }
 
 /// Fraction of rows whose largest logit is at the label (first maximum wins).
+/// Positions labelled [`IGNORE`] (not masked by `text(..., mask:)`) do not count.
 pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
     let k = plan.classes.unwrap_or(1).max(1);
     let k = if logits.len() == labels.len() * k { k } else { logits.len() / labels.len().max(1) };
     if k == 0 || labels.is_empty() {
         return 0.0;
     }
+    let counted = labels.iter().filter(|&&y| y != IGNORE).count();
     let correct = logits
         .chunks(k)
         .zip(labels)
@@ -456,7 +462,7 @@ pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
             best as f32 == y
         })
         .count();
-    correct as f64 / labels.len() as f64
+    correct as f64 / counted.max(1) as f64
 }
 
 pub fn mse(pred: &[f32], target: &[f32]) -> f64 {
