@@ -13,6 +13,7 @@ fn digits() -> DataShape {
         classes: Some(10),
         label_width: None,
         splits: vec![("train".into(), 100), ("test".into(), 20)],
+        seq2seq: None,
     }
 }
 

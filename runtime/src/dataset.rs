@@ -54,6 +54,8 @@ struct Options<'a> {
     context: Option<usize>,
     /// `tokenizer: bpe(vocab: N)`: a BPE vocabulary of `N` tokens; `None`: characters.
     bpe: Option<usize>,
+    /// `digit_task(...)`: generated source and target sequences.
+    task: Option<crate::tasks::TaskSpec>,
     source: &'a Expr,
 }
 
@@ -71,10 +73,10 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
         ));
     };
     let kind = match &callee.kind {
-        ExprKind::Name(n) if matches!(n.as_str(), "csv" | "idx" | "text") => n.as_str(),
+        ExprKind::Name(n) if matches!(n.as_str(), "csv" | "idx" | "text" | "digit_task") => n.as_str(),
         _ => {
-            return Err(error(callee.span, "unknown data source", "expected `csv`, `idx` or `text`")
-                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER), text(path, context: TOKENS)"))
+            return Err(error(callee.span, "unknown data source", "expected `csv`, `idx`, `text` or `digit_task`")
+                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER), text(path, context: TOKENS), digit_task(reverse | sort, length: [MIN, MAX], count: ROWS, seed: N)"))
         }
     };
     let mut path = None;
@@ -86,11 +88,18 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
         standardize: None,
         context: None,
         bpe: None,
+        task: None,
         source,
     };
     match kind {
         "idx" => return idx_options(args, opts),
         "text" => return text_options(args, opts),
+        "digit_task" => {
+            opts.task = Some(crate::tasks::parse(args, source.span)?);
+            opts.path = ("digit_task".into(), callee.span);
+            opts.label = Some(("target".into(), source.span, true));
+            return Ok(opts);
+        }
         _ => {}
     }
     for a in args {
@@ -269,6 +278,15 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
     let Some((label, label_span, is_class)) = &opts.label else {
         return Err(error(opts.source.span, "`csv` needs a label column", "here"));
     };
+    if let Some(task) = &opts.task {
+        let table = crate::tasks::generate(task);
+        let width = table.labels.ncols();
+        let mut data = finish(def, opts, table, Some(crate::tasks::VOCAB), true)?;
+        data.shape.features_int = true;
+        data.shape.label_width = Some(width);
+        data.shape.seq2seq = Some(crate::tasks::TOKENS);
+        return Ok(data);
+    }
     if let Some(context) = opts.context {
         let (table, vocab) = load_text(&path, context, opts.bpe, path_text, *path_span)?;
         let classes = Some(vocab.len());
@@ -386,6 +404,7 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
         label_int: is_class,
         classes,
         label_width: None,
+        seq2seq: None,
         splits: splits.iter().map(|(n, s)| (n.clone(), s.x.nrows())).collect(),
     };
     Ok(Dataset { name: def.name.name.clone(), splits, shape, vocab: None })

@@ -2,7 +2,7 @@
 //! optimizer update, built as one step graph (forward + backward + update)
 //! that codegen compiles into one native function.
 
-use super::error::ErrorKind;
+use super::error::{ErrorKind, SequenceMetricProblem};
 use super::value::{Arg, Func, Tensor, Value};
 use super::{Ctx, ElabError, Scope, Session};
 use crate::ast::{Expr, ExprKind, Ident, Span, TrainDef};
@@ -79,12 +79,29 @@ pub enum ScheduleSpec {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum MetricKind {
     Loss,
     Accuracy,
     Mse,
+    /// The fraction of rows whose decoded sequence is the target, exactly
+    /// (sequence-to-sequence data: see `super::Seq2Seq`).
+    ExactMatch(Decoding),
 }
+
+/// How `exact_match` decodes: token by token with the compiled forward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decoding {
+    /// The most likely token each step (beam search of width 1).
+    Greedy,
+    /// Beam search, the finished hypotheses ranked by summed log-probability
+    /// divided by (generated tokens)^alpha.
+    Beam { width: usize, alpha: f64 },
+}
+
+/// `alpha` when `exact_match(beam: W)` does not give one: the average
+/// log-probability per token (fairseq's and Hugging Face's default).
+pub const DEFAULT_ALPHA: f64 = 1.0;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricSpec {
@@ -97,9 +114,12 @@ pub struct MetricSpec {
 impl MetricSpec {
     pub fn label(&self) -> String {
         let k = match self.kind {
-            MetricKind::Loss => "loss",
-            MetricKind::Accuracy => "accuracy",
-            MetricKind::Mse => "mse",
+            MetricKind::Loss => "loss".to_string(),
+            MetricKind::Accuracy => "accuracy".to_string(),
+            MetricKind::Mse => "mse".to_string(),
+            MetricKind::ExactMatch(Decoding::Greedy) => "exact_match(greedy)".to_string(),
+            MetricKind::ExactMatch(Decoding::Beam { width, alpha }) if alpha == DEFAULT_ALPHA => format!("exact_match(beam: {width})"),
+            MetricKind::ExactMatch(Decoding::Beam { width, alpha }) => format!("exact_match(beam: {width}, alpha: {alpha})"),
         };
         format!("{k} on {}.{}", self.data, self.split)
     }
@@ -154,6 +174,8 @@ pub struct TrainPlan {
 pub const HYPER_LR: &str = "hyper.lr";
 pub const HYPER_BC1: &str = "hyper.bias_correction1";
 pub const HYPER_BC2: &str = "hyper.bias_correction2";
+/// The forward function's second input for sequence-to-sequence data.
+pub const DECODER_INPUT: &str = "decoder_input";
 
 /// The settings a `train` block accepts.
 pub(crate) const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
@@ -201,7 +223,7 @@ impl<'p> Session<'p> {
             None => ScheduleSpec::Constant,
         };
         let metrics = match field("metrics") {
-            Some(f) => metric_specs(&cx, &f.value)?,
+            Some(f) => metric_specs(&cx, &f.value, &data, &shape)?,
             None => Vec::new(),
         };
         let file_field = |name: &str| -> Result<Option<(String, Span)>, ElabError> {
@@ -340,14 +362,23 @@ impl<'p> Session<'p> {
         Ok((cx, out.id, param_ids))
     }
 
-    /// The model applied to a batch: what accuracy and predictions use.
+    /// The model applied to a batch: what accuracy, decoding and predictions
+    /// use. A sequence-to-sequence model also takes the decoder input.
     fn forward_graph(&self, t: &TrainDef, shape: &super::DataShape) -> Result<Graph, ElabError> {
         let mut cx = Ctx::new(self);
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
         let (x, _) = batch_inputs(&mut cx, shape, t.data.span);
-        let arg = Arg { name: None, value: Value::Tensor(x), span: t.data.span };
-        let out = cx.call(Value::Module(model), vec![arg], t.model.span, t.model.span)?;
+        let mut args = vec![Arg { name: None, value: Value::Tensor(x), span: t.data.span }];
+        args.extend(decoder_input(&mut cx, shape, t.data.span));
+        let out = cx.call(Value::Module(model), args, t.model.span, t.model.span)?;
         let out = cx.tensor_of(out, t.model.span)?;
+        // Decoding reads the logits of position i of the decoder input.
+        if let Some(ty) = shape.decoder_input_type(Dim::Sym("B".into())) {
+            let logits = cx.shape(&out);
+            if logits.rank() != 3 || logits.dims()[..2] != ty.shape.dims()[..] {
+                return Err(cx.err(ErrorKind::DecoderOutput { span: t.model.span, found: logits, decoder_input: ty.shape }));
+            }
+        }
         // Class ids index the logits: 9 outputs for 10 classes would silently never predict class 9.
         if let (true, Some(classes)) = (shape.label_int, shape.classes) {
             let logits = cx.shape(&out);
@@ -369,6 +400,15 @@ fn batch_inputs(cx: &mut Ctx, shape: &super::DataShape, span: Span) -> (Tensor, 
     let y = bl.input("y", InputKind::Data, yt);
     let names = vec![Some("B".to_string()), None];
     (Tensor { id: x, names }, Tensor { id: y, names: vec![Some("B".into())] })
+}
+
+/// The decoder input `[B, T − 1] int` of a sequence-to-sequence model (see
+/// `super::Seq2Seq`), as the forward function's second argument.
+pub(crate) fn decoder_input(cx: &mut Ctx, shape: &super::DataShape, span: Span) -> Option<Arg> {
+    let ty = shape.decoder_input_type(Dim::Sym("B".into()))?;
+    let id = cx.builder(span).input(DECODER_INPUT, InputKind::Data, ty);
+    let names = vec![Some("B".to_string()), None];
+    Some(Arg { name: None, value: Value::Tensor(Tensor { id, names }), span })
 }
 
 fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
@@ -571,7 +611,7 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
     }
 }
 
-fn metric_specs(cx: &Ctx, e: &Expr) -> Result<Vec<MetricSpec>, ElabError> {
+fn metric_specs(cx: &Ctx, e: &Expr, train_data: &str, train_shape: &super::DataShape) -> Result<Vec<MetricSpec>, ElabError> {
     let ExprKind::List(items) = &e.kind else {
         return Err(cx.err(ErrorKind::BadFieldValue {
             span: e.span,
@@ -592,13 +632,81 @@ fn metric_specs(cx: &Ctx, e: &Expr) -> Result<Vec<MetricSpec>, ElabError> {
             ExprKind::Name(n) if n == "loss" => MetricKind::Loss,
             ExprKind::Name(n) if n == "accuracy" => MetricKind::Accuracy,
             ExprKind::Name(n) if n == "mse" => MetricKind::Mse,
+            ExprKind::Call { callee, args } if matches!(&callee.kind, ExprKind::Name(n) if n == "exact_match") => {
+                MetricKind::ExactMatch(decoding(cx, what.span, args)?)
+            }
             ExprKind::Name(n) => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: n.clone() })),
+            ExprKind::Call { callee, .. } => match &callee.kind {
+                ExprKind::Name(n) => return Err(cx.err(ErrorKind::UnknownMetric { span: callee.span, name: n.clone() })),
+                _ => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: "?".into() })),
+            },
             _ => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: "?".into() })),
         };
         let (d, s) = data_split(cx, data)?;
+        check_metric_data(cx, kind, it.span, (&d, &s), (train_data, train_shape))?;
         out.push(MetricSpec { kind, data: d, split: s, span: it.span });
     }
     Ok(out)
+}
+
+/// `exact_match(greedy)`, `exact_match(beam: 4)` or `exact_match(beam: 4, alpha: 0.6)`.
+fn decoding(cx: &Ctx, span: Span, args: &[crate::ast::CallArg]) -> Result<Decoding, ElabError> {
+    let bad = || {
+        cx.err(ErrorKind::BadFieldValue {
+            span,
+            field: "exact_match".into(),
+            expected: "`exact_match(greedy)` or `exact_match(beam: WIDTH)` (optionally with `alpha: NUMBER`, 0 or more)".into(),
+        })
+    };
+    match args {
+        [a] if a.name.is_none() && matches!(&a.value.kind, ExprKind::Name(n) if n == "greedy") => Ok(Decoding::Greedy),
+        [w, rest @ ..] if w.name.as_ref().is_some_and(|n| n.name == "beam") && rest.len() <= 1 => {
+            let width = match cx.literal(&w.value) {
+                Some(v) if v >= 1.0 && v.fract() == 0.0 => v as usize,
+                _ => return Err(bad()),
+            };
+            let alpha = match rest {
+                [] => DEFAULT_ALPHA,
+                [a] if a.name.as_ref().is_some_and(|n| n.name == "alpha") => match cx.literal(&a.value) {
+                    Some(v) if v >= 0.0 && v.is_finite() => v,
+                    _ => return Err(bad()),
+                },
+                _ => return Err(bad()),
+            };
+            Ok(Decoding::Beam { width, alpha })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Decoding needs target sequences shaped as the model was trained on; the
+/// per-row metrics need one prediction per row.
+fn check_metric_data(
+    cx: &Ctx,
+    kind: MetricKind,
+    span: Span,
+    (data, split): (&str, &str),
+    (train_data, train_shape): (&str, &super::DataShape),
+) -> Result<(), ElabError> {
+    let Some(shape) = cx.session.data.get(data) else { return Ok(()) };
+    let metric = MetricSpec { kind, data: data.into(), split: split.into(), span }.label();
+    let metric = metric.split(" on ").next().unwrap_or_default().to_string();
+    let same = |a: &super::DataShape, b: &super::DataShape| {
+        a.features == b.features && a.label_width == b.label_width && a.seq2seq == b.seq2seq
+    };
+    let problem = match kind {
+        MetricKind::ExactMatch(_) if shape.seq2seq.is_none() => Some((data, SequenceMetricProblem::NoTargets)),
+        MetricKind::ExactMatch(_) if !same(shape, train_shape) => {
+            Some((data, SequenceMetricProblem::OtherShape { train_data: train_data.into() }))
+        }
+        MetricKind::Accuracy | MetricKind::Mse if shape.seq2seq.is_some() => Some((data, SequenceMetricProblem::PerRow)),
+        MetricKind::Accuracy | MetricKind::Mse if train_shape.seq2seq.is_some() => Some((train_data, SequenceMetricProblem::PerRow)),
+        _ => None,
+    };
+    match problem {
+        Some((data, problem)) => Err(cx.err(ErrorKind::SequenceMetric { span, metric, data: data.into(), problem })),
+        None => Ok(()),
+    }
 }
 
 impl<'s, 'p> Ctx<'s, 'p> {
