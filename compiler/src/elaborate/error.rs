@@ -244,6 +244,13 @@ pub enum ErrorKind {
         found: Shape,
         decoder_input: Shape,
     },
+    /// A model trained on sequence-to-sequence data whose `forward` takes the
+    /// source alone; `widths` are those of the source and the decoder input.
+    DecoderInputMissing {
+        span: Span,
+        def_span: Option<Span>,
+        widths: (usize, usize),
+    },
     /// A bug in a derivative rule or in the elaborator itself.
     /// A loss that reads data other than its batch (`digits.test.x`) or a tensor `let`.
     ForeignInput {
@@ -676,6 +683,15 @@ impl ErrorKind {
                         d.push("V".into());
                         format!("[{}]", d.join(", "))
                     }))
+            }
+            DecoderInputMissing { span, def_span, widths: (s, t) } => {
+                let d = Diagnostic::new("on sequence-to-sequence data the model is called as `m(source, decoder_input)`, but its `forward` takes one argument")
+                    .label(*span, "this model is trained on source and target sequences");
+                let d = match def_span {
+                    Some(def) => d.label(*def, "`forward` is defined here"),
+                    None => d,
+                };
+                d.note(format!("help: declare `fn forward(src: [B, {s}] int, tgt: [B, {t}] int) -> [B, {t}, V]`: `tgt` is the target without its last position, `y[:, :-1]` in the loss (teacher forcing), and the prefix decoded so far in `exact_match`"))
             }
             ForeignInput { span, name } => Diagnostic::new(format!("the loss uses `{name}`, which is not part of a training batch"))
                 .label(*span, format!("this loss reads `{name}`"))

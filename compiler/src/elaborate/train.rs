@@ -370,7 +370,18 @@ impl<'p> Session<'p> {
         let (x, _) = batch_inputs(&mut cx, shape, t.data.span);
         let mut args = vec![Arg { name: None, value: Value::Tensor(x), span: t.data.span }];
         args.extend(decoder_input(&mut cx, shape, t.data.span));
-        let out = cx.call(Value::Module(model), args, t.model.span, t.model.span)?;
+        let out = match cx.call(Value::Module(model), args, t.model.span, t.model.span) {
+            // The model's own `forward` takes the source alone (a nested call's error has context).
+            Err(e) if e.context.is_empty() && matches!(&*e.kind, ErrorKind::Arity { expected: 1, found: 2, .. }) => {
+                let def_span = match &*e.kind {
+                    ErrorKind::Arity { def_span, .. } => *def_span,
+                    _ => None,
+                };
+                let widths = (shape.features, shape.label_width.unwrap_or(1).saturating_sub(1));
+                return Err(cx.err(ErrorKind::DecoderInputMissing { span: t.model.span, def_span, widths }));
+            }
+            r => r?,
+        };
         let out = cx.tensor_of(out, t.model.span)?;
         // Decoding reads the logits of position i of the decoder input.
         if let Some(ty) = shape.decoder_input_type(Dim::Sym("B".into())) {
