@@ -68,7 +68,13 @@ fn target(row: &[f32], tokens: Seq2Seq) -> Vec<u32> {
 /// The fraction of `split`'s rows that `exec` (the forward function, compiled
 /// for `chunk` rows, with the trained parameters set) decodes exactly, and
 /// the first `SHOWN` rows as decoded.
-pub fn exact_match(exec: &mut Exec, chunk: usize, decoding: Decoding, tokens: Seq2Seq, split: &Split) -> Result<(f64, Vec<Decoded>), Diagnostic> {
+pub fn exact_match(
+    exec: &mut Exec,
+    chunk: usize,
+    decoding: Decoding,
+    tokens: Seq2Seq,
+    split: &Split,
+) -> Result<(f64, Vec<Decoded>), Diagnostic> {
     let (n, src_width) = split.x.dim();
     let steps = split.y.ncols().saturating_sub(1);
     if n == 0 || steps == 0 {

@@ -226,6 +226,10 @@ pub fn beam_search(log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>, prompt: &[u32]
     best.pop().unwrap_or(Hypothesis { tokens: prompt.to_vec(), log_prob: 0.0, score: 0.0 })
 }
 
+/// Next-token log-probabilities of `(prompt index, sequence)` pairs, one
+/// vector per pair (see `beam_search_many`).
+pub type Scorer<'a> = dyn FnMut(&[(usize, &[u32])]) -> Vec<Vec<f64>> + 'a;
+
 /// Beam search from several prompts in lockstep, so that one call of
 /// `log_probs` scores the hypotheses of every prompt at once. `log_probs`
 /// gets `(prompt index, sequence)` pairs and returns each sequence's
@@ -245,7 +249,7 @@ pub fn beam_search(log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>, prompt: &[u32]
 /// cannot finish above l / steps^alpha. Width 1 is greedy decoding (stopping
 /// at `end`); a width of at least V^steps keeps every hypothesis and is exact.
 pub fn beam_search_many(
-    log_probs: &mut dyn FnMut(&[(usize, &[u32])]) -> Vec<Vec<f64>>,
+    log_probs: &mut Scorer<'_>,
     prompts: &[Vec<u32>],
     steps: usize,
     beam: Beam,

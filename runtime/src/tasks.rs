@@ -48,7 +48,8 @@ pub struct TaskSpec {
     pub span: Span,
 }
 
-const USAGE: &str = "digit_task(reverse | sort, length: N or [MIN, MAX], count: ROWS, seed: N): random digit strings and their reversal or sorting";
+const USAGE: &str =
+    "digit_task(reverse | sort, length: N or [MIN, MAX], count: ROWS, seed: N): random digit strings and their reversal or sorting";
 
 fn error(span: Span, title: impl Into<String>, label: impl Into<String>) -> Diagnostic {
     Diagnostic::new(title).label(span, label).note(USAGE)
@@ -90,7 +91,11 @@ pub fn parse(args: &[CallArg], span: Span) -> Result<TaskSpec, Diagnostic> {
     let (min_len, max_len) = length.ok_or_else(|| error(span, "`digit_task` needs the string lengths", "add e.g. `length: [8, 12]`"))?;
     let rows = rows.ok_or_else(|| error(span, "`digit_task` needs the number of rows", "add e.g. `count: 10000`"))?;
     if min_len > max_len {
-        return Err(error(span, format!("the length range [{min_len}, {max_len}] is empty"), "the first length must not exceed the second"));
+        return Err(error(
+            span,
+            format!("the length range [{min_len}, {max_len}] is empty"),
+            "the first length must not exceed the second",
+        ));
     }
     let distinct = (min_len..=max_len).fold(0usize, |n, l| n.saturating_add(10usize.saturating_pow(l as u32)));
     if rows > distinct {

@@ -702,9 +702,8 @@ fn check_metric_data(
     let Some(shape) = cx.session.data.get(data) else { return Ok(()) };
     let metric = MetricSpec { kind, data: data.into(), split: split.into(), span }.label();
     let metric = metric.split(" on ").next().unwrap_or_default().to_string();
-    let same = |a: &super::DataShape, b: &super::DataShape| {
-        a.features == b.features && a.label_width == b.label_width && a.seq2seq == b.seq2seq
-    };
+    let same =
+        |a: &super::DataShape, b: &super::DataShape| a.features == b.features && a.label_width == b.label_width && a.seq2seq == b.seq2seq;
     let problem = match kind {
         MetricKind::ExactMatch(_) if shape.seq2seq.is_none() => Some((data, SequenceMetricProblem::NoTargets)),
         MetricKind::ExactMatch(_) if !same(shape, train_shape) => {
