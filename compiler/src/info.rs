@@ -155,7 +155,7 @@ impl Session<'_> {
         cx.layers = Some(LayerRecorder::default());
         let mut args = vec![Arg { name: None, value: Value::Tensor(x.clone()), span: t.data.span }];
         // A sequence-to-sequence model also takes the decoder input.
-        args.extend(shape.and_then(|s| crate::elaborate::train::decoder_input(&mut cx, &s, t.data.span)));
+        args.extend(shape.and_then(|s| crate::elaborate::seq2seq::decoder_input(&mut cx, &s, t.data.span)));
         cx.call(Value::Module(model.clone()), args, t.model.span, t.model.span)?;
         let (records, windows) = cx.layers.take().map(|r| (r.layers, r.windows)).unwrap_or_default();
         let costs = NodeCosts::new(&cx.graph, x.id, &windows);

@@ -248,12 +248,7 @@ pub type Scorer<'a> = dyn FnMut(&[(usize, &[u32])]) -> Vec<Vec<f64>> + 'a;
 /// one: log-probabilities only fall, so a hypothesis at log-probability l
 /// cannot finish above l / steps^alpha. Width 1 is greedy decoding (stopping
 /// at `end`); a width of at least V^steps keeps every hypothesis and is exact.
-pub fn beam_search_many(
-    log_probs: &mut Scorer<'_>,
-    prompts: &[Vec<u32>],
-    steps: usize,
-    beam: Beam,
-) -> Vec<Hypothesis> {
+pub fn beam_search_many(log_probs: &mut Scorer<'_>, prompts: &[Vec<u32>], steps: usize, beam: Beam) -> Vec<Hypothesis> {
     struct Search {
         prompt: usize,
         alive: Vec<(Vec<u32>, f64)>,

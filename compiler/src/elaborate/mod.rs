@@ -6,6 +6,7 @@
 pub mod builtins;
 pub mod error;
 mod expr;
+pub mod seq2seq;
 mod sequence;
 pub mod train;
 pub mod value;

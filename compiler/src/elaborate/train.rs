@@ -2,7 +2,9 @@
 //! optimizer update, built as one step graph (forward + backward + update)
 //! that codegen compiles into one native function.
 
-use super::error::{ErrorKind, SequenceMetricProblem};
+use super::error::ErrorKind;
+use super::seq2seq::{check_metric_data, decoder_input, decoding};
+pub use super::seq2seq::{Decoding, DECODER_INPUT, DEFAULT_ALPHA};
 use super::value::{Arg, Func, Tensor, Value};
 use super::{Ctx, ElabError, Scope, Session};
 use crate::ast::{Expr, ExprKind, Ident, Span, TrainDef};
@@ -89,20 +91,6 @@ pub enum MetricKind {
     ExactMatch(Decoding),
 }
 
-/// How `exact_match` decodes: token by token with the compiled forward.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Decoding {
-    /// The most likely token each step (beam search of width 1).
-    Greedy,
-    /// Beam search, the finished hypotheses ranked by summed log-probability
-    /// divided by (generated tokens)^alpha.
-    Beam { width: usize, alpha: f64 },
-}
-
-/// `alpha` when `exact_match(beam: W)` does not give one: the average
-/// log-probability per token (fairseq's and Hugging Face's default).
-pub const DEFAULT_ALPHA: f64 = 1.0;
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricSpec {
     pub kind: MetricKind,
@@ -111,17 +99,23 @@ pub struct MetricSpec {
     pub span: Span,
 }
 
-impl MetricSpec {
-    pub fn label(&self) -> String {
-        let k = match self.kind {
+impl MetricKind {
+    /// How the metric is written: `accuracy`, `exact_match(beam: 4)`.
+    pub fn name(&self) -> String {
+        match *self {
             MetricKind::Loss => "loss".to_string(),
             MetricKind::Accuracy => "accuracy".to_string(),
             MetricKind::Mse => "mse".to_string(),
             MetricKind::ExactMatch(Decoding::Greedy) => "exact_match(greedy)".to_string(),
             MetricKind::ExactMatch(Decoding::Beam { width, alpha }) if alpha == DEFAULT_ALPHA => format!("exact_match(beam: {width})"),
             MetricKind::ExactMatch(Decoding::Beam { width, alpha }) => format!("exact_match(beam: {width}, alpha: {alpha})"),
-        };
-        format!("{k} on {}.{}", self.data, self.split)
+        }
+    }
+}
+
+impl MetricSpec {
+    pub fn label(&self) -> String {
+        format!("{} on {}.{}", self.kind.name(), self.data, self.split)
     }
 }
 
@@ -174,8 +168,6 @@ pub struct TrainPlan {
 pub const HYPER_LR: &str = "hyper.lr";
 pub const HYPER_BC1: &str = "hyper.bias_correction1";
 pub const HYPER_BC2: &str = "hyper.bias_correction2";
-/// The forward function's second input for sequence-to-sequence data.
-pub const DECODER_INPUT: &str = "decoder_input";
 
 /// The settings a `train` block accepts.
 pub(crate) const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
@@ -413,15 +405,6 @@ fn batch_inputs(cx: &mut Ctx, shape: &super::DataShape, span: Span) -> (Tensor, 
     (Tensor { id: x, names }, Tensor { id: y, names: vec![Some("B".into())] })
 }
 
-/// The decoder input `[B, T − 1] int` of a sequence-to-sequence model (see
-/// `super::Seq2Seq`), as the forward function's second argument.
-pub(crate) fn decoder_input(cx: &mut Ctx, shape: &super::DataShape, span: Span) -> Option<Arg> {
-    let ty = shape.decoder_input_type(Dim::Sym("B".into()))?;
-    let id = cx.builder(span).input(DECODER_INPUT, InputKind::Data, ty);
-    let names = vec![Some("B".to_string()), None];
-    Some(Arg { name: None, value: Value::Tensor(Tensor { id, names }), span })
-}
-
 fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
     if let ExprKind::Field(base, split) = &e.kind {
         if let ExprKind::Name(data) = &base.kind {
@@ -475,7 +458,7 @@ pub fn constant(e: &Expr, lookup: &dyn Fn(&str) -> Option<(f64, bool)>) -> Optio
 
 impl Ctx<'_, '_> {
     /// A constant, with top-level numeric `let`s in scope.
-    fn literal(&self, e: &Expr) -> Option<f64> {
+    pub(super) fn literal(&self, e: &Expr) -> Option<f64> {
         self.session.constant(e).map(|(v, _)| v)
     }
 }
@@ -654,69 +637,10 @@ fn metric_specs(cx: &Ctx, e: &Expr, train_data: &str, train_shape: &super::DataS
             _ => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: "?".into() })),
         };
         let (d, s) = data_split(cx, data)?;
-        check_metric_data(cx, kind, it.span, (&d, &s), (train_data, train_shape))?;
+        check_metric_data(cx, kind, it.span, &d, (train_data, train_shape))?;
         out.push(MetricSpec { kind, data: d, split: s, span: it.span });
     }
     Ok(out)
-}
-
-/// `exact_match(greedy)`, `exact_match(beam: 4)` or `exact_match(beam: 4, alpha: 0.6)`.
-fn decoding(cx: &Ctx, span: Span, args: &[crate::ast::CallArg]) -> Result<Decoding, ElabError> {
-    let bad = || {
-        cx.err(ErrorKind::BadFieldValue {
-            span,
-            field: "exact_match".into(),
-            expected: "`exact_match(greedy)` or `exact_match(beam: WIDTH)` (optionally with `alpha: NUMBER`, 0 or more)".into(),
-        })
-    };
-    match args {
-        [a] if a.name.is_none() && matches!(&a.value.kind, ExprKind::Name(n) if n == "greedy") => Ok(Decoding::Greedy),
-        [w, rest @ ..] if w.name.as_ref().is_some_and(|n| n.name == "beam") && rest.len() <= 1 => {
-            let width = match cx.literal(&w.value) {
-                Some(v) if v >= 1.0 && v.fract() == 0.0 => v as usize,
-                _ => return Err(bad()),
-            };
-            let alpha = match rest {
-                [] => DEFAULT_ALPHA,
-                [a] if a.name.as_ref().is_some_and(|n| n.name == "alpha") => match cx.literal(&a.value) {
-                    Some(v) if v >= 0.0 && v.is_finite() => v,
-                    _ => return Err(bad()),
-                },
-                _ => return Err(bad()),
-            };
-            Ok(Decoding::Beam { width, alpha })
-        }
-        _ => Err(bad()),
-    }
-}
-
-/// Decoding needs target sequences shaped as the model was trained on; the
-/// per-row metrics need one prediction per row.
-fn check_metric_data(
-    cx: &Ctx,
-    kind: MetricKind,
-    span: Span,
-    (data, split): (&str, &str),
-    (train_data, train_shape): (&str, &super::DataShape),
-) -> Result<(), ElabError> {
-    let Some(shape) = cx.session.data.get(data) else { return Ok(()) };
-    let metric = MetricSpec { kind, data: data.into(), split: split.into(), span }.label();
-    let metric = metric.split(" on ").next().unwrap_or_default().to_string();
-    let same =
-        |a: &super::DataShape, b: &super::DataShape| a.features == b.features && a.label_width == b.label_width && a.seq2seq == b.seq2seq;
-    let problem = match kind {
-        MetricKind::ExactMatch(_) if shape.seq2seq.is_none() => Some((data, SequenceMetricProblem::NoTargets)),
-        MetricKind::ExactMatch(_) if !same(shape, train_shape) => {
-            Some((data, SequenceMetricProblem::OtherShape { train_data: train_data.into() }))
-        }
-        MetricKind::Accuracy | MetricKind::Mse if shape.seq2seq.is_some() => Some((data, SequenceMetricProblem::PerRow)),
-        MetricKind::Accuracy | MetricKind::Mse if train_shape.seq2seq.is_some() => Some((train_data, SequenceMetricProblem::PerRow)),
-        _ => None,
-    };
-    match problem {
-        Some((data, problem)) => Err(cx.err(ErrorKind::SequenceMetric { span, metric, data: data.into(), problem })),
-        None => Ok(()),
-    }
 }
 
 impl<'s, 'p> Ctx<'s, 'p> {
