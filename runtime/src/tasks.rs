@@ -30,6 +30,8 @@ pub const TOKENS: Seq2Seq = Seq2Seq { pad: 0, bos: 1, eos: 2 };
 pub const DIGIT_0: u32 = 3;
 /// PAD, BOS, EOS and the ten digits.
 pub const VOCAB: usize = 13;
+/// The most token ids a task may hold (400 MB as f32).
+const MAX_IDS: usize = 100_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
@@ -104,6 +106,10 @@ pub fn parse(args: &[CallArg], span: Span) -> Result<TaskSpec, Diagnostic> {
             format!("{rows} rows asked for, but there are only {distinct} distinct digit strings of these lengths"),
             "every row is a different string",
         ));
+    }
+    if rows.saturating_mul(2 * max_len + 3) > MAX_IDS {
+        return Err(error(span, format!("{rows} rows of up to {max_len} digits are too many to generate"), "too many rows")
+            .note(format!("a task holds at most {MAX_IDS} token ids, sources and targets together")));
     }
     Ok(TaskSpec { task, min_len, max_len, rows, seed, span })
 }
@@ -194,6 +200,36 @@ mod tests {
         }
         assert!(lengths[2..].iter().all(|&c| c > 30), "every length occurs: {lengths:?}");
         assert_eq!(generate(&spec(Task::Reverse, 500)), t, "deterministic given the seed");
+    }
+
+    /// The arguments of a `digit_task(...)` written in a data declaration.
+    fn parsed(call: &str) -> Result<TaskSpec, String> {
+        let program = nnc_compiler::syntax::parse(&format!("data d = {call} {{ train = rows[..] }}")).map_err(|d| d[0].title.clone())?;
+        let Some(nnc_compiler::ast::Item::Data(def)) = program.items.first() else { return Err("no data item".into()) };
+        let ExprKind::Call { args, .. } = &def.source.kind else { return Err("not a call".into()) };
+        parse(args, def.source.span).map_err(|d| d.title)
+    }
+
+    #[test]
+    fn arguments_are_read_and_checked() {
+        let spec = parsed("digit_task(sort, length: [3, 5], count: 40, seed: 2)").unwrap();
+        assert_eq!((spec.task, spec.min_len, spec.max_len, spec.rows, spec.seed), (Task::Sort, 3, 5, 40, 2));
+        let spec = parsed("digit_task(task: reverse, length: 4, count: 10)").unwrap();
+        assert_eq!((spec.task, spec.min_len, spec.max_len, spec.seed), (Task::Reverse, 4, 4, 0));
+        for (call, title) in [
+            ("digit_task(rotate, length: 4, count: 10)", "unknown task `rotate`"),
+            ("digit_task(sort, length: [5, 3], count: 10)", "the length range [5, 3] is empty"),
+            ("digit_task(sort, length: [0, 3], count: 10)", "`length` must be a whole number of at least 1"),
+            ("digit_task(sort, count: 10)", "`digit_task` needs the string lengths"),
+            (
+                "digit_task(sort, length: 2, count: 101)",
+                "101 rows asked for, but there are only 100 distinct digit strings of these lengths",
+            ),
+            ("digit_task(sort, length: 20, count: 10000000)", "10000000 rows of up to 20 digits are too many to generate"),
+            ("digit_task(sort, length: 2, count: 10, size: 3)", "unexpected argument to `digit_task`"),
+        ] {
+            assert_eq!(parsed(call).unwrap_err(), title, "{call}");
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum Decoding {
 /// log-probability per token (fairseq's and Hugging Face's default).
 pub const DEFAULT_ALPHA: f64 = 1.0;
 
+/// The widest beam `exact_match` searches with (each row keeps `width`
+/// hypotheses and scores `width` × vocabulary extensions a step).
+pub const MAX_WIDTH: usize = 256;
+
 /// The forward function's second input for sequence-to-sequence data.
 pub const DECODER_INPUT: &str = "decoder_input";
 
@@ -38,17 +42,20 @@ pub(crate) fn decoder_input(cx: &mut Ctx, shape: &DataShape, span: Span) -> Opti
 /// `exact_match(greedy)`, `exact_match(beam: 4)` or `exact_match(beam: 4, alpha: 0.6)`.
 pub(super) fn decoding(cx: &Ctx, span: Span, args: &[CallArg]) -> Result<Decoding, ElabError> {
     let bad = || {
-        cx.err(ErrorKind::BadFieldValue {
+        cx.err(ErrorKind::Builtin {
             span,
-            field: "exact_match".into(),
-            expected: "`exact_match(greedy)` or `exact_match(beam: WIDTH)` (optionally with `alpha: NUMBER`, 0 or more)".into(),
+            title: "`exact_match` decodes with `greedy` or `beam: WIDTH`".into(),
+            label: "expected e.g. `exact_match(greedy)` or `exact_match(beam: 4)`".into(),
+            note: Some(format!(
+                "the beam width is 1 to {MAX_WIDTH}; `alpha: NUMBER` (0 or more, default 1) sets the length normalisation, as in `exact_match(beam: 4, alpha: 0.6)`"
+            )),
         })
     };
     match args {
         [a] if a.name.is_none() && matches!(&a.value.kind, ExprKind::Name(n) if n == "greedy") => Ok(Decoding::Greedy),
         [w, rest @ ..] if w.name.as_ref().is_some_and(|n| n.name == "beam") && rest.len() <= 1 => {
             let width = match cx.literal(&w.value) {
-                Some(v) if v >= 1.0 && v.fract() == 0.0 => v as usize,
+                Some(v) if (1.0..=MAX_WIDTH as f64).contains(&v) && v.fract() == 0.0 => v as usize,
                 _ => return Err(bad()),
             };
             let alpha = match rest {
