@@ -25,7 +25,7 @@ use crate::ast::{Span, TrainDef};
 use crate::diagnostic::Diagnostic;
 use crate::elaborate::error::ElabError;
 use crate::elaborate::value::{Arg, ModuleInst, Tensor, Value};
-use crate::elaborate::{Ctx, Session};
+use crate::elaborate::{Ctx, DataShape, Session};
 use crate::ir::{Dim, Graph, InputKind, Node, Op, Shape, TensorType, ValueId};
 use crate::ops::Window;
 
@@ -144,16 +144,19 @@ impl Session<'_> {
             Some(shape) => shape.x_type(Dim::Sym("B".into())),
             None => TensorType::f32(Shape(vec![Dim::Sym("B".into()), Dim::Known(plan.features)])),
         };
-        self.model_info_inner(t, x_type, data).map_err(|e| vec![e.to_diagnostic()])
+        let shape = self.data_shape(&plan.data).cloned();
+        self.model_info_inner(t, x_type, shape, data).map_err(|e| vec![e.to_diagnostic()])
     }
 
-    fn model_info_inner(&self, t: &TrainDef, x_type: TensorType, data: String) -> Result<ModelInfo, ElabError> {
+    fn model_info_inner(&self, t: &TrainDef, x_type: TensorType, shape: Option<DataShape>, data: String) -> Result<ModelInfo, ElabError> {
         let mut cx = Ctx::new(self);
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
         let (x, input) = batch_input(&mut cx, x_type, t.data.span);
         cx.layers = Some(LayerRecorder::default());
-        let arg = Arg { name: None, value: Value::Tensor(x.clone()), span: t.data.span };
-        cx.call(Value::Module(model.clone()), vec![arg], t.model.span, t.model.span)?;
+        let mut args = vec![Arg { name: None, value: Value::Tensor(x.clone()), span: t.data.span }];
+        // A sequence-to-sequence model also takes the decoder input.
+        args.extend(shape.and_then(|s| crate::elaborate::seq2seq::decoder_input(&mut cx, &s, t.data.span)));
+        cx.call(Value::Module(model.clone()), args, t.model.span, t.model.span)?;
         let (records, windows) = cx.layers.take().map(|r| (r.layers, r.windows)).unwrap_or_default();
         let costs = NodeCosts::new(&cx.graph, x.id, &windows);
         let layers = records.iter().map(|r| costs.layer(r, &cx.graph)).collect();

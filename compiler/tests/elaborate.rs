@@ -13,6 +13,7 @@ fn digits() -> DataShape {
         classes: Some(10),
         label_width: None,
         splits: vec![("train".into(), 100), ("test".into(), 20)],
+        seq2seq: None,
     }
 }
 
@@ -91,4 +92,58 @@ fn a_module_constant_names_its_axis() {
          train m = M(10) on digits.train {{ loss = cross_entropy  optimizer = sgd(lr: 0.1)  batch = 10  epochs = 1 }}"
     );
     assert_eq!(plan_error(&src), None);
+}
+
+/// A sequence-to-sequence model: `forward(source, decoder_input)`, decoded by
+/// `exact_match`, whose spellings give these labels; bad spellings are refused.
+#[test]
+fn exact_match_metrics_and_the_decoder_input() {
+    let pairs = DataShape {
+        features: 5,
+        features_int: true,
+        label_int: true,
+        classes: Some(13),
+        label_width: Some(6),
+        splits: vec![("train".into(), 100), ("test".into(), 20)],
+        seq2seq: Some(nnc_compiler::elaborate::Seq2Seq { pad: 0, bos: 1, eos: 2 }),
+    };
+    let src = |metrics: &str| {
+        format!(
+            "data pairs = digit_task(reverse, length: [2, 4], count: 120) {{ train = rows[..100]  test = rows[100..] }}
+             module Copy {{ param E: [13, 8] = zeros  param W: [8, 13] = zeros
+               fn forward(src: [B, 5] int, tgt: [B, 5] int) -> [B, 5, 13] = (embedding(src, E) + embedding(tgt, E)) @ W }}
+             fn loss(m: Copy, x: [B, 5] int, y: [B, 6] int) -> scalar = cross_entropy(m(x, y[:, :-1]), y[:, 1:])
+             train m = Copy on pairs.train {{ loss = loss  optimizer = adam  batch = 10  epochs = 1  metrics = [{metrics}] }}"
+        )
+    };
+    let plan = |metrics: &str| {
+        let program = syntax::parse(&src(metrics)).unwrap();
+        let mut s = Session::new(&program).unwrap();
+        s.add_data("pairs", pairs.clone());
+        let train = program.items.iter().find_map(|i| match i {
+            nnc_compiler::ast::Item::Train(t) => Some(t),
+            _ => None,
+        });
+        s.train_plan(train.unwrap()).map_err(|d| d[0].title.clone())
+    };
+    let ok = plan("exact_match(greedy) on pairs.test, exact_match(beam: 4) on pairs.test, exact_match(beam: 2, alpha: 0.5) on pairs.test")
+        .expect("a plan");
+    let labels: Vec<String> = ok.metrics.iter().map(|m| m.label()).collect();
+    assert_eq!(
+        labels,
+        ["exact_match(greedy) on pairs.test", "exact_match(beam: 4) on pairs.test", "exact_match(beam: 2, alpha: 0.5) on pairs.test"]
+    );
+    let decoder = ok.forward_graph.input("decoder_input").expect("the forward takes the decoder input");
+    assert_eq!(ok.forward_graph.ty(decoder).dtype, DType::I32);
+    assert_eq!(ok.forward_graph.shape(decoder).to_string(), "[B, 5]");
+    for bad in [
+        "exact_match(beam: 0)",
+        "exact_match(beam: 1000)",
+        "exact_match(beam: 4, alpha: -1)",
+        "exact_match(top_k: 3)",
+        "exact_match(greedy, beam: 2)",
+    ] {
+        let err = plan(&format!("{bad} on pairs.test")).expect_err(bad);
+        assert_eq!(err, "`exact_match` decodes with `greedy` or `beam: WIDTH`", "{bad}");
+    }
 }

@@ -59,6 +59,8 @@ struct Options<'a> {
     bpe: Option<usize>,
     /// `mask:` / `typos:` / `seed:`: a self-supervised task instead of next tokens.
     task: TextTask,
+    /// `digit_task(...)`: generated source and target sequences.
+    generated: Option<crate::tasks::TaskSpec>,
     source: &'a Expr,
 }
 
@@ -76,10 +78,10 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
         ));
     };
     let kind = match &callee.kind {
-        ExprKind::Name(n) if matches!(n.as_str(), "csv" | "idx" | "text") => n.as_str(),
+        ExprKind::Name(n) if matches!(n.as_str(), "csv" | "idx" | "text" | "digit_task") => n.as_str(),
         _ => {
-            return Err(error(callee.span, "unknown data source", "expected `csv`, `idx` or `text`")
-                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER), text(path, context: TOKENS)"))
+            return Err(error(callee.span, "unknown data source", "expected `csv`, `idx`, `text` or `digit_task`")
+                .note("data sources: csv(path, label: COLUMN | target: COLUMN, scale: NUMBER, standardize: SPLIT), idx(images: FILES, labels: FILES, scale: NUMBER), text(path, context: TOKENS), digit_task(reverse | sort, length: [MIN, MAX], count: ROWS, seed: N)"))
         }
     };
     let mut path = None;
@@ -92,11 +94,18 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
         context: None,
         bpe: None,
         task: TextTask::default(),
+        generated: None,
         source,
     };
     match kind {
         "idx" => return idx_options(args, opts),
         "text" => return text_options(args, opts),
+        "digit_task" => {
+            opts.generated = Some(crate::tasks::parse(args, source.span)?);
+            opts.path = ("digit_task".into(), callee.span);
+            opts.label = Some(("target".into(), source.span, true));
+            return Ok(opts);
+        }
         _ => {}
     }
     for a in args {
@@ -276,6 +285,15 @@ pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
     let Some((label, label_span, is_class)) = &opts.label else {
         return Err(error(opts.source.span, "`csv` needs a label column", "here"));
     };
+    if let Some(task) = &opts.generated {
+        let table = crate::tasks::generate(task);
+        let width = table.labels.ncols();
+        let mut data = finish(def, opts, table, Some(crate::tasks::VOCAB), true)?;
+        data.shape.features_int = true;
+        data.shape.label_width = Some(width);
+        data.shape.seq2seq = Some(crate::tasks::TOKENS);
+        return Ok(data);
+    }
     if let Some(context) = opts.context {
         let (mut table, vocab) = load_text(&path, context, opts.bpe, path_text, *path_span)?;
         let (classes, label_width, masking) = opts.task.apply(&mut table, vocab.len())?;
@@ -396,6 +414,7 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
         label_int: is_class,
         classes,
         label_width: None,
+        seq2seq: None,
         splits: splits.iter().map(|(n, s)| (n.clone(), s.x.nrows())).collect(),
     };
     Ok(Dataset { name: def.name.name.clone(), splits, shape, vocab: None })

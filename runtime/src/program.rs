@@ -105,6 +105,12 @@ impl<'p> Runner<'p> {
                     line.push_str(&format!(", {} {}", m.label(), train::format_metric(m.kind, *v)));
                 }
                 self.summary.say(line);
+                for (label, rows) in &result.decodes {
+                    self.summary.say(format!("  {label}, first rows:"));
+                    for row in rows {
+                        self.summary.say(format!("    {row}"));
+                    }
+                }
                 self.session.add_trained(&plan.name, &t.model);
                 self.summary.runs.push((plan.name.clone(), result));
                 Ok(())
@@ -249,6 +255,7 @@ pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
                     MetricKind::Accuracy => top.insert("test_accuracy".into(), json!(v)),
                     MetricKind::Mse => top.insert("test_mse".into(), json!(v)),
                     MetricKind::Loss => top.insert("test_loss".into(), json!(v)),
+                    MetricKind::ExactMatch(_) => None,
                 };
             }
         }
@@ -269,7 +276,7 @@ pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
         .iter()
         .map(|(n, r)| {
             let metrics: Map<String, Value> = r.metrics.iter().map(|(m, v)| (m.label(), json!(v))).collect();
-            let v = json!({
+            let mut v = json!({
                 "epochs": r.epoch_losses.len(),
                 "train_loss": r.epoch_losses.last(),
                 "metrics": metrics,
@@ -277,6 +284,10 @@ pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
                 "train_seconds": r.train_time.as_secs_f64(),
                 "compile_ms": r.compile_time.as_secs_f64() * 1e3,
             });
+            if !r.decodes.is_empty() {
+                let decodes: Map<String, Value> = r.decodes.iter().map(|(label, rows)| (label.clone(), json!(rows))).collect();
+                v["decodes"] = Value::Object(decodes);
+            }
             (n.clone(), v)
         })
         .collect();

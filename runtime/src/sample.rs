@@ -136,7 +136,7 @@ impl Generator {
                     Vec::new()
                 }
             };
-            let best = beam_search(&mut scorer, &ids, tokens, width);
+            let best = beam_search(&mut scorer, &ids, tokens, Beam::fixed(width));
             if let Some(d) = fault {
                 return Err(d);
             }
@@ -205,42 +205,136 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&v| f64::from(v) - lse).collect()
 }
 
-/// The result of `beam_search`: the whole sequence (prompt included) and its
-/// summed log-probability.
+/// The result of `beam_search`: the whole sequence (prompt included), its
+/// summed log-probability, and the score it won by (see `Beam`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hypothesis {
     pub tokens: Vec<u32>,
     pub log_prob: f64,
+    pub score: f64,
 }
 
-/// Beam search: keep the `width` best partial continuations of `prompt`; at each
-/// of `steps` steps extend every one by every token (log-probabilities from
-/// `log_probs(sequence)`, summed along the way) and keep the `width` best by
-/// summed log-probability; the best at the end wins. Every continuation has
-/// `steps` tokens, so there is no length normalisation to apply (it matters
-/// once hypotheses can end early at an end token). Width 1 is greedy decoding;
-/// a width of at least `V^(steps−1)` keeps every sequence and is exact.
-pub fn beam_search(log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>, prompt: &[u32], steps: usize, width: usize) -> Hypothesis {
-    let mut beams = vec![(prompt.to_vec(), 0.0f64)];
-    for _ in 0..steps {
-        let mut next: Vec<(Vec<u32>, f64)> = Vec::new();
-        for (seq, lp) in &beams {
-            for (t, l) in log_probs(seq).into_iter().enumerate() {
-                let mut s = seq.clone();
-                s.push(t as u32);
-                next.push((s, lp + l));
-            }
+/// How `beam_search` searches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Beam {
+    /// Hypotheses kept at each step; 1 is greedy decoding.
+    pub width: usize,
+    /// The token that ends a hypothesis (EOS); `None`: every continuation
+    /// runs for all `steps` tokens.
+    pub end: Option<u32>,
+    /// Length normalisation: a hypothesis of n generated tokens (its end
+    /// token included) scores log-probability / n^alpha. 0 ranks by the
+    /// summed log-probability, which favours short hypotheses; 1 by the mean
+    /// log-probability per token.
+    pub alpha: f64,
+}
+
+impl Beam {
+    /// Continuations of a fixed length (no end token): length normalisation
+    /// cannot change the winner, so there is none.
+    pub fn fixed(width: usize) -> Beam {
+        Beam { width, end: None, alpha: 0.0 }
+    }
+
+    fn score(&self, log_prob: f64, generated: usize) -> f64 {
+        if self.alpha == 0.0 {
+            log_prob
+        } else {
+            log_prob / (generated.max(1) as f64).powf(self.alpha)
         }
-        // Best first; ties broken by the token sequence so the result is deterministic.
-        next.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        next.truncate(width.max(1));
-        if next.is_empty() {
+    }
+}
+
+/// Beam search from one prompt: see `beam_search_many`.
+pub fn beam_search(log_probs: &mut dyn FnMut(&[u32]) -> Vec<f64>, prompt: &[u32], steps: usize, beam: Beam) -> Hypothesis {
+    let mut batched = |queries: &[(usize, &[u32])]| queries.iter().map(|(_, seq)| log_probs(seq)).collect();
+    let prompts = [prompt.to_vec()];
+    let mut best = beam_search_many(&mut batched, &prompts, steps, beam);
+    best.pop().unwrap_or(Hypothesis { tokens: prompt.to_vec(), log_prob: 0.0, score: 0.0 })
+}
+
+/// Next-token log-probabilities of `(prompt index, sequence)` pairs, one
+/// vector per pair (see `beam_search_many`).
+pub type Scorer<'a> = dyn FnMut(&[(usize, &[u32])]) -> Vec<Vec<f64>> + 'a;
+
+/// Beam search from several prompts in lockstep, so that one call of
+/// `log_probs` scores the hypotheses of every prompt at once. `log_probs`
+/// gets `(prompt index, sequence)` pairs and returns each sequence's
+/// next-token log-probabilities.
+///
+/// Each prompt keeps the `width` best partial hypotheses. At each of up to
+/// `steps` steps every one is extended by every token, with log-probabilities
+/// summed along the way, and the `width` best extensions by summed
+/// log-probability are kept (all have the same length, so this is also their
+/// order by normalised score). Those ending in `end` are finished and leave
+/// the beam; the others go on. Unfinished hypotheses after `steps` tokens are
+/// finished as they are. The best finished hypothesis by normalised score
+/// (`Beam::alpha`) wins.
+///
+/// A prompt stops early once no hypothesis left can beat its best finished
+/// one: log-probabilities only fall, so a hypothesis at log-probability l
+/// cannot finish above l / steps^alpha. Width 1 is greedy decoding (stopping
+/// at `end`); a width of at least V^steps keeps every hypothesis and is exact.
+pub fn beam_search_many(log_probs: &mut Scorer<'_>, prompts: &[Vec<u32>], steps: usize, beam: Beam) -> Vec<Hypothesis> {
+    struct Search {
+        prompt: usize,
+        alive: Vec<(Vec<u32>, f64)>,
+        best: Option<Hypothesis>,
+    }
+    let finish = |s: &mut Search, tokens: Vec<u32>, log_prob: f64| {
+        let score = beam.score(log_prob, tokens.len() - s.prompt);
+        let better = match &s.best {
+            None => true,
+            Some(b) => score > b.score || (score == b.score && tokens < b.tokens),
+        };
+        if better {
+            s.best = Some(Hypothesis { tokens, log_prob, score });
+        }
+    };
+    let mut searches: Vec<Search> = prompts.iter().map(|p| Search { prompt: p.len(), alive: vec![(p.clone(), 0.0)], best: None }).collect();
+    for _ in 0..steps {
+        let queries: Vec<(usize, &[u32])> =
+            searches.iter().enumerate().flat_map(|(i, s)| s.alive.iter().map(move |(seq, _)| (i, seq.as_slice()))).collect();
+        if queries.is_empty() {
             break;
         }
-        beams = next;
+        let mut scores = log_probs(&queries).into_iter();
+        for s in &mut searches {
+            let mut next: Vec<(Vec<u32>, f64)> = Vec::new();
+            for (seq, lp) in &s.alive {
+                for (t, l) in scores.next().unwrap_or_default().into_iter().enumerate() {
+                    let mut longer = seq.clone();
+                    longer.push(t as u32);
+                    next.push((longer, lp + l));
+                }
+            }
+            // Best first; ties broken by the token sequence so the result is deterministic.
+            next.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            next.truncate(beam.width.max(1));
+            s.alive.clear();
+            for (seq, lp) in next {
+                if beam.end.is_some() && seq.last().copied() == beam.end {
+                    finish(s, seq, lp);
+                } else {
+                    s.alive.push((seq, lp));
+                }
+            }
+            let reachable = s.alive.first().map_or(f64::NEG_INFINITY, |(_, lp)| beam.score(*lp, steps));
+            if s.best.as_ref().is_some_and(|b| b.score > reachable) {
+                s.alive.clear();
+            }
+        }
     }
-    let (tokens, log_prob) = beams.into_iter().next().unwrap_or((prompt.to_vec(), 0.0));
-    Hypothesis { tokens, log_prob }
+    searches
+        .into_iter()
+        .zip(prompts)
+        .map(|(mut s, prompt)| {
+            for (seq, lp) in std::mem::take(&mut s.alive) {
+                finish(&mut s, seq, lp);
+            }
+            s.best.unwrap_or(Hypothesis { tokens: prompt.clone(), log_prob: 0.0, score: 0.0 })
+        })
+        .collect()
 }
 
 /// `nnc sample`: the prompt and its continuation.
@@ -299,11 +393,11 @@ mod tests {
         let prompt = [1u32, 2];
         let (best, best_lp) = exhaustive(&prompt, 6);
         // Wide enough to keep every prefix: exact.
-        let wide = beam_search(&mut |s| toy(s), &prompt, 6, 3usize.pow(5));
+        let wide = beam_search(&mut |s| toy(s), &prompt, 6, Beam::fixed(3usize.pow(5)));
         assert_eq!(wide.tokens, best);
         assert!((wide.log_prob - best_lp).abs() < 1e-12);
         // Width 1 is greedy decoding, never better than the optimum.
-        let greedy = beam_search(&mut |s| toy(s), &prompt, 6, 1);
+        let greedy = beam_search(&mut |s| toy(s), &prompt, 6, Beam::fixed(1));
         let mut seq = prompt.to_vec();
         for _ in 0..6 {
             let lp = toy(&seq);
@@ -314,10 +408,105 @@ mod tests {
         assert!(greedy.log_prob <= best_lp + 1e-12);
         // No width beats the optimum, and each result's log-probability is its sequence's.
         for width in [2, 4, 9, 27] {
-            let h = beam_search(&mut |s| toy(s), &prompt, 6, width);
+            let h = beam_search(&mut |s| toy(s), &prompt, 6, Beam::fixed(width));
             assert!(h.log_prob <= best_lp + 1e-12, "width {width}");
             let replay: f64 = (prompt.len()..h.tokens.len()).map(|i| toy(&h.tokens[..i])[h.tokens[i] as usize]).sum();
             assert!((replay - h.log_prob).abs() < 1e-12, "width {width}");
+        }
+    }
+
+    /// Token 0 ends a hypothesis in these tests.
+    const END: u32 = 0;
+
+    /// The best hypothesis by normalised score among all that end at `END`
+    /// within `steps` tokens or run for all `steps` without it, by brute force.
+    fn exhaustive_ended(prompt: &[u32], steps: u32, alpha: f64) -> (Vec<u32>, f64) {
+        let mut best = (Vec::new(), f64::NEG_INFINITY);
+        for len in 1..=steps {
+            for code in 0..3u32.pow(len) {
+                let tokens: Vec<u32> = (0..len).map(|i| code / 3u32.pow(len - 1 - i) % 3).collect();
+                // END only last; without END only at full length.
+                let ended = tokens.last() == Some(&END);
+                if tokens[..tokens.len() - 1].contains(&END) || (!ended && len < steps) {
+                    continue;
+                }
+                let mut seq = prompt.to_vec();
+                let mut lp = 0.0;
+                for &t in &tokens {
+                    lp += toy(&seq)[t as usize];
+                    seq.push(t);
+                }
+                let score = lp / f64::from(len).powf(alpha);
+                if score > best.1 {
+                    best = (seq, score);
+                }
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn length_normalised_beam_search_with_end_tokens_finds_the_exhaustive_optimum() {
+        let mut winners_differ = false;
+        for prompt in [[1u32, 2], [2, 2], [1, 1], [2, 1]] {
+            let mut winners = Vec::new();
+            for alpha in [0.0, 0.6, 1.0] {
+                let (best, best_score) = exhaustive_ended(&prompt, 5, alpha);
+                let beam = Beam { width: 3usize.pow(5), end: Some(END), alpha };
+                let wide = beam_search(&mut |s| toy(s), &prompt, 5, beam);
+                assert_eq!(wide.tokens, best, "prompt {prompt:?}, alpha {alpha}");
+                assert!((wide.score - best_score).abs() < 1e-12);
+                // Narrow beams never beat the optimum and score their own sequence.
+                for width in [1, 2, 4] {
+                    let h = beam_search(&mut |s| toy(s), &prompt, 5, Beam { width, ..beam });
+                    assert!(h.score <= best_score + 1e-12);
+                    let replay: f64 = (prompt.len()..h.tokens.len()).map(|i| toy(&h.tokens[..i])[h.tokens[i] as usize]).sum();
+                    assert!((replay - h.log_prob).abs() < 1e-12);
+                    let n = (h.tokens.len() - prompt.len()) as f64;
+                    assert!((h.score - h.log_prob / n.powf(alpha)).abs() < 1e-12);
+                }
+                winners.push(best);
+            }
+            winners_differ |= winners[0] != winners[2];
+        }
+        // Normalisation matters here: summed log-probabilities prefer shorter hypotheses.
+        assert!(winners_differ, "alpha 0 and 1 pick the same hypothesis for every prompt");
+    }
+
+    #[test]
+    fn width_one_with_an_end_token_is_greedy_decoding() {
+        for prompt in [[1u32, 2], [2, 2], [1, 1], [2, 1]] {
+            let mut seq = prompt.to_vec();
+            while seq.len() < prompt.len() + 5 {
+                let lp = toy(&seq);
+                let t = (0..3).fold(0, |b, i| if lp[i] > lp[b] { i } else { b }) as u32;
+                seq.push(t);
+                if t == END {
+                    break;
+                }
+            }
+            let h = beam_search(&mut |s| toy(s), &prompt, 5, Beam { width: 1, end: Some(END), alpha: 1.0 });
+            assert_eq!(h.tokens, seq);
+        }
+    }
+
+    #[test]
+    fn prompts_searched_in_lockstep_match_one_at_a_time() {
+        let prompts: Vec<Vec<u32>> = vec![vec![1, 2], vec![2], vec![1, 1, 2], vec![2, 1]];
+        let beam = Beam { width: 3, end: Some(END), alpha: 1.0 };
+        let mut calls = 0;
+        let many = beam_search_many(
+            &mut |q| {
+                calls += 1;
+                q.iter().map(|(_, s)| toy(s)).collect()
+            },
+            &prompts,
+            6,
+            beam,
+        );
+        assert!(calls <= 6, "one call per step");
+        for (p, h) in prompts.iter().zip(&many) {
+            assert_eq!(*h, beam_search(&mut |s| toy(s), p, 6, beam));
         }
     }
 

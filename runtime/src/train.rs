@@ -12,7 +12,7 @@ use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
-use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, TrainPlan, HYPER_SEED};
+use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, Seq2Seq, TrainPlan, HYPER_SEED};
 use nnc_compiler::ir::SizeEnv;
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,6 +46,9 @@ pub struct TrainResult {
     pub step_time: Duration,
     /// Seconds from process start to the end of the first step.
     pub first_step_at: Option<Duration>,
+    /// The first rows each `exact_match` metric decoded after the last epoch,
+    /// by metric label (`crate::decode::Decoded::describe`).
+    pub decodes: Vec<(String, Vec<String>)>,
 }
 
 pub struct TrainOptions<'a> {
@@ -228,6 +231,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     result.train_time = started.elapsed();
     result.steps = step;
     result.compile_time += evaluators.compile_time;
+    result.decodes = evaluators.decodes;
     result.params = params;
     Ok(result)
 }
@@ -303,7 +307,7 @@ fn format_epoch(epoch: usize, epochs: usize, loss: f64, metrics: &[(MetricSpec, 
 
 pub fn format_metric(kind: MetricKind, v: f64) -> String {
     match kind {
-        MetricKind::Accuracy => format!("{:.2}%", v * 100.0),
+        MetricKind::Accuracy | MetricKind::ExactMatch(_) => format!("{:.2}%", v * 100.0),
         MetricKind::Loss | MetricKind::Mse => format!("{v:.5}"),
     }
 }
@@ -365,6 +369,8 @@ struct Evaluator<'d> {
     rest: Option<Exec>,
     split: &'d Split,
     chunk: usize,
+    /// The special tokens of sequence-to-sequence data (for `exact_match`).
+    tokens: Option<Seq2Seq>,
 }
 
 impl Evaluator<'_> {
@@ -377,6 +383,8 @@ impl Evaluator<'_> {
 struct Evaluators<'d> {
     entries: Vec<Evaluator<'d>>,
     compile_time: Duration,
+    /// The first rows decoded by each `exact_match`, from the last evaluation.
+    decodes: Vec<(String, Vec<String>)>,
 }
 
 impl<'d> Evaluators<'d> {
@@ -384,25 +392,34 @@ impl<'d> Evaluators<'d> {
         let t0 = Instant::now();
         let mut entries = Vec::new();
         for m in &plan.metrics {
-            let split = datasets
-                .iter()
-                .find(|d| d.name == m.data)
-                .and_then(|d| d.split(&m.split))
-                .ok_or_else(|| Diagnostic::new("metric data not loaded").label(m.span, "here"))?;
+            let data = datasets.iter().find(|d| d.name == m.data);
+            let split =
+                data.and_then(|d| d.split(&m.split)).ok_or_else(|| Diagnostic::new("metric data not loaded").label(m.span, "here"))?;
+            let tokens = data.and_then(|d| d.shape.seq2seq);
             let graph = match m.kind {
                 MetricKind::Loss => &plan.loss_graph,
-                MetricKind::Accuracy | MetricKind::Mse => &plan.forward_graph,
+                MetricKind::Accuracy | MetricKind::Mse | MetricKind::ExactMatch(_) => &plan.forward_graph,
             };
             let n = split.x.nrows();
-            let chunk = n.clamp(1, EVAL_CHUNK);
+            let chunk = match (m.kind, tokens) {
+                // Decoding scores every hypothesis of every row at each step,
+                // padding the last chunk: one compiled batch size.
+                (MetricKind::ExactMatch(d), Some(t)) => {
+                    let chunk = (n * crate::decode::beam(d, t).width).clamp(1, EVAL_CHUNK);
+                    let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
+                    entries.push(Evaluator { spec: m.clone(), full, rest: None, split, chunk, tokens });
+                    continue;
+                }
+                _ => n.clamp(1, EVAL_CHUNK),
+            };
             let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
             let rest = match n % chunk {
                 0 => None,
                 r => Some(Exec::compile(graph, &sizes(r), &[]).map_err(|e| compile_error(plan, e))?),
             };
-            entries.push(Evaluator { spec: m.clone(), full, rest, split, chunk });
+            entries.push(Evaluator { spec: m.clone(), full, rest, split, chunk, tokens });
         }
-        Ok(Evaluators { entries, compile_time: t0.elapsed() })
+        Ok(Evaluators { entries, compile_time: t0.elapsed(), decodes: Vec::new() })
     }
 
     fn evaluate(&mut self, plan: &TrainPlan, params: &Params) -> Result<Vec<(MetricSpec, f64)>, Diagnostic> {
@@ -412,6 +429,13 @@ impl<'d> Evaluators<'d> {
                 for (path, _, v) in &params.tensors {
                     exec.set(path, v);
                 }
+            }
+            if let (MetricKind::ExactMatch(d), Some(tokens)) = (e.spec.kind, e.tokens) {
+                let (value, shown) = crate::decode::exact_match(&mut e.full, e.chunk, d, tokens, e.split)?;
+                self.decodes.retain(|(label, _)| *label != e.spec.label());
+                self.decodes.push((e.spec.label(), shown.iter().map(|r| r.describe(tokens.eos)).collect()));
+                out.push((e.spec.clone(), value));
+                continue;
             }
             let (x, y) = (e.split.x.as_slice().unwrap_or(&[]), e.split.y.as_slice().unwrap_or(&[]));
             let (n, f, w) = (e.split.x.nrows(), e.split.x.ncols(), e.split.y.ncols());
@@ -426,13 +450,14 @@ impl<'d> Evaluators<'d> {
                 exec.run()?;
                 match e.spec.kind {
                     MetricKind::Loss => loss_sum += f64::from(exec.output(0).first().copied().unwrap_or(f32::NAN)) * (end - start) as f64,
-                    MetricKind::Accuracy | MetricKind::Mse => outputs.extend_from_slice(exec.output(0)),
+                    MetricKind::Accuracy | MetricKind::Mse | MetricKind::ExactMatch(_) => outputs.extend_from_slice(exec.output(0)),
                 }
             }
             let value = match e.spec.kind {
                 MetricKind::Loss => loss_sum / n.max(1) as f64,
                 MetricKind::Accuracy => accuracy(&outputs, y, plan),
                 MetricKind::Mse => mse(&outputs, y),
+                MetricKind::ExactMatch(_) => f64::NAN,
             };
             out.push((e.spec.clone(), value));
         }

@@ -15,6 +15,17 @@ pub struct ElabError {
     pub context: Vec<(Span, String)>,
 }
 
+/// Why a metric does not fit its data (see `ErrorKind::SequenceMetric`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SequenceMetricProblem {
+    /// `exact_match` on data without target sequences.
+    NoTargets,
+    /// `exact_match` on sequences of other widths than the training data's.
+    OtherShape { train_data: String },
+    /// `accuracy` or `mse` on target sequences.
+    PerRow,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum ErrorKind {
     UnknownName {
@@ -217,6 +228,29 @@ pub enum ErrorKind {
         label: String,
         note: Option<String>,
     },
+    /// A metric that does not fit its data: `exact_match` without target
+    /// sequences (or with other widths than the model trains on), `accuracy`
+    /// or `mse` on them.
+    SequenceMetric {
+        span: Span,
+        metric: String,
+        data: String,
+        problem: SequenceMetricProblem,
+    },
+    /// A sequence-to-sequence model whose `forward` does not give next-token
+    /// logits for every position of the decoder input.
+    DecoderOutput {
+        span: Span,
+        found: Shape,
+        decoder_input: Shape,
+    },
+    /// A model trained on sequence-to-sequence data whose `forward` takes the
+    /// source alone; `widths` are those of the source and the decoder input.
+    DecoderInputMissing {
+        span: Span,
+        def_span: Option<Span>,
+        widths: (usize, usize),
+    },
     /// A bug in a derivative rule or in the elaborator itself.
     /// A loss that reads data other than its batch (`digits.test.x`) or a tensor `let`.
     ForeignInput {
@@ -322,7 +356,7 @@ fn with_suggestion(d: Diagnostic, suggestion: Option<String>) -> Diagnostic {
 
 const INITIALISERS: &[&str] = &["zeros", "ones", "normal", "uniform", "he_normal", "xavier_uniform", "xavier_normal"];
 const OPTIMIZERS: &[&str] = &["gd", "sgd", "momentum", "nesterov", "adam", "adamw"];
-const METRICS: &[&str] = &["loss", "accuracy", "mse"];
+const METRICS: &[&str] = &["loss", "accuracy", "mse", "exact_match"];
 use super::train::FIELDS as TRAIN_SETTINGS;
 
 impl ElabError {
@@ -561,7 +595,7 @@ impl ErrorKind {
                 Diagnostic::new(format!("unknown metric `{name}`")).label(*span, "not a metric"),
                 closest(name, METRICS.iter().copied()),
             )
-            .note("the metrics are loss, accuracy and mse, as in `metrics = [accuracy on digits.test]`"),
+            .note("the metrics are loss, accuracy, mse and exact_match(greedy | beam: WIDTH), as in `metrics = [accuracy on digits.test]`"),
             MissingField { span, field } => {
                 let example = match field.as_str() {
                     "optimizer" => "`optimizer = adam(lr: 1e-3)`",
@@ -623,6 +657,41 @@ impl ErrorKind {
                     Some(n) => d.note(n.clone()),
                     None => d,
                 }
+            }
+            SequenceMetric { span, metric, data, problem } => match problem {
+                SequenceMetricProblem::NoTargets => {
+                    Diagnostic::new(format!("`{metric}` decodes target sequences, but `{data}` has none"))
+                        .label(*span, format!("`{data}` is not a sequence-to-sequence data set"))
+                        .note("`exact_match` compares the sequence the model decodes with each row's target: it needs data such as `digit_task(reverse, length: [8, 12], count: 1000)` and a model whose `forward` takes the source and the decoder input")
+                }
+                SequenceMetricProblem::OtherShape { train_data } => Diagnostic::new(format!(
+                    "`{metric}` on `{data}` needs sequences shaped like the training data `{train_data}`"
+                ))
+                .label(*span, format!("the model is compiled for the source and target widths of `{train_data}`"))
+                .note("declare the evaluation rows as a split of the training data set"),
+                SequenceMetricProblem::PerRow => {
+                    Diagnostic::new(format!("`{metric}` compares one prediction per row with its label, but `{data}` holds target sequences"))
+                        .label(*span, "not a per-row metric of a sequence-to-sequence model")
+                        .note(format!("help: measure it with `exact_match(greedy) on {data}.SPLIT` or `loss on {data}.SPLIT`"))
+                }
+            },
+            DecoderOutput { span, found, decoder_input } => {
+                Diagnostic::new(format!("the model returns {found}, but a sequence-to-sequence model must return next-token logits for its decoder input {decoder_input}"))
+                    .label(*span, format!("`forward(x, decoder_input)` returns {found}"))
+                    .note(format!("the logits must be {}, the decoder input's shape followed by the vocabulary", {
+                        let mut d: Vec<String> = decoder_input.dims().iter().map(ToString::to_string).collect();
+                        d.push("V".into());
+                        format!("[{}]", d.join(", "))
+                    }))
+            }
+            DecoderInputMissing { span, def_span, widths: (s, t) } => {
+                let d = Diagnostic::new("on sequence-to-sequence data the model is called as `m(source, decoder_input)`, but its `forward` takes one argument")
+                    .label(*span, "this model is trained on source and target sequences");
+                let d = match def_span {
+                    Some(def) => d.label(*def, "`forward` is defined here"),
+                    None => d,
+                };
+                d.note(format!("help: declare `fn forward(src: [B, {s}] int, tgt: [B, {t}] int) -> [B, {t}, V]`: `tgt` is the target without its last position, `y[:, :-1]` in the loss (teacher forcing), and the prefix decoded so far in `exact_match`"))
             }
             ForeignInput { span, name } => Diagnostic::new(format!("the loss uses `{name}`, which is not part of a training batch"))
                 .label(*span, format!("this loss reads `{name}`"))

@@ -7,6 +7,7 @@ pub mod builtins;
 pub mod error;
 mod expr;
 mod recurrence;
+pub mod seq2seq;
 mod sequence;
 pub mod train;
 pub mod value;
@@ -43,6 +44,22 @@ pub struct DataShape {
     pub label_width: Option<usize>,
     /// Row count of each split, by name.
     pub splits: Vec<(String, usize)>,
+    /// Source and target sequences (`digit_task(...)`): the model's `forward`
+    /// takes the source and the decoder input (see `Seq2Seq`).
+    pub seq2seq: Option<Seq2Seq>,
+}
+
+/// The special tokens of a sequence-to-sequence data set. A row's `x` is the
+/// source, padded with `pad`; its `y` is the target `bos t1 … tn eos pad …`
+/// (`label_width` ids). The model is called as `m(x, y[:, :-1])`: its
+/// `forward` takes the source and the decoder input (teacher forcing in
+/// training, the prefix decoded so far in `exact_match`) and returns
+/// next-token logits `[B, label_width − 1, V]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seq2Seq {
+    pub pad: u32,
+    pub bos: u32,
+    pub eos: u32,
 }
 
 impl DataShape {
@@ -58,6 +75,13 @@ impl DataShape {
         let mut dims = vec![rows];
         dims.extend(self.label_width.map(Dim::Known));
         TensorType { shape: Shape(dims), dtype }
+    }
+
+    /// The decoder input of a sequence-to-sequence model, `[rows, T − 1] int`
+    /// (the target without its last position); `None` for other data.
+    pub fn decoder_input_type(&self, rows: Dim) -> Option<TensorType> {
+        let width = self.label_width?.checked_sub(1)?;
+        self.seq2seq.map(|_| TensorType { shape: Shape(vec![rows, Dim::Known(width)]), dtype: DType::I32 })
     }
 }
 

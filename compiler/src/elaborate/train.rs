@@ -3,6 +3,8 @@
 //! that codegen compiles into one native function.
 
 use super::error::ErrorKind;
+use super::seq2seq::{check_metric_data, decoder_input, decoding};
+pub use super::seq2seq::{Decoding, DECODER_INPUT, DEFAULT_ALPHA};
 use super::value::{Arg, Func, Tensor, Value};
 use super::{Ctx, ElabError, Scope, Session};
 use crate::ast::{Expr, ExprKind, Ident, Span, TrainDef};
@@ -79,11 +81,14 @@ pub enum ScheduleSpec {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum MetricKind {
     Loss,
     Accuracy,
     Mse,
+    /// The fraction of rows whose decoded sequence is the target, exactly
+    /// (sequence-to-sequence data: see `super::Seq2Seq`).
+    ExactMatch(Decoding),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -94,14 +99,23 @@ pub struct MetricSpec {
     pub span: Span,
 }
 
+impl MetricKind {
+    /// How the metric is written: `accuracy`, `exact_match(beam: 4)`.
+    pub fn name(&self) -> String {
+        match *self {
+            MetricKind::Loss => "loss".to_string(),
+            MetricKind::Accuracy => "accuracy".to_string(),
+            MetricKind::Mse => "mse".to_string(),
+            MetricKind::ExactMatch(Decoding::Greedy) => "exact_match(greedy)".to_string(),
+            MetricKind::ExactMatch(Decoding::Beam { width, alpha }) if alpha == DEFAULT_ALPHA => format!("exact_match(beam: {width})"),
+            MetricKind::ExactMatch(Decoding::Beam { width, alpha }) => format!("exact_match(beam: {width}, alpha: {alpha})"),
+        }
+    }
+}
+
 impl MetricSpec {
     pub fn label(&self) -> String {
-        let k = match self.kind {
-            MetricKind::Loss => "loss",
-            MetricKind::Accuracy => "accuracy",
-            MetricKind::Mse => "mse",
-        };
-        format!("{k} on {}.{}", self.data, self.split)
+        format!("{} on {}.{}", self.kind.name(), self.data, self.split)
     }
 }
 
@@ -201,7 +215,7 @@ impl<'p> Session<'p> {
             None => ScheduleSpec::Constant,
         };
         let metrics = match field("metrics") {
-            Some(f) => metric_specs(&cx, &f.value)?,
+            Some(f) => metric_specs(&cx, &f.value, &data, &shape)?,
             None => Vec::new(),
         };
         let file_field = |name: &str| -> Result<Option<(String, Span)>, ElabError> {
@@ -340,14 +354,34 @@ impl<'p> Session<'p> {
         Ok((cx, out.id, param_ids))
     }
 
-    /// The model applied to a batch: what accuracy and predictions use.
+    /// The model applied to a batch: what accuracy, decoding and predictions
+    /// use. A sequence-to-sequence model also takes the decoder input.
     fn forward_graph(&self, t: &TrainDef, shape: &super::DataShape) -> Result<Graph, ElabError> {
         let mut cx = Ctx::new(self);
         let model = cx.instantiate_expr(&t.model, "", t.model.span)?;
         let (x, _) = batch_inputs(&mut cx, shape, t.data.span);
-        let arg = Arg { name: None, value: Value::Tensor(x), span: t.data.span };
-        let out = cx.call(Value::Module(model), vec![arg], t.model.span, t.model.span)?;
+        let mut args = vec![Arg { name: None, value: Value::Tensor(x), span: t.data.span }];
+        args.extend(decoder_input(&mut cx, shape, t.data.span));
+        let out = match cx.call(Value::Module(model), args, t.model.span, t.model.span) {
+            // The model's own `forward` takes the source alone (a nested call's error has context).
+            Err(e) if e.context.is_empty() && matches!(&*e.kind, ErrorKind::Arity { expected: 1, found: 2, .. }) => {
+                let def_span = match &*e.kind {
+                    ErrorKind::Arity { def_span, .. } => *def_span,
+                    _ => None,
+                };
+                let widths = (shape.features, shape.label_width.unwrap_or(1).saturating_sub(1));
+                return Err(cx.err(ErrorKind::DecoderInputMissing { span: t.model.span, def_span, widths }));
+            }
+            r => r?,
+        };
         let out = cx.tensor_of(out, t.model.span)?;
+        // Decoding reads the logits of position i of the decoder input.
+        if let Some(ty) = shape.decoder_input_type(Dim::Sym("B".into())) {
+            let logits = cx.shape(&out);
+            if logits.rank() != 3 || logits.dims()[..2] != ty.shape.dims()[..] {
+                return Err(cx.err(ErrorKind::DecoderOutput { span: t.model.span, found: logits, decoder_input: ty.shape }));
+            }
+        }
         // Class ids index the logits: 9 outputs for 10 classes would silently never predict class 9.
         if let (true, Some(classes)) = (shape.label_int, shape.classes) {
             let logits = cx.shape(&out);
@@ -424,7 +458,7 @@ pub fn constant(e: &Expr, lookup: &dyn Fn(&str) -> Option<(f64, bool)>) -> Optio
 
 impl Ctx<'_, '_> {
     /// A constant, with top-level numeric `let`s in scope.
-    fn literal(&self, e: &Expr) -> Option<f64> {
+    pub(super) fn literal(&self, e: &Expr) -> Option<f64> {
         self.session.constant(e).map(|(v, _)| v)
     }
 }
@@ -571,7 +605,7 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
     }
 }
 
-fn metric_specs(cx: &Ctx, e: &Expr) -> Result<Vec<MetricSpec>, ElabError> {
+fn metric_specs(cx: &Ctx, e: &Expr, train_data: &str, train_shape: &super::DataShape) -> Result<Vec<MetricSpec>, ElabError> {
     let ExprKind::List(items) = &e.kind else {
         return Err(cx.err(ErrorKind::BadFieldValue {
             span: e.span,
@@ -592,10 +626,18 @@ fn metric_specs(cx: &Ctx, e: &Expr) -> Result<Vec<MetricSpec>, ElabError> {
             ExprKind::Name(n) if n == "loss" => MetricKind::Loss,
             ExprKind::Name(n) if n == "accuracy" => MetricKind::Accuracy,
             ExprKind::Name(n) if n == "mse" => MetricKind::Mse,
+            ExprKind::Call { callee, args } if matches!(&callee.kind, ExprKind::Name(n) if n == "exact_match") => {
+                MetricKind::ExactMatch(decoding(cx, what.span, args)?)
+            }
             ExprKind::Name(n) => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: n.clone() })),
+            ExprKind::Call { callee, .. } => match &callee.kind {
+                ExprKind::Name(n) => return Err(cx.err(ErrorKind::UnknownMetric { span: callee.span, name: n.clone() })),
+                _ => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: "?".into() })),
+            },
             _ => return Err(cx.err(ErrorKind::UnknownMetric { span: what.span, name: "?".into() })),
         };
         let (d, s) = data_split(cx, data)?;
+        check_metric_data(cx, kind, it.span, &d, (train_data, train_shape))?;
         out.push(MetricSpec { kind, data: d, split: s, span: it.span });
     }
     Ok(out)
