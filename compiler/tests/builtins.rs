@@ -88,7 +88,8 @@ fn t_rotary(x: [2, 5, 4], w: [2, 5, 4]) -> scalar = sum(w * rotary(x * w))
 // Recurrence, backpropagation through 5-6 steps: an Elman RNN and an LSTM
 // (gates as in the notes, state concat(h, c)), with the gradient for the
 // inputs, for the weights (handed to every step by `with:`) and through the
-// initial state; a reversed scan; a scan over two sequences.
+// initial state; a reversed scan; a scan over two sequences; two layers
+// stacked with a residual connection.
 fn elman(h: [N, 4], x: [N, 3], W: [3, 4], U: [4, 4]) -> [N, 4] = tanh(x @ W + h @ U)
 fn lstm(s: [N, 8], x: [N, 3], W: [3, 16], U: [4, 16]) -> [N, 8] {
   let h = s[:, 0:4]
@@ -102,6 +103,13 @@ fn lstm(s: [N, 8], x: [N, 3], W: [3, 16], U: [4, 16]) -> [N, 8] {
   concat([o * tanh(c2), c2], 1)
 }
 fn mix(h: [N, 3], x: [N, 3], y: [N, 3]) -> [N, 3] = h * y + x
+fn square(h: [N, 4], x: [N, 4], W: [4, 4], U: [4, 4]) -> [N, 4] = tanh(x @ W + h @ U)
+fn t_scan_stacked(x: [2, 5, 3], w: [3, 4]) -> scalar {
+  let u = w.T @ w * 0.5
+  let h1 = scan(elman, zeros([2, 4]), x, with: [w, u])
+  let h2 = h1 + scan(square, zeros([2, 4]), h1, with: [u * 0.7, u.T * 0.4])
+  sum(sin(3 * h2))
+}
 fn t_scan_rnn(x: [2, 6, 3], w: [3, 4]) -> scalar = sum(sin(3 * scan(elman, x[:, 0] @ w, x, with: [w, w.T @ w * 0.5])))
 fn t_scan_rnn_weight(w: [3, 4], x: [2, 6, 3]) -> scalar = sum(sin(3 * scan(elman, x[:, 0] @ w, x, with: [w, w.T @ w * 0.5])))
 fn t_scan_lstm(x: [2, 5, 3], w: [3, 16]) -> scalar = sum(sin(3 * scan(lstm, zeros([2, 8]), x, with: [w, w[:, 0:4].T @ w])))
