@@ -291,6 +291,12 @@ impl Graph {
             let args: Vec<String> = node.args.iter().map(|a| a.to_string()).collect();
             let args = if args.is_empty() { String::new() } else { format!(" {}", args.join(", ")) };
             s.push_str(&format!("%{i} = {}{args} : {}\n", node.op, node.ty));
+            // A scan's step, indented under it.
+            if let Op::Scan { body, .. } = &node.op {
+                for line in body.pretty(0).lines() {
+                    s.push_str(&format!("    | {line}\n"));
+                }
+            }
         }
         let outs: Vec<String> = self
             .outputs

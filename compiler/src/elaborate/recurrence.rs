@@ -46,6 +46,9 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
     let Some(rows) = init_ty.shape.dims().first().cloned() else {
         return Err(mistake(cx, init_span, format!("the state needs a batch axis first, found a scalar {}", init_ty.shape)));
     };
+    if init_ty.dtype == DType::I32 {
+        return Err(mistake(cx, init_span, format!("the state of a scan is a float tensor, found {init_ty}")));
+    }
     let mut steps = None;
     for (x, s) in &xs {
         let d = cx.shape(x);
@@ -66,13 +69,6 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
     let Some(steps) = steps else {
         return Err(mistake(cx, xs_span, "`scan` needs at least one sequence to scan over".into()));
     };
-    let mut init = init;
-    if init_ty.dtype == DType::I32 {
-        // Ints are stored as floats: a float state is a change of type only.
-        let id = cx.builder(init_span).stop_gradient(init.id);
-        cx.graph.nodes[id.index()].ty.dtype = DType::F32;
-        init = Tensor { id, names: init.names };
-    }
     let seq_tys: Vec<TensorType> = xs.iter().map(|(x, _)| cx.ty(x)).collect();
     let state_ty = cx.ty(&init);
     let (body, captured) = elaborate_step(cx, step, &state_ty, &seq_tys, extra, span)?;
