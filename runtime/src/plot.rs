@@ -27,6 +27,23 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// What the points of a curve are: point `k` (from 0) is at `(k + 1) · every` on an
+/// axis called `label`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XAxis {
+    pub label: &'static str,
+    pub every: usize,
+}
+
+impl XAxis {
+    /// One point per epoch.
+    pub const EPOCHS: XAxis = XAxis { label: "epoch", every: 1 };
+
+    fn at(self, k: usize) -> f64 {
+        ((k + 1) * self.every) as f64
+    }
+}
+
 /// Errors from writing curves.
 #[derive(Debug)]
 pub enum PlotError {
@@ -58,24 +75,24 @@ impl std::error::Error for PlotError {
     }
 }
 
-/// Writes `series` (name, one value per epoch) as a CSV and a PNG chart.
+/// Writes `series` (name, one value per point of `x`) as a CSV and a PNG chart.
 ///
-/// The CSV has the header `step,<name1>,<name2>,...` and one row per point;
-/// `step` counts from 1 (the value after the first epoch); a series shorter
+/// The CSV has the header `<x label>,<name1>,<name2>,...` and one row per point;
+/// the first column is the point's place on `x` (epochs count from 1); a series shorter
 /// than the longest has empty cells. The PNG ([`PLOT_WIDTH`] x
 /// [`PLOT_HEIGHT`]) draws one coloured line per series with a legend, x axis
-/// "epoch", y axis "training loss", and a logarithmic y axis when all values
+/// labelled as `x` says, y axis "training loss", and a logarithmic y axis when all values
 /// are positive and span more than two decades. Non-finite values are written
 /// to the CSV but left out of the chart. Parent directories are created.
 ///
 /// If text cannot be rendered (no usable system font), the chart is drawn
 /// without text rather than failing.
-pub fn write_curves(png: &Path, csv: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Result<(), PlotError> {
-    write_csv(csv, series)?;
+pub fn write_curves(png: &Path, csv: &Path, title: &str, x: XAxis, series: &[(String, Vec<f64>)]) -> Result<(), PlotError> {
+    write_csv(csv, x, series)?;
     ensure_parent(png)?;
-    match draw_png(png, title, series, true) {
+    match draw_png(png, title, x, series, true) {
         Ok(()) => Ok(()),
-        Err(with_text) => draw_png(png, title, series, false).map_err(|_| with_text),
+        Err(with_text) => draw_png(png, title, x, series, false).map_err(|_| with_text),
     }
 }
 
@@ -105,10 +122,10 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn write_csv(path: &Path, series: &[(String, Vec<f64>)]) -> Result<(), PlotError> {
+fn write_csv(path: &Path, x: XAxis, series: &[(String, Vec<f64>)]) -> Result<(), PlotError> {
     ensure_parent(path)?;
     let rows = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
-    let mut out = String::from("epoch");
+    let mut out = String::from(x.label);
     for (name, _) in series {
         out.push(',');
         out.push_str(&csv_field(name));
@@ -116,7 +133,7 @@ fn write_csv(path: &Path, series: &[(String, Vec<f64>)]) -> Result<(), PlotError
     out.push('\n');
     for i in 0..rows {
         // Writing to a String cannot fail.
-        let _ = write!(out, "{}", i + 1);
+        let _ = write!(out, "{}", x.at(i));
         for (_, values) in series {
             out.push(',');
             if let Some(v) = values.get(i) {
@@ -146,18 +163,18 @@ fn y_range(series: &[(String, Vec<f64>)]) -> (f64, f64, bool) {
     (lo - pad, hi + pad, false)
 }
 
-fn draw_png(png: &Path, title: &str, series: &[(String, Vec<f64>)], with_text: bool) -> Result<(), PlotError> {
+fn draw_png(png: &Path, title: &str, x: XAxis, series: &[(String, Vec<f64>)], with_text: bool) -> Result<(), PlotError> {
     let err = |e: &dyn fmt::Display| PlotError::Draw { path: png.to_path_buf(), message: e.to_string() };
     let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
-    let x_max = (n.max(2)) as f64;
+    let (x_min, x_max) = (x.at(0), x.at(n.max(2) - 1));
     let (y_lo, y_hi, log) = y_range(series);
 
     let root = BitMapBackend::new(png, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     if log {
-        draw_chart(&root, (1.0..x_max, (y_lo..y_hi).log_scale()), title, series, with_text, true).map_err(|e| err(&e))?;
+        draw_chart(&root, (x_min..x_max, (y_lo..y_hi).log_scale()), title, x, series, with_text, true).map_err(|e| err(&e))?;
     } else {
-        draw_chart(&root, (1.0..x_max, y_lo..y_hi), title, series, with_text, false).map_err(|e| err(&e))?;
+        draw_chart(&root, (x_min..x_max, y_lo..y_hi), title, x, series, with_text, false).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
@@ -169,6 +186,7 @@ fn draw_chart<Y>(
     root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     (x_range, y_range): (std::ops::Range<f64>, Y),
     title: &str,
+    x: XAxis,
     series: &[(String, Vec<f64>)],
     with_text: bool,
     log: bool,
@@ -203,7 +221,7 @@ where
                 trim_number(format!("{y:.4}"))
             }
         };
-        mesh.x_desc("epoch")
+        mesh.x_desc(x.label)
             .y_desc("training loss")
             .x_label_formatter(&fmt_x)
             .y_label_formatter(&fmt_y)
@@ -217,7 +235,7 @@ where
     for (i, (name, values)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let points: Vec<(f64, f64)> =
-            values.iter().enumerate().filter(|(_, v)| v.is_finite() && (!log || **v > 0.0)).map(|(k, v)| ((k + 1) as f64, *v)).collect();
+            values.iter().enumerate().filter(|(_, v)| v.is_finite() && (!log || **v > 0.0)).map(|(k, v)| (x.at(k), *v)).collect();
         let style = ShapeStyle::from(&color).stroke_width(2);
         let drawn = chart.draw_series(LineSeries::new(points.clone(), style))?;
         if with_text {

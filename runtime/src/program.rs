@@ -140,19 +140,20 @@ impl<'p> Runner<'p> {
                 Ok(())
             }
             Item::Plot(p) => {
-                let mut series = Vec::new();
+                let mut runs = Vec::new();
                 for run in &p.runs {
                     match self.summary.runs.iter().find(|(n, _)| *n == run.name) {
-                        Some((n, r)) => series.push((n.clone(), r.epoch_losses.clone())),
+                        Some((n, r)) => runs.push((n.clone(), r)),
                         None => {
                             return Err(Diagnostic::new(format!("no training run named `{}` before this plot", run.name))
                                 .label(run.span, "not trained above"))
                         }
                     }
                 }
+                let (x, series) = loss_curves(&runs);
                 let png = opts.base_dir.join(&p.path);
                 let csv = png.with_extension("csv");
-                plot::write_curves(&png, &csv, "training loss", &series)
+                plot::write_curves(&png, &csv, "training loss", x, &series)
                     .map_err(|e| Diagnostic::new(format!("could not write {}", png.display())).label(p.span, e.to_string()))?;
                 self.summary.say(format!(
                     "wrote {} and {}",
@@ -203,6 +204,24 @@ impl<'p> Runner<'p> {
 /// With several training runs, a table comparing them: final train loss and
 /// each run's metrics, one row per run (`examples/norms.nn` compares four
 /// normalisations this way).
+/// Points a curve of one run has at most when drawn per step.
+const STEP_POINTS: usize = 100;
+
+/// The training-loss curves of `runs`: one point per epoch, or, when every run
+/// trains a single epoch (a language model's one pass), the mean loss of
+/// consecutive blocks of steps, about `STEP_POINTS` of them.
+fn loss_curves(runs: &[(String, &TrainResult)]) -> (plot::XAxis, Vec<(String, Vec<f64>)>) {
+    let per_step = !runs.is_empty() && runs.iter().all(|(_, r)| r.epoch_losses.len() == 1 && r.step_losses.len() > 1);
+    if !per_step {
+        return (plot::XAxis::EPOCHS, runs.iter().map(|(n, r)| (n.clone(), r.epoch_losses.clone())).collect());
+    }
+    let steps = runs.iter().map(|(_, r)| r.step_losses.len()).max().unwrap_or(1);
+    let every = steps.div_ceil(STEP_POINTS).max(1);
+    let mean = |block: &[f64]| block.iter().sum::<f64>() / block.len() as f64;
+    let series = runs.iter().map(|(n, r)| (n.clone(), r.step_losses.chunks(every).map(mean).collect())).collect();
+    (plot::XAxis { label: "step", every }, series)
+}
+
 fn comparison_table(runs: &[(String, TrainResult)]) -> Option<String> {
     if runs.len() < 2 {
         return None;
@@ -300,4 +319,30 @@ pub fn summary_json(example: &str, s: &Summary) -> serde_json::Value {
 /// Time spent compiling across runs.
 pub fn total_compile_time(s: &Summary) -> Duration {
     s.runs.iter().map(|(_, r)| r.compile_time).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(epochs: Vec<f64>, steps: Vec<f64>) -> TrainResult {
+        TrainResult { epoch_losses: epochs, step_losses: steps, ..TrainResult::default() }
+    }
+
+    #[test]
+    fn one_epoch_runs_are_drawn_per_block_of_steps_others_per_epoch() {
+        let short = run(vec![2.0], (0..250).map(f64::from).collect());
+        let other = run(vec![3.0], vec![1.0; 120]);
+        let (x, series) = loss_curves(&[("a".into(), &short), ("b".into(), &other)]);
+        // 250 steps in blocks of 3: 84 points, the last one a block of one step.
+        assert_eq!(x, plot::XAxis { label: "step", every: 3 });
+        assert_eq!(series[0].1.len(), 84);
+        assert_eq!(series[0].1[0], 1.0);
+        assert_eq!(series[0].1[83], 249.0);
+        assert_eq!(series[1].1.len(), 40);
+        let long = run(vec![3.0, 2.0], vec![1.0; 20]);
+        let (x, series) = loss_curves(&[("a".into(), &short), ("c".into(), &long)]);
+        assert_eq!(x, plot::XAxis::EPOCHS);
+        assert_eq!(series[1].1, vec![3.0, 2.0]);
+    }
 }

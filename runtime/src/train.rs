@@ -36,6 +36,8 @@ pub struct TrainResult {
     pub params: Params,
     /// Mean training loss of each epoch.
     pub epoch_losses: Vec<f64>,
+    /// The loss of every step, in order (curves of short runs: `plot`).
+    pub step_losses: Vec<f64>,
     /// Final value of each metric, by label (`accuracy on digits.test`).
     pub metrics: Vec<(MetricSpec, f64)>,
     pub steps: usize,
@@ -209,6 +211,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
                 result.first_step_at = Some(opts.process_start.elapsed());
             }
             loss_sum += loss * b as f64;
+            result.step_losses.push(loss);
             step += 1;
             bar.inc(1);
         }

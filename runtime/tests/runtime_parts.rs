@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nnc_runtime::checkpoint::{self, CheckpointError};
 use nnc_runtime::data::{gather_rows, load_csv, scale, select_rows, shuffled_order, Batches, DataError, RowSelect, Standardizer, Table};
 use nnc_runtime::init::{initialize, Init};
-use nnc_runtime::plot::{write_curves, PLOT_HEIGHT, PLOT_WIDTH};
+use nnc_runtime::plot::{write_curves, XAxis, PLOT_HEIGHT, PLOT_WIDTH};
 use nnc_runtime::rng::seeded;
 use nnc_runtime::schedule::Schedule;
 
@@ -439,7 +439,7 @@ fn curves_write_csv_and_png() {
     let png = dir.join("out/loss.png");
     let csv = dir.join("out/loss.csv");
     let series = vec![("train".to_string(), vec![2.5, 1.25, 0.5, 0.25]), ("test".to_string(), vec![2.75, 1.5])];
-    write_curves(&png, &csv, "digits MLP", &series).unwrap();
+    write_curves(&png, &csv, "digits MLP", XAxis::EPOCHS, &series).unwrap();
     let text = fs::read_to_string(&csv).unwrap();
     assert_eq!(text, "epoch,train,test\n1,2.5,2.75\n2,1.25,1.5\n3,0.5,\n4,0.25,\n");
     let img = image::open(&png).unwrap().to_rgb8();
@@ -459,7 +459,7 @@ fn curves_handle_log_scale_and_edge_cases() {
     let loss: Vec<f64> = (0..50).map(|i| 10f64.powf(1.0 - i as f64 / 12.0)).collect();
     let mut with_nan = loss.clone();
     with_nan[10] = f64::NAN;
-    write_curves(&png, &csv, "log", &[("loss".to_string(), with_nan), ("single".to_string(), vec![1.0])]).unwrap();
+    write_curves(&png, &csv, "log", XAxis::EPOCHS, &[("loss".to_string(), with_nan), ("single".to_string(), vec![1.0])]).unwrap();
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (PLOT_WIDTH, PLOT_HEIGHT));
     let text = fs::read_to_string(&csv).unwrap();
@@ -468,7 +468,7 @@ fn curves_handle_log_scale_and_edge_cases() {
 
     // No data at all still gives a (blank) chart and a header-only CSV.
     let (png0, csv0) = (dir.join("empty.png"), dir.join("empty.csv"));
-    write_curves(&png0, &csv0, "empty", &[]).unwrap();
+    write_curves(&png0, &csv0, "empty", XAxis::EPOCHS, &[]).unwrap();
     assert_eq!(fs::read_to_string(&csv0).unwrap(), "epoch\n");
     assert_eq!(image::open(&png0).unwrap().width(), PLOT_WIDTH);
 }

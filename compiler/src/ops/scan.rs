@@ -26,7 +26,7 @@ use super::{EvalError, Op, ShapeError};
 use crate::ast::Span;
 use crate::builder::Builder;
 use crate::interp::{self, Inputs};
-use crate::ir::{DType, Dim, Graph, InputKind, Shape, TensorType, ValueId};
+use crate::ir::{Dim, Graph, InputKind, Shape, TensorType, ValueId};
 use ndarray::{ArrayD, Axis};
 
 /// The batch dim of a scan body: the rows of the state.
@@ -353,17 +353,17 @@ fn scan_vjp(
     Ok(result)
 }
 
-/// The result dtype is float whatever the state's; int per-step inputs
-/// (token ids) are fine. Used by the elaborator to build the body's inputs.
+/// The body's view of a state `[N, S..]`: `[N_step, S..]`.
 pub fn step_type(ty: &TensorType) -> TensorType {
     let mut dims = vec![Dim::Sym(STEP_BATCH.into())];
     dims.extend_from_slice(&ty.shape.dims()[1..]);
     TensorType { shape: Shape(dims), dtype: ty.dtype }
 }
 
-/// `ty` of a per-step sequence `[N, T, r..]` as one step `[N_step, r..]`.
+/// The body's view of a sequence `[N, T, r..]`: one step `[N_step, r..]`
+/// (token ids stay ints).
 pub fn step_input_type(ty: &TensorType) -> TensorType {
     let mut dims = vec![Dim::Sym(STEP_BATCH.into())];
     dims.extend_from_slice(&ty.shape.dims()[2..]);
-    TensorType { shape: Shape(dims), dtype: if ty.dtype == DType::I32 { DType::I32 } else { DType::F32 } }
+    TensorType { shape: Shape(dims), dtype: ty.dtype }
 }
