@@ -27,40 +27,47 @@ fn unigram_entropy(text: &str) -> f64 {
     counts.values().map(|&k| k as f64 / n).map(|p| -p * p.ln()).sum()
 }
 
+/// Train `file`'s run `name`, print its validation figures, and require its
+/// validation loss to be "well below" the unigram entropy: at most 70 % of it
+/// (about 1 nat less).
+fn trains_below_unigram(file: &str, name: &str, unigram: f64) {
+    let v = run_json(file);
+    let loss = metric(&v, name, "loss on");
+    eprintln!("{file}: validation loss {loss:.4} nats/char, accuracy {:.4}; unigram entropy {unigram:.4}", metric(&v, name, "accuracy on"));
+    assert!(loss < 0.7 * unigram, "validation loss {loss} nats/char vs unigram entropy {unigram}");
+}
+
+/// `nnc sample` from `example`'s checkpoint (`examples/EXAMPLE.nn`): the text it prints.
+fn sample(example: &str, prompt: &str, tokens: usize, strategy: &str, seed: &str, extra: &[&str]) -> String {
+    let (file, ckpt) = (format!("examples/{example}.nn"), format!("examples/{example}.safetensors"));
+    let tokens = tokens.to_string();
+    let args = ["sample", &file, "--checkpoint", &ckpt, "--prompt", prompt, "--tokens", &tokens, "--strategy", strategy, "--seed", seed];
+    let out = nnc(&[&args[..], extra].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nnc sample --strategy {strategy} {extra:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string()
+}
+
 #[test]
 fn gpt_charlm_learns_and_samples() {
     let text = corpus();
     let unigram = unigram_entropy(&text);
     assert!((3.0..3.5).contains(&unigram), "unigram entropy {unigram}");
-    let v = run_json("examples/gpt_charlm.nn");
-    let loss = metric(&v, "gpt", "loss on");
-    eprintln!(
-        "gpt_charlm: validation loss {loss:.4} nats/char, accuracy {:.4}; unigram entropy {unigram:.4}",
-        metric(&v, "gpt", "accuracy on")
-    );
-    // "Well below": at most 70 % of the unigram entropy (about 1 nat less).
-    assert!(loss < 0.7 * unigram, "validation loss {loss} nats/char vs unigram entropy {unigram}");
+    trains_below_unigram("examples/gpt_charlm.nn", "gpt", unigram);
 
     let prompt = "ROMEO:\n";
     let mut outputs = Vec::new();
     for strategy in ["greedy", "temperature", "top-k", "greedy", "beam"] {
-        let args = ["sample", "examples/gpt_charlm.nn", "--checkpoint", "examples/gpt_charlm.safetensors"];
-        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "120", "--strategy", strategy, "--seed", "3"]].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "nnc sample --strategy {strategy} failed:\n{stderr}");
-        let sample = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
-        assert!(sample.starts_with(prompt), "{strategy}: {sample:?}");
-        assert_eq!(sample.chars().count(), prompt.chars().count() + 120, "{strategy}: {sample:?}");
-        assert!(sample.chars().all(|c| text.contains(c)), "{strategy}: characters outside the corpus");
-        outputs.push(sample);
+        let continuation = sample("gpt_charlm", prompt, 120, strategy, "3", &[]);
+        assert!(continuation.starts_with(prompt), "{strategy}: {continuation:?}");
+        assert_eq!(continuation.chars().count(), prompt.chars().count() + 120, "{strategy}: {continuation:?}");
+        assert!(continuation.chars().all(|c| text.contains(c)), "{strategy}: characters outside the corpus");
+        outputs.push(continuation);
     }
     assert_eq!(outputs[0], outputs[3], "greedy decoding is deterministic");
     // The key/value cache changes the cost of a token, not the text.
-    let args = ["sample", "examples/gpt_charlm.nn", "--checkpoint", "examples/gpt_charlm.safetensors", "--no-cache"];
     for (strategy, cached) in [("greedy", &outputs[0]), ("beam", &outputs[4])] {
-        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "120", "--strategy", strategy, "--seed", "3"]].concat());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), cached, "{strategy} with and without the cache");
+        assert_eq!(&sample("gpt_charlm", prompt, 120, strategy, "3", &["--no-cache"]), cached, "{strategy} with and without the cache");
     }
     assert_ne!(outputs[0], outputs[1], "temperature sampling differs from greedy");
     for (strategy, sample) in ["greedy", "temperature", "top-k", "greedy", "beam"].iter().zip(&outputs) {
@@ -74,27 +81,17 @@ fn gpt_charlm_learns_and_samples() {
 fn lstm_charlm_learns_and_samples() {
     let text = corpus();
     let unigram = unigram_entropy(&text);
-    let v = run_json("examples/lstm_charlm.nn");
-    let loss = metric(&v, "lstm", "loss on");
-    eprintln!(
-        "lstm_charlm: validation loss {loss:.4} nats/char, accuracy {:.4}; unigram entropy {unigram:.4}",
-        metric(&v, "lstm", "accuracy on")
-    );
-    assert!(loss < 0.7 * unigram, "validation loss {loss} nats/char vs unigram entropy {unigram}");
+    trains_below_unigram("examples/lstm_charlm.nn", "lstm", unigram);
     let mut samples = Vec::new();
     let prompt = "JULIET:\n";
     // Beam search moves between hypotheses: the cached recurrent states must be restored.
     for (strategy, cache) in [("greedy", true), ("greedy", false), ("temperature", true), ("beam", true), ("beam", false)] {
-        let args = ["sample", "examples/lstm_charlm.nn", "--checkpoint", "examples/lstm_charlm.safetensors"];
         let no_cache: &[&str] = if cache { &[] } else { &["--no-cache"] };
-        let out = nnc(&[&args[..], &["--prompt", prompt, "--tokens", "50", "--strategy", strategy, "--seed", "5"], no_cache].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "nnc sample --strategy {strategy} failed:\n{stderr}");
-        let sample = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
-        assert!(sample.starts_with(prompt), "{strategy}: {sample:?}");
-        assert_eq!(sample.chars().count(), prompt.chars().count() + 50, "{strategy}: {sample:?}");
-        eprintln!("--- lstm {strategy} (cache: {cache}):\n{sample}");
-        samples.push(sample);
+        let continuation = sample("lstm_charlm", prompt, 50, strategy, "5", no_cache);
+        assert!(continuation.starts_with(prompt), "{strategy}: {continuation:?}");
+        assert_eq!(continuation.chars().count(), prompt.chars().count() + 50, "{strategy}: {continuation:?}");
+        eprintln!("--- lstm {strategy} (cache: {cache}):\n{continuation}");
+        samples.push(continuation);
     }
     assert_eq!(samples[0], samples[1], "greedy with and without the cached state");
     assert_eq!(samples[3], samples[4], "beam search with and without the cached states");

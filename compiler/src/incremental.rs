@@ -44,7 +44,6 @@ pub struct Cache {
     /// The step graph's output with its new value.
     pub output: usize,
     pub kind: CacheKind,
-    pub len: usize,
 }
 
 /// The step graph and its caches. Output 0 is the position's row of the
@@ -166,19 +165,29 @@ impl Deriver<'_, '_> {
     /// The whole `[.., T, ..]` history of a sliced value (`row`, sliced along
     /// `axis`) from a cache with row `p` written in; the cache's new contents.
     fn history(&mut self, arg: ValueId, row: ValueId, axis: usize) -> ValueId {
-        let full = self.forward.ty(arg).clone();
-        let name = format!("cache{}", self.caches.len());
-        let len = full.shape.numel().unwrap_or(0);
-        let cache = self.b.input(&name, InputKind::Data, TensorType::f32(full.shape.clone()));
-        let at_p = self.one_hot(&full.shape, axis);
-        let ones = self.b.full(1.0, &full.shape);
-        let keep = self.b.sub(ones, at_p);
-        let old = self.b.mul(cache, keep);
-        let row = self.b.broadcast(row, &full.shape);
-        let new = self.b.mul(row, at_p);
-        let value = self.b.add(old, new);
-        self.caches.push((Cache { input: name, output: 0, kind: CacheKind::Rows, len }, value));
+        let shape = self.forward.shape(arg).clone();
+        let (cache, input) = self.cache_input(&shape);
+        let at_p = self.one_hot(&shape, axis);
+        let row = self.b.broadcast(row, &shape);
+        let value = self.blend(at_p, row, cache);
+        self.caches.push((Cache { input, output: 0, kind: CacheKind::Rows }, value));
         value
+    }
+
+    /// A new cache input of `shape`, and its name.
+    fn cache_input(&mut self, shape: &Shape) -> (ValueId, String) {
+        let name = format!("cache{}", self.caches.len());
+        (self.b.input(&name, InputKind::Data, TensorType::f32(shape.clone())), name)
+    }
+
+    /// `a` where `pick` is 1, `b` where it is 0.
+    fn blend(&mut self, pick: ValueId, a: ValueId, b: ValueId) -> ValueId {
+        let shape = self.b.shape(pick);
+        let ones = self.b.full(1.0, &shape);
+        let other = self.b.sub(ones, pick);
+        let a = self.b.mul(a, pick);
+        let b = self.b.mul(b, other);
+        self.b.add(a, b)
     }
 
     fn push(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, String> {
@@ -302,17 +311,11 @@ impl Deriver<'_, '_> {
         }
         let init = self.map[args[0].index()].0;
         let state_shape = self.b.shape(init);
-        let name = format!("cache{}", self.caches.len());
-        let len = state_shape.numel().unwrap_or(0);
-        let cache = self.b.input(&name, InputKind::Data, TensorType::f32(state_shape.clone()));
+        let (cache, input) = self.cache_input(&state_shape);
         let zero = self.b.scalar(0.0);
         let first = self.b.binary(BinaryOp::Eq, self.position, zero);
         let first = self.b.broadcast(first, &state_shape);
-        let ones = self.b.full(1.0, &state_shape);
-        let later = self.b.sub(ones, first);
-        let a = self.b.mul(init, first);
-        let c = self.b.mul(cache, later);
-        let prev = self.b.add(a, c);
+        let prev = self.blend(first, init, cache);
         let mut step_args = vec![prev];
         for &x in &args[1..=inputs] {
             let v = self.map[x.index()].0;
@@ -323,7 +326,7 @@ impl Deriver<'_, '_> {
         step_args.extend(args[1 + inputs..].iter().map(|a| self.map[a.index()].0));
         let rows = state_shape.dims()[0].clone();
         let next = scan::inline(&mut self.b, body, &step_args, &rows)[0];
-        self.caches.push((Cache { input: name, output: 0, kind: CacheKind::State, len }, next));
+        self.caches.push((Cache { input, output: 0, kind: CacheKind::State }, next));
         let mut dims = state_shape.0.clone();
         dims.insert(1, Dim::Known(1));
         Ok((self.b.reshape(next, &Shape(dims)), Form::Sliced(1)))

@@ -50,9 +50,11 @@ impl Incremental {
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>, Diagnostic> {
         // Keep the shared prefix, but always run the last position (its logits are the answer).
         let shared = self.done.iter().zip(ids).take_while(|(a, b)| a == b).count().min(ids.len().saturating_sub(1));
+        let went_back = shared < self.done.len();
         self.done.truncate(shared);
         self.states.truncate(shared);
-        if let Some(saved) = self.states.last().cloned() {
+        // Going back: the states after the shared prefix (the key/value rows need nothing).
+        if let Some(saved) = self.states.last().filter(|_| went_back).cloned() {
             let names: Vec<String> = self.state_caches().map(|c| c.input.clone()).collect();
             for (name, v) in names.iter().zip(&saved) {
                 self.exec.set(name, v);

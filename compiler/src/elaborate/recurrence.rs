@@ -14,7 +14,7 @@ use super::value::{Arg, Tensor, Value};
 use super::{Ctx, ElabError};
 use crate::ast::Span;
 use crate::ir::{DType, Dim, Graph, InputKind, TensorType, ValueId};
-use crate::ops::scan::{check_rowwise, step_input_type, step_type, STEP_BATCH};
+use crate::ops::scan::{check_rowwise, has_step_batch, step_input_type, step_type, STEP_BATCH};
 use crate::ops::Op;
 use std::collections::HashMap;
 
@@ -167,10 +167,9 @@ fn outline(cx: &mut Ctx, mark: usize, holders: &[ValueId], out: ValueId) -> (Gra
     let mut in_body = vec![false; nodes.len()];
     // A node belongs to the body if it is computed from a placeholder or is
     // shaped by the step's rows (a constant filling a state-shaped tensor).
-    let step_rows = |n: &crate::ir::Node| n.ty.shape.dims().iter().any(|d| d.factors().1.iter().any(|f| f == STEP_BATCH));
     for (i, node) in nodes.iter().enumerate() {
         in_body[i] = holders.contains(&ValueId((mark + i) as u32))
-            || step_rows(node)
+            || has_step_batch(&node.ty.shape)
             || node.args.iter().any(|a| a.index() >= mark && in_body[a.index() - mark]);
     }
     let is_body = |v: ValueId| v.index() >= mark && in_body[v.index() - mark];

@@ -54,6 +54,11 @@ pub fn scan_shape_rule(body: &Graph, steps: usize, inputs: usize, args: &[&Tenso
     Ok(TensorType::f32(Shape(dims)))
 }
 
+/// Whether any dim of `s` involves the step batch (`N_step`, `N_step*4`).
+pub fn has_step_batch(s: &Shape) -> bool {
+    s.dims().iter().any(|d| d.factors().1.iter().any(|f| f == STEP_BATCH))
+}
+
 /// `d` with the step batch replaced by `batch` (`N_step·4` becomes `batch·4`).
 fn substitute_batch(d: &Dim, batch: &Dim) -> Dim {
     let (c, syms) = d.factors();
@@ -113,7 +118,7 @@ pub fn inline(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> V
 /// the rows of its state independently (the derivative runs it over all
 /// `N · steps` rows at once) and draw no random numbers.
 pub fn check_rowwise(body: &Graph) -> Result<(), (String, Span)> {
-    let batched = |s: &Shape| s.dims().iter().any(|d| d.factors().1.iter().any(|f| f == STEP_BATCH));
+    let batched = has_step_batch;
     let leading = |s: &Shape| s.dims().first() == Some(&Dim::Sym(STEP_BATCH.into())) && !batched(&Shape(s.dims()[1..].to_vec()));
     for node in &body.nodes {
         let shape = &node.ty.shape;
@@ -193,62 +198,36 @@ fn autodiff_error(e: crate::autodiff::AutodiffError) -> ShapeError {
     }
 }
 
-/// The backward scan's body: state `ν` (the cotangent arriving from the
-/// following step), per-step inputs `h_prev, xs.., g` and the constants;
-/// returns the cotangent of `h_prev`: the body's VJP with respect to its
-/// state at `(h_prev, xs..)`, seeded with `g + ν`.
-fn state_vjp_body(body: &Graph, inputs: usize, span: Span) -> Result<Graph, ShapeError> {
+/// The body's VJP at `(h_prev, xs..)`, as a graph of its own.
+///
+/// With `carried` it is the backward scan's body: inputs `ν, h_prev, xs.., g,
+/// consts..` (state `ν`: the cotangent arriving from the following step),
+/// seeded with `g + ν`, returning the cotangent of `h_prev`. Without, it is
+/// run once over all rows: inputs `h_prev, xs.., λ, consts..`, seeded with
+/// `λ`, returning the cotangents of `xs..` then of `consts..`.
+fn body_vjp(body: &Graph, inputs: usize, carried: bool, span: Span) -> Result<Graph, ShapeError> {
     let tys = body_input_types(body);
     let state = tys[0].clone();
-    // [ν, h_prev, xs.., g, consts..]
-    let mut all = vec![state.clone(), state.clone()];
+    let lead = usize::from(carried);
+    let mut all = vec![state.clone(); lead + 1];
     all.extend_from_slice(&tys[1..=inputs]);
     all.push(state);
     all.extend_from_slice(&tys[1 + inputs..]);
     let (mut g, ids) = graph_with_inputs(&all, span);
-    let (nu, h_prev, g_t) = (ids[0], ids[1], ids[2 + inputs]);
-    let mut body_args = vec![h_prev];
-    body_args.extend_from_slice(&ids[2..2 + inputs]);
-    body_args.extend_from_slice(&ids[3 + inputs..]);
+    let g_t = ids[lead + 1 + inputs];
+    let mut body_args = ids[lead..=lead + inputs].to_vec();
+    body_args.extend_from_slice(&ids[lead + 2 + inputs..]);
     let (h, seed) = {
         let mut b = Builder::new(&mut g, span);
         let h = inline(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()))[0];
-        let seed = b.add(g_t, nu);
+        let seed = if carried { b.add(g_t, ids[0]) } else { g_t };
         if let Some(e) = b.internal_error {
             return Err(e);
         }
         (h, seed)
     };
-    let d = crate::autodiff::vjp(&mut g, h, seed, &[h_prev], span).map_err(autodiff_error)?;
-    g.outputs = d;
-    g.output_names = vec!["h_prev'".into()];
-    Ok(crate::opt::optimize(&g))
-}
-
-/// The body's VJP with respect to its per-step inputs and constants, for
-/// running once over all rows: inputs `h_prev, xs.., λ, consts..`, outputs
-/// the cotangents of `xs..` then of `consts..`.
-fn inputs_vjp_body(body: &Graph, inputs: usize, span: Span) -> Result<Graph, ShapeError> {
-    let tys = body_input_types(body);
-    let state = tys[0].clone();
-    let mut all = vec![state.clone()];
-    all.extend_from_slice(&tys[1..=inputs]);
-    all.push(state);
-    all.extend_from_slice(&tys[1 + inputs..]);
-    let (mut g, ids) = graph_with_inputs(&all, span);
-    let lambda = ids[1 + inputs];
-    let mut body_args = ids[..=inputs].to_vec();
-    body_args.extend_from_slice(&ids[2 + inputs..]);
-    let h = {
-        let mut b = Builder::new(&mut g, span);
-        let h = inline(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()))[0];
-        if let Some(e) = b.internal_error {
-            return Err(e);
-        }
-        h
-    };
-    let wrt: Vec<ValueId> = body_args[1..].to_vec();
-    let d = crate::autodiff::vjp(&mut g, h, lambda, &wrt, span).map_err(autodiff_error)?;
+    let wrt: Vec<ValueId> = if carried { vec![body_args[0]] } else { body_args[1..].to_vec() };
+    let d = crate::autodiff::vjp(&mut g, h, seed, &wrt, span).map_err(autodiff_error)?;
     g.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
     g.outputs = d;
     Ok(crate::opt::optimize(&g))
@@ -320,7 +299,7 @@ fn scan_vjp(
     let h_prev = shift_time(b, out, init_t, steps, reverse);
     // ν[t]: the cotangent step t passes to the state it started from.
     let zeros = b.full_like(0.0, init);
-    let back = Op::Scan { body: Box::new(state_vjp_body(body, inputs, b.span)?), steps, inputs: inputs + 2, reverse: !reverse };
+    let back = Op::Scan { body: Box::new(body_vjp(body, inputs, true, b.span)?), steps, inputs: inputs + 2, reverse: !reverse };
     let mut back_args = vec![zeros, h_prev];
     back_args.extend_from_slice(xs);
     back_args.push(g);
@@ -342,7 +321,7 @@ fn scan_vjp(
     }
     flat.push(merge_time(b, lambda));
     flat.extend_from_slice(consts);
-    let grads = inline(b, &inputs_vjp_body(body, inputs, b.span)?, &flat, &rows);
+    let grads = inline(b, &body_vjp(body, inputs, false, b.span)?, &flat, &rows);
     let mut result = vec![d_init];
     for (k, &x) in xs.iter().enumerate() {
         let shape = b.shape(x);
