@@ -96,6 +96,15 @@ fn main() {
         Case { name: "W4 x@Wup", m: 2048, k: 128, n: 512, kind: Kind::Plain },
         Case { name: "W4 xt@gup", m: 128, k: 2048, n: 512, kind: Kind::TransA },
         Case { name: "W4 ht@gdown", m: 512, k: 2048, n: 128, kind: Kind::TransA },
+        // W5 (LSTM, 32 rows per step, 2048 = 32 x 64 rows in bulk): the step's h@Wh and
+        // dz@Whᵀ, and the input weight's gradient.
+        Case { name: "W5 h@Wh", m: 32, k: 256, n: 1024, kind: Kind::Plain },
+        Case { name: "W5 dz@Wht", m: 32, k: 1024, n: 256, kind: Kind::TransB },
+        Case { name: "W5 half h@Wh", m: 16, k: 256, n: 1024, kind: Kind::Plain },
+        Case { name: "W5 half dz@Wht", m: 16, k: 1024, n: 256, kind: Kind::TransB },
+        Case { name: "W5 half dz@Wht copied", m: 16, k: 1024, n: 256, kind: Kind::Plain },
+        Case { name: "W5 xt@dz", m: 64, k: 2048, n: 1024, kind: Kind::TransA },
+        Case { name: "W5 ht@dz", m: 256, k: 2048, n: 1024, kind: Kind::TransA },
     ];
     if filter.as_deref() == Some("threads") {
         threads_sweep();

@@ -12,6 +12,7 @@ mod emit;
 pub mod gemm;
 mod helpers;
 mod kernel;
+mod loops;
 mod math;
 mod memory;
 mod plan;
@@ -199,13 +200,13 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         sig.params = vec![AbiParam::new(I64); n];
         module.declare_function(name, Linkage::Import, &sig).map_err(cl)
     };
-    let sgemm_id = import(module, "nnc_sgemm", 14)?;
+    let sgemm_id = import(module, "nnc_sgemm", 15)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
     let lookup_id = import(module, "nnc_lookup", 8)?;
     let copy_rows_id = import(module, "nnc_copy_rows", 6)?;
     let tick_id = import(module, "nnc_tick", 1)?;
-    let parallel_id = import(module, "nnc_parallel", 3)?;
+    let parallel_id = import(module, "nnc_parallel", 4)?;
     let pair_id = import(module, "nnc_sgemm_pair", 28)?;
     let adam_id = import(module, "nnc_adam", 16)?;
     // Adam's update runs as a precompiled AVX-512 kernel when recognised.
@@ -217,27 +218,22 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
             _ => None,
         })
         .collect();
-    // Large elementwise loops: one function per kernel, over a range of rows.
-    let mut pieces: Vec<Option<(FuncId, usize)>> = Vec::with_capacity(plan.kernels.len());
+    // Large elementwise loops and row-split scans: one function per kernel,
+    // over a range of rows; with how many ranges each thread takes.
+    let threaded = pool::pool().threads() > 1;
+    let mut pieces: Vec<Option<(FuncId, usize, i64)>> = Vec::with_capacity(plan.kernels.len());
     for (i, k) in plan.kernels.iter().enumerate() {
         let form = match k {
-            kernel::Kernel::Map(m) if pool::pool().threads() > 1 && adams[i].is_none() => emit::parallel_form(m),
+            kernel::Kernel::Map(m) if threaded && adams[i].is_none() => {
+                emit::parallel_form(m).map(|pk| (pk.dims.first().copied().unwrap_or(1), 4, kernel::Kernel::Map(pk)))
+            }
+            kernel::Kernel::Loop { split: Some(rows), .. } if threaded => Some((*rows, 1, k.clone())),
             _ => None,
         };
         pieces.push(match form {
-            Some(pk) => {
-                let rows = pk.dims.first().copied().unwrap_or(1);
-                Some((
-                    define_piece(
-                        module,
-                        &format!("nnc_piece{i}"),
-                        &pk,
-                        offsets,
-                        tables,
-                        [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id],
-                    )?,
-                    rows,
-                ))
+            Some((rows, per_thread, pk)) => {
+                let helpers = [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id];
+                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, tables, helpers)?, rows, per_thread))
             }
             None => None,
         });
@@ -261,13 +257,12 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     };
     {
         let parallel = module.declare_func_in_func(parallel_id, b.func);
-        let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows)| (module.declare_func_in_func(id, b.func), rows))).collect();
+        let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows, per)| (module.declare_func_in_func(id, b.func), rows, per))).collect();
         let mut em =
             emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, copy_rows, step: None, rows: None, tables };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
-        let threaded = pool::pool().threads() > 1;
         let tick = helpers::profile::enabled().then(|| module.declare_func_in_func(tick_id, em.b.func));
         let mut i = 0;
         if let Some(t) = tick {
@@ -282,10 +277,11 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
                         em.emit_adam(a, adam_fn)?;
                     }
                 }
-                (Some((f, rows)), _) => {
+                (Some((f, rows, per_thread)), _) => {
                     let addr = em.b.ins().func_addr(I64, f);
                     let n = em.b.ins().iconst(I64, rows as i64);
-                    em.b.ins().call(parallel, &[addr, arena, n]);
+                    let per = em.b.ins().iconst(I64, per_thread);
+                    em.b.ins().call(parallel, &[addr, arena, n, per]);
                 }
                 (None, Some(k2)) if threaded && emit::pairable(k, k2, offsets, &lens) => {
                     em.emit_matmul_pair(k, k2, pair)?;
@@ -336,21 +332,22 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
         kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
         kernel::Kernel::Lookup { scatter: true, n, rows, width, .. } => format!("scatter-add {n} into {rows} rows x {width}"),
-        kernel::Kernel::Loop { steps, reverse, body } => {
+        kernel::Kernel::Loop { steps, reverse, body, split } => {
             let parts: Vec<String> = body.iter().map(describe).collect();
             let dir = if *reverse { ", reversed" } else { "" };
-            format!("loop of {steps} steps{dir}: [{}]", parts.join("; "))
+            let by_rows = if split.is_some() && pool::pool().threads() > 1 { ", rows split across threads" } else { "" };
+            format!("loop of {steps} steps{dir}{by_rows}: [{}]", parts.join("; "))
         }
         kernel::Kernel::StepCopy { rows, width, .. } => format!("copy {rows} rows x {width}"),
     }
 }
 
-/// Define `fn(arena, lo, hi)` running rows `[lo, hi)` of the map kernel `k`
-/// (in `parallel_form`).
+/// Define `fn(arena, lo, hi)` running rows `[lo, hi)` of the kernel `k`: a
+/// map kernel in `parallel_form`, or a row-split loop.
 fn define_piece(
     module: &mut JITModule,
     name: &str,
-    k: &kernel::MapKernel,
+    k: &kernel::Kernel,
     offsets: &[usize],
     tables: &[i64],
     helpers: [FuncId; 5],
@@ -387,7 +384,7 @@ fn define_piece(
             rows: Some((lo, hi)),
             tables,
         };
-        em.emit_kernel(&kernel::Kernel::Map(k.clone()))?;
+        em.emit_kernel(k)?;
     }
     b.ins().return_(&[]);
     b.seal_all_blocks();

@@ -169,6 +169,12 @@ fn value(g: &Graph, inputs: &Inputs) -> f64 {
     interp::run(g, inputs).unwrap()[0].iter().copied().next().unwrap()
 }
 
+/// Threads the compiled code may use (as `NNC_THREADS` or the machine sets them).
+fn threads() -> usize {
+    let env = std::env::var("NNC_THREADS").ok().and_then(|s| s.trim().parse().ok());
+    env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 fn names() -> Vec<String> {
     PROGRAM.lines().filter_map(|l| l.strip_prefix("fn t_")).map(|l| format!("t_{}", &l[..l.find('(').unwrap()])).collect()
 }
@@ -221,6 +227,13 @@ fn jit_matches_reference_on_every_builtin_and_its_gradient() {
             jit.input_mut(i).copy_from_slice(&v);
         }
         jit.run();
+        // Every scan here treats its rows independently, so with two threads
+        // each loop runs split by rows (and must still agree with the reference).
+        if threads() > 1 {
+            for line in jit.kernel_summary().iter().filter(|l| l.contains("loop of")) {
+                assert!(line.contains("rows split across threads"), "{name}: {line}");
+            }
+        }
         for (k, w) in want.iter().enumerate() {
             for (a, b) in jit.output(k).iter().zip(w.iter()) {
                 assert!((f64::from(*a) - b).abs() < 2e-4 * (1.0 + b.abs()), "{name} output {k}: jit {a} vs reference {b}");

@@ -34,11 +34,17 @@ fn main() -> Result<(), String> {
         exec.run().map_err(|d| d.title.clone())?;
         nnc_compiler::codegen::kernel_profile();
         let reps = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
-        let t = Instant::now();
+        let mut each = Vec::with_capacity(reps);
         for _ in 0..reps {
+            let t = Instant::now();
             exec.run().map_err(|d| d.title.clone())?;
+            each.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        println!("  one step (run() only): {:.1} us", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+        let mean = each.iter().sum::<f64>() / reps.max(1) as f64;
+        each.sort_by(f64::total_cmp);
+        let (median, min) = (each.get(reps / 2).copied().unwrap_or(0.0), each.first().copied().unwrap_or(0.0));
+        // On a shared machine the fastest step is the least disturbed one.
+        println!("  one step (run() only): {mean:.1} us mean, {median:.1} median, {min:.1} min");
         // With NNC_PROFILE=1: the slowest kernels (a pair of products counts under its second index).
         let mut times: Vec<(usize, std::time::Duration)> = nnc_compiler::codegen::kernel_profile().into_iter().enumerate().collect();
         times.sort_by_key(|t| std::cmp::Reverse(t.1));

@@ -29,7 +29,8 @@ pub(crate) struct Emitter<'a, 'b> {
     /// Inside a `Loop`: the current step (an `i64`).
     pub step: Option<Value>,
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
-    /// of every map kernel emitted (see `parallel_form`).
+    /// of every map kernel emitted (see `parallel_form`); in a row-split
+    /// loop's, of every kernel of its body (see `loops`).
     pub rows: Option<(Value, Value)>,
     /// Addresses of the plan's offset tables (gathered matrix operands).
     pub tables: &'a [i64],
@@ -293,12 +294,17 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, pd, site]);
                 Ok(())
             }
-            Kernel::Loop { steps, reverse, body } => self.emit_loop(*steps, *reverse, body),
+            Kernel::Loop { steps, reverse, body, .. } => self.emit_loop(*steps, *reverse, body),
             Kernel::StepCopy { rows, width, src, dst } => {
-                let ps = self.strip_base(src)?;
-                let pd = self.strip_base(dst)?;
+                let mut ps = self.strip_base(src)?;
+                let mut pd = self.strip_base(dst)?;
                 let consts = [dst.row_stride, src.row_stride, *rows as i64, *width as i64];
-                let [ds, ss, rows, width] = consts.map(|c| self.b.ins().iconst(I64, c));
+                let [ds, ss, mut rows, width] = consts.map(|c| self.b.ins().iconst(I64, c));
+                if let Some((lo, hi)) = self.rows {
+                    ps = self.row_offset(ps, lo, src.row_stride);
+                    pd = self.row_offset(pd, lo, dst.row_stride);
+                    rows = self.b.ins().isub(hi, lo);
+                }
                 self.b.ins().call(self.copy_rows, &[pd, ds, ps, ss, rows, width]);
                 Ok(())
             }
@@ -324,6 +330,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.step = outer;
         self.loop_end(blk, i, 1, steps as i64, &[]);
         Ok(())
+    }
+
+    /// `ptr` (a byte address) moved on by `row` rows of `row_stride` floats.
+    fn row_offset(&mut self, ptr: Value, row: Value, row_stride: i64) -> Value {
+        let by = self.b.ins().imul_imm_s(row, row_stride * 4);
+        self.b.ins().iadd(ptr, by)
     }
 
     /// The byte address of a strip's first row at the current step.
@@ -590,29 +602,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
         lo: Value,
         hi: Value,
     ) -> Result<(), CodegenError> {
-        // for row in lo..hi (bottom-tested, entered only if lo < hi)
-        let blk = self.b.create_block();
-        let row = self.b.append_block_param(blk, I64);
-        let exit = self.b.create_block();
-        let any = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
-        self.b.ins().brif(any, blk, &[BlockArg::from(lo)], exit, &[]);
-        self.b.switch_to_block(blk);
-        self.emit_map_at_row(k, &affines, &strides, row)?;
-        let next = self.b.ins().iadd_imm_s(row, 1);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, hi);
-        self.b.ins().brif(more, blk, &[BlockArg::from(next)], exit, &[]);
-        self.b.switch_to_block(exit);
-        Ok(())
+        self.row_range(lo, hi, &mut |em, row| em.emit_map_at_row(k, &affines, &strides, row))
     }
 
     /// Row-fused kernels (`rows::fuse`): for each row of their common first
     /// axis, every kernel's part of that row, in order.
+    /// In a row-split loop (`Emitter::rows`), only the thread's rows.
     fn emit_rows(&mut self, rows: usize, ks: &[MapKernel]) -> Result<(), CodegenError> {
-        self.loop_nest(&[rows], &mut |em, idx| {
-            let row = match idx.first() {
-                Some(&r) => r,
-                None => em.b.ins().iconst(I64, 0),
-            };
+        let mut one_row = |em: &mut Self, row: Value| {
             for k in ks {
                 let extra = k.extra.iter().map(|(a, _)| a);
                 let affines: Vec<&Affine> = std::iter::once(&k.out).chain(&k.operands).chain(extra).collect();
@@ -620,7 +617,38 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 em.emit_map_at_row(k, &affines, &strides, row)?;
             }
             Ok(())
+        };
+        if let Some((lo, hi)) = self.rows {
+            return self.row_range(lo, hi, &mut one_row);
+        }
+        self.loop_nest(&[rows], &mut |em, idx| {
+            let row = match idx.first() {
+                Some(&r) => r,
+                None => em.b.ins().iconst(I64, 0),
+            };
+            one_row(em, row)
         })
+    }
+
+    /// `body(row)` for `row` in `lo..hi` (bottom-tested, entered only if `lo < hi`).
+    fn row_range(
+        &mut self,
+        lo: Value,
+        hi: Value,
+        body: &mut dyn FnMut(&mut Self, Value) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let blk = self.b.create_block();
+        let row = self.b.append_block_param(blk, I64);
+        let exit = self.b.create_block();
+        let any = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
+        self.b.ins().brif(any, blk, &[BlockArg::from(lo)], exit, &[]);
+        self.b.switch_to_block(blk);
+        body(self, row)?;
+        let next = self.b.ins().iadd_imm_s(row, 1);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, hi);
+        self.b.ins().brif(more, blk, &[BlockArg::from(next)], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
     }
 
     /// Row `row` of the first axis of `k`: a loop nest over the other axes.
@@ -967,11 +995,19 @@ impl<'a, 'b> Emitter<'a, 'b> {
             return Ok(());
         }
         self.loop_nest(batch, &mut |em, idx| {
-            let (pa, pb, pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
+            let (mut pa, pb, mut pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
             let [ro, co] = em.gather_tables(b)?;
-            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs, ro, co];
-            let v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
-            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8], v[9], v[10]];
+            // 0: as many threads as the pool has.
+            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs, ro, co, 0];
+            let mut v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
+            if let Some((lo, hi)) = em.rows {
+                // A row-split loop (`loops`): this thread's rows of A and C, on this thread.
+                pa = em.row_offset(pa, lo, a.rs);
+                pc = em.row_offset(pc, lo, c.rs);
+                v[0] = em.b.ins().isub(hi, lo);
+                v[11] = em.b.ins().iconst(I64, 1);
+            }
+            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8], v[9], v[10], v[11]];
             em.b.ins().call(em.sgemm, &args);
             Ok(())
         })

@@ -21,12 +21,14 @@ pub(crate) extern "C" fn nnc_sgemm(
     csc: i64,
     bro: *const i32,
     bco: *const i32,
+    threads: i64,
 ) {
     let (Ok(m), Ok(k), Ok(n)) = (usize::try_from(m), usize::try_from(k), usize::try_from(n)) else {
         return;
     };
     let mat = |p: *const f32, rs: i64, cs: i64| Mat::strided(p.cast_mut(), rs as isize, cs as isize);
-    let threads = super::pool::pool().threads();
+    // 0: the whole pool; 1 inside a row-split loop, whose threads are all busy.
+    let threads = if threads > 0 { threads as usize } else { super::pool::pool().threads() };
     // SAFETY: the generated code passes pointers into the arena with strides and
     // sizes taken from the planned (shape-checked) layouts, so every element
     // `a[i·rsa + l·csa]`, `b[l·rsb + j·csb]`, `c[i·rsc + j·csc]` is in bounds, and
@@ -252,11 +254,14 @@ pub(crate) mod profile {
     }
 }
 
-/// A parallel piece's function: rows `[lo, hi)` of one map kernel.
+/// A parallel piece's function: rows `[lo, hi)` of one map kernel, or of a
+/// row-split loop.
 pub(crate) type Piece = unsafe extern "C" fn(*mut f32, i64, i64);
 
-/// Run `piece` over rows `0..rows`, split into ranges across the worker pool.
-pub(crate) extern "C" fn nnc_parallel(piece: Piece, arena: *mut f32, rows: i64) {
+/// Run `piece` over rows `0..rows`, split into `per_thread` ranges per thread
+/// of the worker pool (several for a map: a late thread then holds up less;
+/// one for a row-split loop, whose products want their rows together).
+pub(crate) extern "C" fn nnc_parallel(piece: Piece, arena: *mut f32, rows: i64, per_thread: i64) {
     struct Arena(*mut f32);
     // SAFETY: the pieces write disjoint rows of their outputs and only read
     // their inputs, so sharing the arena pointer between threads is sound.
@@ -264,7 +269,7 @@ pub(crate) extern "C" fn nnc_parallel(piece: Piece, arena: *mut f32, rows: i64) 
     let arena = Arena(arena);
     let p = super::pool::pool();
     let rows = rows.max(0);
-    let chunks = (p.threads() as i64 * 4).min(rows).max(1);
+    let chunks = (p.threads() as i64 * per_thread.max(1)).min(rows).max(1);
     let f = |t: usize| {
         let (lo, hi) = (rows * t as i64 / chunks, rows * (t as i64 + 1) / chunks);
         let a = &arena;

@@ -137,6 +137,10 @@ pub(crate) enum Kernel {
         steps: usize,
         reverse: bool,
         body: Vec<Kernel>,
+        /// `Some(rows)`: every body kernel keeps to its own rows of the batch
+        /// (`loops::splittable`), so the loop may run on several threads at
+        /// once, each for a range of the `rows`.
+        split: Option<usize>,
     },
     /// `rows × width` floats from `src` to `dst` at the current step (only inside a `Loop`).
     StepCopy {

@@ -34,6 +34,8 @@ pub(crate) struct Plan {
     pub scratch: usize,
     /// Offset tables of gathered matrix operands (`MatOperand::gather`).
     pub tables: Vec<Vec<i32>>,
+    /// The node whose value each storage holds (`None`: a scan body's buffer).
+    pub owners: Vec<Option<ValueId>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -148,6 +150,8 @@ struct Planner<'g> {
     mode: Vec<Mode>,
     layouts: Vec<Option<Layout>>,
     storages: Vec<Storage>,
+    /// The node whose value each storage holds (`Plan::owners`).
+    owners: Vec<Option<ValueId>>,
     kernels: Vec<Kernel>,
     scratch: usize,
     /// The buffer of each `Tee` node, which has a layout only once stored.
@@ -295,6 +299,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         mode: vec![Mode::Dead; graph.nodes.len()],
         layouts: vec![None; graph.nodes.len()],
         storages: Vec::new(),
+        owners: Vec::new(),
         kernels: Vec::new(),
         scratch: 0,
         tee: vec![None; graph.nodes.len()],
@@ -374,7 +379,7 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
     }
     updates::apply(&mut p.kernels, &mut p.storages, &pairs, &mut outputs);
     let kernels = super::rows::fuse(p.kernels);
-    Ok(Plan { storages: p.storages, kernels, inputs, outputs, scratch: p.scratch, tables: p.tables })
+    Ok(Plan { storages: p.storages, kernels, inputs, outputs, scratch: p.scratch, tables: p.tables, owners: p.owners })
 }
 
 impl Planner<'_> {
@@ -390,6 +395,7 @@ impl Planner<'_> {
     fn new_storage(&mut self, i: usize, kind: StorageKind) -> StorageId {
         let len = self.dims[i].iter().product();
         self.storages.push(Storage { len, kind });
+        self.owners.push(Some(ValueId(i as u32)));
         let s = self.storages.len() - 1;
         self.layouts[i] = Some(Layout { storage: s, off: 0, strides: contiguous_strides(&self.dims[i]) });
         s
@@ -834,7 +840,7 @@ impl Planner<'_> {
             Op::Fold { window, .. } => self.lower_fold(id, window, &out),
             Op::Gather => self.lower_lookup(id, false, &out),
             Op::ScatterAdd { .. } => self.lower_lookup(id, true, &out),
-            Op::Scan { body, steps, inputs, reverse } => self.lower_scan(id, body, *steps, *inputs, *reverse, &out),
+            Op::Scan { body, steps, inputs, reverse, .. } => self.lower_scan(id, body, *steps, *inputs, *reverse, &out),
         }
     }
 
@@ -1090,11 +1096,16 @@ impl Planner<'_> {
         let rows = self.shape(init).first().copied().unwrap_or(1);
         let state_len = self.numel(init);
         let width = state_len / rows.max(1);
-        let body = crate::ops::scan::body_for_batch(body, &crate::ir::Dim::Known(rows));
-        let sub = plan(&body, &[])?;
+        let sub = plan(&crate::ops::scan::body_for_batch(body, &crate::ir::Dim::Known(rows)), &[])?;
+        // Which body buffers hold values with the rows first (checked against
+        // the body's symbolic shapes, so a weight that happens to have as many
+        // rows as the batch is not mistaken for one).
+        let rows_first = |v: &Option<ValueId>| v.is_some_and(|v| crate::ops::scan::rows_first(body.shape(v)));
+        let sub_batched: Vec<bool> = sub.owners.iter().map(rows_first).collect();
         let base = self.storages.len();
         let tables = self.tables.len();
         self.storages.extend(sub.storages.iter().map(|st| Storage { len: st.len, kind: StorageKind::Temp }));
+        self.owners.extend(sub.storages.iter().map(|_| None));
         self.tables.extend(sub.tables);
         self.scratch = self.scratch.max(sub.scratch);
         let mut kernels = sub.kernels;
@@ -1139,9 +1150,12 @@ impl Planner<'_> {
         }
         each.extend(kernels);
         each.push(Kernel::StepCopy { rows, width, src: own(new_state, width), dst: strip(out, steps * width, width) });
-        each.push(Kernel::StepCopy { rows: 1, width: state_len, src: own(new_state, 0), dst: own(state, 0) });
+        each.push(Kernel::StepCopy { rows, width, src: own(new_state, width), dst: own(state, width) });
+        before.extend(super::loops::hoist_transposed_weights(&mut each, &mut self.storages, &mut self.owners));
+        let batched: Vec<bool> = (0..self.storages.len()).map(|s| s >= base && sub_batched.get(s - base) == Some(&true)).collect();
+        let split = super::loops::splittable(&each, rows, &self.storages, &batched).then_some(rows);
         self.kernels.extend(before);
-        self.kernels.push(Kernel::Loop { steps, reverse, body: each });
+        self.kernels.push(Kernel::Loop { steps, reverse, body: each, split });
         Ok(())
     }
 
@@ -1150,6 +1164,7 @@ impl Planner<'_> {
         let len = self.numel(id);
         let src = self.layout(id)?.storage;
         self.storages.push(Storage { len, kind: StorageKind::Output });
+        self.owners.push(Some(id));
         let dst = self.storages.len() - 1;
         self.kernels.push(copy_kernel(src, dst, len));
         Ok(dst)

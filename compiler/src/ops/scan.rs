@@ -59,6 +59,12 @@ pub fn has_step_batch(s: &Shape) -> bool {
     s.dims().iter().any(|d| d.factors().1.iter().any(|f| f == STEP_BATCH))
 }
 
+/// Whether `s` is `[N_step, ..]` with the step batch in its first axis only:
+/// a value with one row per row of the state.
+pub fn rows_first(s: &Shape) -> bool {
+    s.dims().first() == Some(&Dim::Sym(STEP_BATCH.into())) && !has_step_batch(&Shape(s.dims()[1..].to_vec()))
+}
+
 /// `d` with the step batch replaced by `batch` (`N_step·4` becomes `batch·4`).
 fn substitute_batch(d: &Dim, batch: &Dim) -> Dim {
     let (c, syms) = d.factors();
@@ -119,10 +125,9 @@ pub fn inline(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> V
 /// `N · steps` rows at once) and draw no random numbers.
 pub fn check_rowwise(body: &Graph) -> Result<(), (String, Span)> {
     let batched = has_step_batch;
-    let leading = |s: &Shape| s.dims().first() == Some(&Dim::Sym(STEP_BATCH.into())) && !batched(&Shape(s.dims()[1..].to_vec()));
     for node in &body.nodes {
         let shape = &node.ty.shape;
-        if batched(shape) && !leading(shape) {
+        if batched(shape) && !rows_first(shape) {
             return Err((format!("it makes a value of shape {shape}, where the rows are not the first axis"), node.span));
         }
         let arg_batched = |k: usize| node.args.get(k).is_some_and(|a| batched(body.shape(*a)));
