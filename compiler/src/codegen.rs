@@ -228,6 +228,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
                 emit::parallel_form(m).map(|pk| (pk.dims.first().copied().unwrap_or(1), 4, kernel::Kernel::Map(pk)))
             }
             kernel::Kernel::Loop { split: Some(rows), .. } if threaded => Some((*rows, 1, k.clone())),
+            kernel::Kernel::MatMul { .. } if threaded => emit::batch_split(k).map(|items| (items, 2, k.clone())),
             _ => None,
         };
         pieces.push(match form {
@@ -324,9 +325,10 @@ fn describe(k: &kernel::Kernel) -> String {
             let parts: Vec<String> = kernels.iter().map(|k| describe(&kernel::Kernel::Map(k.clone()))).collect();
             format!("{} loops fused over {rows} rows: [{}]", kernels.len(), parts.join("; "))
         }
-        kernel::Kernel::MatMul { batch, m, k, n, b, .. } => {
+        kernel::Kernel::MatMul { batch, m, k: depth, n, b, .. } => {
             let gathered = if b.gather.is_some() { " (B unfolded in place)" } else { "" };
-            format!("matmul {batch:?} {m}x{k} @ {k}x{n}{gathered}")
+            let split = if emit::batch_split(k).is_some() && pool::pool().threads() > 1 { ", batch split across threads" } else { "" };
+            format!("matmul {batch:?} {m}x{depth} @ {depth}x{n}{gathered}{split}")
         }
         kernel::Kernel::Solve { n, k, .. } => format!("solve {n}x{n} \\ {n}x{k}"),
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),

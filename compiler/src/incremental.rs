@@ -266,7 +266,7 @@ impl Deriver<'_, '_> {
                 [Form::Whole, Form::Sliced(a)] => Ok((self.push(Op::Gather, &whole_args)?, Form::Sliced(*a))),
                 _ => Err("a table indexed by position".into()),
             },
-            Op::Scan { body, inputs, reverse: false, .. } => self.scan_step(&node.args, body, *inputs, &forms),
+            Op::Scan { body, inputs, reverse: false, saved, .. } => self.scan_step(&node.args, body, *inputs, *saved, &forms),
             _ => Err("this op cannot be computed one position at a time".into()),
         }
     }
@@ -302,7 +302,14 @@ impl Deriver<'_, '_> {
 
     /// One step of a forward scan whose sequences are sliced along time: the
     /// state comes from a cache (the initial state at position 0).
-    fn scan_step(&mut self, args: &[ValueId], body: &Graph, inputs: usize, forms: &[Form]) -> Result<(ValueId, Form), String> {
+    fn scan_step(
+        &mut self,
+        args: &[ValueId],
+        body: &Graph,
+        inputs: usize,
+        saved: usize,
+        forms: &[Form],
+    ) -> Result<(ValueId, Form), String> {
         if forms[0] != Form::Whole
             || forms[1..=inputs].iter().any(|f| *f != Form::Sliced(1))
             || forms[1 + inputs..].iter().any(|f| *f != Form::Whole)
@@ -326,8 +333,13 @@ impl Deriver<'_, '_> {
         step_args.extend(args[1 + inputs..].iter().map(|a| self.map[a.index()].0));
         let rows = state_shape.dims()[0].clone();
         let next = scan::inline(&mut self.b, body, &step_args, &rows)[0];
-        self.caches.push((Cache { input, output: 0, kind: CacheKind::State }, next));
-        let mut dims = state_shape.0.clone();
+        // The state carried on: the step's output without its saved products.
+        let carried = match state_shape.dims() {
+            [_, Dim::Known(width)] if saved > 0 => self.b.slice(next, 1, 0, *width),
+            _ => next,
+        };
+        self.caches.push((Cache { input, output: 0, kind: CacheKind::State }, carried));
+        let mut dims = self.b.shape(next).0.clone();
         dims.insert(1, Dim::Known(1));
         Ok((self.b.reshape(next, &Shape(dims)), Form::Sliced(1)))
     }

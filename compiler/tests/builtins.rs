@@ -10,6 +10,7 @@ use nnc_compiler::codegen::CompiledGraph;
 use nnc_compiler::elaborate::Session;
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{DType, Graph, Shape, TensorType};
+use nnc_compiler::ops::Op;
 use nnc_compiler::syntax;
 
 const PROGRAM: &str = r#"
@@ -390,4 +391,39 @@ fn builtins_agree_with_closed_forms() {
     }
     let got = value(&g, &inputs);
     assert!((got - total).abs() < 1e-12 * (1.0 + total.abs()), "causal attention {got} vs {total}");
+}
+
+/// The scans of `g` (not inside other scans): their `saved` columns and the
+/// products in their bodies.
+fn scans(g: &Graph) -> Vec<(usize, usize)> {
+    let products = |body: &Graph| body.nodes.iter().filter(|n| matches!(n.op, Op::MatMul)).count();
+    g.nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Scan { body, saved, .. } => Some((*saved, products(body))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_scan_derivative_reads_the_products_the_forward_loop_saved() {
+    let program = syntax::parse(PROGRAM).unwrap();
+    let session = Session::new(&program).unwrap();
+    let (mut g, _) = function(&session, "t_scan_lstm_weight");
+    // Forward: x·W and h·U ([N, 16] each) kept after the state [N, 8].
+    assert_eq!(scans(&g), vec![(32, 2)]);
+    let loss = g.outputs[0];
+    let w = g.input("arg0").unwrap();
+    let dw = autodiff::grad(&mut g, loss, &[w], Span::default()).unwrap()[0];
+    g.outputs = vec![dw];
+    let g = nnc_compiler::opt::optimize(&g);
+    // Backward: the loop's one product is the cotangent through U (dz·Uᵀ);
+    // neither product is computed again, in the loop or over all rows.
+    assert_eq!(scans(&g), vec![(32, 2), (0, 1)]);
+    // Outside the loops: U = w[:, 0:4]ᵀ·w and its two derivative products,
+    // dW = xᵀ·dz and dU = hᵀ·dz over all rows; recomputing x·W and h·U there
+    // would add two.
+    let outside = g.nodes.iter().filter(|n| matches!(n.op, Op::MatMul)).count();
+    assert_eq!(outside, 5);
 }

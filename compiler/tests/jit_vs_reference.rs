@@ -411,6 +411,8 @@ fn matmuls() {
         (&[4, 3, 5], &[4, 5, 7]), (&[2, 1, 3], &[2, 3, 1]), (&[2, 3, 4, 5], &[2, 3, 5, 2]),
         // Large enough for the SGEMM library path (the rest are fused loops).
         (&[40, 65], &[65, 33]), (&[3, 33, 40], &[3, 40, 35]), (&[1, 300], &[300, 200]),
+        // A batch split across threads by its first dim, with a second batch dim inside.
+        (&[5, 2, 20, 30], &[5, 2, 30, 20]),
         (&[65, 300], &[300, 1]),
         // Threaded SGEMM (m·k·n ≥ 2^21), and a narrow product computed transposed.
         (&[130, 200], &[200, 90]), (&[300, 70], &[70, 5]), (&[64, 256], &[256, 256]),

@@ -122,6 +122,16 @@ pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
     Some(MapKernel { dims, out, operands, nodes: k.nodes.clone(), root: k.root, acc: k.acc, extra })
 }
 
+/// For a batch of products each too small to split across threads itself
+/// (attention's `[B, heads]` batches of `T×d @ d×T`): the length of the
+/// first batch dim, whose ranges then run on the threads side by side.
+pub(crate) fn batch_split(k: &Kernel) -> Option<usize> {
+    match k {
+        Kernel::MatMul { batch, m, k, n, .. } if m * k * n < super::gemm::parallel_min() => batch.first().copied().filter(|&b| b >= 2),
+        _ => None,
+    }
+}
+
 /// True if the output elements an accumulating loop touches for one index of
 /// its first axis are disjoint from those of every other index: the first
 /// axis moves the output (non-negative strides), and either the other axes
@@ -990,27 +1000,47 @@ impl<'a, 'b> Emitter<'a, 'b> {
         b: &MatOperand,
         c: &MatOperand,
     ) -> Result<(), CodegenError> {
-        let [m, k, n] = mkn;
+        let [m, _, n] = mkn;
         if m == 0 || n == 0 || batch.contains(&0) {
             return Ok(());
         }
-        self.loop_nest(batch, &mut |em, idx| {
-            let (mut pa, pb, mut pc) = (em.mat_ptr(a, idx)?, em.mat_ptr(b, idx)?, em.mat_ptr(c, idx)?);
-            let [ro, co] = em.gather_tables(b)?;
-            // 0: as many threads as the pool has.
-            let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs, ro, co, 0];
-            let mut v: Vec<Value> = ints.iter().map(|&x| em.b.ins().iconst(I64, x)).collect();
-            if let Some((lo, hi)) = em.rows {
-                // A row-split loop (`loops`): this thread's rows of A and C, on this thread.
-                pa = em.row_offset(pa, lo, a.rs);
-                pc = em.row_offset(pc, lo, c.rs);
-                v[0] = em.b.ins().isub(hi, lo);
-                v[11] = em.b.ins().iconst(I64, 1);
-            }
-            let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8], v[9], v[10], v[11]];
-            em.b.ins().call(em.sgemm, &args);
-            Ok(())
-        })
+        match (self.rows, batch.split_first()) {
+            // A batch of products split across threads (`batch_split`): this
+            // piece's range of the first batch dim, each product on one thread.
+            (Some((lo, hi)), Some((_, inner))) => self.row_range(lo, hi, &mut |em, i| {
+                em.loop_nest(inner, &mut |em, rest| {
+                    let idx: Vec<Value> = std::iter::once(i).chain(rest.iter().copied()).collect();
+                    em.one_product(mkn, [a, b, c], &idx, None)
+                })
+            }),
+            // In a row-split loop (`loops`): this thread's rows of A and C.
+            (rows, _) => self.loop_nest(batch, &mut |em, idx| em.one_product(mkn, [a, b, c], idx, rows)),
+        }
+    }
+
+    /// One `nnc_sgemm` call at the batch index `idx`. On a piece's thread (a
+    /// batch range, or `rows` of a row-split loop) it runs on that thread only.
+    fn one_product(
+        &mut self,
+        [m, k, n]: [usize; 3],
+        [a, b, c]: [&MatOperand; 3],
+        idx: &[Value],
+        rows: Option<(Value, Value)>,
+    ) -> Result<(), CodegenError> {
+        let (mut pa, pb, mut pc) = (self.mat_ptr(a, idx)?, self.mat_ptr(b, idx)?, self.mat_ptr(c, idx)?);
+        let [ro, co] = self.gather_tables(b)?;
+        // Threads: 0 for the whole pool; 1 on a piece's thread.
+        let threads = if self.rows.is_some() { 1 } else { 0 };
+        let ints = [m as i64, k as i64, n as i64, a.rs, a.cs, b.rs, b.cs, c.rs, c.cs, ro, co, threads];
+        let mut v: Vec<Value> = ints.iter().map(|&x| self.b.ins().iconst(I64, x)).collect();
+        if let Some((lo, hi)) = rows {
+            pa = self.row_offset(pa, lo, a.rs);
+            pc = self.row_offset(pc, lo, c.rs);
+            v[0] = self.b.ins().isub(hi, lo);
+        }
+        let args = [v[0], v[1], v[2], pa, v[3], v[4], pb, v[5], v[6], pc, v[7], v[8], v[9], v[10], v[11]];
+        self.b.ins().call(self.sgemm, &args);
+        Ok(())
     }
 
     /// Adam's update as one call of `nnc_adam` (see `adam::recognise`).

@@ -40,7 +40,7 @@ pub static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// (`NNC_PAR_MACS` overrides it, for measuring).
 pub(crate) const PARALLEL_MIN: usize = 1 << 21;
 
-fn parallel_min() -> usize {
+pub(crate) fn parallel_min() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MIN.get_or_init(|| pool::threshold("NNC_PAR_MACS", PARALLEL_MIN))
 }

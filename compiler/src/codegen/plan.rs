@@ -1149,8 +1149,15 @@ impl Planner<'_> {
             }
         }
         each.extend(kernels);
-        each.push(Kernel::StepCopy { rows, width, src: own(new_state, width), dst: strip(out, steps * width, width) });
-        each.push(Kernel::StepCopy { rows, width, src: own(new_state, width), dst: own(state, width) });
+        // The body's output: the new state, then any saved products (`Scan::saved`).
+        let out_width = self.numel(id) / (rows * steps).max(1);
+        each.push(Kernel::StepCopy {
+            rows,
+            width: out_width,
+            src: own(new_state, out_width),
+            dst: strip(out, steps * out_width, out_width),
+        });
+        each.push(Kernel::StepCopy { rows, width, src: own(new_state, out_width), dst: own(state, width) });
         before.extend(super::loops::hoist_transposed_weights(&mut each, &mut self.storages, &mut self.owners));
         let batched: Vec<bool> = (0..self.storages.len()).map(|s| s >= base && sub_batched.get(s - base) == Some(&true)).collect();
         let split = super::loops::splittable(&each, rows, &self.storages, &batched).then_some(rows);

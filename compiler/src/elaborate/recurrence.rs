@@ -90,12 +90,17 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
             format!("a scan step may read parameters from outside, but this value, {shape}, has a batch axis of its own: scan it as an input instead"),
         ));
     }
-    let body = crate::opt::optimize(&body);
+    let (body, saved) = crate::ops::scan::with_saved_products(crate::opt::optimize(&body), span);
     let mut operands = vec![init.id];
     operands.extend(xs.iter().map(|(x, _)| x.id));
     operands.extend(captured);
-    let op = Op::Scan { body: Box::new(body), steps, inputs: xs.len(), reverse };
-    let id = cx.op(op, &operands, span)?;
+    let op = Op::Scan { body: Box::new(body), steps, inputs: xs.len(), reverse, saved };
+    let mut id = cx.op(op, &operands, span)?;
+    if saved > 0 {
+        // The states; the saved products after them are for the derivative.
+        let width = cx.graph.shape(id).dims()[2].known().unwrap_or(saved) - saved;
+        id = cx.op(Op::Slice { axis: 2, start: 0, end: width }, &[id], span)?;
+    }
     Ok(Value::Tensor(Tensor { id, names: Vec::new() }))
 }
 

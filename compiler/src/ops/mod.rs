@@ -118,6 +118,10 @@ pub enum Op {
         /// How many of the operands after `init` are per-step sequences.
         inputs: usize,
         reverse: bool,
+        /// Columns the body returns after the new state `[N, S]`: products it
+        /// computed, kept for the derivative (stacked into the result, `[N,
+        /// steps, S + saved]`, but not carried to the next step).
+        saved: usize,
     },
 }
 
@@ -219,7 +223,7 @@ pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeErro
         Op::ScatterAdd { rows } => index::scatter_add_shape_rule(*rows, args),
         Op::MatMul => linalg::matmul_shape_rule(args),
         Op::Solve => linalg::solve_shape_rule(args),
-        Op::Scan { body, steps, inputs, .. } => scan::scan_shape_rule(body, *steps, *inputs, args),
+        Op::Scan { body, steps, inputs, saved, .. } => scan::scan_shape_rule(body, *steps, *inputs, *saved, args),
     }
 }
 
@@ -303,7 +307,7 @@ pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f6
         Op::ScatterAdd { .. } => index::scatter_add_eval(args, &out_shape),
         Op::MatMul => Ok(linalg::matmul_eval(args, &out_shape)),
         Op::Solve => linalg::solve_eval(args),
-        Op::Scan { body, steps, inputs, reverse } => scan::scan_eval(body, *steps, *inputs, *reverse, args),
+        Op::Scan { body, steps, inputs, reverse, saved } => scan::scan_eval(body, *steps, *inputs, *reverse, *saved, args),
     }
 }
 
@@ -326,9 +330,10 @@ impl fmt::Display for Op {
             Op::Unfold { window } => write!(f, "unfold {window}"),
             Op::Fold { window, size } => write!(f, "fold {window} to {}x{}", size[0], size[1]),
             Op::ScatterAdd { rows } => write!(f, "scatter_add into {rows} rows"),
-            Op::Scan { body, steps, inputs, reverse } => {
+            Op::Scan { body, steps, inputs, reverse, saved } => {
                 let dir = if *reverse { " reverse" } else { "" };
-                write!(f, "scan{dir} steps={steps} inputs={inputs} body={{ {} nodes }}", body.nodes.len())
+                let kept = if *saved > 0 { format!(" saved={saved}") } else { String::new() };
+                write!(f, "scan{dir} steps={steps} inputs={inputs}{kept} body={{ {} nodes }}", body.nodes.len())
             }
             Op::Unary(_) | Op::Binary(_) | Op::StopGradient | Op::Gather | Op::MatMul | Op::Solve => {
                 write!(f, "{}", self.name())

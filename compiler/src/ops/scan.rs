@@ -20,7 +20,9 @@
 //! constants then come from one copy of the body's VJP over all `N · steps`
 //! rows at once, so the weight gradients are single large products rather than
 //! `steps` small ones. Nothing is unrolled: the graph grows by two bodies, not
-//! by `steps` copies.
+//! by `steps` copies. Both bodies read the products the forward loop computed
+//! (`with_saved_products`: kept as extra columns of the result, `saved`)
+//! and recompute only the step's elementwise values.
 
 use super::{EvalError, Op, ShapeError};
 use crate::ast::Span;
@@ -32,8 +34,9 @@ use ndarray::{ArrayD, Axis};
 /// The batch dim of a scan body: the rows of the state.
 pub const STEP_BATCH: &str = "N_step";
 
-/// `[N, steps, S..]` from `init [N, S..]`, checking the per-step inputs.
-pub fn scan_shape_rule(body: &Graph, steps: usize, inputs: usize, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
+/// `[N, steps, S..]` from `init [N, S..]` (`[N, steps, S + saved]` with saved
+/// products), checking the per-step inputs.
+pub fn scan_shape_rule(body: &Graph, steps: usize, inputs: usize, saved: usize, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
     let bad = |reason: String| ShapeError::Scan { reason };
     let body_inputs = body.inputs().len();
     if args.len() != body_inputs || args.len() < 1 + inputs {
@@ -51,6 +54,12 @@ pub fn scan_shape_rule(body: &Graph, steps: usize, inputs: usize, args: &[&Tenso
     }
     let mut dims = vec![n.clone(), Dim::Known(steps)];
     dims.extend_from_slice(&init.shape.dims()[1..]);
+    if saved > 0 {
+        match init.shape.dims() {
+            [_, Dim::Known(width)] => dims[2] = Dim::Known(width + saved),
+            _ => return Err(bad(format!("saved products need a state [N, S], found {}", init.shape))),
+        }
+    }
     Ok(TensorType::f32(Shape(dims)))
 }
 
@@ -98,6 +107,12 @@ pub fn body_for_batch(body: &Graph, batch: &Dim) -> Graph {
 /// Copy `body`'s nodes into `b`'s graph with its inputs bound to `args` (in the
 /// body's input order) and its batch dim set to `batch`; the values of its outputs.
 pub fn inline(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> Vec<ValueId> {
+    let map = inline_nodes(b, body, args, batch);
+    body.outputs.iter().map(|o| map[o.index()]).collect()
+}
+
+/// `inline`, returning where each of the body's nodes went.
+fn inline_nodes(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> Vec<ValueId> {
     let body = body_for_batch(body, batch);
     let mut map: Vec<ValueId> = Vec::with_capacity(body.nodes.len());
     let mut next_arg = args.iter();
@@ -117,7 +132,7 @@ pub fn inline(b: &mut Builder, body: &Graph, args: &[ValueId], batch: &Dim) -> V
         };
         map.push(id);
     }
-    body.outputs.iter().map(|o| map[o.index()]).collect()
+    map
 }
 
 /// Why a step function cannot be a scan body, if it cannot: it must treat
@@ -154,13 +169,24 @@ pub fn check_rowwise(body: &Graph) -> Result<(), (String, Span)> {
 }
 
 /// Reference evaluation: the body, specialized to the batch, once per step.
-pub fn scan_eval(body: &Graph, steps: usize, inputs: usize, reverse: bool, args: &[&ArrayD<f64>]) -> Result<ArrayD<f64>, EvalError> {
+pub fn scan_eval(
+    body: &Graph,
+    steps: usize,
+    inputs: usize,
+    reverse: bool,
+    saved: usize,
+    args: &[&ArrayD<f64>],
+) -> Result<ArrayD<f64>, EvalError> {
     let init = args.first().ok_or_else(|| EvalError::MissingInput("scan state".into()))?;
     let n = init.shape().first().copied().unwrap_or(1);
     let body = body_for_batch(body, &Dim::Known(n));
     let names: Vec<String> = body.inputs().iter().map(|(_, name, _)| name.to_string()).collect();
     let mut out_shape = vec![n, steps];
     out_shape.extend_from_slice(&init.shape()[1..]);
+    let width = out_shape.get(2).copied().unwrap_or(1);
+    if saved > 0 {
+        out_shape[2] += saved;
+    }
     let mut out = ArrayD::zeros(out_shape);
     let mut state = (*init).clone();
     for i in 0..steps {
@@ -176,7 +202,7 @@ pub fn scan_eval(body: &Graph, steps: usize, inputs: usize, reverse: bool, args:
         }
         let next = interp::run(&body, &feed)?.into_iter().next().ok_or_else(|| EvalError::MissingInput("scan body output".into()))?;
         out.index_axis_mut(Axis(1), t).assign(&next);
-        state = next;
+        state = if saved > 0 { next.slice_axis(Axis(1), (0..width).into()).to_owned() } else { next };
     }
     Ok(out)
 }
@@ -203,38 +229,115 @@ fn autodiff_error(e: crate::autodiff::AutodiffError) -> ShapeError {
     }
 }
 
+/// Keep the products a step computes (`h·W`, `x·W`: most of its work) for
+/// the derivative. They are appended to the body's output as columns after
+/// the new state (`Scan::saved`), so the backward loop and the all-rows VJP
+/// read them rather than compute them again; elementwise values are still
+/// recomputed (JAX's `checkpoint_dots` policy makes the same choice). Returns
+/// the body and the columns added: `(body, 0)` when the state is not a
+/// matrix `[N, S]` or the step has no product with one row per row of it.
+pub fn with_saved_products(body: Graph, span: Span) -> (Graph, usize) {
+    let (Some(&(state, _, _)), Some(&out)) = (body.inputs().first(), body.outputs.first()) else {
+        return (body, 0);
+    };
+    let matrix = |s: &Shape| s.rank() == 2 && rows_first(s);
+    if !matrix(body.shape(state)) || !matrix(body.shape(out)) {
+        return (body, 0);
+    }
+    let mut products = vec![out];
+    let mut saved = 0;
+    for (i, node) in body.nodes.iter().enumerate() {
+        let id = ValueId(i as u32);
+        if let (Op::MatMul, [_, Dim::Known(w)], true) = (&node.op, node.ty.shape.dims(), id != out && matrix(&node.ty.shape)) {
+            products.push(id);
+            saved += w;
+        }
+    }
+    if saved == 0 {
+        return (body, 0);
+    }
+    let mut g = body;
+    let joined = Builder::new(&mut g, span).concat(&products, 1);
+    g.outputs = vec![joined];
+    (g, saved)
+}
+
+/// The products a body with `saved` columns appends to its new state.
+fn saved_products(body: &Graph, saved: usize) -> Vec<ValueId> {
+    match body.outputs.first() {
+        Some(&out) if saved > 0 => body.node(out).args.get(1..).unwrap_or_default().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Make every use of `from` in `g` (and any output that is `from`) read `to`.
+fn redirect(g: &mut Graph, from: ValueId, to: ValueId) {
+    for node in &mut g.nodes {
+        node.args.iter_mut().filter(|a| **a == from).for_each(|a| *a = to);
+    }
+    g.outputs.iter_mut().filter(|o| **o == from).for_each(|o| *o = to);
+}
+
 /// The body's VJP at `(h_prev, xs..)`, as a graph of its own.
 ///
-/// With `carried` it is the backward scan's body: inputs `ν, h_prev, xs.., g,
-/// consts..` (state `ν`: the cotangent arriving from the following step),
+/// With `carried` it is the backward scan's body: inputs `ν, h_prev, xs.., r,
+/// g, consts..` (state `ν`: the cotangent arriving from the following step),
 /// seeded with `g + ν`, returning the cotangent of `h_prev`. Without, it is
-/// run once over all rows: inputs `h_prev, xs.., λ, consts..`, seeded with
-/// `λ`, returning the cotangents of `xs..` then of `consts..`.
-fn body_vjp(body: &Graph, inputs: usize, carried: bool, span: Span) -> Result<Graph, ShapeError> {
+/// run once over all rows: inputs `h_prev, xs.., r, λ, consts..`, seeded with
+/// `λ`, returning the cotangents of `xs..` then of `consts..`. `r` (only with
+/// `saved` columns) holds the step's saved products, which the graph reads
+/// instead of computing them; `g` and `λ` cover those columns too.
+fn body_vjp(body: &Graph, inputs: usize, carried: bool, saved: usize, span: Span) -> Result<Graph, ShapeError> {
     let tys = body_input_types(body);
     let state = tys[0].clone();
+    let out_ty = body.outputs.first().map_or(state.clone(), |o| body.ty(*o).clone());
     let lead = usize::from(carried);
+    let kept = usize::from(saved > 0);
     let mut all = vec![state.clone(); lead + 1];
     all.extend_from_slice(&tys[1..=inputs]);
-    all.push(state);
+    if saved > 0 {
+        all.push(TensorType::f32(Shape(vec![Dim::Sym(STEP_BATCH.into()), Dim::Known(saved)])));
+    }
+    all.push(out_ty);
     all.extend_from_slice(&tys[1 + inputs..]);
     let (mut g, ids) = graph_with_inputs(&all, span);
-    let g_t = ids[lead + 1 + inputs];
+    let g_t = ids[lead + 1 + inputs + kept];
     let mut body_args = ids[lead..=lead + inputs].to_vec();
-    body_args.extend_from_slice(&ids[lead + 2 + inputs..]);
-    let (h, seed) = {
+    body_args.extend_from_slice(&ids[lead + 2 + inputs + kept..]);
+    let (h, seed, swaps) = {
         let mut b = Builder::new(&mut g, span);
-        let h = inline(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()))[0];
-        let seed = if carried { b.add(g_t, ids[0]) } else { g_t };
+        // The saved columns, sliced before the body's nodes that will read them.
+        let mut at = 0;
+        let mut columns = Vec::new();
+        for p in saved_products(body, saved) {
+            let w = body.shape(p).dims().get(1).and_then(Dim::known).unwrap_or(0);
+            columns.push(b.slice(ids[lead + 1 + inputs], 1, at, at + w));
+            at += w;
+        }
+        let map = inline_nodes(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()));
+        let h = body.outputs.first().map_or(body_args[0], |o| map[o.index()]);
+        let seed = if carried {
+            let nu = if saved > 0 { b.pad(ids[0], 1, 0, saved) } else { ids[0] };
+            b.add(g_t, nu)
+        } else {
+            g_t
+        };
         if let Some(e) = b.internal_error {
             return Err(e);
         }
-        (h, seed)
+        let swaps: Vec<(ValueId, ValueId)> = saved_products(body, saved).iter().map(|p| map[p.index()]).zip(columns).collect();
+        (h, seed, swaps)
     };
     let wrt: Vec<ValueId> = if carried { vec![body_args[0]] } else { body_args[1..].to_vec() };
     let d = crate::autodiff::vjp(&mut g, h, seed, &wrt, span).map_err(autodiff_error)?;
     g.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
     g.outputs = d;
+    // Differentiated first, then every use of a product's value (the forward
+    // values and the derivative alike) reads the saved columns: the product
+    // itself is left unused and dropped.
+    for (product, column) in swaps {
+        redirect(&mut g, product, column);
+    }
     Ok(crate::opt::optimize(&g))
 }
 
@@ -273,10 +376,10 @@ fn shift_time(b: &mut Builder, x: ValueId, fill: ValueId, steps: usize, towards_
 
 /// Backpropagation through time (see the module comment), for `op`, a `Scan`.
 pub fn scan_vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: ValueId) -> Vec<Option<ValueId>> {
-    let Op::Scan { body, steps, inputs, reverse } = op else {
+    let Op::Scan { body, steps, inputs, reverse, saved } = op else {
         return vec![None; args.len()];
     };
-    match scan_vjp(b, body, *steps, *inputs, *reverse, args, out, g) {
+    match scan_vjp(b, body, (*steps, *inputs, *reverse, *saved), args, out, g) {
         Ok(v) => v.into_iter().map(Some).collect(),
         Err(e) => {
             b.internal_error.get_or_insert(e);
@@ -285,13 +388,10 @@ pub fn scan_vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn scan_vjp(
     b: &mut Builder,
     body: &Graph,
-    steps: usize,
-    inputs: usize,
-    reverse: bool,
+    (steps, inputs, reverse, saved): (usize, usize, bool, usize),
     args: &[ValueId],
     out: ValueId,
     g: ValueId,
@@ -299,14 +399,24 @@ fn scan_vjp(
     let init = args[0];
     let xs = &args[1..=inputs];
     let consts = &args[1 + inputs..];
+    // The states, and the products each step saved (columns after the state).
+    let width = b.shape(out).dims().get(2).and_then(Dim::known).unwrap_or(0);
+    let (states, kept) = if saved > 0 {
+        let states = b.slice(out, 2, 0, width - saved);
+        (states, Some(b.slice(out, 2, width - saved, width)))
+    } else {
+        (out, None)
+    };
     // The state each step started from, in step order.
     let init_t = with_time(b, init);
-    let h_prev = shift_time(b, out, init_t, steps, reverse);
+    let h_prev = shift_time(b, states, init_t, steps, reverse);
     // ν[t]: the cotangent step t passes to the state it started from.
     let zeros = b.full_like(0.0, init);
-    let back = Op::Scan { body: Box::new(body_vjp(body, inputs, true, b.span)?), steps, inputs: inputs + 2, reverse: !reverse };
+    let back_body = body_vjp(body, inputs, true, saved, b.span)?;
+    let back = Op::Scan { body: Box::new(back_body), steps, inputs: inputs + 2 + usize::from(saved > 0), reverse: !reverse, saved: 0 };
     let mut back_args = vec![zeros, h_prev];
     back_args.extend_from_slice(xs);
+    back_args.extend(kept);
     back_args.push(g);
     back_args.extend_from_slice(consts);
     let nu = b.op(back, &back_args);
@@ -314,9 +424,12 @@ fn scan_vjp(
     let d_init = b.slice(nu, 1, first, first + 1);
     let init_shape = b.shape(init);
     let d_init = b.reshape(d_init, &init_shape);
-    // λ[t] = g[t] + ν[next step]: the whole cotangent of step t's state.
+    // λ[t] = g[t] + ν[next step]: the whole cotangent of step t's output.
     let zeros_t = b.full_like(0.0, init_t);
-    let from_next = shift_time(b, nu, zeros_t, steps, !reverse);
+    let mut from_next = shift_time(b, nu, zeros_t, steps, !reverse);
+    if saved > 0 {
+        from_next = b.pad(from_next, 2, 0, saved);
+    }
     let lambda = b.add(g, from_next);
     // Per-step inputs and constants: the body's VJP over all N·T rows at once.
     let rows = Dim::product(&b.shape(out).dims()[..2]);
@@ -324,9 +437,12 @@ fn scan_vjp(
     for &x in xs {
         flat.push(merge_time(b, x));
     }
+    if let Some(k) = kept {
+        flat.push(merge_time(b, k));
+    }
     flat.push(merge_time(b, lambda));
     flat.extend_from_slice(consts);
-    let grads = inline(b, &body_vjp(body, inputs, false, b.span)?, &flat, &rows);
+    let grads = inline(b, &body_vjp(body, inputs, false, saved, b.span)?, &flat, &rows);
     let mut result = vec![d_init];
     for (k, &x) in xs.iter().enumerate() {
         let shape = b.shape(x);
