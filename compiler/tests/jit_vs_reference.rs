@@ -595,6 +595,25 @@ fn fusion_counts() {
     });
     let jit = check(&g, Fill::Signed);
     assert_eq!(jit.kernel_count(), 1);
+    // A layer's bias added to its product, read by two loops (an activation
+    // and, as in a backward pass, its derivative times a cotangent): each adds
+    // the bias itself, so the sum is never stored: the product, then two
+    // loops (three if the sum had a loop of its own).
+    let g = graph(|b| {
+        let x = input(b, "x", &[40, 30]);
+        let w = input(b, "w", &[30, 50]);
+        let bias = input(b, "bias", &[50]);
+        let gy = input(b, "gy", &[40, 50]);
+        let xw = b.matmul(x, w);
+        let wide = b.broadcast(bias, &Shape::known(&[40, 50]));
+        let h = b.add(xw, wide);
+        let act = b.unary(UnaryOp::Tanh, h);
+        let slope = b.exp(h);
+        vec![act, b.mul(slope, gy)]
+    });
+    let jit = check(&g, Fill::Signed);
+    let loops: usize = jit.kernel_summary().iter().map(|k| k.matches("map over").count()).sum();
+    assert_eq!(loops, 2, "{:?}", jit.kernel_summary());
 }
 
 #[test]

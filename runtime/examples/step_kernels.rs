@@ -48,7 +48,8 @@ fn main() -> Result<(), String> {
         // With NNC_PROFILE=1: the slowest kernels (a pair of products counts under its second index).
         let mut times: Vec<(usize, std::time::Duration)> = nnc_compiler::codegen::kernel_profile().into_iter().enumerate().collect();
         times.sort_by_key(|t| std::cmp::Reverse(t.1));
-        for (i, t) in times.iter().take(15) {
+        let top = std::env::var("TOP").ok().and_then(|t| t.parse().ok()).unwrap_or(15);
+        for (i, t) in times.iter().take(top) {
             let what = exec.kernel_summary().get(*i).cloned().unwrap_or_default();
             println!("  {:8.1} us  #{i:<3} {what}", t.as_secs_f64() * 1e6);
         }

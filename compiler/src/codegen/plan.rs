@@ -480,7 +480,9 @@ impl Planner<'_> {
                     }
                 }
                 Op::Unary(_) | Op::Binary(_) => {
-                    let fuse = matches!(mine.as_slice(), [Need::Fuse { expanding: false }]);
+                    let plain_reads = !mine.is_empty() && mine.iter().all(|k| *k == Need::Fuse { expanding: false });
+                    let fuse = matches!(mine.as_slice(), [Need::Fuse { expanding: false }])
+                        || (plain_reads && self.with_small_broadcast(ValueId(i as u32)));
                     let plain = |k: &Need| matches!(k, Need::Fuse { expanding: false });
                     let tee = mine.iter().all(|k| plain(k) || *k == Need::Output) && mine.iter().any(plain) && mine.contains(&Need::Output);
                     let mode = match (fuse, tee) {
@@ -545,6 +547,30 @@ impl Planner<'_> {
     }
 
     /// True if the product `id` runs as a fused loop (`loop_matmul`), not SGEMM.
+    /// True for `x ⊕ broadcast(v)`, `x` a value that has its own buffer (a
+    /// product, an input, a reduction) and `v` small (a bias). Read by several
+    /// elementwise loops (an MLP's activation and, in the backward pass, its
+    /// derivative), it is recomputed in each rather than stored: each reads
+    /// `x` as it would the result, and the pass that would write the result
+    /// and the stream that would read it back are saved.
+    fn with_small_broadcast(&self, id: ValueId) -> bool {
+        let node = self.g.node(id);
+        let buffered = |a: ValueId| match &self.g.node(a).op {
+            Op::MatMul | Op::Input { .. } | Op::Reduce { .. } | Op::Gather => true,
+            Op::Reshape { .. } => self.g.node(a).args.first().is_some_and(|&b| matches!(self.g.node(b).op, Op::MatMul | Op::Input { .. })),
+            _ => false,
+        };
+        let small_broadcast = |a: ValueId| {
+            let n = self.g.node(a);
+            matches!(n.op, Op::Broadcast { .. })
+                && n.args.first().is_some_and(|&v| self.numel(v) <= 4096 && matches!(self.g.node(v).op, Op::Input { .. }))
+        };
+        match (&node.op, node.args.as_slice()) {
+            (Op::Binary(_), &[x, y]) => (buffered(x) && small_broadcast(y)) || (small_broadcast(x) && buffered(y)),
+            _ => false,
+        }
+    }
+
     fn loop_matmul_size(&self, id: ValueId) -> bool {
         let od = self.shape(id);
         let r = od.len();
