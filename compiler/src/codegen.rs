@@ -229,6 +229,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
             }
             kernel::Kernel::Loop { split: Some(rows), .. } if threaded => Some((*rows, 1, k.clone())),
             kernel::Kernel::MatMul { .. } if threaded => emit::batch_split(k).map(|items| (items, 2, k.clone())),
+            kernel::Kernel::Rows { rows: n, kernels } if threaded && rows::parallel(kernels) => Some((*n, 4, k.clone())),
             _ => None,
         };
         pieces.push(match form {
@@ -323,7 +324,8 @@ fn describe(k: &kernel::Kernel) -> String {
         }
         kernel::Kernel::Rows { rows, kernels } => {
             let parts: Vec<String> = kernels.iter().map(|k| describe(&kernel::Kernel::Map(k.clone()))).collect();
-            format!("{} loops fused over {rows} rows: [{}]", kernels.len(), parts.join("; "))
+            let par = if rows::parallel(kernels) && pool::pool().threads() > 1 { ", parallel" } else { "" };
+            format!("{} loops fused over {rows} rows{par}: [{}]", kernels.len(), parts.join("; "))
         }
         kernel::Kernel::MatMul { batch, m, k: depth, n, b, .. } => {
             let gathered = if b.gather.is_some() { " (B unfolded in place)" } else { "" };

@@ -13,6 +13,9 @@ use nnc_compiler::ir::{DType, Graph, Shape, TensorType};
 use nnc_compiler::ops::Op;
 use nnc_compiler::syntax;
 
+mod common;
+use common::threads;
+
 const PROGRAM: &str = r#"
 fn t_exp(x: [3, 5], w: [3, 5]) -> scalar = sum(w * exp(x))
 fn t_log(x: [3, 5], w: [3, 5]) -> scalar = sum(w * log(x * x + 1))
@@ -168,12 +171,6 @@ fn function(session: &Session, name: &str) -> (Graph, Inputs) {
 
 fn value(g: &Graph, inputs: &Inputs) -> f64 {
     interp::run(g, inputs).unwrap()[0].iter().copied().next().unwrap()
-}
-
-/// Threads the compiled code may use (as `NNC_THREADS` or the machine sets them).
-fn threads() -> usize {
-    let env = std::env::var("NNC_THREADS").ok().and_then(|s| s.trim().parse().ok());
-    env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn names() -> Vec<String> {

@@ -542,6 +542,29 @@ fn mlp_softmax_chain() {
 }
 
 #[test]
+fn large_row_loops_fuse_and_run_across_threads() {
+    // A softmax over rows of 1000 (64 000 elements: large enough to run across
+    // threads): its max, exp, sum and division run as one loop over the rows,
+    // split across threads; a sum over the rows (a bias gradient's shape),
+    // which threads would race on, stays out of that loop.
+    let (rows, width) = (64, 1000);
+    let g = graph(|b| {
+        let z = input(b, "z", &[rows, width]);
+        let t = input(b, "t", &[rows, width]);
+        let p = b.softmax(z, &[1]);
+        let d = b.mul(p, t);
+        let column_sums = b.reduce_sum(d, &[0]);
+        vec![d, column_sums]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 8);
+    let fused: Vec<&String> = jit.kernel_summary().iter().filter(|k| k.contains("loops fused over 64 rows")).collect();
+    assert_eq!(fused.len(), 1, "{:#?}", jit.kernel_summary());
+    if threads() > 1 {
+        assert!(fused[0].contains("rows, parallel"), "{}", fused[0]);
+    }
+}
+
+#[test]
 fn softmax_cross_entropy_is_one_pass() {
     // Loss and its gradient w.r.t. the logits, as autodiff writes them: every
     // [B, C] and [B, 1] loop runs in one pass over the rows.

@@ -13,6 +13,11 @@
 //! starting values of accumulators) that touch nothing in the group move in
 //! front of it; other kernels that cannot join (the mean loss, read from a
 //! finished sum) move behind it when nothing joining later depends on them.
+//!
+//! Large kernels fuse too (a softmax or layer norm over `[32, 64, 512]`):
+//! the group then runs its rows across threads, each row's values still in
+//! cache from one kernel to the next, instead of one full pass over memory
+//! per kernel.
 
 use super::emit::parallel_elements;
 use super::kernel::{Affine, Kernel, MapKernel, StorageId};
@@ -41,7 +46,7 @@ pub(crate) fn fuse(kernels: Vec<Kernel>) -> Vec<Kernel> {
         if conflicts(&deferred, &m) {
             flush(&mut out, &mut group, &mut deferred);
         }
-        let joins = eligible(&m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && {
+        let joins = eligible(&m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && may_split(&group, &m) && {
             group.push(m.clone());
             let ok = valid(&group);
             group.pop();
@@ -97,12 +102,45 @@ fn touches(group: &[MapKernel], m: &MapKernel) -> bool {
     group.iter().any(|g| storages(g).any(|s| mine.contains(&s)))
 }
 
-/// Small enough to stay on one thread, with a first axis of two or more rows
-/// and more axes (a 1-D kernel cut into rows of one element would lose its
-/// vector loop).
+/// A first axis of two or more rows and more axes (a 1-D kernel cut into
+/// rows of one element would lose its vector loop); a kernel large enough to
+/// run across threads needs rows enough to share out (`LARGE_MIN_ROWS`) and
+/// rows that fit in L2 (`LARGE_MAX_ROW`).
 fn eligible(m: &MapKernel) -> bool {
     let numel: usize = m.dims.iter().product();
-    m.dims.len() >= 2 && m.dims.first().is_some_and(|&r| r >= 2) && numel > 0 && numel < parallel_elements()
+    let rows = m.dims.first().copied().unwrap_or(0);
+    let fits = !large(m) || (rows >= LARGE_MIN_ROWS && numel / rows.max(1) <= LARGE_MAX_ROW);
+    m.dims.len() >= 2 && rows >= 2 && numel > 0 && fits
+}
+
+/// Rows a group run across threads must have (four per thread on two).
+const LARGE_MIN_ROWS: usize = 8;
+/// Elements per row of a group run across threads: 64 Ki floats (256 KiB),
+/// so the few buffers a group touches stay in L2 from one kernel to the next.
+const LARGE_MAX_ROW: usize = 1 << 16;
+
+fn large(m: &MapKernel) -> bool {
+    m.dims.iter().product::<usize>() >= parallel_elements()
+}
+
+/// An accumulation into elements shared by all rows (a bias gradient's sum
+/// over the batch): its rows cannot run on different threads.
+fn cross_row(m: &MapKernel) -> bool {
+    m.acc.is_some() && m.out.strides.first() == Some(&0)
+}
+
+/// A group with a large kernel runs across threads (`parallel`), so it may
+/// not also hold a cross-row accumulation.
+fn may_split(group: &[MapKernel], m: &MapKernel) -> bool {
+    let any_large = large(m) || group.iter().any(large);
+    let any_cross = cross_row(m) || group.iter().any(cross_row);
+    !(any_large && any_cross)
+}
+
+/// Whether a fused group is large enough to run its rows across threads (it
+/// then holds no cross-row accumulation: `may_split`).
+pub(crate) fn parallel(kernels: &[MapKernel]) -> bool {
+    kernels.iter().any(large) && !kernels.iter().any(cross_row)
 }
 
 /// Elements one row of `a` spans (from its first element).

@@ -9,6 +9,12 @@ use nnc_compiler::codegen::CompiledGraph;
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{Graph, InputKind, Shape, TensorType, ValueId};
 
+/// Threads the compiled code may use (as `NNC_THREADS` or the machine sets them).
+pub fn threads() -> usize {
+    let env = std::env::var("NNC_THREADS").ok().and_then(|s| s.trim().parse().ok());
+    env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Deterministic pseudo-random numbers (xorshift64*).
 pub struct Rng(pub u64);
 
