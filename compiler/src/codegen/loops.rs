@@ -28,9 +28,11 @@ pub(crate) fn splittable(body: &[Kernel], rows: usize, storages: &[Storage], bat
     let is_batched = |s: usize| batched.get(s).copied().unwrap_or(false);
     // The row stride of a batched storage.
     let row_len = |s: usize| storages.get(s).map_or(0, |st| (st.len / rows) as i64);
-    // A batched operand must be read at its own row: first stride = row stride.
+    // A batched operand must be read at its own row: first stride = row
+    // stride, starting inside the first row.
+    let in_first_row = |s: usize, off: i64| (0..row_len(s)).contains(&off);
     let own_rows = |a: &Affine| match a.storage {
-        Some(s) if is_batched(s) => a.strides.first() == Some(&row_len(s)),
+        Some(s) if is_batched(s) => a.strides.first() == Some(&row_len(s)) && in_first_row(s, a.off),
         _ => true,
     };
     let map_ok = |m: &MapKernel| {
@@ -39,9 +41,10 @@ pub(crate) fn splittable(body: &[Kernel], rows: usize, storages: &[Storage], bat
         m.dims.first() == Some(&rows) && writes_rows && outs.chain(&m.operands).all(own_rows)
     };
     let mat_ok = |o: &MatOperand, want_rows: bool| {
-        o.gather.is_none() && if want_rows { is_batched(o.storage) && o.rs == row_len(o.storage) } else { !is_batched(o.storage) }
+        let rows_of = |o: &MatOperand| is_batched(o.storage) && o.rs == row_len(o.storage) && in_first_row(o.storage, o.off);
+        o.gather.is_none() && if want_rows { rows_of(o) } else { !is_batched(o.storage) }
     };
-    let strip_ok = |s: &Strip| !is_batched(s.storage) || s.row_stride == row_len(s.storage);
+    let strip_ok = |s: &Strip| !is_batched(s.storage) || (s.row_stride == row_len(s.storage) && in_first_row(s.storage, s.off));
     body.iter().all(|k| match k {
         Kernel::Map(m) => map_ok(m),
         Kernel::Rows { rows: r, kernels } => *r == rows && kernels.iter().all(map_ok),
