@@ -29,8 +29,9 @@ pub(crate) struct Emitter<'a, 'b> {
     /// Inside a `Loop`: the current step (an `i64`).
     pub step: Option<Value>,
     /// In a parallel piece's function: the range `[lo, hi)` of the first axis
-    /// of every map kernel emitted (see `parallel_form`); in a row-split
-    /// loop's, of every kernel of its body (see `loops`).
+    /// of every map kernel emitted (see `parallel_form`), of a fused group's
+    /// rows, of a product batch's first dim (`batch_split`), or of the rows of
+    /// every kernel of a row-split loop's body (see `loops`).
     pub rows: Option<(Value, Value)>,
     /// Addresses of the plan's offset tables (gathered matrix operands).
     pub tables: &'a [i64],
@@ -616,8 +617,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// Row-fused kernels (`rows::fuse`): for each row of their common first
-    /// axis, every kernel's part of that row, in order.
-    /// In a row-split loop (`Emitter::rows`), only the thread's rows.
+    /// axis, every kernel's part of that row, in order. With `Emitter::rows`
+    /// (a group run across threads, or a row-split loop), only those rows.
     fn emit_rows(&mut self, rows: usize, ks: &[MapKernel]) -> Result<(), CodegenError> {
         let mut one_row = |em: &mut Self, row: Value| {
             for k in ks {
