@@ -218,8 +218,9 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
             _ => None,
         })
         .collect();
-    // Large elementwise loops and row-split scans: one function per kernel,
-    // over a range of rows; with how many ranges each thread takes.
+    // Kernels run across threads (large elementwise loops, fused row groups,
+    // batches of small products, row-split scans): one function per kernel,
+    // over a range of its rows; with how many ranges each thread takes.
     let threaded = pool::pool().threads() > 1;
     let mut pieces: Vec<Option<(FuncId, usize, i64)>> = Vec::with_capacity(plan.kernels.len());
     for (i, k) in plan.kernels.iter().enumerate() {
@@ -306,6 +307,8 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
 }
 
 fn describe(k: &kernel::Kernel) -> String {
+    // Whether the kernels that can run across threads do.
+    let threaded = pool::pool().threads() > 1;
     match k {
         kernel::Kernel::Map(m) => {
             let what = match (m.acc, m.extra.len()) {
@@ -324,12 +327,12 @@ fn describe(k: &kernel::Kernel) -> String {
         }
         kernel::Kernel::Rows { rows, kernels } => {
             let parts: Vec<String> = kernels.iter().map(|k| describe(&kernel::Kernel::Map(k.clone()))).collect();
-            let par = if rows::parallel(kernels) && pool::pool().threads() > 1 { ", parallel" } else { "" };
+            let par = if threaded && rows::parallel(kernels) { ", parallel" } else { "" };
             format!("{} loops fused over {rows} rows{par}: [{}]", kernels.len(), parts.join("; "))
         }
         kernel::Kernel::MatMul { batch, m, k: depth, n, b, .. } => {
             let gathered = if b.gather.is_some() { " (B unfolded in place)" } else { "" };
-            let split = if emit::batch_split(k).is_some() && pool::pool().threads() > 1 { ", batch split across threads" } else { "" };
+            let split = if threaded && emit::batch_split(k).is_some() { ", batch split across threads" } else { "" };
             format!("matmul {batch:?} {m}x{depth} @ {depth}x{n}{gathered}{split}")
         }
         kernel::Kernel::Solve { n, k, .. } => format!("solve {n}x{n} \\ {n}x{k}"),
@@ -339,7 +342,7 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::Loop { steps, reverse, body, split } => {
             let parts: Vec<String> = body.iter().map(describe).collect();
             let dir = if *reverse { ", reversed" } else { "" };
-            let by_rows = if split.is_some() && pool::pool().threads() > 1 { ", rows split across threads" } else { "" };
+            let by_rows = if threaded && split.is_some() { ", rows split across threads" } else { "" };
             format!("loop of {steps} steps{dir}{by_rows}: [{}]", parts.join("; "))
         }
         kernel::Kernel::StepCopy { rows, width, .. } => format!("copy {rows} rows x {width}"),
@@ -347,7 +350,8 @@ fn describe(k: &kernel::Kernel) -> String {
 }
 
 /// Define `fn(arena, lo, hi)` running rows `[lo, hi)` of the kernel `k`: a
-/// map kernel in `parallel_form`, or a row-split loop.
+/// map kernel in `parallel_form`, a fused row group, a batch of products (its
+/// first batch dim) or a row-split loop (`Emitter::rows`).
 fn define_piece(
     module: &mut JITModule,
     name: &str,

@@ -334,10 +334,7 @@ impl Deriver<'_, '_> {
         let rows = state_shape.dims()[0].clone();
         let next = scan::inline(&mut self.b, body, &step_args, &rows)[0];
         // The state carried on: the step's output without its saved products.
-        let carried = match state_shape.dims() {
-            [_, Dim::Known(width)] if saved > 0 => self.b.slice(next, 1, 0, *width),
-            _ => next,
-        };
+        let carried = scan::states(&mut self.b, next, saved);
         self.caches.push((Cache { input, output: 0, kind: CacheKind::State }, carried));
         let mut dims = self.b.shape(next).0.clone();
         dims.insert(1, Dim::Known(1));

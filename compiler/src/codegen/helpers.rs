@@ -27,7 +27,8 @@ pub(crate) extern "C" fn nnc_sgemm(
         return;
     };
     let mat = |p: *const f32, rs: i64, cs: i64| Mat::strided(p.cast_mut(), rs as isize, cs as isize);
-    // 0: the whole pool; 1 inside a row-split loop, whose threads are all busy.
+    // 0: the whole pool; 1 on a parallel piece's thread, the others being busy
+    // with their own pieces.
     let threads = if threads > 0 { threads as usize } else { super::pool::pool().threads() };
     // SAFETY: the generated code passes pointers into the arena with strides and
     // sizes taken from the planned (shape-checked) layouts, so every element
@@ -254,13 +255,12 @@ pub(crate) mod profile {
     }
 }
 
-/// A parallel piece's function: rows `[lo, hi)` of one map kernel, or of a
-/// row-split loop.
+/// A parallel piece's function: rows `[lo, hi)` of one kernel (`define_piece`).
 pub(crate) type Piece = unsafe extern "C" fn(*mut f32, i64, i64);
 
 /// Run `piece` over rows `0..rows`, split into `per_thread` ranges per thread
-/// of the worker pool (several for a map: a late thread then holds up less;
-/// one for a row-split loop, whose products want their rows together).
+/// of the worker pool (several for elementwise work: a late thread then holds
+/// up less; one for a row-split loop, whose products want their rows together).
 pub(crate) extern "C" fn nnc_parallel(piece: Piece, arena: *mut f32, rows: i64, per_thread: i64) {
     struct Arena(*mut f32);
     // SAFETY: the pieces write disjoint rows of their outputs and only read

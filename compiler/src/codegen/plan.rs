@@ -546,7 +546,6 @@ impl Planner<'_> {
         false
     }
 
-    /// True if the product `id` runs as a fused loop (`loop_matmul`), not SGEMM.
     /// True for `x ⊕ broadcast(v)`, `x` a value that has its own buffer (a
     /// product, an input, a reduction) and `v` small (a bias). Read by several
     /// elementwise loops (an MLP's activation and, in the backward pass, its
@@ -571,6 +570,7 @@ impl Planner<'_> {
         }
     }
 
+    /// True if the product `id` runs as a fused loop (`loop_matmul`), not SGEMM.
     fn loop_matmul_size(&self, id: ValueId) -> bool {
         let od = self.shape(id);
         let r = od.len();

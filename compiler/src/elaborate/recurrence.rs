@@ -95,12 +95,9 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
     operands.extend(xs.iter().map(|(x, _)| x.id));
     operands.extend(captured);
     let op = Op::Scan { body: Box::new(body), steps, inputs: xs.len(), reverse, saved };
-    let mut id = cx.op(op, &operands, span)?;
-    if saved > 0 {
-        // The states; the saved products after them are for the derivative.
-        let width = cx.graph.shape(id).dims()[2].known().unwrap_or(saved) - saved;
-        id = cx.op(Op::Slice { axis: 2, start: 0, end: width }, &[id], span)?;
-    }
+    let all = cx.op(op, &operands, span)?;
+    // The states; the saved products after them are for the derivative.
+    let id = crate::ops::scan::states(&mut cx.builder(span), all, saved);
     Ok(Value::Tensor(Tensor { id, names: Vec::new() }))
 }
 

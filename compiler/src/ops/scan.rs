@@ -262,6 +262,17 @@ pub fn with_saved_products(body: Graph, span: Span) -> (Graph, usize) {
     (g, saved)
 }
 
+/// A scan's states from its result `[N, T, S + saved]`, or a step's new state
+/// from its body's output `[N, S + saved]`: the last axis without the saved
+/// products after the state.
+pub fn states(b: &mut Builder, x: ValueId, saved: usize) -> ValueId {
+    let shape = b.shape(x);
+    match shape.dims().last() {
+        Some(Dim::Known(width)) if saved > 0 => b.slice(x, shape.rank() - 1, 0, width - saved),
+        _ => x,
+    }
+}
+
 /// The products a body with `saved` columns appends to its new state.
 fn saved_products(body: &Graph, saved: usize) -> Vec<ValueId> {
     match body.outputs.first() {
@@ -307,9 +318,10 @@ fn body_vjp(body: &Graph, inputs: usize, carried: bool, saved: usize, span: Span
     let (h, seed, swaps) = {
         let mut b = Builder::new(&mut g, span);
         // The saved columns, sliced before the body's nodes that will read them.
+        let products = saved_products(body, saved);
         let mut at = 0;
         let mut columns = Vec::new();
-        for p in saved_products(body, saved) {
+        for &p in &products {
             let w = body.shape(p).dims().get(1).and_then(Dim::known).unwrap_or(0);
             columns.push(b.slice(ids[lead + 1 + inputs], 1, at, at + w));
             at += w;
@@ -325,7 +337,7 @@ fn body_vjp(body: &Graph, inputs: usize, carried: bool, saved: usize, span: Span
         if let Some(e) = b.internal_error {
             return Err(e);
         }
-        let swaps: Vec<(ValueId, ValueId)> = saved_products(body, saved).iter().map(|p| map[p.index()]).zip(columns).collect();
+        let swaps: Vec<(ValueId, ValueId)> = products.iter().map(|p| map[p.index()]).zip(columns).collect();
         (h, seed, swaps)
     };
     let wrt: Vec<ValueId> = if carried { vec![body_args[0]] } else { body_args[1..].to_vec() };
@@ -401,12 +413,8 @@ fn scan_vjp(
     let consts = &args[1 + inputs..];
     // The states, and the products each step saved (columns after the state).
     let width = b.shape(out).dims().get(2).and_then(Dim::known).unwrap_or(0);
-    let (states, kept) = if saved > 0 {
-        let states = b.slice(out, 2, 0, width - saved);
-        (states, Some(b.slice(out, 2, width - saved, width)))
-    } else {
-        (out, None)
-    };
+    let states = states(b, out, saved);
+    let kept = (saved > 0).then(|| b.slice(out, 2, width - saved, width));
     // The state each step started from, in step order.
     let init_t = with_time(b, init);
     let h_prev = shift_time(b, states, init_t, steps, reverse);
