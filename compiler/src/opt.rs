@@ -45,7 +45,10 @@ fn simplify_and_cse(graph: &Graph) -> (Graph, Vec<usize>) {
             remap.push(forward);
             continue;
         }
-        if let Some(folded) = fold_constant_sum(&mut out, &node.op, &args, node) {
+        if let Some(folded) = fold_constant_sum(&mut out, &node.op, &args, node)
+            .or_else(|| fold_padding_slice(&mut out, &node.op, &args, node))
+            .or_else(|| fold_padding_sum(&mut out, &node.op, &args, node))
+        {
             origin.resize(out.nodes.len(), old);
             remap.push(folded);
             continue;
@@ -84,6 +87,66 @@ fn fold_constant_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> O
     Some(g.push(Op::Broadcast { shape: node.ty.shape.clone() }, vec![scalar], node.ty.clone(), node.span))
 }
 
+/// A slice that lies wholly in a padding's fill is that constant (the
+/// cotangent a derivative passes to columns nothing read).
+fn fold_padding_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let (Op::Slice { axis, start, end }, [x]) = (op, args) else { return None };
+    let (Op::Pad { axis: a, before, value, .. }, [inner]) = (&g.node(*x).op, g.node(*x).args.as_slice()) else { return None };
+    let width = g.shape(*inner).dims().get(*axis).and_then(crate::ir::Dim::known)?;
+    if a != axis || node.ty.dtype != crate::ir::DType::F32 || (*end > *before && *start < before + width) {
+        return None;
+    }
+    let c = *value;
+    let scalar = g.push(Op::Constant(c), Vec::new(), crate::ir::TensorType::f32(crate::ir::Shape::scalar()), node.span);
+    Some(g.push(Op::Broadcast { shape: node.ty.shape.clone() }, vec![scalar], node.ty.clone(), node.span))
+}
+
+/// A zero padding along one axis: `(axis, before, after, padded value)`.
+fn zero_padding(g: &Graph, v: ValueId) -> Option<(usize, usize, usize, ValueId)> {
+    match (&g.node(v).op, g.node(v).args.as_slice()) {
+        (Op::Pad { axis, before, after, value }, [inner]) if *value == 0.0 => Some((*axis, *before, *after, *inner)),
+        _ => None,
+    }
+}
+
+/// The sum of two zero paddings of side-by-side blocks is one padding of
+/// their concatenation: how the cotangents of slices (`z[:, :H]`, `z[:, H:]`)
+/// meet. Written in place, block by block, rather than as filled tensors
+/// added together.
+fn fold_padding_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let (Op::Binary(BinaryOp::Add), [x, y]) = (op, args) else { return None };
+    if g.ty(*x) != &node.ty || g.ty(*y) != &node.ty {
+        return None;
+    }
+    let (mut first, mut second) = (zero_padding(g, *x)?, zero_padding(g, *y)?);
+    if first.0 != second.0 {
+        return None;
+    }
+    if second.1 < first.1 {
+        std::mem::swap(&mut first, &mut second);
+    }
+    let axis = first.0;
+    let width = |v: ValueId| g.shape(v).dims().get(axis).and_then(crate::ir::Dim::known);
+    let (w1, w2) = (width(first.3)?, width(second.3)?);
+    if first.1 + w1 != second.1 {
+        return None;
+    }
+    let parts: Vec<ValueId> = [first.3, second.3]
+        .iter()
+        .flat_map(|&v| match &g.node(v).op {
+            Op::Concat { axis: a } if *a == axis => g.node(v).args.clone(),
+            _ => vec![v],
+        })
+        .collect();
+    let mut ty = node.ty.clone();
+    ty.shape.0[axis] = crate::ir::Dim::Known(w1 + w2);
+    let joined = g.push(Op::Concat { axis }, parts, ty, node.span);
+    if first.1 == 0 && second.2 == 0 {
+        return Some(joined);
+    }
+    Some(g.push(Op::Pad { axis, before: first.1, after: second.2, value: 0.0 }, vec![joined], node.ty.clone(), node.span))
+}
+
 /// If `op(args)` equals one of its operands, that operand.
 fn trivial(g: &Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
     let same_type = |v: ValueId| g.ty(v) == &node.ty;
@@ -99,6 +162,23 @@ fn trivial(g: &Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId>
             _ => None,
         },
         (Op::Reshape { .. } | Op::Broadcast { .. }, [x]) if same_type(*x) => Some(*x),
+        (Op::Slice { .. }, [x]) if same_type(*x) => Some(*x),
+        // Slicing exactly the padded value back out of a padding, or one
+        // operand back out of a concatenation.
+        (Op::Slice { axis, start, .. }, [x]) => match (&g.node(*x).op, g.node(*x).args.as_slice()) {
+            (Op::Pad { axis: a, before, .. }, [inner]) if a == axis && before == start && same_type(*inner) => Some(*inner),
+            (Op::Concat { axis: a }, parts) if a == axis => {
+                let mut at = 0;
+                for &p in parts {
+                    if at == *start && same_type(p) {
+                        return Some(p);
+                    }
+                    at += g.shape(p).dims().get(*axis).and_then(crate::ir::Dim::known)?;
+                }
+                None
+            }
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -22,7 +22,11 @@
 //! `steps` small ones. Nothing is unrolled: the graph grows by two bodies, not
 //! by `steps` copies. Both bodies read the products the forward loop computed
 //! (`with_saved_products`: kept as extra columns of the result, `saved`)
-//! and recompute only the step's elementwise values.
+//! and recompute only the step's elementwise values. When the step saved its
+//! products, the backward loop also hands on, as columns of its own result,
+//! the cotangents of those products and of the per-step inputs it reads
+//! elementwise (`HandedOn`), so the all-rows VJP is reduced to the products
+//! `Aᵀ·dP` (and `dP·Wᵀ`) and the elementwise derivative runs once, not twice.
 
 use super::{EvalError, Op, ShapeError};
 use crate::ast::Span;
@@ -289,68 +293,214 @@ fn redirect(g: &mut Graph, from: ValueId, to: ValueId) {
     g.outputs.iter_mut().filter(|o| **o == from).for_each(|o| *o = to);
 }
 
-/// The body's VJP at `(h_prev, xs..)`, as a graph of its own.
-///
-/// With `carried` it is the backward scan's body: inputs `ν, h_prev, xs.., r,
-/// g, consts..` (state `ν`: the cotangent arriving from the following step),
-/// seeded with `g + ν`, returning the cotangent of `h_prev`. Without, it is
-/// run once over all rows: inputs `h_prev, xs.., r, λ, consts..`, seeded with
-/// `λ`, returning the cotangents of `xs..` then of `consts..`. `r` (only with
-/// `saved` columns) holds the step's saved products, which the graph reads
-/// instead of computing them; `g` and `λ` cover those columns too.
-fn body_vjp(body: &Graph, inputs: usize, carried: bool, saved: usize, span: Span) -> Result<Graph, ShapeError> {
+/// The body copied into a fresh graph for one of its VJPs: inputs `lead`
+/// copies of the state type (the carried cotangent `ν`), then `h_prev, xs..,
+/// r, tail.., consts..`, with `r` (only with `saved` columns) the step's saved
+/// products, sliced into one column block per product.
+struct Copied {
+    graph: Graph,
+    /// The graph's inputs, in the order above.
+    ids: Vec<ValueId>,
+    /// Where the body's inputs went: `h_prev, xs.., consts..`.
+    body_args: Vec<ValueId>,
+    /// The body's output (the new state, then any saved products).
+    out: ValueId,
+    /// Each saved product's node in the copy, and its saved column block.
+    products: Vec<(ValueId, ValueId)>,
+}
+
+fn copy_body(body: &Graph, inputs: usize, saved: usize, lead: usize, tail: &[TensorType], span: Span) -> Result<Copied, ShapeError> {
     let tys = body_input_types(body);
-    let state = tys[0].clone();
-    let out_ty = body.outputs.first().map_or(state.clone(), |o| body.ty(*o).clone());
-    let lead = usize::from(carried);
     let kept = usize::from(saved > 0);
-    let mut all = vec![state.clone(); lead + 1];
+    let mut all = vec![tys[0].clone(); lead + 1];
     all.extend_from_slice(&tys[1..=inputs]);
     if saved > 0 {
         all.push(TensorType::f32(Shape(vec![Dim::Sym(STEP_BATCH.into()), Dim::Known(saved)])));
     }
-    all.push(out_ty);
+    all.extend_from_slice(tail);
     all.extend_from_slice(&tys[1 + inputs..]);
-    let (mut g, ids) = graph_with_inputs(&all, span);
-    let g_t = ids[lead + 1 + inputs + kept];
+    let (mut graph, ids) = graph_with_inputs(&all, span);
     let mut body_args = ids[lead..=lead + inputs].to_vec();
-    body_args.extend_from_slice(&ids[lead + 2 + inputs + kept..]);
-    let (h, seed, swaps) = {
-        let mut b = Builder::new(&mut g, span);
-        // The saved columns, sliced before the body's nodes that will read them.
-        let products = saved_products(body, saved);
-        let mut at = 0;
-        let mut columns = Vec::new();
-        for &p in &products {
-            let w = body.shape(p).dims().get(1).and_then(Dim::known).unwrap_or(0);
-            columns.push(b.slice(ids[lead + 1 + inputs], 1, at, at + w));
-            at += w;
-        }
-        let map = inline_nodes(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()));
-        let h = body.outputs.first().map_or(body_args[0], |o| map[o.index()]);
-        let seed = if carried {
-            let nu = if saved > 0 { b.pad(ids[0], 1, 0, saved) } else { ids[0] };
-            b.add(g_t, nu)
-        } else {
-            g_t
-        };
-        if let Some(e) = b.internal_error {
-            return Err(e);
-        }
-        let swaps: Vec<(ValueId, ValueId)> = products.iter().map(|p| map[p.index()]).zip(columns).collect();
-        (h, seed, swaps)
+    body_args.extend_from_slice(&ids[lead + 1 + inputs + kept + tail.len()..]);
+    let mut b = Builder::new(&mut graph, span);
+    // The saved columns, sliced before the body's nodes that will read them.
+    let mut columns = Vec::new();
+    let mut at = 0;
+    for p in saved_products(body, saved) {
+        let w = width(body.shape(p));
+        columns.push((p, b.slice(ids[lead + 1 + inputs], 1, at, at + w)));
+        at += w;
+    }
+    let map = inline_nodes(&mut b, body, &body_args, &Dim::Sym(STEP_BATCH.into()));
+    if let Some(e) = b.internal_error {
+        return Err(e);
+    }
+    let out = body.outputs.first().map_or(body_args[0], |o| map[o.index()]);
+    let products = columns.into_iter().map(|(p, column)| (map[p.index()], column)).collect();
+    Ok(Copied { graph, ids, body_args, out, products })
+}
+
+/// The width of a step's matrix `[N_step, w]`.
+fn width(s: &Shape) -> usize {
+    s.dims().get(1).and_then(Dim::known).unwrap_or(0)
+}
+
+/// Where the backward loop puts the per-step cotangents it hands on besides
+/// the state's: columns after `ν` in its result, one block per distinct
+/// value (in `z = zx + h·W` the cotangent of `zx` is also that of `h·W`).
+struct HandedOn {
+    /// The first column of each per-step input's cotangent, for the inputs
+    /// the step uses other than through a saved product (the rest are
+    /// `dP·Wᵀ`, one product over all rows).
+    xs: Vec<Option<usize>>,
+    /// The first column of each saved product's cotangent.
+    products: Vec<usize>,
+    width: usize,
+}
+
+/// Whether the backward loop can hand on the cotangents the all-rows VJP
+/// would otherwise compute again from the step's elementwise derivative: the
+/// step saved its products and every per-step input is a float matrix.
+fn can_hand_on(body: &Graph, inputs: usize, saved: usize) -> bool {
+    let tys = body_input_types(body);
+    saved > 0 && tys[1..=inputs].iter().all(|t| t.dtype == crate::ir::DType::F32 && t.shape.rank() == 2 && rows_first(&t.shape))
+}
+
+/// For each per-step input, whether the step reads it other than as an
+/// operand of a saved product (`x + h·W` does, `x·W` does not).
+fn read_elementwise(body: &Graph, inputs: usize, saved: usize) -> Vec<bool> {
+    let products = saved_products(body, saved);
+    let xs: Vec<ValueId> = body.inputs()[1..=inputs].iter().map(|(id, _, _)| *id).collect();
+    xs.iter().map(|x| body.nodes.iter().enumerate().any(|(i, n)| n.args.contains(x) && !products.contains(&ValueId(i as u32)))).collect()
+}
+
+/// The backward scan's body: inputs `ν, h_prev, xs.., r, g, consts..` (state
+/// `ν`: the cotangent arriving from the following step), seeded with `g + ν`,
+/// returning the cotangent of `h_prev`. `g` covers the saved columns too
+/// unless `g_whole` is false: then they are known zero and `g` is the state's;
+/// with `hand_on`, the cotangents of the saved products and of the per-step
+/// inputs read elementwise follow it as columns (`HandedOn`, the backward
+/// scan's `saved`).
+fn back_body(
+    body: &Graph,
+    inputs: usize,
+    saved: usize,
+    g_whole: bool,
+    hand_on: bool,
+    span: Span,
+) -> Result<(Graph, Option<HandedOn>), ShapeError> {
+    let state_ty = body_input_types(body)[0].clone();
+    let g_ty = match body.outputs.first() {
+        Some(o) if g_whole => body.ty(*o).clone(),
+        _ => state_ty,
     };
-    let wrt: Vec<ValueId> = if carried { vec![body_args[0]] } else { body_args[1..].to_vec() };
-    let d = crate::autodiff::vjp(&mut g, h, seed, &wrt, span).map_err(autodiff_error)?;
-    g.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
-    g.outputs = d;
+    let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 1, &[g_ty], span)?;
+    let seed = {
+        let mut b = Builder::new(&mut graph, span);
+        let g_t = ids[2 + inputs + usize::from(saved > 0)];
+        match saved {
+            0 => b.add(g_t, ids[0]),
+            _ if g_whole => {
+                let nu = b.pad(ids[0], 1, 0, saved);
+                b.add(g_t, nu)
+            }
+            _ => {
+                let sum = b.add(g_t, ids[0]);
+                b.pad(sum, 1, 0, saved)
+            }
+        }
+    };
+    let elementwise = if hand_on { read_elementwise(body, inputs, saved) } else { Vec::new() };
+    let mut wrt = vec![body_args[0]];
+    wrt.extend(body_args[1..=inputs].iter().zip(&elementwise).filter(|(_, e)| **e).map(|(x, _)| *x));
+    wrt.extend(products.iter().filter(|_| hand_on).map(|&(p, _)| p));
+    graph.outputs = crate::autodiff::vjp(&mut graph, out, seed, &wrt, span).map_err(autodiff_error)?;
     // Differentiated first, then every use of a product's value (the forward
     // values and the derivative alike) reads the saved columns: the product
     // itself is left unused and dropped.
-    for (product, column) in swaps {
-        redirect(&mut g, product, column);
+    for (product, column) in products {
+        redirect(&mut graph, product, column);
     }
-    Ok(crate::opt::optimize(&g))
+    let mut graph = crate::opt::optimize(&graph);
+    let d = std::mem::take(&mut graph.outputs);
+    graph.outputs = vec![d[0]];
+    graph.output_names = vec!["d0".into()];
+    if !hand_on {
+        return Ok((graph, None));
+    }
+    // One block per distinct value (after simplification), each with its
+    // first column.
+    let mut blocks: Vec<(ValueId, usize)> = Vec::new();
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for &v in &d[1..] {
+        match blocks.iter().find(|(u, _)| *u == v) {
+            Some(&(_, start)) => starts.push(start),
+            None => {
+                blocks.push((v, at));
+                starts.push(at);
+                at += width(graph.shape(v));
+            }
+        }
+    }
+    let columns: Vec<ValueId> = std::iter::once(d[0]).chain(blocks.iter().map(|&(v, _)| v)).collect();
+    graph.outputs = vec![Builder::new(&mut graph, span).concat(&columns, 1)];
+    let mut handed_xs = starts.iter().copied();
+    let xs = elementwise.iter().map(|&e| if e { handed_xs.next() } else { None }).collect();
+    let products = handed_xs.collect();
+    Ok((graph, Some(HandedOn { xs, products, width: at })))
+}
+
+/// The body's VJP run once over all rows, for the cotangents of the per-step
+/// inputs and the constants: inputs `h_prev, xs.., r, λ, consts..`, seeded
+/// with `λ` (the whole cotangent of each step's output), returning the
+/// cotangents of `xs..` then of `consts..`.
+fn all_rows_body(body: &Graph, inputs: usize, saved: usize, span: Span) -> Result<Graph, ShapeError> {
+    let out_ty = body.outputs.first().map_or_else(|| body_input_types(body)[0].clone(), |o| body.ty(*o).clone());
+    let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 0, &[out_ty], span)?;
+    let lambda = ids[1 + inputs + usize::from(saved > 0)];
+    let d = crate::autodiff::vjp(&mut graph, out, lambda, &body_args[1..], span).map_err(autodiff_error)?;
+    graph.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
+    graph.outputs = d;
+    for (product, column) in products {
+        redirect(&mut graph, product, column);
+    }
+    Ok(crate::opt::optimize(&graph))
+}
+
+/// The cotangents the backward loop did not hand on (`HandedOn`), over all
+/// rows: those of the per-step inputs read only by products, then of the
+/// constants. Inputs `h_prev, xs.., r, e, λ, consts..`, with `e` the handed-on
+/// columns. Each product `A·W` contributes `Aᵀ·dP` and `dP·Wᵀ` with `dP` read
+/// from `e`; the step's other values read the saved products, so `λ` reaches a
+/// constant only through its elementwise uses (a bias added inside the step),
+/// and the elementwise derivative is not run again when there are none.
+fn constants_body(body: &Graph, inputs: usize, saved: usize, handed: &HandedOn, span: Span) -> Result<Graph, ShapeError> {
+    let out_ty = body.outputs.first().map_or_else(|| body_input_types(body)[0].clone(), |o| body.ty(*o).clone());
+    let e_ty = TensorType::f32(Shape(vec![Dim::Sym(STEP_BATCH.into()), Dim::Known(handed.width)]));
+    let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 0, &[e_ty, out_ty], span)?;
+    let e = ids[2 + inputs];
+    let lambda = ids[3 + inputs];
+    for &(product, column) in &products {
+        redirect(&mut graph, product, column);
+    }
+    let (all, seed) = {
+        let mut b = Builder::new(&mut graph, span);
+        let mut outs = vec![out];
+        let mut seeds = vec![lambda];
+        for (&(product, _), &at) in products.iter().zip(&handed.products) {
+            let w = width(&b.shape(product));
+            outs.push(product);
+            seeds.push(b.slice(e, 1, at, at + w));
+        }
+        (b.concat(&outs, 1), b.concat(&seeds, 1))
+    };
+    let mut wrt: Vec<ValueId> = body_args[1..=inputs].iter().zip(&handed.xs).filter(|(_, at)| at.is_none()).map(|(x, _)| *x).collect();
+    wrt.extend_from_slice(&body_args[1 + inputs..]);
+    let d = crate::autodiff::vjp(&mut graph, all, seed, &wrt, span).map_err(autodiff_error)?;
+    graph.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
+    graph.outputs = d;
+    Ok(crate::opt::optimize(&graph))
 }
 
 /// `x [N, T, r..]` as `[N·T, r..]`.
@@ -412,22 +562,32 @@ fn scan_vjp(
     let xs = &args[1..=inputs];
     let consts = &args[1 + inputs..];
     // The states, and the products each step saved (columns after the state).
-    let width = b.shape(out).dims().get(2).and_then(Dim::known).unwrap_or(0);
-    let states = states(b, out, saved);
-    let kept = (saved > 0).then(|| b.slice(out, 2, width - saved, width));
+    let out_width = b.shape(out).dims().get(2).and_then(Dim::known).unwrap_or(0);
+    let forward_states = states(b, out, saved);
+    let kept = (saved > 0).then(|| b.slice(out, 2, out_width - saved, out_width));
     // The state each step started from, in step order.
     let init_t = with_time(b, init);
-    let h_prev = shift_time(b, states, init_t, steps, reverse);
-    // ν[t]: the cotangent step t passes to the state it started from.
+    let h_prev = shift_time(b, forward_states, init_t, steps, reverse);
+    // ν[t]: the cotangent step t passes to the state it started from, with the
+    // per-step cotangents the loop hands on after it.
     let zeros = b.full_like(0.0, init);
-    let back_body = body_vjp(body, inputs, true, saved, b.span)?;
-    let back = Op::Scan { body: Box::new(back_body), steps, inputs: inputs + 2 + usize::from(saved > 0), reverse: !reverse, saved: 0 };
+    let hand_on = can_hand_on(body, inputs, saved);
+    // The cotangent of the saved columns is zero unless a derivative of this
+    // derivative reads them: then the loop needs all of `g`, else the state's.
+    let g_whole = saved > 0 && !zero_columns_after(b.graph, g, saved);
+    let state_width = b.shape(init).dims().get(1).and_then(Dim::known).unwrap_or(0);
+    let g_loop = if saved > 0 && !g_whole { b.slice(g, 2, 0, state_width) } else { g };
+    let (back_body, handed) = back_body(body, inputs, saved, g_whole, hand_on, b.span)?;
+    let handed_width = handed.as_ref().map_or(0, |h| h.width);
+    let back =
+        Op::Scan { body: Box::new(back_body), steps, inputs: inputs + 2 + usize::from(saved > 0), reverse: !reverse, saved: handed_width };
     let mut back_args = vec![zeros, h_prev];
     back_args.extend_from_slice(xs);
     back_args.extend(kept);
-    back_args.push(g);
+    back_args.push(g_loop);
     back_args.extend_from_slice(consts);
-    let nu = b.op(back, &back_args);
+    let back_out = b.op(back, &back_args);
+    let nu = states(b, back_out, handed_width);
     let first = if reverse { steps - 1 } else { 0 };
     let d_init = b.slice(nu, 1, first, first + 1);
     let init_shape = b.shape(init);
@@ -439,7 +599,8 @@ fn scan_vjp(
         from_next = b.pad(from_next, 2, 0, saved);
     }
     let lambda = b.add(g, from_next);
-    // Per-step inputs and constants: the body's VJP over all N·T rows at once.
+    // Per-step inputs and constants: the body's VJP over all N·T rows at once
+    // (of the constants only, when the loop handed on the rest).
     let rows = Dim::product(&b.shape(out).dims()[..2]);
     let mut flat = vec![merge_time(b, h_prev)];
     for &x in xs {
@@ -448,17 +609,47 @@ fn scan_vjp(
     if let Some(k) = kept {
         flat.push(merge_time(b, k));
     }
-    flat.push(merge_time(b, lambda));
-    flat.extend_from_slice(consts);
-    let grads = inline(b, &body_vjp(body, inputs, false, saved, b.span)?, &flat, &rows);
     let mut result = vec![d_init];
-    for (k, &x) in xs.iter().enumerate() {
-        let shape = b.shape(x);
-        let dx = b.reshape(grads[k], &shape);
-        result.push(dx);
+    match handed {
+        Some(handed) => {
+            let extra = b.slice(back_out, 2, state_width, state_width + handed.width);
+            flat.push(merge_time(b, extra));
+            flat.push(merge_time(b, lambda));
+            flat.extend_from_slice(consts);
+            let mut grads = inline(b, &constants_body(body, inputs, saved, &handed, b.span)?, &flat, &rows).into_iter();
+            for (&x, at) in xs.iter().zip(&handed.xs) {
+                let shape = b.shape(x);
+                let dx = match at {
+                    Some(at) => b.slice(extra, 2, *at, at + shape.dims().get(2).and_then(Dim::known).unwrap_or(0)),
+                    None => match grads.next() {
+                        Some(d) => b.reshape(d, &shape),
+                        None => return Err(ShapeError::Scan { reason: "a per-step input's cotangent is missing".into() }),
+                    },
+                };
+                result.push(dx);
+            }
+            result.extend(grads);
+        }
+        None => {
+            flat.push(merge_time(b, lambda));
+            flat.extend_from_slice(consts);
+            let grads = inline(b, &all_rows_body(body, inputs, saved, b.span)?, &flat, &rows);
+            for (k, &x) in xs.iter().enumerate() {
+                let shape = b.shape(x);
+                let dx = b.reshape(grads[k], &shape);
+                result.push(dx);
+            }
+            result.extend_from_slice(&grads[inputs..]);
+        }
     }
-    result.extend_from_slice(&grads[inputs..]);
     Ok(result)
+}
+
+/// Whether `v` ends in at least `columns` zero columns along its last axis
+/// (it is a zero padding there): a scan's result read only through `states`.
+fn zero_columns_after(g: &Graph, v: ValueId, columns: usize) -> bool {
+    let last = g.shape(v).rank().saturating_sub(1);
+    matches!(g.node(v).op, Op::Pad { axis, after, value, .. } if axis == last && after >= columns && value == 0.0)
 }
 
 /// The body's view of a state `[N, S..]`: `[N_step, S..]`.
