@@ -519,11 +519,19 @@ impl Planner<'_> {
             self.mode[i] = mode;
             // A product's B may be gathered when it runs as a library call.
             let gather_b = matches!(node.op, Op::MatMul) && !self.loop_matmul_size(ValueId(i as u32));
+            // A scan copies each step's rows of its sequences (`StepCopy`), so
+            // these may be views (the states sliced out of another scan's result).
+            let sequences = match &node.op {
+                Op::Scan { inputs, .. } => 1..*inputs + 1,
+                _ => 0..0,
+            };
             for (ai, a) in node.args.iter().enumerate() {
                 let slot = needs.get_mut(a.index()).filter(|_| a.index() < i);
                 let slot = slot.ok_or_else(|| malformed(ValueId(i as u32), "operand not before its user"))?;
                 if gather_b && ai == 1 {
                     slot.push(Need::GatherB);
+                } else if sequences.contains(&ai) {
+                    slot.push(Need::Strided);
                 } else {
                     slot.extend(pass.iter().copied());
                 }
@@ -1157,8 +1165,8 @@ impl Planner<'_> {
         for k in 0..inputs {
             let x = self.arg(id, 1 + k)?;
             let w = self.numel(x) / (rows * steps).max(1);
-            let l = self.layout(x)?.clone();
-            each.push(Kernel::StepCopy { rows, width: w, src: strip(&l, steps * w, w), dst: own(body_input(1 + k)?, w) });
+            let src = self.step_rows(x)?;
+            each.push(Kernel::StepCopy { rows, width: w, src, dst: own(body_input(1 + k)?, w) });
         }
         for k in 1 + inputs..self.args(id).len() {
             let c = self.arg(id, k)?;
@@ -1190,6 +1198,26 @@ impl Planner<'_> {
         self.kernels.extend(before);
         self.kernels.push(Kernel::Loop { steps, reverse, body: each, split });
         Ok(())
+    }
+
+    /// Where a scan reads its sequence `x [N, T, r..]` a step at a time: the
+    /// rows of step `t` at `off + t·step + n·row_stride`, each `r..` contiguous.
+    /// A view whose steps are not (a transpose) is copied first.
+    fn step_rows(&mut self, x: ValueId) -> Result<Strip, CodegenError> {
+        let dims = self.shape(x).to_vec();
+        let l = self.strided(x)?;
+        let inner = &dims[2.min(dims.len())..];
+        if l.strides.len() == dims.len() && dims.len() >= 2 && l.strides[2..] == super::kernel::contiguous_strides(inner)[..] {
+            return Ok(Strip { storage: l.storage, off: l.off, row_stride: l.strides[0], step: l.strides[1] });
+        }
+        let len = self.numel(x);
+        self.storages.push(Storage { len, kind: StorageKind::Temp });
+        self.owners.push(None);
+        let copy = Layout { storage: self.storages.len() - 1, off: 0, strides: super::kernel::contiguous_strides(&dims) };
+        self.lower_block(dims.clone(), &copy, 0, 0, Ok(x))?;
+        let per_row: usize = dims[1..].iter().product();
+        let per_step: usize = dims[2..].iter().product();
+        Ok(Strip { storage: copy.storage, off: 0, row_stride: per_row as i64, step: per_step as i64 })
     }
 
     /// A fresh output buffer holding a copy of `id`, taken now.
