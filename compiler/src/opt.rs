@@ -48,6 +48,7 @@ fn simplify_and_cse(graph: &Graph) -> (Graph, Vec<usize>) {
         if let Some(folded) = fold_constant_sum(&mut out, &node.op, &args, node)
             .or_else(|| fold_padding_slice(&mut out, &node.op, &args, node))
             .or_else(|| fold_padding_sum(&mut out, &node.op, &args, node))
+            .or_else(|| fold_reshaped_slice(&mut out, &node.op, &args, node))
         {
             origin.resize(out.nodes.len(), old);
             remap.push(folded);
@@ -145,6 +146,27 @@ fn fold_padding_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Op
         return Some(joined);
     }
     Some(g.push(Op::Pad { axis, before: first.1, after: second.2, value: 0.0 }, vec![joined], node.ty.clone(), node.span))
+}
+
+/// Regrouping the leading axes of a slice of the last axis is the same slice
+/// of the regrouped whole: `x[.., a:b]` as `[N·T, b − a]` is `reshape(x,
+/// [N·T, W])[:, a:b]`. The reshape of the whole is a view of its buffer and
+/// the slice a strided view, where reshaping the slice would copy it (a
+/// scan's handed-on columns, read by the weight-gradient products).
+fn fold_reshaped_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let (Op::Reshape { shape }, [x]) = (op, args) else { return None };
+    let (&Op::Slice { axis, start, end }, &[whole]) = (&g.node(*x).op, g.node(*x).args.as_slice()) else { return None };
+    let (from, to) = (g.shape(*x), shape.clone());
+    let last = from.rank().checked_sub(1)?;
+    let new_last = to.rank().checked_sub(1)?;
+    if axis != last || to.rank() < 2 || from.dims().get(last) != to.dims().get(new_last) {
+        return None;
+    }
+    let mut whole_shape = to.clone();
+    whole_shape.0[new_last] = g.shape(whole).dims().get(last)?.clone();
+    let ty = crate::ir::TensorType { shape: whole_shape.clone(), dtype: node.ty.dtype };
+    let regrouped = g.push(Op::Reshape { shape: whole_shape }, vec![whole], ty, node.span);
+    Some(g.push(Op::Slice { axis: new_last, start, end }, vec![regrouped], node.ty.clone(), node.span))
 }
 
 /// If `op(args)` equals one of its operands, that operand.

@@ -565,6 +565,23 @@ fn large_row_loops_fuse_and_run_across_threads() {
 }
 
 #[test]
+fn a_regrouped_slice_of_columns_is_read_in_place() {
+    // `d[:, :, 16:48]` as a `[32, 32]` matrix (a scan's handed-on columns
+    // merged over batch and time, for a weight gradient): after optimization
+    // the product reads the columns in place, with no copy of the slice.
+    let g = graph(|b| {
+        let d = input(b, "d", &[4, 8, 48]);
+        let w = input(b, "w", &[32, 16]);
+        let cols = b.slice(d, 2, 16, 48);
+        let flat = b.reshape(cols, &Shape::known(&[32, 32]));
+        vec![b.matmul(flat, w)]
+    });
+    let g = nnc_compiler::opt::optimize(&g);
+    let jit = check_with(&g, Fill::Signed, 1e-5, 9);
+    assert_eq!(jit.kernel_summary().len(), 1, "{:#?}", jit.kernel_summary());
+}
+
+#[test]
 fn softmax_cross_entropy_is_one_pass() {
     // Loss and its gradient w.r.t. the logits, as autodiff writes them: every
     // [B, C] and [B, 1] loop runs in one pass over the rows.
