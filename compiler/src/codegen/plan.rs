@@ -1202,7 +1202,8 @@ impl Planner<'_> {
 
     /// Where a scan reads its sequence `x [N, T, r..]` a step at a time: the
     /// rows of step `t` at `off + t·step + n·row_stride`, each `r..` contiguous.
-    /// A view whose steps are not (a transpose) is copied first.
+    /// A view whose rows are not contiguous within a step (a transpose) is
+    /// copied first.
     fn step_rows(&mut self, x: ValueId) -> Result<Strip, CodegenError> {
         let dims = self.shape(x).to_vec();
         let l = self.strided(x)?;

@@ -340,6 +340,11 @@ fn copy_body(body: &Graph, inputs: usize, saved: usize, lead: usize, tail: &[Ten
     Ok(Copied { graph, ids, body_args, out, products })
 }
 
+/// The type of the body's output: the new state, then any saved products.
+fn output_type(body: &Graph) -> TensorType {
+    body.outputs.first().map_or_else(|| body_input_types(body)[0].clone(), |o| body.ty(*o).clone())
+}
+
 /// The width of a step's matrix `[N_step, w]`.
 fn width(s: &Shape) -> usize {
     s.dims().get(1).and_then(Dim::known).unwrap_or(0)
@@ -389,11 +394,7 @@ fn back_body(
     hand_on: bool,
     span: Span,
 ) -> Result<(Graph, Option<HandedOn>), ShapeError> {
-    let state_ty = body_input_types(body)[0].clone();
-    let g_ty = match body.outputs.first() {
-        Some(o) if g_whole => body.ty(*o).clone(),
-        _ => state_ty,
-    };
+    let g_ty = if g_whole { output_type(body) } else { body_input_types(body)[0].clone() };
     let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 1, &[g_ty], span)?;
     let seed = {
         let mut b = Builder::new(&mut graph, span);
@@ -456,7 +457,7 @@ fn back_body(
 /// with `λ` (the whole cotangent of each step's output), returning the
 /// cotangents of `xs..` then of `consts..`.
 fn all_rows_body(body: &Graph, inputs: usize, saved: usize, span: Span) -> Result<Graph, ShapeError> {
-    let out_ty = body.outputs.first().map_or_else(|| body_input_types(body)[0].clone(), |o| body.ty(*o).clone());
+    let out_ty = output_type(body);
     let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 0, &[out_ty], span)?;
     let lambda = ids[1 + inputs + usize::from(saved > 0)];
     let d = crate::autodiff::vjp(&mut graph, out, lambda, &body_args[1..], span).map_err(autodiff_error)?;
@@ -476,7 +477,7 @@ fn all_rows_body(body: &Graph, inputs: usize, saved: usize, span: Span) -> Resul
 /// constant only through its elementwise uses (a bias added inside the step),
 /// and the elementwise derivative is not run again when there are none.
 fn constants_body(body: &Graph, inputs: usize, saved: usize, handed: &HandedOn, span: Span) -> Result<Graph, ShapeError> {
-    let out_ty = body.outputs.first().map_or_else(|| body_input_types(body)[0].clone(), |o| body.ty(*o).clone());
+    let out_ty = output_type(body);
     let e_ty = TensorType::f32(Shape(vec![Dim::Sym(STEP_BATCH.into()), Dim::Known(handed.width)]));
     let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 0, &[e_ty, out_ty], span)?;
     let e = ids[2 + inputs];
