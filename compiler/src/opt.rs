@@ -81,11 +81,16 @@ fn fold_constant_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> O
     let n_in = g.shape(*x).numel()?;
     let n_out = node.ty.shape.numel()?;
     let total = c * (n_in / n_out.max(1)) as f64;
-    let scalar = g.push(Op::Constant(total), Vec::new(), crate::ir::TensorType::f32(crate::ir::Shape::scalar()), node.span);
+    Some(push_filled(g, total, node))
+}
+
+/// A new constant `c` of `node`'s type (a scalar broadcast to its shape).
+fn push_filled(g: &mut Graph, c: f64, node: &Node) -> ValueId {
+    let scalar = g.push(Op::Constant(c), Vec::new(), crate::ir::TensorType::f32(crate::ir::Shape::scalar()), node.span);
     if node.ty.shape.rank() == 0 {
-        return Some(scalar);
+        return scalar;
     }
-    Some(g.push(Op::Broadcast { shape: node.ty.shape.clone() }, vec![scalar], node.ty.clone(), node.span))
+    g.push(Op::Broadcast { shape: node.ty.shape.clone() }, vec![scalar], node.ty.clone(), node.span)
 }
 
 /// A slice that lies wholly in a padding's fill is that constant (the
@@ -97,13 +102,12 @@ fn fold_padding_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> 
     if a != axis || node.ty.dtype != crate::ir::DType::F32 || (*end > *before && *start < before + width) {
         return None;
     }
-    let c = *value;
-    let scalar = g.push(Op::Constant(c), Vec::new(), crate::ir::TensorType::f32(crate::ir::Shape::scalar()), node.span);
-    Some(g.push(Op::Broadcast { shape: node.ty.shape.clone() }, vec![scalar], node.ty.clone(), node.span))
+    let fill = *value;
+    Some(push_filled(g, fill, node))
 }
 
 /// A zero padding along one axis: `(axis, before, after, padded value)`.
-fn zero_padding(g: &Graph, v: ValueId) -> Option<(usize, usize, usize, ValueId)> {
+pub(crate) fn zero_padding(g: &Graph, v: ValueId) -> Option<(usize, usize, usize, ValueId)> {
     match (&g.node(v).op, g.node(v).args.as_slice()) {
         (Op::Pad { axis, before, after, value }, [inner]) if *value == 0.0 => Some((*axis, *before, *after, *inner)),
         _ => None,

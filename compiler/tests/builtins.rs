@@ -95,10 +95,8 @@ fn t_rotary(x: [2, 5, 4], w: [2, 5, 4]) -> scalar = sum(w * rotary(x * w))
 // initial state; a reversed scan; a scan over two sequences; two layers
 // stacked with a residual connection.
 fn elman(h: [N, 4], x: [N, 3], W: [3, 4], U: [4, 4]) -> [N, 4] = tanh(x @ W + h @ U)
-fn lstm(s: [N, 8], x: [N, 3], W: [3, 16], U: [4, 16]) -> [N, 8] {
-  let h = s[:, 0:4]
-  let c = s[:, 4:8]
-  let z = x @ W + h @ U
+// The gates from the pre-activations z and the cell c; the new (h, c).
+fn lstm_gates(z: [N, 16], c: [N, 4]) -> [N, 8] {
   let f = sigmoid(z[:, 0:4])
   let i = sigmoid(z[:, 4:8])
   let g = tanh(z[:, 8:12])
@@ -106,19 +104,10 @@ fn lstm(s: [N, 8], x: [N, 3], W: [3, 16], U: [4, 16]) -> [N, 8] {
   let c2 = f * c + i * g
   concat([o * tanh(c2), c2], 1)
 }
+fn lstm(s: [N, 8], x: [N, 3], W: [3, 16], U: [4, 16]) -> [N, 8] = lstm_gates(x @ W + s[:, 0:4] @ U, s[:, 4:8])
 // The LSTM of the examples: the input projection made before the loop, read
 // elementwise by the step, with a bias the step adds itself.
-fn lstm_zx(s: [N, 8], zx: [N, 16], U: [4, 16], b: [16]) -> [N, 8] {
-  let h = s[:, 0:4]
-  let c = s[:, 4:8]
-  let z = zx + h @ U + b
-  let f = sigmoid(z[:, 0:4])
-  let i = sigmoid(z[:, 4:8])
-  let g = tanh(z[:, 8:12])
-  let o = sigmoid(z[:, 12:16])
-  let c2 = f * c + i * g
-  concat([o * tanh(c2), c2], 1)
-}
+fn lstm_zx(s: [N, 8], zx: [N, 16], U: [4, 16], b: [16]) -> [N, 8] = lstm_gates(zx + s[:, 0:4] @ U + b, s[:, 4:8])
 fn mix(h: [N, 3], x: [N, 3], y: [N, 3]) -> [N, 3] = h * y + x
 fn square(h: [N, 4], x: [N, 4], W: [4, 4], U: [4, 4]) -> [N, 4] = tanh(x @ W + h @ U)
 fn t_scan_stacked(x: [2, 5, 3], w: [3, 4]) -> scalar {

@@ -1,15 +1,17 @@
 //! `Scan`: a loop over a time axis whose body is a graph of its own.
 //!
-//! `Scan { body, steps, inputs, reverse }` takes `[init, xs_1 .. xs_n, c_1 .. c_m]`:
+//! `Scan { body, steps, inputs, reverse, saved }` takes `[init, xs_1 .. xs_n, c_1 .. c_m]`:
 //! a state `init [N, S..]`, `n = inputs` per-step sequences `xs_k [N, steps, I_k..]`
 //! and `m` constants (the parameters the body reads). Step `t` computes
 //! `h_t = body(h_prev, xs_1[:, t], .., c_1, ..)`, with `h_prev` the previous
 //! step's state (`init` at the first step); the result stacks every `h_t` into
 //! `[N, steps, S..]`. A reverse scan visits `t = steps − 1 .. 0` and its
-//! previous step is `t + 1`.
+//! previous step is `t + 1`. With `saved > 0` (state `[N, S]`) the body's
+//! output is the new state followed by `saved` more columns, kept in the
+//! result (`[N, steps, S + saved]`) but not carried to the next step.
 //!
 //! The body's inputs are, in node order, the state, the per-step inputs and
-//! the constants; its one output is the new state. Its batch dim is the symbol
+//! the constants; its one output is the new state (and any saved columns). Its batch dim is the symbol
 //! `STEP_BATCH`, bound to `N` where the body is evaluated or compiled, and its
 //! rows are independent (`check_rowwise`): that is what lets the derivative
 //! rule run the body once over all `N · steps` rows.
@@ -347,7 +349,12 @@ fn output_type(body: &Graph) -> TensorType {
 
 /// The width of a step's matrix `[N_step, w]`.
 fn width(s: &Shape) -> usize {
-    s.dims().get(1).and_then(Dim::known).unwrap_or(0)
+    known_dim(s, 1)
+}
+
+/// The length of `s` along `axis` (0 where unknown).
+fn known_dim(s: &Shape, axis: usize) -> usize {
+    s.dims().get(axis).and_then(Dim::known).unwrap_or(0)
 }
 
 /// Where the backward loop puts the per-step cotangents it hands on besides
@@ -460,13 +467,18 @@ fn all_rows_body(body: &Graph, inputs: usize, saved: usize, span: Span) -> Resul
     let out_ty = output_type(body);
     let Copied { mut graph, ids, body_args, out, products } = copy_body(body, inputs, saved, 0, &[out_ty], span)?;
     let lambda = ids[1 + inputs + usize::from(saved > 0)];
-    let d = crate::autodiff::vjp(&mut graph, out, lambda, &body_args[1..], span).map_err(autodiff_error)?;
-    graph.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
-    graph.outputs = d;
+    graph.outputs = crate::autodiff::vjp(&mut graph, out, lambda, &body_args[1..], span).map_err(autodiff_error)?;
     for (product, column) in products {
         redirect(&mut graph, product, column);
     }
-    Ok(crate::opt::optimize(&graph))
+    Ok(cotangents_named(graph))
+}
+
+/// `graph`, whose outputs are cotangents, with them named `d0`, `d1`, ..,
+/// optimized.
+fn cotangents_named(mut graph: Graph) -> Graph {
+    graph.output_names = (0..graph.outputs.len()).map(|i| format!("d{i}")).collect();
+    crate::opt::optimize(&graph)
 }
 
 /// The cotangents the backward loop did not hand on (`HandedOn`), over all
@@ -498,10 +510,8 @@ fn constants_body(body: &Graph, inputs: usize, saved: usize, handed: &HandedOn, 
     };
     let mut wrt: Vec<ValueId> = body_args[1..=inputs].iter().zip(&handed.xs).filter(|(_, at)| at.is_none()).map(|(x, _)| *x).collect();
     wrt.extend_from_slice(&body_args[1 + inputs..]);
-    let d = crate::autodiff::vjp(&mut graph, all, seed, &wrt, span).map_err(autodiff_error)?;
-    graph.output_names = (0..d.len()).map(|i| format!("d{i}")).collect();
-    graph.outputs = d;
-    Ok(crate::opt::optimize(&graph))
+    graph.outputs = crate::autodiff::vjp(&mut graph, all, seed, &wrt, span).map_err(autodiff_error)?;
+    Ok(cotangents_named(graph))
 }
 
 /// `x [N, T, r..]` as `[N·T, r..]`.
@@ -563,7 +573,7 @@ fn scan_vjp(
     let xs = &args[1..=inputs];
     let consts = &args[1 + inputs..];
     // The states, and the products each step saved (columns after the state).
-    let out_width = b.shape(out).dims().get(2).and_then(Dim::known).unwrap_or(0);
+    let out_width = known_dim(&b.shape(out), 2);
     let forward_states = states(b, out, saved);
     let kept = (saved > 0).then(|| b.slice(out, 2, out_width - saved, out_width));
     // The state each step started from, in step order.
@@ -576,7 +586,7 @@ fn scan_vjp(
     // The cotangent of the saved columns is zero unless a derivative of this
     // derivative reads them: then the loop needs all of `g`, else the state's.
     let g_whole = saved > 0 && !zero_columns_after(b.graph, g, saved);
-    let state_width = b.shape(init).dims().get(1).and_then(Dim::known).unwrap_or(0);
+    let state_width = width(&b.shape(init));
     let g_loop = if saved > 0 && !g_whole { b.slice(g, 2, 0, state_width) } else { g };
     let (back_body, handed) = back_body(body, inputs, saved, g_whole, hand_on, b.span)?;
     let handed_width = handed.as_ref().map_or(0, |h| h.width);
@@ -621,7 +631,7 @@ fn scan_vjp(
             for (&x, at) in xs.iter().zip(&handed.xs) {
                 let shape = b.shape(x);
                 let dx = match at {
-                    Some(at) => b.slice(extra, 2, *at, at + shape.dims().get(2).and_then(Dim::known).unwrap_or(0)),
+                    Some(at) => b.slice(extra, 2, *at, at + known_dim(&shape, 2)),
                     None => match grads.next() {
                         Some(d) => b.reshape(d, &shape),
                         None => return Err(ShapeError::Scan { reason: "a per-step input's cotangent is missing".into() }),
@@ -650,7 +660,7 @@ fn scan_vjp(
 /// (it is a zero padding there): a scan's result read only through `states`.
 fn zero_columns_after(g: &Graph, v: ValueId, columns: usize) -> bool {
     let last = g.shape(v).rank().saturating_sub(1);
-    matches!(g.node(v).op, Op::Pad { axis, after, value, .. } if axis == last && after >= columns && value == 0.0)
+    crate::opt::zero_padding(g, v).is_some_and(|(axis, _, after, _)| axis == last && after >= columns)
 }
 
 /// The body's view of a state `[N, S..]`: `[N_step, S..]`.
