@@ -19,17 +19,25 @@ mod plan;
 mod pool;
 mod rows;
 mod updates;
+mod wide;
 
 use crate::ir::{Graph, Shape, ValueId};
 use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, InstBuilder};
+use cranelift_codegen::ir::{AbiParam, InstBuilder, StackSlotData, StackSlotKind};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 pub use helpers::Fault;
+/// Tests only: whether scans may read and write their sequences in place
+/// (`loops::steps_in_place`), and whether generated code may call the
+/// sixteen-lane math functions (`wide`); both true unless a test compares.
+#[doc(hidden)]
+pub use loops::IN_PLACE as SCAN_STEPS_IN_PLACE;
 use std::fmt;
 use std::time::{Duration, Instant};
+#[doc(hidden)]
+pub use wide::ALLOWED as WIDE_MATH;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CodegenError {
@@ -190,6 +198,11 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
     jb.symbol("nnc_sgemm_pair", helpers::nnc_sgemm_pair as *const u8);
     jb.symbol("nnc_adam", adam::nnc_adam as *const u8);
+    for (op, name) in wide::FUNCTIONS {
+        if let Some(f) = wide::address(op) {
+            jb.symbol(name, f);
+        }
+    }
     Ok(JITModule::new(jb))
 }
 
@@ -209,6 +222,10 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let parallel_id = import(module, "nnc_parallel", 4)?;
     let pair_id = import(module, "nnc_sgemm_pair", 28)?;
     let adam_id = import(module, "nnc_adam", 16)?;
+    let wide_ids = match wide::enabled() {
+        true => Some(wide::FUNCTIONS.map(|(_, name)| import(module, name, 1)).into_iter().collect::<Result<Vec<_>, _>>()?),
+        false => None,
+    };
     // Adam's update runs as a precompiled AVX-512 kernel when recognised.
     let adams: Vec<Option<adam::Adam>> = plan
         .kernels
@@ -236,7 +253,8 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         pieces.push(match form {
             Some((rows, per_thread, pk)) => {
                 let helpers = [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id];
-                Some((define_piece(module, &format!("nnc_piece{i}"), &pk, offsets, tables, helpers)?, rows, per_thread))
+                let name = format!("nnc_piece{i}");
+                Some((define_piece(module, &name, &pk, offsets, tables, helpers, wide_ids.as_deref())?, rows, per_thread))
             }
             None => None,
         });
@@ -259,10 +277,25 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         _ => return Err(CodegenError::Cranelift("entry block parameters".into())),
     };
     {
+        let wide = wide_refs(module, wide_ids.as_deref(), &mut b);
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows, per)| (module.declare_func_in_func(id, b.func), rows, per))).collect();
-        let mut em =
-            emit::Emitter { b: &mut b, arena, scratch, offsets, sgemm, solve, random, lookup, copy_rows, step: None, rows: None, tables };
+        let mut em = emit::Emitter {
+            b: &mut b,
+            arena,
+            scratch,
+            offsets,
+            sgemm,
+            solve,
+            random,
+            lookup,
+            copy_rows,
+            step: None,
+            rows: None,
+            tables,
+            wide,
+            views: Vec::new(),
+        };
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
@@ -306,6 +339,14 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     Ok(id)
 }
 
+/// The sixteen-lane math functions (`wide`) as `b`'s function calls, with
+/// the stack slot their arguments pass through.
+fn wide_refs(module: &mut JITModule, ids: Option<&[FuncId]>, b: &mut FunctionBuilder) -> Option<emit::Wide> {
+    let funcs = wide::FUNCTIONS.iter().zip(ids?).map(|(&(op, _), &id)| (op, module.declare_func_in_func(id, b.func))).collect();
+    let slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 64, 6));
+    Some(emit::Wide { funcs, slot })
+}
+
 fn describe(k: &kernel::Kernel) -> String {
     // Whether the kernels that can run across threads do.
     let threaded = pool::pool().threads() > 1;
@@ -339,11 +380,16 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
         kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
         kernel::Kernel::Lookup { scatter: true, n, rows, width, .. } => format!("scatter-add {n} into {rows} rows x {width}"),
-        kernel::Kernel::Loop { steps, reverse, body, split } => {
+        kernel::Kernel::Loop { steps, reverse, body, split, views } => {
             let parts: Vec<String> = body.iter().map(describe).collect();
             let dir = if *reverse { ", reversed" } else { "" };
             let by_rows = if threaded && split.is_some() { ", rows split across threads" } else { "" };
-            format!("loop of {steps} steps{dir}{by_rows}: [{}]", parts.join("; "))
+            let (read, written) = (views.iter().filter(|v| !v.written).count(), views.iter().filter(|v| v.written).count());
+            let in_place = match (read, written) {
+                (0, 0) => String::new(),
+                _ => format!(", {read} sequences read and {written} written in place"),
+            };
+            format!("loop of {steps} steps{dir}{by_rows}{in_place}: [{}]", parts.join("; "))
         }
         kernel::Kernel::StepCopy { rows, width, .. } => format!("copy {rows} rows x {width}"),
     }
@@ -359,6 +405,7 @@ fn define_piece(
     offsets: &[usize],
     tables: &[i64],
     helpers: [FuncId; 5],
+    wide_ids: Option<&[FuncId]>,
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64); 3];
@@ -378,6 +425,7 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
+        let wide = wide_refs(module, wide_ids, &mut b);
         let mut em = emit::Emitter {
             b: &mut b,
             arena,
@@ -391,6 +439,8 @@ fn define_piece(
             step: None,
             rows: Some((lo, hi)),
             tables,
+            wide,
+            views: Vec::new(),
         };
         em.emit_kernel(k)?;
     }

@@ -6,7 +6,7 @@
 use ndarray::{ArrayD, IxDyn};
 use nnc_compiler::ast::Span;
 use nnc_compiler::autodiff;
-use nnc_compiler::codegen::CompiledGraph;
+use nnc_compiler::codegen::{CompiledGraph, SCAN_STEPS_IN_PLACE};
 use nnc_compiler::elaborate::Session;
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{DType, Graph, Shape, TensorType};
@@ -15,6 +15,7 @@ use nnc_compiler::syntax;
 
 mod common;
 use common::threads;
+use std::sync::atomic::Ordering;
 
 const PROGRAM: &str = r#"
 fn t_exp(x: [3, 5], w: [3, 5]) -> scalar = sum(w * exp(x))
@@ -223,22 +224,30 @@ fn jit_matches_reference_on_every_builtin_and_its_gradient() {
         g.output_names = vec!["f".into(), "df".into()];
         let g = nnc_compiler::opt::optimize(&g);
         let want = interp::run(&g, &inputs).unwrap();
-        let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
-        for (i, n) in jit.input_names().iter().enumerate() {
-            let v: Vec<f32> = inputs[n].iter().map(|&v| v as f32).collect();
-            jit.input_mut(i).copy_from_slice(&v);
-        }
-        jit.run();
-        // Every scan here treats its rows independently, so with two threads
-        // each loop runs split by rows (and must still agree with the reference).
-        if threads() > 1 {
-            for line in jit.kernel_summary().iter().filter(|l| l.contains("loop of")) {
-                assert!(line.contains("rows split across threads"), "{name}: {line}");
+        // Every scan here reaches its sequences a row at a time, so its loops
+        // read and write them in place; the same loops with step copies must
+        // agree with the reference too.
+        for in_place in [true, false] {
+            SCAN_STEPS_IN_PLACE.store(in_place, Ordering::Relaxed);
+            let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+            SCAN_STEPS_IN_PLACE.store(true, Ordering::Relaxed);
+            for (i, n) in jit.input_names().iter().enumerate() {
+                let v: Vec<f32> = inputs[n].iter().map(|&v| v as f32).collect();
+                jit.input_mut(i).copy_from_slice(&v);
             }
-        }
-        for (k, w) in want.iter().enumerate() {
-            for (a, b) in jit.output(k).iter().zip(w.iter()) {
-                assert!((f64::from(*a) - b).abs() < 2e-4 * (1.0 + b.abs()), "{name} output {k}: jit {a} vs reference {b}");
+            jit.run();
+            for line in jit.kernel_summary().iter().filter(|l| l.contains("loop of")) {
+                // Each scan treats its rows independently, so with two threads
+                // each loop runs split by rows (and must still agree with the
+                // reference).
+                assert!(threads() < 2 || line.contains("rows split across threads"), "{name}: {line}");
+                let result_in_place = line.contains("and 1 written in place");
+                assert!(result_in_place == in_place && (in_place || !line.contains("in place")), "{name}: {line}");
+            }
+            for (k, w) in want.iter().enumerate() {
+                for (a, b) in jit.output(k).iter().zip(w.iter()) {
+                    assert!((f64::from(*a) - b).abs() < 2e-4 * (1.0 + b.abs()), "{name} output {k}: jit {a} vs reference {b}");
+                }
             }
         }
     }

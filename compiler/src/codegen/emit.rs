@@ -5,12 +5,13 @@
 
 use super::adam::Adam;
 use super::kernel::{Affine, ENode, Kernel, MapKernel, MatOperand};
+use super::loops::StepView;
 use super::math;
 use super::CodegenError;
-use crate::ops::{BinaryOp, ReduceKind};
+use crate::ops::{BinaryOp, ReduceKind, UnaryOp};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
-use cranelift_codegen::ir::{Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{Block, BlockArg, ConstantData, FuncRef, InstBuilder, MemFlagsData, StackSlot, Value};
 use cranelift_frontend::FunctionBuilder;
 
 pub(crate) struct Emitter<'a, 'b> {
@@ -35,6 +36,25 @@ pub(crate) struct Emitter<'a, 'b> {
     pub rows: Option<(Value, Value)>,
     /// Addresses of the plan's offset tables (gathered matrix operands).
     pub tables: &'a [i64],
+    /// The sixteen-lane math functions, when the machine has AVX-512.
+    pub wide: Option<Wide>,
+    /// Inside a `Loop`: the byte address at the current step of each body
+    /// buffer that is a view of a sequence (`StepView`).
+    pub views: Vec<(usize, Value)>,
+}
+
+/// Calls to the sixteen-lane math functions (`super::wide`): which unary op
+/// each computes, and the 64-byte stack slot their four groups pass through.
+#[derive(Clone)]
+pub(crate) struct Wide {
+    pub funcs: Vec<(UnaryOp, FuncRef)>,
+    pub slot: StackSlot,
+}
+
+impl Wide {
+    fn func(&self, op: UnaryOp) -> Option<FuncRef> {
+        self.funcs.iter().find(|(u, _)| *u == op).map(|&(_, f)| f)
+    }
 }
 
 /// Map kernels with at least this many elements are split across the worker
@@ -305,7 +325,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, pd, site]);
                 Ok(())
             }
-            Kernel::Loop { steps, reverse, body, .. } => self.emit_loop(*steps, *reverse, body),
+            Kernel::Loop { steps, reverse, body, views, .. } => self.emit_loop(*steps, *reverse, body, views),
             Kernel::StepCopy { rows, width, src, dst } => {
                 let mut ps = self.strip_base(src)?;
                 let mut pd = self.strip_base(dst)?;
@@ -322,8 +342,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
     }
 
-    /// A scan: the body's kernels inside a loop over the steps.
-    fn emit_loop(&mut self, steps: usize, reverse: bool, body: &[Kernel]) -> Result<(), CodegenError> {
+    /// A scan: the body's kernels inside a loop over the steps, with the
+    /// addresses of its views (`StepView`) moved to each step.
+    fn emit_loop(&mut self, steps: usize, reverse: bool, body: &[Kernel], views: &[StepView]) -> Result<(), CodegenError> {
         if steps == 0 {
             return Ok(());
         }
@@ -335,9 +356,16 @@ impl<'a, 'b> Emitter<'a, 'b> {
             i
         };
         let outer = self.step.replace(t);
+        let outer_views = self.views.len();
+        for v in views {
+            let strip = super::kernel::Strip { storage: v.of, off: v.off, row_stride: 0, step: v.step };
+            let at = self.strip_base(&strip)?;
+            self.views.push((v.storage, at));
+        }
         for k in body {
             self.emit_kernel(k)?;
         }
+        self.views.truncate(outer_views);
         self.step = outer;
         self.loop_end(blk, i, 1, steps as i64, &[]);
         Ok(())
@@ -428,12 +456,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// Byte address (with a storage) or integer value (without) of an affine
     /// access at the loop counters `idx`.
     fn base(&mut self, storage: Option<usize>, off: i64, strides: &[i64], idx: &[Value]) -> Result<Value, CodegenError> {
-        let (mut v, scale) = match storage {
-            Some(s) => {
+        let view = storage.and_then(|s| self.views.iter().rev().find(|(v, _)| *v == s).map(|&(_, at)| at));
+        let (mut v, scale) = match (storage, view) {
+            (Some(_), Some(at)) => (self.b.ins().iadd_imm_s(at, off * 4), 4),
+            (Some(s), None) => {
                 let o = self.offsets.get(s).copied().ok_or_else(|| CodegenError::Cranelift(format!("storage {s} has no offset")))?;
                 (self.b.ins().iadd_imm_s(self.arena, (o as i64 + off) * 4), 4)
             }
-            None => (self.b.ins().iconst(I64, off), 1),
+            (None, _) => (self.b.ins().iconst(I64, off), 1),
         };
         for (&s, &i) in strides.iter().zip(idx) {
             if s != 0 {
@@ -539,8 +569,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let inner: Vec<i64> = strides.iter().map(|s| s.get(r - 1).copied().unwrap_or(0)).collect();
         let s_out = inner.first().copied().unwrap_or(0);
         let horiz = s_out == 0;
-        let cost = self.expr_cost(k, &inner);
-        let unroll = unroll_for(cost, n / 4);
+        let unroll = self.unroll(k, &inner, n / 4);
         self.loop_nest(&dims[..kept], &mut |em, idx| {
             let zero = em.b.ins().iconst(I64, 0);
             let out_base = em
@@ -577,8 +606,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
                     return Ok(accs);
                 }
                 let mut cur = cur;
-                for (j, &at) in ats.iter().enumerate() {
-                    let vals = em.eval_group(&row, at)?;
+                let vals = em.eval_groups(&row, &ats)?;
+                for (j, (vals, &at)) in vals.iter().zip(&ats).enumerate() {
                     let v = vals.get(k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
                     let v = em.skip_lanes(v, at.skip, kind);
                     if let Some(acc) = cur.get_mut(j) {
@@ -732,11 +761,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// The innermost axis of a map kernel: `n` elements.
     fn emit_row(&mut self, k: &MapKernel, n: usize, inner: Vec<i64>, bases: Vec<Value>) -> Result<(), CodegenError> {
-        let cost = self.expr_cost(k, &inner);
-        let row = self.row_setup(k, inner, bases)?;
         let groups = n / 4;
         let tail = (n % 4) as u8;
-        let unroll = unroll_for(cost, groups);
+        let unroll = self.unroll(k, &inner, groups);
+        let row = self.row_setup(k, inner, bases)?;
         if let Some(kind) = k.acc.filter(|_| row.inner.first() == Some(&0)) {
             let accs = (0..unroll).map(|_| math::splat(self.b, math::identity(kind))).collect();
             let s = math::scalar(self.b, math::identity(kind));
@@ -749,17 +777,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let mut done = 0;
         if iters >= 2 {
             let (blk, pos, _) = self.loop_begin(&[]);
-            for j in 0..unroll {
-                let at = At { pos, g: 4 * j as i64, lanes: 4, skip: 0 };
-                self.group(&row, at, None, None)?;
-            }
+            let ats: Vec<At> = (0..unroll).map(|j| At { pos, g: 4 * j as i64, lanes: 4, skip: 0 }).collect();
+            self.groups(&row, &ats)?;
             self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &[]);
             done = iters * unroll;
         }
-        for j in done..groups {
-            let at = At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 };
-            self.group(&row, at, None, None)?;
-        }
+        let mut rest: Vec<At> = (done..groups).map(|j| At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 }).collect();
         if tail > 0 {
             // An overlapping last group, unless the kernel reads what it writes
             // (an in-place update would apply twice to the repeated lanes) or
@@ -767,14 +790,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
             // defeat store-to-load forwarding).
             let writes = std::iter::once(&k.out).chain(k.extra.iter().map(|(a, _)| a)).filter_map(|a| a.storage);
             let aliased = writes.into_iter().any(|w| k.operands.iter().any(|o| o.storage == Some(w)));
-            let tail_at = if n >= 4 && k.acc.is_none() && !aliased {
+            rest.push(if n >= 4 && k.acc.is_none() && !aliased {
                 At { pos: zero, g: n as i64 - 4, lanes: 4, skip: 4 - tail }
             } else {
                 At { pos: zero, g: 4 * groups as i64, lanes: tail, skip: 0 }
-            };
-            self.group(&row, tail_at, None, None)?;
+            });
         }
-        Ok(())
+        self.groups(&row, &rest)
     }
 
     /// A row reduced along its `n` elements: groups of four folded into the
@@ -797,21 +819,24 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let mut done = 0;
         if iters >= 2 {
             let (blk, pos, mut cur) = self.loop_begin(&accs);
-            for j in 0..unroll {
-                let at = At { pos, g: 4 * j as i64, lanes: 4, skip: 0 };
-                self.group(row, at, Some(kind), cur.get_mut(j))?;
+            let ats: Vec<At> = (0..unroll).map(|j| At { pos, g: 4 * j as i64, lanes: 4, skip: 0 }).collect();
+            let vals = self.eval_groups(row, &ats)?;
+            for (j, (v, &at)) in vals.iter().zip(&ats).enumerate() {
+                self.finish_group(row, at, v, Some(kind), cur.get_mut(j))?;
             }
             accs = self.loop_end(blk, pos, 4 * unroll as i64, (4 * iters * unroll) as i64, &cur);
             done = iters * unroll;
         }
-        for j in done..groups {
-            let at = At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 };
-            self.group(row, at, Some(kind), accs.get_mut(j % unroll))?;
+        let ats: Vec<At> = (done..groups).map(|j| At { pos: zero, g: 4 * j as i64, lanes: 4, skip: 0 }).collect();
+        let vals = self.eval_groups(row, &ats)?;
+        for (j, (v, &at)) in (done..).zip(vals.iter().zip(&ats)) {
+            self.finish_group(row, at, v, Some(kind), accs.get_mut(j % unroll))?;
         }
         let mut s = s;
         if tail > 0 && n >= 4 && !accs.is_empty() {
             let tail_at = At { pos: zero, g: n as i64 - 4, lanes: 4, skip: 4 - tail };
-            self.group(row, tail_at, Some(kind), accs.first_mut())?;
+            let vals = self.eval_group(row, tail_at)?;
+            self.finish_group(row, tail_at, &vals, Some(kind), accs.first_mut())?;
         } else if tail > 0 {
             let tail_at = At { pos: zero, g: 4 * groups as i64, lanes: tail, skip: 0 };
             let vals = self.eval_group(row, tail_at)?;
@@ -835,10 +860,26 @@ impl<'a, 'b> Emitter<'a, 'b> {
         Ok(())
     }
 
-    /// One group: evaluate, then store, accumulate into the output, or (for a
+    /// Groups evaluated side by side (`eval_groups`), each then stored or
+    /// accumulated into the output.
+    fn groups(&mut self, row: &Row, ats: &[At]) -> Result<(), CodegenError> {
+        let vals = self.eval_groups(row, ats)?;
+        for (v, &at) in vals.iter().zip(ats) {
+            self.finish_group(row, at, v, None, None)?;
+        }
+        Ok(())
+    }
+
+    /// One evaluated group: store, accumulate into the output, or (for a
     /// reduction along the innermost axis) fold into the register `acc`.
-    fn group(&mut self, row: &Row, at: At, horiz: Option<ReduceKind>, acc: Option<&mut Value>) -> Result<(), CodegenError> {
-        let vals = self.eval_group(row, at)?;
+    fn finish_group(
+        &mut self,
+        row: &Row,
+        at: At,
+        vals: &[Option<Value>],
+        horiz: Option<ReduceKind>,
+        acc: Option<&mut Value>,
+    ) -> Result<(), CodegenError> {
         let mut v = vals.get(row.k.root).copied().flatten().ok_or_else(|| CodegenError::Cranelift("empty expression".into()))?;
         if let Some(kind) = row.k.acc {
             v = self.skip_lanes(v, at.skip, kind);
@@ -880,14 +921,71 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     fn eval_group(&mut self, row: &Row, at: At) -> Result<Vec<Option<Value>>, CodegenError> {
-        let mut vals = row.pre.clone();
-        for i in 0..vals.len() {
-            if row.needed[i] && vals[i].is_none() {
-                let v = self.eval_node(row, i, &vals, at)?;
-                vals[i] = Some(v);
+        let mut vals = self.eval_groups(row, &[at])?;
+        vals.pop().ok_or_else(|| CodegenError::Cranelift("no group".into()))
+    }
+
+    /// The expression at each of `ats`, node by node across the groups, so
+    /// that a function with a sixteen-lane form (`Wide`) takes four groups
+    /// per call.
+    fn eval_groups(&mut self, row: &Row, ats: &[At]) -> Result<Vec<Vec<Option<Value>>>, CodegenError> {
+        let mut vals: Vec<Vec<Option<Value>>> = ats.iter().map(|_| row.pre.clone()).collect();
+        for i in 0..row.pre.len() {
+            if !row.needed[i] || row.pre[i].is_some() {
+                continue;
+            }
+            if let Some((f, a)) = self.wide_call(row, i) {
+                for chunk in vals.chunks_mut(4) {
+                    let args = chunk.iter().map(|v| v.get(a).copied().flatten()).collect::<Option<Vec<Value>>>();
+                    let args = args.ok_or_else(|| CodegenError::Cranelift("operand not ready".into()))?;
+                    for (v, y) in chunk.iter_mut().zip(self.call_wide(f, &args)) {
+                        v[i] = Some(y);
+                    }
+                }
+                continue;
+            }
+            for (v, &at) in vals.iter_mut().zip(ats) {
+                let x = self.eval_node(row, i, v, at)?;
+                v[i] = Some(x);
             }
         }
         Ok(vals)
+    }
+
+    /// The sixteen-lane function and operand of node `i`, if it has one.
+    fn wide_call(&self, row: &Row, i: usize) -> Option<(FuncRef, usize)> {
+        match row.k.nodes.get(i) {
+            Some(&ENode::Unary(u, a)) => self.wide.as_ref()?.func(u).map(|f| (f, a)),
+            _ => None,
+        }
+    }
+
+    /// `f` of up to four groups through the stack slot (the slot's unused
+    /// groups repeat the first, so every lane holds a value).
+    fn call_wide(&mut self, f: FuncRef, args: &[Value]) -> Vec<Value> {
+        let Some(slot) = self.wide.as_ref().map(|w| w.slot) else { return args.to_vec() };
+        let p = self.b.ins().stack_addr(I64, slot, 0);
+        for j in 0..4 {
+            if let Some(&x) = args.get(j).or(args.first()) {
+                self.b.ins().store(mem(), x, p, 16 * j as i32);
+            }
+        }
+        self.b.ins().call(f, &[p]);
+        (0..args.len()).map(|j| self.b.ins().load(F32X4, mem(), p, 16 * j as i32)).collect()
+    }
+
+    /// Groups of four per iteration of a row's loop: four when the row's
+    /// expression calls a sixteen-lane function (one call per iteration), else
+    /// by the expression's size.
+    fn unroll(&self, k: &MapKernel, inner: &[i64], groups: usize) -> usize {
+        let (needed, inv) = needed_and_invariant(k, inner);
+        let wide = self.wide.as_ref().is_some_and(|w| {
+            k.nodes.iter().enumerate().any(|(i, n)| needed[i] && !inv[i] && matches!(n, ENode::Unary(u, _) if w.func(*u).is_some()))
+        });
+        if wide {
+            return 4.min(groups.max(1));
+        }
+        unroll_for(self.expr_cost(k, inner), groups)
     }
 
     fn eval_node(&mut self, row: &Row, i: usize, vals: &[Option<Value>], at: At) -> Result<Value, CodegenError> {

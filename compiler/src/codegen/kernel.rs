@@ -141,6 +141,9 @@ pub(crate) enum Kernel {
         /// (`loops::splittable`), so the loop may run on several threads at
         /// once, each for a range of the `rows`.
         split: Option<usize>,
+        /// Body buffers that are views of a sequence at the current step
+        /// (`loops::steps_in_place`).
+        views: Vec<super::loops::StepView>,
     },
     /// `rows × width` floats from `src` to `dst` at the current step (only inside a `Loop`).
     StepCopy {
@@ -166,7 +169,10 @@ impl Kernel {
             Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
             Kernel::Random { seed, .. } => vec![seed.0],
             Kernel::Lookup { ids, src, .. } => vec![ids.0, src.0],
-            Kernel::Loop { body, .. } => body.iter().flat_map(Kernel::reads).collect(),
+            Kernel::Loop { body, views, .. } => {
+                let seqs = views.iter().filter(|v| !v.written).map(|v| v.of);
+                body.iter().flat_map(Kernel::reads).chain(seqs).collect()
+            }
             Kernel::StepCopy { src, .. } => vec![src.storage],
         }
     }
@@ -180,7 +186,10 @@ impl Kernel {
             Kernel::Solve { x, .. } => vec![x.storage],
             Kernel::Random { out, .. } => vec![out.0],
             Kernel::Lookup { dst, .. } => vec![dst.0],
-            Kernel::Loop { body, .. } => body.iter().flat_map(Kernel::writes).collect(),
+            Kernel::Loop { body, views, .. } => {
+                let seqs = views.iter().filter(|v| v.written).map(|v| v.of);
+                body.iter().flat_map(Kernel::writes).chain(seqs).collect()
+            }
             Kernel::StepCopy { dst, .. } => vec![dst.storage],
         }
     }
@@ -213,7 +222,10 @@ impl Kernel {
             Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
             Kernel::Random { out, seed, .. } => [out, seed].into_iter().for_each(|o| fix(&mut o.0)),
             Kernel::Lookup { ids, src, dst, .. } => [ids, src, dst].into_iter().for_each(|o| fix(&mut o.0)),
-            Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| k.rename(from, to)),
+            Kernel::Loop { body, views, .. } => {
+                body.iter_mut().for_each(|k| k.rename(from, to));
+                views.iter_mut().for_each(|v| [&mut v.storage, &mut v.of].into_iter().for_each(fix));
+            }
             Kernel::StepCopy { src, dst, .. } => [src, dst].into_iter().for_each(|o| fix(&mut o.storage)),
         }
     }

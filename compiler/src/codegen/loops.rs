@@ -1,7 +1,8 @@
 //! A scan's loop, made fast: run on every thread at once, each thread for its
-//! own rows of the batch through all the steps (`splittable`), and with the
+//! own rows of the batch through all the steps (`splittable`), with the
 //! transposed weights its products read laid out once before the loop
-//! (`hoist_transposed_weights`).
+//! (`hoist_transposed_weights`), and with its sequences read and its result
+//! written where they are rather than copied at every step (`steps_in_place`).
 //!
 //! A scan body treats the rows of its state independently (`ops::scan::
 //! check_rowwise`), so rows `[lo, hi)` of every step depend only on rows
@@ -16,7 +17,7 @@
 //! own rows of the values that carry the batch and only read the others (the
 //! weights, from outside the loop).
 
-use super::kernel::{Affine, ExprBuilder, Kernel, MapKernel, MatOperand, Storage, StorageKind, Strip};
+use super::kernel::{Affine, ExprBuilder, Kernel, MapKernel, MatOperand, Storage, StorageId, StorageKind, Strip};
 
 /// Whether the loop `body` (kernels of a scan planned for `rows` rows) can run
 /// as independent row ranges: `batched[s]` says whether storage `s` holds a
@@ -96,4 +97,118 @@ pub(crate) fn hoist_transposed_weights(
         *b = MatOperand { storage: copy, off: 0, batch: Vec::new(), rs: *n as i64, cs: 1, gather: None };
     }
     before
+}
+
+/// Tests only: allow `steps_in_place` (default true), to compare the loops
+/// with and without it.
+pub static IN_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// A body buffer that is not one: at step `t` of its loop, its rows are those
+/// of the storage `of` from `off + t·step`, `row_stride` apart (a scan's
+/// sequence read in place, or its result written in place).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepView {
+    pub storage: StorageId,
+    pub of: StorageId,
+    pub off: i64,
+    pub step: i64,
+    /// The body writes the view (the scan's result), else only reads it.
+    pub written: bool,
+}
+
+/// Replace the loop `body`'s step copies between a body buffer and a
+/// sequence by views of the sequence (`StepView`), where every kernel reaches
+/// the buffer a row at a time: the kernels then read (or write) the sequence
+/// where it is, rows `row_stride` apart, instead of through a copy at every
+/// step. The buffers turned into views take no space (`len` 0). `state` is the
+/// body's state buffer, which is never a view (the step writes it back).
+pub(crate) fn steps_in_place(body: &mut Vec<Kernel>, rows: usize, storages: &mut [Storage], state: StorageId) -> Vec<StepView> {
+    let mut views = Vec::new();
+    if !IN_PLACE.load(std::sync::atomic::Ordering::Relaxed) {
+        return views;
+    }
+    let mut i = 0;
+    while let Some(kern) = body.get(i) {
+        let Kernel::StepCopy { rows: r, width, src, dst } = *kern else {
+            i += 1;
+            continue;
+        };
+        // A sequence into a body buffer (an input), or a body buffer into a
+        // sequence (the result).
+        let (buffer, seq, written) = match (src.step, dst.step) {
+            (0, 0) => {
+                i += 1;
+                continue;
+            }
+            (_, 0) => (dst, src, false),
+            (0, _) => (src, dst, true),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let others = body.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, k)| k);
+        let w = width as i64;
+        let is_own_buffer = buffer.off == 0 && buffer.row_stride == w && buffer.storage != state;
+        let written_elsewhere = others.clone().any(|k| k.writes().contains(&buffer.storage));
+        let copies_into = others.clone().any(|k| matches!(k, Kernel::StepCopy { dst, .. } if dst.storage == buffer.storage));
+        let fits = r == rows && is_own_buffer && written == written_elsewhere && !copies_into;
+        if !fits || !others.clone().all(|k| by_rows(k, buffer.storage, rows, w)) {
+            i += 1;
+            continue;
+        }
+        body.remove(i);
+        for k in body.iter_mut() {
+            set_row_stride(k, buffer.storage, seq.row_stride);
+        }
+        if let Some(st) = storages.get_mut(buffer.storage) {
+            st.len = 0;
+        }
+        views.push(StepView { storage: buffer.storage, of: seq.storage, off: seq.off, step: seq.step, written });
+    }
+    views
+}
+
+/// Whether `k` reaches storage `s` only a row at a time: every access of it
+/// steps `w` floats per row of the loop's `rows` and starts in the first row.
+/// Products do not take views (a step's products read values it computes,
+/// or the weights).
+fn by_rows(k: &Kernel, s: StorageId, rows: usize, w: i64) -> bool {
+    let row_access = |off: i64, first: Option<i64>| first == Some(w) && (0..w).contains(&off);
+    let map_ok = |m: &MapKernel| {
+        let outs = std::iter::once(&m.out).chain(m.extra.iter().map(|(a, _)| a));
+        let mut of_s = outs.chain(&m.operands).filter(|a| a.storage == Some(s)).peekable();
+        of_s.peek().is_none() || (m.dims.first() == Some(&rows) && of_s.all(|a| row_access(a.off, a.strides.first().copied())))
+    };
+    match k {
+        Kernel::Map(m) => map_ok(m),
+        Kernel::Rows { rows: r, kernels } => kernels.iter().all(|m| !touches(m, s) || (*r == rows && map_ok(m))),
+        Kernel::StepCopy { rows: r, src, dst, .. } => {
+            [src, dst].into_iter().all(|st| st.storage != s || (*r == rows && st.step == 0 && row_access(st.off, Some(st.row_stride))))
+        }
+        _ => !k.reads().contains(&s) && !k.writes().contains(&s),
+    }
+}
+
+fn touches(m: &MapKernel, s: StorageId) -> bool {
+    std::iter::once(&m.out).chain(&m.operands).chain(m.extra.iter().map(|(a, _)| a)).any(|a| a.storage == Some(s))
+}
+
+/// Every access of storage `s` in `k` (row-shaped: `by_rows`) with rows
+/// `row_stride` floats apart.
+fn set_row_stride(k: &mut Kernel, s: StorageId, row_stride: i64) {
+    let fix_map = |m: &mut MapKernel| {
+        let outs = std::iter::once(&mut m.out).chain(m.extra.iter_mut().map(|(a, _)| a));
+        for a in outs.chain(m.operands.iter_mut()).filter(|a| a.storage == Some(s)) {
+            if let Some(first) = a.strides.first_mut() {
+                *first = row_stride;
+            }
+        }
+    };
+    match k {
+        Kernel::Map(m) => fix_map(m),
+        Kernel::Rows { kernels, .. } => kernels.iter_mut().for_each(fix_map),
+        Kernel::StepCopy { src, dst, .. } => [src, dst].into_iter().filter(|st| st.storage == s).for_each(|st| st.row_stride = row_stride),
+        _ => {}
+    }
 }

@@ -96,20 +96,31 @@ fn keep_nan(b: B, x: Value, r: Value) -> Value {
     sel(b, nan, x, r)
 }
 
-const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low mantissa bits
+pub(crate) const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low mantissa bits
+
+/// Exp's constants, shared with the sixteen-lane version (`wide`): results
+/// below `EXP_LO` round to 0, above `EXP_HI` overflow (`EXP_BIG`: ∞).
+pub(crate) const EXP_HI: f32 = 88.722_83;
+pub(crate) const EXP_LO: f32 = -104.0;
+pub(crate) const EXP_BIG: f32 = 88.722_84;
+/// ln 2 in two parts (Cody–Waite), negated.
+pub(crate) const LN2_NEG_HI: f32 = -0.693_359_375;
+pub(crate) const LN2_NEG_LO: f32 = 2.12194440e-4;
+/// Cephes' polynomial for `(exp(r) − 1 − r) / r²`, highest degree first.
+pub(crate) const EXP_POLY: [f32; 6] =
+    [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
 
 pub(crate) fn exp(b: B, x: Value) -> Value {
-    // Below −104 the result rounds to 0; above 88.72 it overflows.
-    let xc = min_c(b, x, 88.722_83);
-    let xc = max_c(b, xc, -104.0);
+    let xc = min_c(b, x, EXP_HI);
+    let xc = max_c(b, xc, EXP_LO);
     // n = round(x / ln 2), kept both as a float and in t's low mantissa bits.
     let m = splat(b, MAGIC);
     let t = fma_c(b, xc, std::f32::consts::LOG2_E, m);
     let n = b.ins().fsub(t, m);
-    let r = fma_c(b, n, -0.693_359_375, xc);
-    let r = fma_c(b, n, 2.12194440e-4, r);
+    let r = fma_c(b, n, LN2_NEG_HI, xc);
+    let r = fma_c(b, n, LN2_NEG_LO, r);
     let z = b.ins().fmul(r, r);
-    let p = horner(b, r, &[1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]);
+    let p = horner(b, r, &EXP_POLY);
     let y = b.ins().fma(p, z, r);
     let one = splat(b, 1.0);
     let y = b.ins().fadd(y, one);
@@ -129,7 +140,7 @@ pub(crate) fn exp(b: B, x: Value) -> Value {
     let s2 = as_float(b, e2);
     let y = b.ins().fmul(y, s1);
     let y = b.ins().fmul(y, s2);
-    let big = fcmp_c(b, FloatCC::GreaterThan, x, 88.722_84);
+    let big = fcmp_c(b, FloatCC::GreaterThan, x, EXP_BIG);
     let y = sel_c(b, big, f32::INFINITY, y);
     keep_nan(b, x, y)
 }
@@ -205,43 +216,44 @@ fn rational(b: B, x: Value, clamp: f32, p: &[f32], q: &[f32]) -> Value {
     keep_nan(b, x, r)
 }
 
+/// Tanh's rational (Eigen/XLA): `x·P(x²)/Q(x²)` on `x` clamped to
+/// ±`TANH_CLAMP`; below `TANH_TINY` in magnitude, `x` itself.
+pub(crate) const TANH_CLAMP: f32 = 7.90531110763549805;
+pub(crate) const TANH_TINY: f32 = 4e-4;
+pub(crate) const TANH_P: [f32; 7] = [
+    -2.76076847742355e-16,
+    2.00018790482477e-13,
+    -8.60467152213735e-11,
+    5.12229709037114e-08,
+    1.48572235717979e-05,
+    6.37261928875436e-04,
+    4.89352455891786e-03,
+];
+pub(crate) const TANH_Q: [f32; 4] = [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03];
+
+/// Erf's rational (Eigen/XLA), on `x` clamped to ±`ERF_CLAMP`.
+pub(crate) const ERF_CLAMP: f32 = 4.0;
+pub(crate) const ERF_P: [f32; 7] = [
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+];
+pub(crate) const ERF_Q: [f32; 5] =
+    [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02];
+
 pub(crate) fn tanh(b: B, x: Value) -> Value {
-    let r = rational(
-        b,
-        x,
-        7.90531110763549805,
-        &[
-            -2.76076847742355e-16,
-            2.00018790482477e-13,
-            -8.60467152213735e-11,
-            5.12229709037114e-08,
-            1.48572235717979e-05,
-            6.37261928875436e-04,
-            4.89352455891786e-03,
-        ],
-        &[1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03],
-    );
+    let r = rational(b, x, TANH_CLAMP, &TANH_P, &TANH_Q);
     let ax = b.ins().fabs(x);
-    let tiny = fcmp_c(b, FloatCC::LessThan, ax, 4e-4);
+    let tiny = fcmp_c(b, FloatCC::LessThan, ax, TANH_TINY);
     sel(b, tiny, x, r)
 }
 
 pub(crate) fn erf(b: B, x: Value) -> Value {
-    rational(
-        b,
-        x,
-        4.0,
-        &[
-            -2.72614225801306e-10,
-            2.77068142495902e-08,
-            -2.10102402082508e-06,
-            -5.69250639462346e-05,
-            -7.34990630326855e-04,
-            -2.95459980854025e-03,
-            -1.60960333262415e-02,
-        ],
-        &[-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02],
-    )
+    rational(b, x, ERF_CLAMP, &ERF_P, &ERF_Q)
 }
 
 /// `x ** y` with the IEEE special cases of `powf`: negative bases with integer

@@ -1115,7 +1115,9 @@ impl Planner<'_> {
     /// to the state's rows) and its storages join this plan's. Each step copies
     /// its slice of every per-step input into the body's input buffers, runs
     /// the body's kernels, and copies the new state into the result and back
-    /// into the body's state buffer; constants are read where they are.
+    /// into the body's state buffer; constants are read where they are. Where
+    /// the body reaches an input or its result a row at a time, the copy gives
+    /// way to a view of the sequence at the step (`loops::steps_in_place`).
     #[allow(clippy::too_many_arguments)]
     fn lower_scan(
         &mut self,
@@ -1195,8 +1197,9 @@ impl Planner<'_> {
         before.extend(super::loops::hoist_transposed_weights(&mut each, &mut self.storages, &mut self.owners));
         let batched: Vec<bool> = (0..self.storages.len()).map(|s| s >= base && sub_batched.get(s - base) == Some(&true)).collect();
         let split = super::loops::splittable(&each, rows, &self.storages, &batched).then_some(rows);
+        let views = super::loops::steps_in_place(&mut each, rows, &mut self.storages, state);
         self.kernels.extend(before);
-        self.kernels.push(Kernel::Loop { steps, reverse, body: each, split });
+        self.kernels.push(Kernel::Loop { steps, reverse, body: each, split, views });
         Ok(())
     }
 
