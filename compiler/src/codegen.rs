@@ -216,7 +216,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let sgemm_id = import(module, "nnc_sgemm", 15)?;
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
-    let lookup_id = import(module, "nnc_lookup", 8)?;
+    let lookup_id = import(module, "nnc_lookup", 9)?;
     let copy_rows_id = import(module, "nnc_copy_rows", 6)?;
     let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 4)?;

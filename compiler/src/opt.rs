@@ -49,6 +49,7 @@ fn simplify_and_cse(graph: &Graph) -> (Graph, Vec<usize>) {
             .or_else(|| fold_padding_slice(&mut out, &node.op, &args, node))
             .or_else(|| fold_padding_sum(&mut out, &node.op, &args, node))
             .or_else(|| fold_reshaped_slice(&mut out, &node.op, &args, node))
+            .or_else(|| fold_table_product(&mut out, &node.op, &args, node))
         {
             origin.resize(out.nodes.len(), old);
             remap.push(folded);
@@ -82,6 +83,103 @@ fn fold_constant_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> O
     let n_out = node.ty.shape.numel()?;
     let total = c * (n_in / n_out.max(1)) as f64;
     Some(push_filled(g, total, node))
+}
+
+/// Rows gathered from a table by id, as the matrix `[N, d]` of a product:
+/// `(table [V, d], ids, the gather's span)`, when the table has fewer rows
+/// than are gathered (sizes known). An embedding followed by a linear layer,
+/// for instance.
+fn gathered_rows(g: &Graph, x: ValueId) -> Option<(ValueId, ValueId, crate::ast::Span)> {
+    let node = g.node(x);
+    let rows = match (&node.op, node.args.as_slice()) {
+        (Op::Reshape { .. }, [inner]) => *inner,
+        _ => x,
+    };
+    let (Op::Gather, [table, ids]) = (&g.node(rows).op, g.node(rows).args.as_slice()) else { return None };
+    let [v, d] = g.shape(*table).concrete()?[..] else { return None };
+    let n = g.shape(*ids).numel()?;
+    (v < n && g.shape(x).concrete()? == [n, d]).then_some((*table, *ids, g.node(rows).span))
+}
+
+/// `ids`' shape followed by `width`: the shape of `width`-wide rows gathered by `ids`.
+fn rows_shape(g: &Graph, ids: ValueId, width: usize) -> Option<crate::ir::Shape> {
+    let mut dims = g.shape(ids).concrete()?;
+    dims.push(width);
+    Some(crate::ir::Shape::known(&dims))
+}
+
+/// `x` reshaped to `shape` (`x` itself if it has it), as `simplify_and_cse`
+/// would have it: a regrouped slice read in place, an existing node reused.
+fn push_reshape(g: &mut Graph, x: ValueId, shape: crate::ir::Shape, span: crate::ast::Span) -> ValueId {
+    if *g.shape(x) == shape {
+        return x;
+    }
+    let ty = crate::ir::TensorType::f32(shape.clone());
+    let op = Op::Reshape { shape };
+    let node = Node { op: op.clone(), args: vec![x], ty: ty.clone(), span };
+    fold_reshaped_slice(g, &op, &[x], &node).unwrap_or_else(|| push_shared(g, op, vec![x], ty, span))
+}
+
+/// `op(args)`, reusing an identical node if the graph has one: nodes a fold
+/// builds do not pass through `simplify_and_cse`'s sharing.
+fn push_shared(g: &mut Graph, op: Op, args: Vec<ValueId>, ty: crate::ir::TensorType, span: crate::ast::Span) -> ValueId {
+    let same = g.nodes.iter().position(|n| n.op == op && n.args == args && n.ty == ty);
+    match same {
+        Some(i) => ValueId(i as u32),
+        None => g.push(op, args, ty, span),
+    }
+}
+
+/// Products of rows gathered from a smaller table, multiplied once per row of
+/// the table instead of once per gathered row (a character model's embedding
+/// and input projection: 65 rows instead of 2048 per step), and their
+/// derivatives, which autodiff writes as products of the gathered rows:
+///
+/// * `gather(T, ids) · W` → `gather(T · W, ids)`
+/// * `gather(T, ids)ᵀ · G` → `Tᵀ · scatter_add(ids, G)`
+/// * `scatter_add(ids, G · M)` → `scatter_add(ids, G) · M`
+///
+/// The scatter of `G` in the last two is one node (shared by CSE). The new
+/// lookups keep the gather's source span, so an id out of range is still
+/// reported at the embedding.
+fn fold_table_product(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let f32_of = |dims: &[usize]| crate::ir::TensorType::f32(crate::ir::Shape::known(dims));
+    match (op, args) {
+        (Op::MatMul, &[x, w]) => {
+            if let Some((table, ids, span)) = gathered_rows(g, x) {
+                let [v, _] = g.shape(table).concrete()?[..] else { return None };
+                let [_, n] = g.shape(w).concrete()?[..] else { return None };
+                let tw = g.push(Op::MatMul, vec![table, w], f32_of(&[v, n]), span);
+                let shape = rows_shape(g, ids, n)?;
+                let gathered = g.push(Op::Gather, vec![tw, ids], crate::ir::TensorType::f32(shape), span);
+                return Some(push_reshape(g, gathered, node.ty.shape.clone(), span));
+            }
+            let (Op::Transpose { perm }, &[xt]) = (&g.node(x).op, g.node(x).args.as_slice()) else { return None };
+            let (table, ids, span) = gathered_rows(g, xt).filter(|_| perm.as_slice() == [1, 0])?;
+            let [v, d] = g.shape(table).concrete()?[..] else { return None };
+            let [_, n] = g.shape(w).concrete()?[..] else { return None };
+            let rows = push_reshape(g, w, rows_shape(g, ids, n)?, span);
+            let scattered = push_shared(g, Op::ScatterAdd { rows: v }, vec![ids, rows], f32_of(&[v, n]), span);
+            let tt = g.push(Op::Transpose { perm: vec![1, 0] }, vec![table], f32_of(&[d, v]), span);
+            Some(g.push(Op::MatMul, vec![tt, scattered], node.ty.clone(), span))
+        }
+        (Op::ScatterAdd { rows: v }, &[ids, values]) => {
+            let product = match (&g.node(values).op, g.node(values).args.as_slice()) {
+                (Op::Reshape { .. }, &[p]) => p,
+                _ => values,
+            };
+            let (Op::MatMul, &[grad, m]) = (&g.node(product).op, g.node(product).args.as_slice()) else { return None };
+            let [n_rows, n] = g.shape(grad).concrete()?[..] else { return None };
+            if *v >= n_rows || g.shape(ids).numel()? != n_rows || g.shape(m).rank() != 2 {
+                return None;
+            }
+            let span = node.span;
+            let rows = push_reshape(g, grad, rows_shape(g, ids, n)?, span);
+            let scattered = push_shared(g, Op::ScatterAdd { rows: *v }, vec![ids, rows], f32_of(&[*v, n]), span);
+            Some(g.push(Op::MatMul, vec![scattered, m], node.ty.clone(), span))
+        }
+        _ => None,
+    }
 }
 
 /// A new constant `c` of `node`'s type (a scalar broadcast to its shape).
@@ -169,8 +267,8 @@ fn fold_reshaped_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) ->
     let mut whole_shape = to.clone();
     whole_shape.0[new_last] = g.shape(whole).dims().get(last)?.clone();
     let ty = crate::ir::TensorType { shape: whole_shape.clone(), dtype: node.ty.dtype };
-    let regrouped = g.push(Op::Reshape { shape: whole_shape }, vec![whole], ty, node.span);
-    Some(g.push(Op::Slice { axis: new_last, start, end }, vec![regrouped], node.ty.clone(), node.span))
+    let regrouped = push_shared(g, Op::Reshape { shape: whole_shape }, vec![whole], ty, node.span);
+    Some(push_shared(g, Op::Slice { axis: new_last, start, end }, vec![regrouped], node.ty.clone(), node.span))
 }
 
 /// If `op(args)` equals one of its operands, that operand.

@@ -981,6 +981,113 @@ fn timing() {
 
 // ---- indexing by ids ---------------------------------------------------------------
 
+/// A scatter's values read where they are: columns of a wider tensor (rows
+/// equally far apart, read in place) and a transposed view (copied first),
+/// with repeated ids, against the reference.
+#[test]
+fn scatter_add_of_views() {
+    use nnc_compiler::ir::DType;
+    let (vocab, width) = (5usize, 3usize);
+    let ids_value: Vec<f32> = (0..12).map(|i| ((i * 3 + 1) % vocab) as f32).collect();
+    let mut g = Graph::default();
+    let mut b = Builder::new(&mut g, nnc_compiler::ast::Span::default());
+    let ids = b.input("ids", InputKind::Data, TensorType { shape: Shape::known(&[3, 4]), dtype: DType::I32 });
+    let wide = input(&mut b, "wide", &[3, 4, width + 4]);
+    let columns = b.slice(wide, 2, 2, 2 + width);
+    let by_columns = b.scatter_add(ids, columns, vocab);
+    let tall = input(&mut b, "tall", &[width, 3, 4]);
+    let transposed = b.transpose(tall, &[1, 2, 0]);
+    let by_transpose = b.scatter_add(ids, transposed, vocab);
+    assert!(b.internal_error.is_none());
+    g.outputs = vec![by_columns, by_transpose];
+    g.output_names = vec!["columns".into(), "transposed".into()];
+    let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+    assert!(jit.kernel_summary().iter().all(|k| k.starts_with("scatter-add") || k.starts_with("map")), "{:?}", jit.kernel_summary());
+    let copies = jit.kernel_summary().iter().filter(|k| k.starts_with("map")).count();
+    assert_eq!(copies, 1, "only the transposed view is copied: {:?}", jit.kernel_summary());
+    let mut rng = Rng::new(11);
+    let mut inputs = Inputs::new();
+    for (name, dims) in [("ids", vec![3, 4]), ("wide", vec![3, 4, width + 4]), ("tall", vec![width, 3, 4])] {
+        let value: Vec<f32> = match name {
+            "ids" => ids_value.clone(),
+            _ => (0..dims.iter().product()).map(|_| rng.range(-1.0, 1.0) as f32).collect(),
+        };
+        jit.input_mut(jit.input_index(name).unwrap()).copy_from_slice(&value);
+        inputs.insert(name.into(), ArrayD::from_shape_vec(IxDyn(&dims), value.iter().map(|&v| f64::from(v)).collect()).unwrap());
+    }
+    jit.run();
+    let want = interp::run(&g, &inputs).unwrap();
+    for (i, w) in want.iter().enumerate() {
+        compare(jit.output(i), w, 1e-6).unwrap_or_else(|e| panic!("output {i}: {e}"));
+    }
+}
+
+/// An embedding followed by a product (a character model's input
+/// projection), and the gradients autodiff writes for both: once optimized,
+/// every product multiplies the 9-row table rather than the 24 gathered
+/// rows (`gather(T, ids)·W` → `gather(T·W, ids)`, and the scatter of the
+/// gradient moved before its products), and the JIT of that graph agrees with
+/// the reference on the graph as written, bad ids reported as before.
+#[test]
+fn products_of_gathered_rows_multiply_the_table_instead() {
+    use nnc_compiler::ir::DType;
+    let (vocab, d, width, ids_dims) = (9usize, 5usize, 7usize, [4usize, 6usize]);
+    let n = ids_dims.iter().product::<usize>();
+    let mut g = Graph::default();
+    let mut b = Builder::new(&mut g, nnc_compiler::ast::Span::default());
+    let table = input(&mut b, "table", &[vocab, d]);
+    let w = input(&mut b, "w", &[d, width]);
+    let ids = b.input("ids", InputKind::Data, TensorType { shape: Shape::known(&ids_dims), dtype: DType::I32 });
+    // The embedding and the product at different places in the source.
+    b.span = nnc_compiler::ast::Span { start: 10, end: 20 };
+    let rows = b.gather_rows(table, ids);
+    b.span = nnc_compiler::ast::Span { start: 30, end: 40 };
+    let flat = b.reshape(rows, &Shape::known(&[n, d]));
+    let y = b.matmul(flat, w);
+    let s = b.unary(UnaryOp::Sin, y);
+    let loss = b.sum_all(s);
+    assert!(b.internal_error.is_none());
+    let grads = nnc_compiler::autodiff::grad(&mut g, loss, &[table, w], nnc_compiler::ast::Span::default()).unwrap();
+    g.outputs = vec![loss, grads[0], grads[1]];
+    g.output_names = vec!["loss".into(), "d table".into(), "d w".into()];
+    let opt = nnc_compiler::opt::optimize(&g);
+    let products: Vec<Vec<usize>> = opt
+        .nodes
+        .iter()
+        .filter(|node| matches!(node.op, Op::MatMul))
+        .map(|node| node.args.iter().flat_map(|&a| opt.shape(a).concrete().unwrap()).collect())
+        .collect();
+    assert_eq!(products.len(), 3, "{products:?}");
+    assert!(products.iter().all(|dims| !dims.contains(&n)), "a product still runs over the gathered rows: {products:?}");
+
+    let mut jit = CompiledGraph::compile(&opt, &[]).unwrap();
+    let mut rng = Rng::new(5);
+    let mut inputs = Inputs::new();
+    let ids_value: Vec<f32> = (0..n).map(|i| ((i * 5 + 2) % vocab) as f32).collect();
+    for (name, dims) in [("table", vec![vocab, d]), ("w", vec![d, width]), ("ids", ids_dims.to_vec())] {
+        let value: Vec<f32> = match name {
+            "ids" => ids_value.clone(),
+            _ => (0..dims.iter().product()).map(|_| rng.range(-1.0, 1.0) as f32).collect(),
+        };
+        jit.input_mut(jit.input_index(name).unwrap()).copy_from_slice(&value);
+        inputs.insert(name.into(), ArrayD::from_shape_vec(IxDyn(&dims), value.iter().map(|&v| f64::from(v)).collect()).unwrap());
+    }
+    jit.run();
+    let want = interp::run(&g, &inputs).unwrap();
+    for (i, w) in want.iter().enumerate() {
+        compare(jit.output(i), w, 1e-5).unwrap_or_else(|e| panic!("output {i}: {e}"));
+    }
+    // An id out of range is still a fault, at the embedding's node.
+    let mut bad = ids_value;
+    bad[n - 1] = vocab as f32;
+    jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&bad);
+    jit.run();
+    let fault = jit.fault().expect("an id out of range is reported");
+    let site = opt.node(nnc_compiler::ir::ValueId(fault.site));
+    assert!(matches!(site.op, Op::Gather) && site.span == g.node(rows).span, "{site:?}");
+    assert_eq!((fault.index, fault.bound), (vocab as f32, vocab));
+}
+
 /// Gather and scatter-add on odd sizes with repeated ids, against the reference;
 /// then an id out of range: the JIT reports it as a fault of that node and
 /// reads nothing outside the table.

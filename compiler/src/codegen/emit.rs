@@ -316,13 +316,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().call(self.random, &[po, n, ps, s]);
                 Ok(())
             }
-            Kernel::Lookup { scatter, n, rows, width, ids, src, dst, site } => {
+            Kernel::Lookup { scatter, n, rows, width, ids, src, src_stride, dst, site } => {
                 let pi = self.base(Some(ids.0), ids.1, &[], &[])?;
                 let ps = self.base(Some(src.0), src.1, &[], &[])?;
                 let pd = self.base(Some(dst.0), dst.1, &[], &[])?;
-                let consts = [i64::from(*scatter), *n as i64, *rows as i64, *width as i64, i64::from(*site)];
-                let [sc, n, rows, width, site] = consts.map(|c| self.b.ins().iconst(I64, c));
-                self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, pd, site]);
+                let consts = [i64::from(*scatter), *n as i64, *rows as i64, *width as i64, *src_stride as i64, i64::from(*site)];
+                let [sc, n, rows, width, stride, site] = consts.map(|c| self.b.ins().iconst(I64, c));
+                self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, stride, pd, site]);
                 Ok(())
             }
             Kernel::Loop { steps, reverse, body, views, .. } => self.emit_loop(*steps, *reverse, body, views),

@@ -176,15 +176,20 @@ pub(crate) extern "C" fn nnc_lookup(
     width: i64,
     ids: *const f32,
     src: *const f32,
+    src_stride: i64,
     dst: *mut f32,
     site: i64,
 ) {
-    let (Ok(n), Ok(rows), Ok(width)) = (usize::try_from(n), usize::try_from(rows), usize::try_from(width)) else {
+    let sizes = (usize::try_from(n), usize::try_from(rows), usize::try_from(width), usize::try_from(src_stride));
+    let (Ok(n), Ok(rows), Ok(width), Ok(stride)) = sizes else {
         return;
     };
-    let (src_len, dst_len) = if scatter != 0 { (n * width, rows * width) } else { (rows * width, n * width) };
-    // SAFETY: the planner gave every operand a contiguous buffer of exactly these
-    // sizes (`lower_lookup`), and the destination is a fresh buffer that overlaps
+    let src_rows = if scatter != 0 { n } else { rows };
+    let src_len = src_rows.saturating_sub(1) * stride + width;
+    let dst_len = if scatter != 0 { rows * width } else { n * width };
+    // SAFETY: the planner gave the ids and the destination contiguous buffers
+    // of exactly these sizes and the source rows of `width` floats `stride`
+    // apart (`lower_lookup`); the destination is a fresh buffer that overlaps
     // neither operand.
     let (ids, src, dst) = unsafe {
         (std::slice::from_raw_parts(ids, n), std::slice::from_raw_parts(src, src_len), std::slice::from_raw_parts_mut(dst, dst_len))
@@ -205,11 +210,11 @@ pub(crate) extern "C" fn nnc_lookup(
             continue;
         };
         if scatter != 0 {
-            for (d, s) in dst[r * width..(r + 1) * width].iter_mut().zip(&src[i * width..(i + 1) * width]) {
+            for (d, s) in dst[r * width..(r + 1) * width].iter_mut().zip(&src[i * stride..i * stride + width]) {
                 *d += s;
             }
         } else {
-            dst[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
+            dst[i * width..(i + 1) * width].copy_from_slice(&src[r * stride..r * stride + width]);
         }
     }
 }

@@ -114,6 +114,7 @@ pub(crate) enum Kernel {
     /// `Gather` copies row `ids[i]` of `src [rows, width]` to row `i` of `dst`;
     /// `ScatterAdd` zeroes `dst [rows, width]` and adds row `i` of `src` to row
     /// `ids[i]`. A bad id is skipped and reported as a fault of node `site`.
+    /// Rows of `src` are `src_stride` floats apart (`width` for a gather's table).
     Lookup {
         scatter: bool,
         n: usize,
@@ -121,6 +122,7 @@ pub(crate) enum Kernel {
         width: usize,
         ids: (StorageId, i64),
         src: (StorageId, i64),
+        src_stride: usize,
         dst: (StorageId, i64),
         site: u32,
     },

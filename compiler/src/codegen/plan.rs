@@ -519,10 +519,13 @@ impl Planner<'_> {
             self.mode[i] = mode;
             // A product's B may be gathered when it runs as a library call.
             let gather_b = matches!(node.op, Op::MatMul) && !self.loop_matmul_size(ValueId(i as u32));
-            // A scan copies each step's rows of its sequences (`StepCopy`), so
-            // these may be views (the states sliced out of another scan's result).
+            // A scan reads its sequences a step's rows at a time (`step_rows`),
+            // and a scatter its values a row at a time (`rows_of`), so these
+            // may be views (the states or gradient columns sliced out of a
+            // scan's result).
             let sequences = match &node.op {
                 Op::Scan { inputs, .. } => 1..*inputs + 1,
+                Op::ScatterAdd { .. } => 1..2,
                 _ => 0..0,
             };
             for (ai, a) in node.args.iter().enumerate() {
@@ -1105,10 +1108,45 @@ impl Planner<'_> {
         let table = if scatter { id } else { src };
         let rows = self.shape(table).first().copied().unwrap_or(0);
         let width = self.numel(table) / rows.max(1);
-        let at = |l: &Layout| (l.storage, l.off);
-        let (ids, src) = (at(self.layout(ids)?), at(self.layout(src)?));
-        self.kernels.push(Kernel::Lookup { scatter, n, rows, width, ids, src, dst: at(out), site: id.0 });
+        let lead = if scatter { self.shape(ids).len() } else { 1 };
+        let (src_storage, src_off, src_stride) = self.rows_of(src, lead)?;
+        let ids = self.layout(ids)?;
+        let ids = (ids.storage, ids.off);
+        let kernel = Kernel::Lookup {
+            scatter,
+            n,
+            rows,
+            width,
+            ids,
+            src: (src_storage, src_off),
+            src_stride,
+            dst: (out.storage, out.off),
+            site: id.0,
+        };
+        self.kernels.push(kernel);
         Ok(())
+    }
+
+    /// `x` as rows (its first `lead` dims) of contiguous floats equally far
+    /// apart: `(storage, offset, row stride)`. A scatter's values may be a view
+    /// (the gradient columns of a scan's result); a view whose rows are not
+    /// like that is copied first.
+    fn rows_of(&mut self, x: ValueId, lead: usize) -> Result<(StorageId, i64, usize), CodegenError> {
+        let dims = self.shape(x).to_vec();
+        let l = self.strided(x)?;
+        let inner = &dims[lead.min(dims.len())..];
+        let row_len: usize = inner.iter().product();
+        if l.strides.len() == dims.len() && lead >= 1 && lead <= dims.len() {
+            let contiguous = l.strides[lead..] == super::kernel::contiguous_strides(inner)[..];
+            // The leading dims step like one: each stride the next one's times its size.
+            let uniform = (0..lead - 1).all(|i| dims[i + 1] == 1 || dims[i] == 1 || l.strides[i] == l.strides[i + 1] * dims[i + 1] as i64);
+            let stride = (0..lead).rev().find(|&i| dims[i] != 1).map_or(row_len as i64, |i| l.strides[i]);
+            if contiguous && uniform && stride >= row_len as i64 {
+                return Ok((l.storage, l.off, stride as usize));
+            }
+        }
+        let copy = self.contiguous_copy(x)?;
+        Ok((copy.storage, 0, row_len))
     }
 
     /// A `Scan` as a `Loop`: the body is planned on its own (its batch dim set
@@ -1214,14 +1252,20 @@ impl Planner<'_> {
         if l.strides.len() == dims.len() && dims.len() >= 2 && l.strides[2..] == super::kernel::contiguous_strides(inner)[..] {
             return Ok(Strip { storage: l.storage, off: l.off, row_stride: l.strides[0], step: l.strides[1] });
         }
-        let len = self.numel(x);
-        self.storages.push(Storage { len, kind: StorageKind::Temp });
-        self.owners.push(None);
-        let copy = Layout { storage: self.storages.len() - 1, off: 0, strides: super::kernel::contiguous_strides(&dims) };
-        self.lower_block(dims.clone(), &copy, 0, 0, Ok(x))?;
+        let copy = self.contiguous_copy(x)?;
         let per_row: usize = dims[1..].iter().product();
         let per_step: usize = dims[2..].iter().product();
         Ok(Strip { storage: copy.storage, off: 0, row_stride: per_row as i64, step: per_step as i64 })
+    }
+
+    /// A fresh temporary holding `x` (a view) laid out contiguously.
+    fn contiguous_copy(&mut self, x: ValueId) -> Result<Layout, CodegenError> {
+        let dims = self.shape(x).to_vec();
+        self.storages.push(Storage { len: self.numel(x), kind: StorageKind::Temp });
+        self.owners.push(None);
+        let copy = Layout { storage: self.storages.len() - 1, off: 0, strides: super::kernel::contiguous_strides(&dims) };
+        self.lower_block(dims, &copy, 0, 0, Ok(x))?;
+        Ok(copy)
     }
 
     /// A fresh output buffer holding a copy of `id`, taken now.
