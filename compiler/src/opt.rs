@@ -50,6 +50,7 @@ fn simplify_and_cse(graph: &Graph) -> (Graph, Vec<usize>) {
             .or_else(|| fold_padding_sum(&mut out, &node.op, &args, node))
             .or_else(|| fold_reshaped_slice(&mut out, &node.op, &args, node))
             .or_else(|| fold_table_product(&mut out, &node.op, &args, node))
+            .or_else(|| fold_table_bias(&mut out, &node.op, &args, node))
         {
             origin.resize(out.nodes.len(), old);
             remap.push(folded);
@@ -90,15 +91,47 @@ fn fold_constant_sum(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> O
 /// than are gathered (sizes known). An embedding followed by a linear layer,
 /// for instance.
 fn gathered_rows(g: &Graph, x: ValueId) -> Option<(ValueId, ValueId, crate::ast::Span)> {
-    let node = g.node(x);
-    let rows = match (&node.op, node.args.as_slice()) {
-        (Op::Reshape { .. }, [inner]) => *inner,
-        _ => x,
-    };
+    let (table, ids, span) = gathered(g, x)?;
+    let d = *g.shape(table).concrete()?.last()?;
+    (g.shape(x).concrete()? == [g.shape(ids).numel()?, d]).then_some((table, ids, span))
+}
+
+/// Rows gathered from a smaller table by id, seen through reshapes that keep
+/// the rows whole: `(table [V, d], ids, the gather's span)`.
+fn gathered(g: &Graph, x: ValueId) -> Option<(ValueId, ValueId, crate::ast::Span)> {
+    let mut rows = x;
+    while let (Op::Reshape { .. }, [inner]) = (&g.node(rows).op, g.node(rows).args.as_slice()) {
+        rows = *inner;
+    }
     let (Op::Gather, [table, ids]) = (&g.node(rows).op, g.node(rows).args.as_slice()) else { return None };
     let [v, d] = g.shape(*table).concrete()?[..] else { return None };
     let n = g.shape(*ids).numel()?;
-    (v < n && g.shape(x).concrete()? == [n, d]).then_some((*table, *ids, g.node(rows).span))
+    let whole_rows = g.shape(x).concrete()?.last() == Some(&d);
+    (v < n && whole_rows).then_some((*table, *ids, g.node(rows).span))
+}
+
+/// A bias added to rows looked up in a smaller table is added to the table
+/// instead, once per row of it: `gather(M, ids) + b` → `gather(M + b, ids)`,
+/// for `b` the same for every row (a linear layer's bias after the input
+/// projection that `fold_table_product` moved into the table).
+fn fold_table_bias(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let (Op::Binary(BinaryOp::Add), &[x, y]) = (op, args) else { return None };
+    let (rows, bias) = if gathered(g, x).is_some() { (x, y) } else { (y, x) };
+    let (table, ids, span) = gathered(g, rows)?;
+    let (Op::Broadcast { .. }, &[b]) = (&g.node(bias).op, g.node(bias).args.as_slice()) else { return None };
+    let [v, d] = g.shape(table).concrete()?[..] else { return None };
+    let b_dims = g.shape(b).concrete()?;
+    let per_column = b_dims.last() == Some(&d) && b_dims.iter().rev().skip(1).all(|&k| k == 1);
+    if !per_column || g.ty(rows) != &node.ty || node.ty.dtype != crate::ir::DType::F32 {
+        return None;
+    }
+    let table_ty = crate::ir::TensorType::f32(crate::ir::Shape::known(&[v, d]));
+    let b_row = push_reshape(g, b, crate::ir::Shape::known(&[d]), node.span);
+    let b_table = push_shared(g, Op::Broadcast { shape: table_ty.shape.clone() }, vec![b_row], table_ty.clone(), node.span);
+    let biased = push_shared(g, Op::Binary(BinaryOp::Add), vec![table, b_table], table_ty, node.span);
+    let shape = rows_shape(g, ids, d)?;
+    let looked_up = push_shared(g, Op::Gather, vec![biased, ids], crate::ir::TensorType::f32(shape), span);
+    Some(push_reshape(g, looked_up, node.ty.shape.clone(), node.span))
 }
 
 /// `ids`' shape followed by `width`: the shape of `width`-wide rows gathered by `ids`.

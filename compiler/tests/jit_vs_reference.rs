@@ -1022,12 +1022,13 @@ fn scatter_add_of_views() {
     }
 }
 
-/// An embedding followed by a product (a character model's input
-/// projection), and the gradients autodiff writes for both: once optimized,
-/// every product multiplies the 9-row table rather than the 24 gathered
-/// rows (`gather(T, ids)·W` → `gather(T·W, ids)`, and the scatter of the
-/// gradient moved before its products), and the JIT of that graph agrees with
-/// the reference on the graph as written, bad ids reported as before.
+/// An embedding followed by a product and a bias (a character model's input
+/// projection), and the gradients autodiff writes for all three: once
+/// optimized, every product multiplies the 9-row table rather than the 24
+/// gathered rows (`gather(T, ids)·W` → `gather(T·W, ids)`, and the scatter of
+/// the gradient moved before its products), the bias is added to the table,
+/// and the JIT of that graph agrees with the reference on the graph as
+/// written, bad ids reported as before.
 #[test]
 fn products_of_gathered_rows_multiply_the_table_instead() {
     use nnc_compiler::ir::DType;
@@ -1043,13 +1044,16 @@ fn products_of_gathered_rows_multiply_the_table_instead() {
     let rows = b.gather_rows(table, ids);
     b.span = nnc_compiler::ast::Span { start: 30, end: 40 };
     let flat = b.reshape(rows, &Shape::known(&[n, d]));
-    let y = b.matmul(flat, w);
+    let product = b.matmul(flat, w);
+    let bias = input(&mut b, "bias", &[width]);
+    let bias_rows = b.broadcast(bias, &Shape::known(&[n, width]));
+    let y = b.add(product, bias_rows);
     let s = b.unary(UnaryOp::Sin, y);
     let loss = b.sum_all(s);
     assert!(b.internal_error.is_none());
-    let grads = nnc_compiler::autodiff::grad(&mut g, loss, &[table, w], nnc_compiler::ast::Span::default()).unwrap();
-    g.outputs = vec![loss, grads[0], grads[1]];
-    g.output_names = vec!["loss".into(), "d table".into(), "d w".into()];
+    let grads = nnc_compiler::autodiff::grad(&mut g, loss, &[table, w, bias], nnc_compiler::ast::Span::default()).unwrap();
+    g.outputs = vec![loss, grads[0], grads[1], grads[2]];
+    g.output_names = vec!["loss".into(), "d table".into(), "d w".into(), "d bias".into()];
     let opt = nnc_compiler::opt::optimize(&g);
     let products: Vec<Vec<usize>> = opt
         .nodes
@@ -1059,12 +1063,15 @@ fn products_of_gathered_rows_multiply_the_table_instead() {
         .collect();
     assert_eq!(products.len(), 3, "{products:?}");
     assert!(products.iter().all(|dims| !dims.contains(&n)), "a product still runs over the gathered rows: {products:?}");
+    let row_sums = opt.nodes.iter().filter(|node| matches!(node.op, Op::Binary(BinaryOp::Add)) && node.ty.shape.dims().len() == 2);
+    let sizes: Vec<usize> = row_sums.map(|node| node.ty.shape.numel().unwrap()).collect();
+    assert_eq!(sizes, [vocab * width], "the bias is added to the table only");
 
     let mut jit = CompiledGraph::compile(&opt, &[]).unwrap();
     let mut rng = Rng::new(5);
     let mut inputs = Inputs::new();
     let ids_value: Vec<f32> = (0..n).map(|i| ((i * 5 + 2) % vocab) as f32).collect();
-    for (name, dims) in [("table", vec![vocab, d]), ("w", vec![d, width]), ("ids", ids_dims.to_vec())] {
+    for (name, dims) in [("table", vec![vocab, d]), ("w", vec![d, width]), ("bias", vec![width]), ("ids", ids_dims.to_vec())] {
         let value: Vec<f32> = match name {
             "ids" => ids_value.clone(),
             _ => (0..dims.iter().product()).map(|_| rng.range(-1.0, 1.0) as f32).collect(),
