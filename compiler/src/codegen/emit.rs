@@ -934,11 +934,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
             if !row.needed[i] || row.pre[i].is_some() {
                 continue;
             }
-            if let Some((f, a)) = self.wide_call(row, i) {
+            if let Some((call, a)) = self.wide_call(row, i) {
                 for chunk in vals.chunks_mut(4) {
                     let args = chunk.iter().map(|v| v.get(a).copied().flatten()).collect::<Option<Vec<Value>>>();
                     let args = args.ok_or_else(|| CodegenError::Cranelift("operand not ready".into()))?;
-                    for (v, y) in chunk.iter_mut().zip(self.call_wide(f, &args)) {
+                    for (v, y) in chunk.iter_mut().zip(self.call_wide(call, &args)) {
                         v[i] = Some(y);
                     }
                 }
@@ -952,18 +952,19 @@ impl<'a, 'b> Emitter<'a, 'b> {
         Ok(vals)
     }
 
-    /// The sixteen-lane function and operand of node `i`, if it has one.
-    fn wide_call(&self, row: &Row, i: usize) -> Option<(FuncRef, usize)> {
+    /// The sixteen-lane function (with the stack slot it reads) and the
+    /// operand of node `i`, if it has one.
+    fn wide_call(&self, row: &Row, i: usize) -> Option<((FuncRef, StackSlot), usize)> {
+        let wide = self.wide.as_ref()?;
         match row.k.nodes.get(i) {
-            Some(&ENode::Unary(u, a)) => self.wide.as_ref()?.func(u).map(|f| (f, a)),
+            Some(&ENode::Unary(u, a)) => wide.func(u).map(|f| ((f, wide.slot), a)),
             _ => None,
         }
     }
 
     /// `f` of up to four groups through the stack slot (the slot's unused
     /// groups repeat the first, so every lane holds a value).
-    fn call_wide(&mut self, f: FuncRef, args: &[Value]) -> Vec<Value> {
-        let Some(slot) = self.wide.as_ref().map(|w| w.slot) else { return args.to_vec() };
+    fn call_wide(&mut self, (f, slot): (FuncRef, StackSlot), args: &[Value]) -> Vec<Value> {
         let p = self.b.ins().stack_addr(I64, slot, 0);
         for j in 0..4 {
             if let Some(&x) = args.get(j).or(args.first()) {
