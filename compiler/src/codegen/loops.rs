@@ -104,8 +104,9 @@ pub(crate) fn hoist_transposed_weights(
 pub static IN_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// A body buffer that is not one: at step `t` of its loop, its rows are those
-/// of the storage `of` from `off + t·step`, `row_stride` apart (a scan's
-/// sequence read in place, or its result written in place).
+/// of the storage `of` from `off + t·step`, as far apart as the sequence's
+/// (the body's kernels carry that row stride): a scan's sequence read in
+/// place, or its result written in place.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StepView {
     pub storage: StorageId,
