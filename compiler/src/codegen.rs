@@ -222,6 +222,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let parallel_id = import(module, "nnc_parallel", 4)?;
     let pair_id = import(module, "nnc_sgemm_pair", 28)?;
     let adam_id = import(module, "nnc_adam", 16)?;
+    let helpers = [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id];
     let wide_ids = match wide::enabled() {
         true => Some(wide::FUNCTIONS.map(|(_, name)| import(module, name, 1)).into_iter().collect::<Result<Vec<_>, _>>()?),
         false => None,
@@ -252,7 +253,6 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         };
         pieces.push(match form {
             Some((rows, per_thread, pk)) => {
-                let helpers = [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id];
                 let name = format!("nnc_piece{i}");
                 Some((define_piece(module, &name, &pk, offsets, tables, helpers, wide_ids.as_deref())?, rows, per_thread))
             }
@@ -264,11 +264,6 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let id = module.declare_function("nnc_graph", Linkage::Export, &ctx.func.signature).map_err(cl)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-    let sgemm = module.declare_func_in_func(sgemm_id, b.func);
-    let solve = module.declare_func_in_func(solve_id, b.func);
-    let random = module.declare_func_in_func(random_id, b.func);
-    let lookup = module.declare_func_in_func(lookup_id, b.func);
-    let copy_rows = module.declare_func_in_func(copy_rows_id, b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -277,25 +272,9 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         _ => return Err(CodegenError::Cranelift("entry block parameters".into())),
     };
     {
-        let wide = wide_refs(module, wide_ids.as_deref(), &mut b);
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows, per)| (module.declare_func_in_func(id, b.func), rows, per))).collect();
-        let mut em = emit::Emitter {
-            b: &mut b,
-            arena,
-            scratch,
-            offsets,
-            sgemm,
-            solve,
-            random,
-            lookup,
-            copy_rows,
-            step: None,
-            rows: None,
-            tables,
-            wide,
-            views: Vec::new(),
-        };
+        let mut em = emitter(module, &mut b, (helpers, wide_ids.as_deref()), [arena, scratch], None, offsets, tables);
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
@@ -337,6 +316,24 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     b.finalize(module.target_config());
     module.define_function(id, &mut ctx).map_err(|e| CodegenError::Cranelift(format!("{e:?}")))?;
     Ok(id)
+}
+
+/// The emitter for the function `b` builds: the helpers (`nnc_sgemm`,
+/// `nnc_solve`, `nnc_random`, `nnc_lookup`, `nnc_copy_rows`) and the
+/// sixteen-lane math functions declared in it, with the arena and scratch
+/// addresses and, for a piece, its row range.
+fn emitter<'a, 'b>(
+    module: &mut JITModule,
+    b: &'a mut FunctionBuilder<'b>,
+    (calls, wide_ids): ([FuncId; 5], Option<&[FuncId]>),
+    [arena, scratch]: [cranelift_codegen::ir::Value; 2],
+    rows: Option<(cranelift_codegen::ir::Value, cranelift_codegen::ir::Value)>,
+    offsets: &'a [usize],
+    tables: &'a [i64],
+) -> emit::Emitter<'a, 'b> {
+    let [sgemm, solve, random, lookup, copy_rows] = calls.map(|id| module.declare_func_in_func(id, b.func));
+    let wide = wide_refs(module, wide_ids, b);
+    emit::Emitter { b, arena, scratch, offsets, sgemm, solve, random, lookup, copy_rows, step: None, rows, tables, wide, views: Vec::new() }
 }
 
 /// The sixteen-lane math functions (`wide`) as `b`'s function calls, with
@@ -412,11 +409,6 @@ fn define_piece(
     let id = module.declare_function(name, Linkage::Local, &ctx.func.signature).map_err(cl)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-    let sgemm = module.declare_func_in_func(helpers[0], b.func);
-    let solve = module.declare_func_in_func(helpers[1], b.func);
-    let random = module.declare_func_in_func(helpers[2], b.func);
-    let lookup = module.declare_func_in_func(helpers[3], b.func);
-    let copy_rows = module.declare_func_in_func(helpers[4], b.func);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -425,23 +417,7 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
-        let wide = wide_refs(module, wide_ids, &mut b);
-        let mut em = emit::Emitter {
-            b: &mut b,
-            arena,
-            scratch: arena,
-            offsets,
-            sgemm,
-            solve,
-            random,
-            lookup,
-            copy_rows,
-            step: None,
-            rows: Some((lo, hi)),
-            tables,
-            wide,
-            views: Vec::new(),
-        };
+        let mut em = emitter(module, &mut b, (helpers, wide_ids), [arena, arena], Some((lo, hi)), offsets, tables);
         em.emit_kernel(k)?;
     }
     b.ins().return_(&[]);

@@ -729,13 +729,6 @@ impl<'a, 'b> Emitter<'a, 'b> {
         Ok(self.loop_end(blk, i, 1, d as i64, &out))
     }
 
-    /// Expression nodes needed per group of the innermost axis (those that
-    /// depend on it), which sets the unrolling.
-    fn expr_cost(&self, k: &MapKernel, inner: &[i64]) -> usize {
-        let (needed, inv) = needed_and_invariant(k, inner);
-        (0..k.nodes.len()).filter(|&i| needed[i] && !inv[i]).count()
-    }
-
     /// Per-row facts, with the row invariants computed here (before the row's loop).
     fn row_setup<'k>(&mut self, k: &'k MapKernel, inner: Vec<i64>, bases: Vec<Value>) -> Result<Row<'k>, CodegenError> {
         let nn = k.nodes.len();
@@ -980,13 +973,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// by the expression's size.
     fn unroll(&self, k: &MapKernel, inner: &[i64], groups: usize) -> usize {
         let (needed, inv) = needed_and_invariant(k, inner);
-        let wide = self.wide.as_ref().is_some_and(|w| {
-            k.nodes.iter().enumerate().any(|(i, n)| needed[i] && !inv[i] && matches!(n, ENode::Unary(u, _) if w.func(*u).is_some()))
-        });
+        // Nodes evaluated per group: those that depend on the innermost index.
+        let per_group: Vec<&ENode> = k.nodes.iter().enumerate().filter(|&(i, _)| needed[i] && !inv[i]).map(|(_, n)| n).collect();
+        let wide = self.wide.as_ref().is_some_and(|w| per_group.iter().any(|n| matches!(n, ENode::Unary(u, _) if w.func(*u).is_some())));
         if wide {
             return 4.min(groups.max(1));
         }
-        unroll_for(self.expr_cost(k, inner), groups)
+        unroll_for(per_group.len(), groups)
     }
 
     fn eval_node(&mut self, row: &Row, i: usize, vals: &[Option<Value>], at: At) -> Result<Value, CodegenError> {

@@ -40,39 +40,24 @@ pub(crate) fn address(op: UnaryOp) -> Option<*const u8> {
     Some(f as *const u8)
 }
 
-/// `exp` of the sixteen floats at `p`, in place.
-extern "C" fn nnc_exp16(p: *mut f32) {
-    // SAFETY: generated code calls this only when `enabled()` (AVX-512F is
-    // available), with `p` addressing its 64-byte stack slot.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        avx512::exp_at(p)
+/// `extern "C" fn $name(p)`: `$f` of the sixteen floats at `p`, in place.
+macro_rules! entry {
+    ($name:ident, $f:ident) => {
+        extern "C" fn $name(p: *mut f32) {
+            // SAFETY: generated code calls this only when `enabled()` (AVX-512F
+            // is available), with `p` addressing its 64-byte stack slot.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::$f(p)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = p;
+        }
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
-
-/// `tanh` of the sixteen floats at `p`, in place.
-extern "C" fn nnc_tanh16(p: *mut f32) {
-    // SAFETY: as `nnc_exp16`.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        avx512::tanh_at(p)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// `erf` of the sixteen floats at `p`, in place.
-extern "C" fn nnc_erf16(p: *mut f32) {
-    // SAFETY: as `nnc_exp16`.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        avx512::erf_at(p)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+entry!(nnc_exp16, exp_at);
+entry!(nnc_tanh16, tanh_at);
+entry!(nnc_erf16, erf_at);
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
