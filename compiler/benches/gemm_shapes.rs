@@ -105,6 +105,10 @@ fn main() {
         Case { name: "W5 half dz@Wht copied", m: 16, k: 1024, n: 256, kind: Kind::Plain },
         Case { name: "W5 xt@dz", m: 64, k: 2048, n: 1024, kind: Kind::TransA },
         Case { name: "W5 ht@dz", m: 256, k: 2048, n: 1024, kind: Kind::TransA },
+        // W5's read-out (65 characters): logits, and the two derivative products.
+        Case { name: "W5 h@W", m: 2048, k: 256, n: 65, kind: Kind::Plain },
+        Case { name: "W5 g@Wt", m: 2048, k: 65, n: 256, kind: Kind::TransB },
+        Case { name: "W5 ht@g", m: 256, k: 2048, n: 65, kind: Kind::TransA },
     ];
     if filter.as_deref() == Some("threads") {
         threads_sweep();

@@ -88,13 +88,9 @@ impl<'g> Builder<'g> {
 
     // ---- composites the language's built-ins share (elaborate/builtins.rs) --
 
-    /// sigmoid(x) = 1 / (1 + exp(−x))
+    /// sigmoid(x) = 1 / (1 + exp(−x)), the primitive `UnaryOp::Sigmoid`.
     pub fn sigmoid(&mut self, x: ValueId) -> ValueId {
-        let n = self.neg(x);
-        let e = self.exp(n);
-        let d = self.offset(e, 1.0);
-        let one = self.full_like(1.0, d);
-        self.div(one, d)
+        self.unary(UnaryOp::Sigmoid, x)
     }
 
     /// GELU, exactly: x · Φ(x) = x · ½ (1 + erf(x/√2))

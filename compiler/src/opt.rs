@@ -15,7 +15,13 @@ pub fn optimize(graph: &Graph) -> Graph {
 /// `optimize`, also reporting where the nodes that came from before node
 /// `boundary` end (the passes keep node order), e.g. where backward starts.
 pub fn optimize_split(graph: &Graph, boundary: usize) -> (Graph, usize) {
-    let (simplified, origin) = simplify_and_cse(graph);
+    let (mut simplified, mut origin) = simplify_and_cse(graph);
+    if let Some((summed, from)) = sums_from_scatters(&simplified) {
+        // The new nodes are shared with the scatters they copy.
+        let (shared, from_shared) = simplify_and_cse(&summed);
+        origin = from_shared.iter().map(|&i| origin[from[i]]).collect();
+        simplified = shared;
+    }
     let (out, kept) = eliminate_dead_code_tracked(&simplified);
     let new_boundary = kept.iter().filter(|&&i| origin[i] < boundary).count();
     (out, new_boundary)
@@ -215,6 +221,72 @@ fn fold_table_product(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> 
     }
 }
 
+/// The value under any reshapes.
+fn unreshaped(g: &Graph, mut v: ValueId) -> ValueId {
+    while let (Op::Reshape { .. }, [inner]) = (&g.node(v).op, g.node(v).args.as_slice()) {
+        v = *inner;
+    }
+    v
+}
+
+/// Column sums of rows that are also scattered into a smaller table, summed
+/// from the table instead: `Σᵢ Gᵢ = Σᵣ scatter_add(ids, G)ᵣ`, 65 rows instead
+/// of 2048 for a character model's input bias, whose gradient is the same
+/// `G` that `fold_table_product` scatters for the embedding's. The scatter
+/// usually comes after the sum (the bias is added last, so differentiated
+/// first), so a copy of it is placed before the sum, and `simplify_and_cse`
+/// then shares the later one with it. `None` when no sum qualifies; else the
+/// new graph and, for each of its nodes, the node it came from.
+fn sums_from_scatters(g: &Graph) -> Option<(Graph, Vec<usize>)> {
+    // Each scattered value (under reshapes): the ids, the table's rows and the scatter's values.
+    let mut scattered: HashMap<ValueId, (ValueId, usize, ValueId)> = HashMap::new();
+    for n in &g.nodes {
+        if let (Op::ScatterAdd { rows }, &[ids, values]) = (&n.op, n.args.as_slice()) {
+            scattered.entry(unreshaped(g, values)).or_insert((ids, *rows, values));
+        }
+    }
+    let summed_rows = |at: usize, n: &Node| -> Option<(ValueId, usize, ValueId, usize)> {
+        let (Op::Reduce { kind: crate::ops::ReduceKind::Sum, axes }, &[x]) = (&n.op, n.args.as_slice()) else { return None };
+        let &(ids, rows, values) = scattered.get(&unreshaped(g, x))?;
+        let dims = g.shape(x).concrete()?;
+        let d = *dims.last()?;
+        let all_but_last = axes.iter().copied().eq(0..dims.len() - 1);
+        let n_rows = g.shape(ids).numel()?;
+        let same_rows = all_but_last && g.shape(values).concrete()?.last() == Some(&d) && dims.iter().product::<usize>() == n_rows * d;
+        // The copy goes where the sum is: its ids must be defined by then.
+        let ids_before = ids.index() < at;
+        (same_rows && ids_before && rows < n_rows && n.ty.dtype == crate::ir::DType::F32).then_some((ids, rows, values, d))
+    };
+    if !g.nodes.iter().enumerate().any(|(i, n)| summed_rows(i, n).is_some()) {
+        return None;
+    }
+    let mut out = Graph { nodes: Vec::with_capacity(g.nodes.len() + 8), outputs: Vec::new(), output_names: g.output_names.clone() };
+    let mut from = Vec::with_capacity(g.nodes.len() + 8);
+    let mut remap: Vec<ValueId> = Vec::with_capacity(g.nodes.len());
+    for (old, n) in g.nodes.iter().enumerate() {
+        let args: Vec<ValueId> = n.args.iter().map(|a| remap[a.index()]).collect();
+        let id = match summed_rows(old, n) {
+            // The copied scatter reads `values` through its reshapes from the
+            // value the sum reads, which is defined before the sum.
+            Some((ids, rows, values, d)) => {
+                let x = args[0];
+                let values_shape = g.shape(values).clone();
+                let v = push_reshape(&mut out, x, values_shape, n.span);
+                let table = crate::ir::TensorType::f32(crate::ir::Shape::known(&[rows, d]));
+                let s = out.push(Op::ScatterAdd { rows }, vec![remap[ids.index()], v], table, n.span);
+                let one_row = crate::ir::TensorType::f32(crate::ir::Shape::known(&[1, d]));
+                let sum = out.push(Op::Reduce { kind: crate::ops::ReduceKind::Sum, axes: vec![0] }, vec![s], one_row, n.span);
+                push_reshape(&mut out, sum, n.ty.shape.clone(), n.span)
+            }
+            None => out.push(n.op.clone(), args, n.ty.clone(), n.span),
+        };
+        from.resize(out.nodes.len(), old);
+        remap.push(id);
+    }
+    out.outputs = g.outputs.iter().map(|o| remap[o.index()]).collect();
+    Some((out, from))
+}
+
 /// A new constant `c` of `node`'s type (a scalar broadcast to its shape).
 fn push_filled(g: &mut Graph, c: f64, node: &Node) -> ValueId {
     let scalar = g.push(Op::Constant(c), Vec::new(), crate::ir::TensorType::f32(crate::ir::Shape::scalar()), node.span);
@@ -300,7 +372,9 @@ fn fold_reshaped_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) ->
     let mut whole_shape = to.clone();
     whole_shape.0[new_last] = g.shape(whole).dims().get(last)?.clone();
     let ty = crate::ir::TensorType { shape: whole_shape.clone(), dtype: node.ty.dtype };
-    let regrouped = push_shared(g, Op::Reshape { shape: whole_shape }, vec![whole], ty, node.span);
+    // Regrouping back to the shape `whole` was reshaped from is that value.
+    let base = unreshaped(g, whole);
+    let regrouped = if *g.ty(base) == ty { base } else { push_shared(g, Op::Reshape { shape: whole_shape }, vec![whole], ty, node.span) };
     Some(push_shared(g, Op::Slice { axis: new_last, start, end }, vec![regrouped], node.ty.clone(), node.span))
 }
 
@@ -319,6 +393,8 @@ fn trivial(g: &Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId>
             _ => None,
         },
         (Op::Reshape { .. } | Op::Broadcast { .. }, [x]) if same_type(*x) => Some(*x),
+        // Reshapes undoing reshapes.
+        (Op::Reshape { .. }, [x]) if same_type(unreshaped(g, *x)) => Some(unreshaped(g, *x)),
         (Op::Slice { .. }, [x]) if same_type(*x) => Some(*x),
         // Slicing exactly the padded value back out of a padding, or one
         // operand back out of a concatenation.

@@ -438,7 +438,7 @@ fn the_scan_derivative_reads_the_products_the_forward_loop_saved() {
     // would add two.
     let outside = g.nodes.iter().filter(|n| matches!(n.op, Op::MatMul)).count();
     assert_eq!(outside, 5);
-    // Nor are the gates (sigmoid by exp, tanh) evaluated outside the loops.
-    let gates = g.nodes.iter().filter(|n| matches!(n.op, Op::Unary(UnaryOp::Exp | UnaryOp::Tanh))).count();
+    // Nor are the gates (sigmoid, tanh) evaluated outside the loops.
+    let gates = g.nodes.iter().filter(|n| matches!(n.op, Op::Unary(UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Tanh))).count();
     assert_eq!(gates, 0);
 }

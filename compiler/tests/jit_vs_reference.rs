@@ -416,6 +416,9 @@ fn matmuls() {
         (&[65, 300], &[300, 1]),
         // Threaded SGEMM (m·k·n ≥ 2^21), and a narrow product computed transposed.
         (&[130, 200], &[200, 90]), (&[300, 70], &[70, 5]), (&[64, 256], &[256, 256]),
+        // Last column strips of at most 16 (65 = 32 + 32 + 1, 72 = 64 + 8) under row
+        // tiles of 12 + 9 and 12 + 12 + 12 + 2.
+        (&[21, 70], &[70, 65]), (&[38, 64], &[64, 72]), (&[300, 64], &[64, 65]),
     ];
     for (a, bd) in cases {
         let g = graph(|b| {
@@ -1074,6 +1077,12 @@ fn products_of_gathered_rows_multiply_the_table_instead() {
     let row_sums = opt.nodes.iter().filter(|node| matches!(node.op, Op::Binary(BinaryOp::Add)) && node.ty.shape.dims().len() == 2);
     let sizes: Vec<usize> = row_sums.map(|node| node.ty.shape.numel().unwrap()).collect();
     assert_eq!(sizes, [vocab * width], "the bias is added to the table only");
+    // The bias gradient sums the scattered gradient's table rows; only the loss sums over all rows.
+    let sums_over_rows = opt
+        .nodes
+        .iter()
+        .filter(|node| matches!(node.op, Op::Reduce { .. }) && node.args.iter().any(|&a| opt.shape(a).numel() == Some(n * width)));
+    assert_eq!(sums_over_rows.count(), 1, "the bias gradient is summed over the gathered rows");
 
     let mut jit = CompiledGraph::compile(&opt, &[]).unwrap();
     let ids_value: Vec<f32> = (0..n).map(|i| ((i * 5 + 2) % vocab) as f32).collect();

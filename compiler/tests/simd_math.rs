@@ -122,7 +122,7 @@ fn jit_both_forms(xs: &[f32], build: fn(&mut Builder, ValueId) -> ValueId) -> (V
     (jit(xs, build), inline)
 }
 
-/// On a machine with AVX-512 the generated code computes exp, tanh and erf
+/// On a machine with AVX-512 the generated code computes exp, tanh, sigmoid and erf
 /// sixteen lanes at a time in precompiled functions; they must give the same
 /// bits as the inline four-lane forms, special values and the edges of the
 /// clamped ranges included, and however the elements fall into groups.

@@ -576,18 +576,29 @@ mod avx512 {
         // SAFETY: forwarded; each instance reads at most its R ≤ MR rows of the
         // packed strip and stores at most `rows` ≤ R rows.
         unsafe {
+            if cols <= 16 {
+                // The last strip of a product 16k + 1..16 wide (65 classes:
+                // 32 + 32 + 1): one vector of B, half the multiply-adds.
+                match rows {
+                    0..=4 => kernel::<4, false>(kc, a, b, ldb, c, rows, cols, acc),
+                    5..=8 => kernel::<8, false>(kc, a, b, ldb, c, rows, cols, acc),
+                    _ => kernel::<MR, false>(kc, a, b, ldb, c, rows, cols, acc),
+                }
+                return;
+            }
             match rows {
-                0..=4 => kernel::<4>(kc, a, b, ldb, c, rows, cols, acc),
-                5..=8 => kernel::<8>(kc, a, b, ldb, c, rows, cols, acc),
-                9..=10 => kernel::<10>(kc, a, b, ldb, c, rows, cols, acc),
-                _ => kernel::<MR>(kc, a, b, ldb, c, rows, cols, acc),
+                0..=4 => kernel::<4, true>(kc, a, b, ldb, c, rows, cols, acc),
+                5..=8 => kernel::<8, true>(kc, a, b, ldb, c, rows, cols, acc),
+                9..=10 => kernel::<10, true>(kc, a, b, ldb, c, rows, cols, acc),
+                _ => kernel::<MR, true>(kc, a, b, ldb, c, rows, cols, acc),
             }
         }
     }
 
     /// `C[tile] (+)= Apanel · Bpanel` for the first `R` rows (`R ≤ MR`) of one
     /// MR×NR tile over depth `kc`, storing `rows × cols` of it (`acc`: add to
-    /// C, else overwrite).
+    /// C, else overwrite); only its first 16 columns unless `TWO`
+    /// (`cols ≤ 16` then).
     ///
     /// # Safety
     ///
@@ -595,7 +606,16 @@ mod avx512 {
     /// the `rows×cols` tile of `c` is in bounds.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel<const R: usize>(kc: usize, a: *const f32, b: *const f32, ldb: isize, c: Mat, rows: usize, cols: usize, acc: bool) {
+    unsafe fn kernel<const R: usize, const TWO: bool>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: isize,
+        c: Mat,
+        rows: usize,
+        cols: usize,
+        acc: bool,
+    ) {
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
         let mut pa = a;
@@ -604,11 +624,13 @@ mod avx512 {
             // SAFETY: within the packed panels (kc steps of MR and NR floats).
             unsafe {
                 let b0 = _mm512_loadu_ps(pb);
-                let b1 = _mm512_loadu_ps(pb.add(16));
+                let b1 = if TWO { _mm512_loadu_ps(pb.add(16)) } else { b0 };
                 for r in 0..R {
                     let av = _mm512_set1_ps(*pa.add(r));
                     lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
-                    hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                    if TWO {
+                        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                    }
                 }
                 pa = pa.add(MR);
                 pb = pb.offset(ldb);

@@ -256,6 +256,15 @@ pub(crate) fn erf(b: B, x: Value) -> Value {
     rational(b, x, ERF_CLAMP, &ERF_P, &ERF_Q)
 }
 
+/// 1 / (1 + exp(−x)): 0 and 1 at ∓∞ (`exp` overflows to ∞ or rounds to 0).
+pub(crate) fn sigmoid(b: B, x: Value) -> Value {
+    let nx = b.ins().fneg(x);
+    let e = exp(b, nx);
+    let one = splat(b, 1.0);
+    let d = b.ins().fadd(e, one);
+    b.ins().fdiv(one, d)
+}
+
 /// `x ** y` with the IEEE special cases of `powf`: negative bases with integer
 /// exponents, `x ** 0 = 1`, `1 ** y = 1`.
 /// sin(x) (`shift` 0) or cos(x) = sin(x + π/2) (`shift` 1), as Cephes' sinf/cosf:
@@ -372,6 +381,7 @@ pub(crate) fn unary(b: B, u: UnaryOp, x: Value) -> Value {
         UnaryOp::Sqrt => b.ins().sqrt(x),
         UnaryOp::Abs => b.ins().fabs(x),
         UnaryOp::Tanh => tanh(b, x),
+        UnaryOp::Sigmoid => sigmoid(b, x),
         UnaryOp::Erf => erf(b, x),
         UnaryOp::Sin => sin_cos(b, x, 0),
         UnaryOp::Cos => sin_cos(b, x, 1),

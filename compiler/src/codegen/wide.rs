@@ -1,4 +1,4 @@
-//! Exp, tanh and erf sixteen lanes at a time, called from generated code.
+//! Exp, tanh, sigmoid and erf sixteen lanes at a time, called from generated code.
 //!
 //! Cranelift's vectors are four lanes wide, so the inline `f32x4` versions
 //! (`math`) spend some sixty instructions on every four elements; on a machine
@@ -14,8 +14,8 @@ use super::math::{
 use crate::ops::UnaryOp;
 
 /// The functions computed here: the unary ops whose inline form is long.
-pub(crate) const FUNCTIONS: [(UnaryOp, &str); 3] =
-    [(UnaryOp::Exp, "nnc_exp16"), (UnaryOp::Tanh, "nnc_tanh16"), (UnaryOp::Erf, "nnc_erf16")];
+pub(crate) const FUNCTIONS: [(UnaryOp, &str); 4] =
+    [(UnaryOp::Exp, "nnc_exp16"), (UnaryOp::Tanh, "nnc_tanh16"), (UnaryOp::Sigmoid, "nnc_sigmoid16"), (UnaryOp::Erf, "nnc_erf16")];
 
 /// Tests only: allow the sixteen-lane functions (default true), to compare
 /// the code generated with and without them.
@@ -34,6 +34,7 @@ pub(crate) fn address(op: UnaryOp) -> Option<*const u8> {
     let f: extern "C" fn(*mut f32) = match op {
         UnaryOp::Exp => nnc_exp16,
         UnaryOp::Tanh => nnc_tanh16,
+        UnaryOp::Sigmoid => nnc_sigmoid16,
         UnaryOp::Erf => nnc_erf16,
         _ => return None,
     };
@@ -57,6 +58,7 @@ macro_rules! entry {
 }
 entry!(nnc_exp16, exp_at);
 entry!(nnc_tanh16, tanh_at);
+entry!(nnc_sigmoid16, sigmoid_at);
 entry!(nnc_erf16, erf_at);
 
 #[cfg(target_arch = "x86_64")]
@@ -98,6 +100,7 @@ mod avx512 {
 
     in_place!(exp_at, exp);
     in_place!(tanh_at, tanh);
+    in_place!(sigmoid_at, sigmoid);
     in_place!(erf_at, erf);
 
     #[target_feature(enable = "avx512f")]
@@ -173,6 +176,15 @@ mod avx512 {
         let r = rational(x, TANH_CLAMP, &TANH_P, &TANH_Q);
         let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), splat(TANH_TINY));
         _mm512_mask_blend_ps(tiny, r, x)
+    }
+
+    /// As `math::sigmoid`.
+    #[target_feature(enable = "avx512f")]
+    fn sigmoid(x: __m512) -> __m512 {
+        let one = splat(1.0);
+        // −x by flipping the sign bit, as Cranelift's `fneg`.
+        let nx = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)));
+        _mm512_div_ps(one, _mm512_add_ps(exp(nx), one))
     }
 
     /// As `math::erf`.

@@ -14,6 +14,13 @@ pub enum UnaryOp {
     Sqrt,
     Abs,
     Tanh,
+    /// The logistic function 1 / (1 + e⁻ˣ). A primitive rather than a
+    /// composite so that its derivative is `g·σ·(1 − σ)` from its own output
+    /// (three multiply-adds), not the quotient rule through `exp` (two
+    /// divisions and the exponential kept alive): an LSTM's backward step
+    /// evaluates three of them per hidden unit. JAX has `logistic` for the
+    /// same reason.
+    Sigmoid,
     /// The Gauss error function (for the exact GELU x·Φ(x)).
     Erf,
     /// Sine and cosine, in radians (sinusoidal and rotary positions).
@@ -46,6 +53,7 @@ impl UnaryOp {
             UnaryOp::Sqrt => "sqrt",
             UnaryOp::Abs => "abs",
             UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Erf => "erf",
             UnaryOp::Sin => "sin",
             UnaryOp::Cos => "cos",
@@ -61,6 +69,7 @@ impl UnaryOp {
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             UnaryOp::Erf => erf(x),
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
@@ -157,6 +166,13 @@ pub fn unary_vjp_rule(b: &mut Builder, u: UnaryOp, args: &[ValueId], out: ValueI
             let sq = b.mul(out, out);
             let one = b.full_like(1.0, out);
             let d = b.sub(one, sq);
+            b.mul(g, d)
+        }
+        // d σ(x) = g · σ(x) · (1 − σ(x))
+        UnaryOp::Sigmoid => {
+            let one = b.full_like(1.0, out);
+            let rest = b.sub(one, out);
+            let d = b.mul(out, rest);
             b.mul(g, d)
         }
         // d erf(x) = g · 2/√π · exp(−x²)
