@@ -57,6 +57,8 @@ fn simplify_and_cse(graph: &Graph) -> (Graph, Vec<usize>) {
             .or_else(|| fold_reshaped_slice(&mut out, &node.op, &args, node))
             .or_else(|| fold_table_product(&mut out, &node.op, &args, node))
             .or_else(|| fold_table_bias(&mut out, &node.op, &args, node))
+            .or_else(|| fold_padded_sum_slice(&mut out, &node.op, &args, node))
+            .or_else(|| fold_padded_sequences(&mut out, &node.op, &args, node))
         {
             origin.resize(out.nodes.len(), old);
             remap.push(folded);
@@ -307,6 +309,56 @@ fn fold_padding_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> 
     }
     let fill = *value;
     Some(push_filled(g, fill, node))
+}
+
+/// A scan's per-step sequences that are zero paddings along a step axis
+/// (not the batch or time axis) are read unpadded, and padded inside the
+/// body, where the zeros fold away: the backward loop of a scan read only
+/// through its hidden state gets `[N, T, H]` instead of a padded `[N, T, 2H]`
+/// written out, and adds nothing to the cell's half.
+fn fold_padded_sequences(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let Op::Scan { body, steps, inputs, reverse, saved } = op else { return None };
+    let mut body = (**body).clone();
+    let mut new_args = args.to_vec();
+    for k in 0..*inputs {
+        let x = *args.get(1 + k)?;
+        let Some((axis, before, after, inner)) = zero_padding(g, x) else { continue };
+        if axis < 2 || g.ty(x).dtype != crate::ir::DType::F32 {
+            continue;
+        }
+        let narrow = crate::ops::scan::step_input_type(g.ty(inner));
+        body = crate::ops::scan::pad_step_input(&body, k, narrow, (axis - 1, before, after))?;
+        new_args[1 + k] = inner;
+    }
+    if new_args == args {
+        return None;
+    }
+    let scan = Op::Scan { body: Box::new(optimize(&body)), steps: *steps, inputs: *inputs, reverse: *reverse, saved: *saved };
+    Some(g.push(scan, new_args, node.ty.clone(), node.span))
+}
+
+/// A slice of a sum with a zero padding, along the padded axis, that takes
+/// only the padded value's block or only fill: `slice(pad(x) + y)` is
+/// `x + slice(y)` or `slice(y)`.
+fn fold_padded_sum_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
+    let (&Op::Slice { axis, start, end }, &[sum]) = (op, args) else { return None };
+    let (Op::Binary(BinaryOp::Add), &[x, y]) = (&g.node(sum).op, g.node(sum).args.as_slice()) else { return None };
+    let (padded, other) = if zero_padding(g, x).is_some() { (x, y) } else { (y, x) };
+    let (pad_axis, before, _, inner) = zero_padding(g, padded)?;
+    let width = g.shape(inner).dims().get(axis).and_then(crate::ir::Dim::known)?;
+    if pad_axis != axis || g.ty(padded) != g.ty(other) || node.ty.dtype != crate::ir::DType::F32 {
+        return None;
+    }
+    let only_fill = end <= before || start >= before + width;
+    let only_inner = start == before && end == before + width && g.ty(inner) == &node.ty;
+    if !only_fill && !only_inner {
+        return None;
+    }
+    let part = push_shared(g, Op::Slice { axis, start, end }, vec![other], node.ty.clone(), node.span);
+    if only_fill {
+        return Some(part);
+    }
+    Some(push_shared(g, Op::Binary(BinaryOp::Add), vec![inner, part], node.ty.clone(), node.span))
 }
 
 /// A zero padding along one axis: `(axis, before, after, padded value)`.

@@ -120,6 +120,9 @@ fn t_scan_stacked(x: [2, 5, 3], w: [3, 4]) -> scalar {
 fn t_scan_rnn(x: [2, 6, 3], w: [3, 4]) -> scalar = sum(sin(3 * scan(elman, x[:, 0] @ w, x, with: [w, w.T @ w * 0.5])))
 fn t_scan_rnn_weight(w: [3, 4], x: [2, 6, 3]) -> scalar = sum(sin(3 * scan(elman, x[:, 0] @ w, x, with: [w, w.T @ w * 0.5])))
 fn t_scan_lstm(x: [2, 5, 3], w: [3, 16]) -> scalar = sum(sin(3 * scan(lstm, zeros([2, 8]), x, with: [w, w[:, 0:4].T @ w])))
+// Read through the hidden state only, as the examples do: the backward loop's
+// cotangent is a zero padding of dh, read unpadded.
+fn t_scan_lstm_hidden(x: [2, 5, 3], w: [3, 16]) -> scalar = sum(sin(3 * scan(lstm, zeros([2, 8]), x, with: [w, w[:, 0:4].T @ w])[:, :, 0:4]))
 fn t_scan_lstm_weight(w: [3, 16], x: [2, 5, 3]) -> scalar = sum(sin(3 * scan(lstm, zeros([2, 8]), x, with: [w, w[:, 0:4].T @ w])))
 fn t_scan_lstm_zx(x: [2, 5, 16], w: [4, 16]) -> scalar = sum(sin(3 * scan(lstm_zx, zeros([2, 8]), x, with: [w, reshape(w[1:2, :], [16])])))
 fn t_scan_lstm_zx_weight(w: [4, 16], x: [2, 5, 16]) -> scalar = sum(sin(3 * scan(lstm_zx, zeros([2, 8]), x * w[0:1, :], with: [w, reshape(w[1:2, :], [16])])))
@@ -414,6 +417,31 @@ fn scans(g: &Graph) -> Vec<(usize, usize)> {
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn a_scan_read_through_its_hidden_state_is_differentiated_without_the_padding() {
+    let program = syntax::parse(PROGRAM).unwrap();
+    let session = Session::new(&program).unwrap();
+    let (mut g, _) = function(&session, "t_scan_lstm_hidden");
+    let loss = g.outputs[0];
+    let x = g.input("arg0").unwrap();
+    let dx = autodiff::grad(&mut g, loss, &[x], Span::default()).unwrap()[0];
+    g.outputs = vec![dx];
+    let g = nnc_compiler::opt::optimize(&g);
+    // The backward loop's per-step cotangent is dh ([N, 4]), not dh padded
+    // with the cell's zeros to the state's [N, 8]; nothing is padded outside
+    // the loops (the body pads, and the padding folds away there).
+    let scan_args: Vec<&nnc_compiler::ir::Node> =
+        g.nodes.iter().filter(|n| matches!(n.op, Op::Scan { .. })).flat_map(|n| n.args.iter().map(|&a| g.node(a))).collect();
+    assert!(scan_args.iter().all(|a| !matches!(a.op, Op::Pad { .. })), "a scan reads a padded sequence");
+    let narrow = scan_args.iter().filter(|a| a.ty.shape.dims().last().and_then(|d| d.known()) == Some(4)).count();
+    assert_eq!(narrow, 1, "the cotangent of h is read as [N, T, 4]");
+    for n in &g.nodes {
+        if let Op::Scan { body, .. } = &n.op {
+            assert!(!body.nodes.iter().any(|b| matches!(b.op, Op::Pad { .. })), "the padding is left in the body");
+        }
+    }
 }
 
 #[test]

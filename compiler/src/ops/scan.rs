@@ -663,6 +663,30 @@ fn zero_columns_after(g: &Graph, v: ValueId, columns: usize) -> bool {
     crate::opt::zero_padding(g, v).is_some_and(|(axis, _, after, _)| axis == last && after >= columns)
 }
 
+/// `body` with its per-step input `k` (body input `1 + k`) narrowed to
+/// `narrow` and zero-padded back to its old type inside the body (`axis`,
+/// `before`, `after` along the step's axes): a sequence that is a zero padding
+/// of a narrower one is then read as the narrower one, and the body's
+/// simplifications drop the zeros (the cotangent of a forward scan read only
+/// through its hidden state, `[N, T, H]` padded to the state's `2H`).
+pub fn pad_step_input(body: &Graph, k: usize, narrow: TensorType, (axis, before, after): (usize, usize, usize)) -> Option<Graph> {
+    let target = body.inputs().get(1 + k)?.0;
+    let mut g = Graph { nodes: Vec::with_capacity(body.nodes.len() + 1), outputs: Vec::new(), output_names: body.output_names.clone() };
+    let mut remap: Vec<ValueId> = Vec::with_capacity(body.nodes.len());
+    for (i, n) in body.nodes.iter().enumerate() {
+        let args = n.args.iter().map(|a| remap[a.index()]).collect();
+        let id = if i == target.index() {
+            let input = g.push(n.op.clone(), Vec::new(), narrow.clone(), n.span);
+            g.push(Op::Pad { axis, before, after, value: 0.0 }, vec![input], n.ty.clone(), n.span)
+        } else {
+            g.push(n.op.clone(), args, n.ty.clone(), n.span)
+        };
+        remap.push(id);
+    }
+    g.outputs = body.outputs.iter().map(|o| remap[o.index()]).collect();
+    Some(g)
+}
+
 /// The body's view of a state `[N, S..]`: `[N_step, S..]`.
 pub fn step_type(ty: &TensorType) -> TensorType {
     let mut dims = vec![Dim::Sym(STEP_BATCH.into())];
