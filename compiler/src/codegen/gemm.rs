@@ -3,10 +3,12 @@
 //! with packed panels and an AVX-512 12×32 register-tile micro-kernel.
 //!
 //! Packing space is allocated once per thread (on its first matmul, at the
-//! fixed block sizes) and reused, so a training step allocates nothing.
-//! Large products are split across the persistent worker pool (`pool`); the
-//! split is along the longer of the two output dims, each thread packing its
-//! own panels. Without AVX-512 at run time, `matrixmultiply` is used instead.
+//! fixed block sizes) and reused. Large products are split across the
+//! persistent worker pool (`pool`); the split is along the longer of the two
+//! output dims, each thread packing its own panels. Each thread's part runs
+//! on the `gemm` crate's kernels where those measured faster (a row-major B,
+//! `library_kernels`; the crate allocates its packing space per call), else on
+//! ours. Without AVX-512 at run time, `matrixmultiply` is used instead.
 //! `docs/performance.md` has the measurements behind the block sizes and the
 //! threading threshold.
 
@@ -227,12 +229,55 @@ pub(crate) unsafe fn sgemm_pair(products: [Product; 2], threads: usize) {
     p.run(2, &task);
 }
 
+/// Whether a one-thread product runs on the `gemm` crate's kernels: a
+/// row-major B (`cs = 1`) at least 32 columns wide and 128 deep. There they
+/// are faster than ours: on W5's products, interleaved runs of the whole step
+/// measured the loops' 16-row products 10–22 % faster and `hᵀ·dz`
+/// (`256×2048 @ 2048×1024`) 11 % (docs/performance.md, round 5). Narrow
+/// outputs, transposed B and short depths stay on ours, where the crate was
+/// slower or no faster (`gemm_shapes`). `NNC_GEMM_CRATE=0` turns it off, for
+/// measuring.
+fn library_kernels(k: usize, n: usize, b: Mat) -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let allowed = *ALLOWED.get_or_init(|| std::env::var("NNC_GEMM_CRATE").map_or(true, |v| v != "0"));
+    allowed && !b.gathered() && b.cs == 1 && k >= 128 && n >= 32
+}
+
 /// Single-threaded blocked product on this thread's packing buffers.
 ///
 /// # Safety
 ///
 /// As `sgemm`, and AVX-512F must be available.
 unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
+    if library_kernels(k, n, b) {
+        // SAFETY: the caller's contract (every element in bounds, C disjoint
+        // from A and B); `gemm` takes column strides first and computes
+        // `dst = beta·lhs·rhs` when it does not read `dst`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.ptr,
+                c.cs,
+                c.rs,
+                false,
+                a.ptr,
+                a.cs,
+                a.rs,
+                b.ptr,
+                b.cs,
+                b.rs,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        return;
+    }
     PACKS.with(|cell| {
         let mut guard = cell.borrow_mut();
         let packs = guard.get_or_insert_with(|| Packs { a: vec![0.0; MC * KC + 16], b: vec![0.0; KC * NC + 16] });
