@@ -568,6 +568,37 @@ fn large_row_loops_fuse_and_run_across_threads() {
 }
 
 #[test]
+fn a_scaled_biased_product_is_recomputed_by_its_readers() {
+    // GELU after a linear layer, and its derivative: `x/√2` of the biased
+    // product is read by the forward erf and by the derivative; both
+    // recompute it from the product, so nothing writes it out.
+    let g = graph(|b| {
+        let x = input(b, "x", &[64, 48]);
+        let w = input(b, "w", &[48, 96]);
+        let bias = input(b, "bias", &[96]);
+        let t = input(b, "t", &[64, 96]);
+        let h = b.matmul(x, w);
+        let bias_rows = b.broadcast(bias, &Shape::known(&[64, 96]));
+        let y = b.add(h, bias_rows);
+        let s = b.scale(y, std::f64::consts::FRAC_1_SQRT_2);
+        let e = b.unary(UnaryOp::Erf, s);
+        let phi = b.offset(e, 1.0);
+        // The derivative's use of s: exp(−s²).
+        let sq = b.mul(s, s);
+        let nsq = b.neg(sq);
+        let density = b.exp(nsq);
+        let out = b.mul(y, phi);
+        let d = b.mul(t, density);
+        vec![out, d]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 9);
+    // The product, then the two outputs' maps (fused over rows or not): no
+    // third map writing `s`.
+    let maps: usize = jit.kernel_summary().iter().map(|k| k.matches("map over").count()).sum();
+    assert_eq!(maps, 2, "{:#?}", jit.kernel_summary());
+}
+
+#[test]
 fn a_regrouped_slice_of_columns_is_read_in_place() {
     // `d[:, :, 16:48]` as a `[32, 32]` matrix (a scan's handed-on columns
     // merged over batch and time, for a weight gradient): after optimization

@@ -482,7 +482,7 @@ impl Planner<'_> {
                 Op::Unary(_) | Op::Binary(_) => {
                     let plain_reads = !mine.is_empty() && mine.iter().all(|k| *k == Need::Fuse { expanding: false });
                     let fuse = matches!(mine.as_slice(), [Need::Fuse { expanding: false }])
-                        || (plain_reads && self.with_small_broadcast(ValueId(i as u32)));
+                        || (plain_reads && (self.with_small_broadcast(ValueId(i as u32)) || self.scaled_recomputed(ValueId(i as u32))));
                     let plain = |k: &Need| matches!(k, Need::Fuse { expanding: false });
                     let tee = mine.iter().all(|k| plain(k) || *k == Need::Output) && mine.iter().any(plain) && mine.contains(&Need::Output);
                     let mode = match (fuse, tee) {
@@ -577,6 +577,20 @@ impl Planner<'_> {
         };
         match (&node.op, node.args.as_slice()) {
             (Op::Binary(_), &[x, y]) => (buffered(x) && small_broadcast(y)) || (small_broadcast(x) && buffered(y)),
+            _ => false,
+        }
+    }
+
+    /// Whether `id` scales or shifts by a constant a value that its readers
+    /// recompute (`with_small_broadcast`): GELU's `x/√2` of a biased product,
+    /// read by the forward `erf` and again by the derivative, is then one more
+    /// multiplication per read instead of a whole tensor written and read back.
+    fn scaled_recomputed(&self, id: ValueId) -> bool {
+        let node = self.g.node(id);
+        let constant = |v: ValueId| self.constant_chain(v).is_some();
+        match (&node.op, node.args.as_slice()) {
+            (Op::Binary(BinaryOp::Mul | BinaryOp::Add | BinaryOp::Sub), &[x, c]) if constant(c) => self.with_small_broadcast(x),
+            (Op::Binary(BinaryOp::Mul | BinaryOp::Add), &[c, x]) if constant(c) => self.with_small_broadcast(x),
             _ => false,
         }
     }
