@@ -107,10 +107,7 @@ fn gathered_rows(g: &Graph, x: ValueId) -> Option<(ValueId, ValueId, crate::ast:
 /// Rows gathered from a smaller table by id, seen through reshapes that keep
 /// the rows whole: `(table [V, d], ids, the gather's span)`.
 fn gathered(g: &Graph, x: ValueId) -> Option<(ValueId, ValueId, crate::ast::Span)> {
-    let mut rows = x;
-    while let (Op::Reshape { .. }, [inner]) = (&g.node(rows).op, g.node(rows).args.as_slice()) {
-        rows = *inner;
-    }
+    let rows = unreshaped(g, x);
     let (Op::Gather, [table, ids]) = (&g.node(rows).op, g.node(rows).args.as_slice()) else { return None };
     let [v, d] = g.shape(*table).concrete()?[..] else { return None };
     let n = g.shape(*ids).numel()?;
@@ -318,20 +315,20 @@ fn fold_padding_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> 
 /// written out, and adds nothing to the cell's half.
 fn fold_padded_sequences(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
     let Op::Scan { body, steps, inputs, reverse, saved } = op else { return None };
+    let padded = |k: usize| {
+        let x = *args.get(1 + k)?;
+        zero_padding(g, x).filter(|&(axis, ..)| axis >= 2 && g.ty(x).dtype == crate::ir::DType::F32)
+    };
+    if !(0..*inputs).any(|k| padded(k).is_some()) {
+        return None;
+    }
     let mut body = (**body).clone();
     let mut new_args = args.to_vec();
     for k in 0..*inputs {
-        let x = *args.get(1 + k)?;
-        let Some((axis, before, after, inner)) = zero_padding(g, x) else { continue };
-        if axis < 2 || g.ty(x).dtype != crate::ir::DType::F32 {
-            continue;
-        }
+        let Some((axis, before, after, inner)) = padded(k) else { continue };
         let narrow = crate::ops::scan::step_input_type(g.ty(inner));
         body = crate::ops::scan::pad_step_input(&body, k, narrow, (axis - 1, before, after))?;
         new_args[1 + k] = inner;
-    }
-    if new_args == args {
-        return None;
     }
     let scan = Op::Scan { body: Box::new(optimize(&body)), steps: *steps, inputs: *inputs, reverse: *reverse, saved: *saved };
     Some(g.push(scan, new_args, node.ty.clone(), node.span))

@@ -567,19 +567,24 @@ fn large_row_loops_fuse_and_run_across_threads() {
     }
 }
 
+/// `x·w + bias` for inputs `x [m, k]`, `w [k, n]` and `bias [n]` (a linear layer).
+fn biased_product(b: &mut Builder, [m, k, n]: [usize; 3]) -> ValueId {
+    let x = input(b, "x", &[m, k]);
+    let w = input(b, "w", &[k, n]);
+    let bias = input(b, "bias", &[n]);
+    let xw = b.matmul(x, w);
+    let rows = b.broadcast(bias, &Shape::known(&[m, n]));
+    b.add(xw, rows)
+}
+
 #[test]
 fn a_scaled_biased_product_is_recomputed_by_its_readers() {
     // GELU after a linear layer, and its derivative: `x/√2` of the biased
     // product is read by the forward erf and by the derivative; both
     // recompute it from the product, so nothing writes it out.
     let g = graph(|b| {
-        let x = input(b, "x", &[64, 48]);
-        let w = input(b, "w", &[48, 96]);
-        let bias = input(b, "bias", &[96]);
+        let y = biased_product(b, [64, 48, 96]);
         let t = input(b, "t", &[64, 96]);
-        let h = b.matmul(x, w);
-        let bias_rows = b.broadcast(bias, &Shape::known(&[64, 96]));
-        let y = b.add(h, bias_rows);
         let s = b.scale(y, std::f64::consts::FRAC_1_SQRT_2);
         let e = b.unary(UnaryOp::Erf, s);
         let phi = b.offset(e, 1.0);
@@ -674,13 +679,8 @@ fn fusion_counts() {
     // the bias itself, so the sum is never stored: the product, then two
     // loops (three if the sum had a loop of its own).
     let g = graph(|b| {
-        let x = input(b, "x", &[40, 30]);
-        let w = input(b, "w", &[30, 50]);
-        let bias = input(b, "bias", &[50]);
+        let h = biased_product(b, [40, 30, 50]);
         let gy = input(b, "gy", &[40, 50]);
-        let xw = b.matmul(x, w);
-        let wide = b.broadcast(bias, &Shape::known(&[40, 50]));
-        let h = b.add(xw, wide);
         let act = b.unary(UnaryOp::Tanh, h);
         let slope = b.exp(h);
         vec![act, b.mul(slope, gy)]
