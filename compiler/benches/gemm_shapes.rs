@@ -96,6 +96,13 @@ fn main() {
         Case { name: "W4 x@Wup", m: 2048, k: 128, n: 512, kind: Kind::Plain },
         Case { name: "W4 xt@gup", m: 128, k: 2048, n: 512, kind: Kind::TransA },
         Case { name: "W4 ht@gdown", m: 512, k: 2048, n: 128, kind: Kind::TransA },
+        Case { name: "W4 gdown@Wdownt", m: 2048, k: 128, n: 512, kind: Kind::TransB },
+        Case { name: "W4 gup@Wupt", m: 2048, k: 512, n: 128, kind: Kind::TransB },
+        // W4's attention, per batch element and head: scores, weighted values, and
+        // the derivative products.
+        Case { name: "W4 q@kt", m: 64, k: 32, n: 64, kind: Kind::TransB },
+        Case { name: "W4 p@v", m: 64, k: 64, n: 32, kind: Kind::Plain },
+        Case { name: "W4 pt@do", m: 64, k: 64, n: 32, kind: Kind::TransA },
         // W5 (LSTM, 32 rows per step, 2048 = 32 x 64 rows in bulk): the step's h@Wh and
         // dz@Whᵀ, and the input weight's gradient.
         Case { name: "W5 h@Wh", m: 32, k: 256, n: 1024, kind: Kind::Plain },

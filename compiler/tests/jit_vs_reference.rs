@@ -438,8 +438,9 @@ fn matmuls() {
 
 #[test]
 fn matmul_of_transposes() {
-    // Aᵀ B and A Bᵀ, the shapes the matmul gradient produces, on both paths.
-    for (r, c, k) in [(7, 3, 5), (70, 40, 50)] {
+    // Aᵀ B and A Bᵀ, the shapes the matmul gradient produces, on both paths
+    // (and, at 60×48×40, the library's small-product kernels).
+    for (r, c, k) in [(7, 3, 5), (70, 40, 50), (60, 48, 40)] {
         let g = graph(|b| {
             let x = input(b, "a", &[r, c]);
             let y = input(b, "b", &[r, k]);
@@ -578,27 +579,31 @@ fn biased_product(b: &mut Builder, [m, k, n]: [usize; 3]) -> ValueId {
 }
 
 #[test]
-fn a_scaled_biased_product_is_recomputed_by_its_readers() {
-    // GELU after a linear layer, and its derivative: `x/√2` of the biased
-    // product is read by the forward erf and by the derivative; both
-    // recompute it from the product, so nothing writes it out.
+fn gelu_of_a_biased_product_is_recomputed_by_its_readers() {
+    // GELU after a linear layer, and its derivative as autodiff writes it:
+    // `Φ = ½(1 + erf(x/√2))` and `x/√2` of the biased product `x` are read by
+    // the forward `x·Φ` and again by the derivative `t·Φ + t·x·φ(x)`; both
+    // recompute them from the product, so nothing writes them out.
     let g = graph(|b| {
         let y = biased_product(b, [64, 48, 96]);
         let t = input(b, "t", &[64, 96]);
         let s = b.scale(y, std::f64::consts::FRAC_1_SQRT_2);
         let e = b.unary(UnaryOp::Erf, s);
-        let phi = b.offset(e, 1.0);
-        // The derivative's use of s: exp(−s²).
+        let shifted = b.offset(e, 1.0);
+        let phi = b.scale(shifted, 0.5);
         let sq = b.mul(s, s);
         let nsq = b.neg(sq);
         let density = b.exp(nsq);
         let out = b.mul(y, phi);
-        let d = b.mul(t, density);
+        let through_phi = b.mul(t, phi);
+        let ty = b.mul(t, y);
+        let through_density = b.mul(ty, density);
+        let d = b.add(through_phi, through_density);
         vec![out, d]
     });
     let jit = check_with(&g, Fill::Signed, 1e-5, 9);
     // The product, then the two outputs' maps (fused over rows or not): no
-    // third map writing `s`.
+    // third map writing `Φ` or `x/√2`.
     let maps: usize = jit.kernel_summary().iter().map(|k| k.matches("map over").count()).sum();
     assert_eq!(maps, 2, "{:#?}", jit.kernel_summary());
 }
@@ -618,6 +623,52 @@ fn a_regrouped_slice_of_columns_is_read_in_place() {
     let g = nnc_compiler::opt::optimize(&g);
     let jit = check_with(&g, Fill::Signed, 1e-5, 9);
     assert_eq!(jit.kernel_summary().len(), 1, "{:#?}", jit.kernel_summary());
+}
+
+#[test]
+fn heads_sliced_from_a_fused_product_are_read_in_place() {
+    // Attention's queries and keys sliced out of one `[B, T, 3·H·D]` product
+    // (`[B, T, 3, H, D]`, a size-1 slice, the slice's axis dropped, heads moved
+    // before time): the scores' product reads both in place, and a loop
+    // reading a head through the dropped axis loads it in place too. Neither
+    // is copied out first.
+    let (bsz, t, h, d) = (2, 16, 2, 8);
+    let g = graph(|b| {
+        let qkv = input(b, "qkv", &[bsz, t, 3 * h * d]);
+        let parts = b.reshape(qkv, &Shape::known(&[bsz, t, 3, h, d]));
+        let mut head = |i: usize| {
+            let one = b.slice(parts, 2, i, i + 1);
+            let dropped = b.reshape(one, &Shape::known(&[bsz, t, h, d]));
+            (dropped, b.transpose(dropped, &[0, 2, 1, 3]))
+        };
+        let (_, q) = head(0);
+        let (_, k) = head(1);
+        let (v, _) = head(2);
+        let kt = b.transpose(k, &[0, 1, 3, 2]);
+        let scores = b.matmul(q, kt);
+        vec![scores, b.exp(v)]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 5);
+    let summary = jit.kernel_summary();
+    assert_eq!(summary.len(), 2, "{summary:#?}");
+    assert!(summary.iter().any(|k| k.starts_with("matmul [2, 2] 16x8 @ 8x16")), "{summary:#?}");
+    assert!(summary.iter().any(|k| k.starts_with("map over [2, 16, 2, 8]: 1 operands")), "{summary:#?}");
+}
+
+#[test]
+fn column_sums_split_their_columns_across_threads() {
+    // A bias gradient: every row adds into the same 96 sums, so the rows
+    // cannot be shared out; the two halves of the columns are.
+    let g = graph(|b| {
+        let x = input(b, "x", &[64, 32, 96]);
+        let e = b.exp(x);
+        vec![b.reduce_sum(e, &[0, 1])]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 6);
+    let summary = jit.kernel_summary();
+    let sums: Vec<&String> = summary.iter().filter(|k| k.starts_with("accumulate (Sum) over [64, 32, 96]")).collect();
+    assert_eq!(sums.len(), 1, "{summary:#?}");
+    assert!(sums[0].ends_with(", parallel"), "{summary:#?}");
 }
 
 #[test]

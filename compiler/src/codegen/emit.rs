@@ -129,10 +129,12 @@ pub(crate) fn parallel_form(k: &MapKernel) -> Option<MapKernel> {
             *st = vec![s * (n / rows) as i64, s];
         }
     }
-    if dims.first().is_none_or(|&d| d < 2) {
-        return None;
-    }
     if k.acc.is_some() && !disjoint_first_axis(&dims, strides.first().map_or(&[], |s| s.as_slice())) {
+        // Every row adds into the same outputs (a bias gradient's column
+        // sums): the threads take halves of the columns instead.
+        (dims, strides) = halve_columns(&dims, &strides)?;
+    }
+    if dims.first().is_none_or(|&d| d < 2) {
         return None;
     }
     let mut it = strides.into_iter();
@@ -159,6 +161,27 @@ pub(crate) fn batch_split(k: &Kernel) -> Option<usize> {
 /// span less than its stride, or the axes that move the output address
 /// distinct elements (each stride larger than the span of the smaller ones). Then each index (a depthwise convolution's image, a col2im's
 /// channel, a weight gradient's channel) can run on its own thread.
+/// `dims` with a new first axis of two halves of the last one (each a
+/// multiple of 16 elements, kept vector-wide), and the strides to match;
+/// `None` unless the last axis is an output axis (stride ≠ 0) and the halves
+/// write disjoint outputs.
+fn halve_columns(dims: &[usize], strides: &[Vec<i64>]) -> Option<(Vec<usize>, Vec<Vec<i64>>)> {
+    let (&n, lead) = dims.split_last()?;
+    if !n.is_multiple_of(32) {
+        return None;
+    }
+    let half = n / 2;
+    let dims: Vec<usize> = std::iter::once(2).chain(lead.iter().copied()).chain([half]).collect();
+    let strides: Vec<Vec<i64>> = strides
+        .iter()
+        .map(|st| {
+            let (&last, lead) = st.split_last().unwrap_or((&0, &[]));
+            std::iter::once(last * half as i64).chain(lead.iter().copied()).chain([last]).collect()
+        })
+        .collect();
+    disjoint_first_axis(&dims, strides.first().map_or(&[], |s| s.as_slice())).then_some((dims, strides))
+}
+
 fn disjoint_first_axis(dims: &[usize], out: &[i64]) -> bool {
     let (Some(&s0), true) = (out.first(), out.len() == dims.len()) else { return false };
     if out.iter().any(|&s| s < 0) || s0 == 0 {

@@ -229,18 +229,25 @@ pub(crate) unsafe fn sgemm_pair(products: [Product; 2], threads: usize) {
     p.run(2, &task);
 }
 
-/// Whether a one-thread product runs on the `gemm` crate's kernels: a
-/// row-major B (`cs = 1`) at least 32 columns wide and 128 deep. There they
-/// are faster than ours: on W5's products, interleaved runs of the whole step
-/// measured the loops' 16-row products 10–22 % faster and `hᵀ·dz`
-/// (`256×2048 @ 2048×1024`) 11 % (docs/performance.md, round 5). Narrow
-/// outputs, transposed B and short depths stay on ours, where the crate was
-/// slower or no faster (`gemm_shapes`). `NNC_GEMM_CRATE=0` turns it off, for
-/// measuring.
-fn library_kernels(k: usize, n: usize, b: Mat) -> bool {
+/// Whether a one-thread product runs on the `gemm` crate's kernels:
+/// - a row-major B (`cs = 1`) at least 32 columns wide and 128 deep. There
+///   they are faster than ours: on W5's products, interleaved runs of the
+///   whole step measured the loops' 16-row products 10–22 % faster and `hᵀ·dz`
+///   (`256×2048 @ 2048×1024`) 11 % (docs/performance.md, round 5). Narrow
+///   outputs, transposed B and short depths stay on ours, where the crate was
+///   slower or no faster (`gemm_shapes`).
+/// - a small product, every dim at most 64 (attention's per-head products),
+///   whatever its strides: the crate does not pack operands this small, where
+///   ours packs A for every call. W4's twelve batched products took 17–20 %
+///   less time in the step (docs/performance.md, round 6).
+///
+/// `NNC_GEMM_CRATE=0` turns it off, for measuring.
+fn library_kernels(m: usize, k: usize, n: usize, b: Mat) -> bool {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let allowed = *ALLOWED.get_or_init(|| std::env::var("NNC_GEMM_CRATE").map_or(true, |v| v != "0"));
-    allowed && !b.gathered() && b.cs == 1 && k >= 128 && n >= 32
+    let wide = b.cs == 1 && k >= 128 && n >= 32;
+    let small = m <= 64 && k <= 64 && n <= 64;
+    allowed && !b.gathered() && (wide || small)
 }
 
 /// Single-threaded blocked product on this thread's packing buffers.
@@ -249,7 +256,7 @@ fn library_kernels(k: usize, n: usize, b: Mat) -> bool {
 ///
 /// As `sgemm`, and AVX-512F must be available.
 unsafe fn serial(m: usize, k: usize, n: usize, a: Mat, b: Mat, c: Mat) {
-    if library_kernels(k, n, b) {
+    if library_kernels(m, k, n, b) {
         // SAFETY: the caller's contract (every element in bounds, C disjoint
         // from A and B); `gemm` takes column strides first and computes
         // `dst = beta·lhs·rhs` when it does not read `dst`.

@@ -21,6 +21,11 @@ use crate::ops::{BinaryOp, ReduceKind, Window};
 /// from 16³ up SGEMM wins).
 const SMALL_MATMUL: usize = 512;
 
+/// Longest chain of elementwise ops on a biased product that its readers
+/// recompute rather than read from a buffer (`Planner::recomputed`): GELU's
+/// `Φ` is four (scale, erf, shift, scale).
+const RECOMPUTE_DEPTH: usize = 4;
+
 /// Everything codegen needs: storages, kernels in order, and where inputs and
 /// outputs live.
 pub(crate) struct Plan {
@@ -230,6 +235,17 @@ fn accumulate_near_inner(k: Kernel, axes: &[usize], carried: bool) -> Kernel {
 fn swaps_last_two(perm: &[usize]) -> bool {
     let r = perm.len();
     r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+}
+
+/// For a reshape of `from` into `to` that only inserts or drops size-1 axes:
+/// each `to` axis's `from` axis (`None` for an inserted one). Such a reshape
+/// is a view of any strided layout (an attention head sliced out of a fused
+/// `qkv` product is read in place, not copied to drop the slice's axis).
+fn unit_axes_map(from: &[usize], to: &[usize]) -> Option<Vec<Option<usize>>> {
+    let mut kept = from.iter().enumerate().filter(|(_, &d)| d != 1).map(|(a, _)| a);
+    let map: Vec<Option<usize>> =
+        to.iter().map(|&d| if d == 1 { Some(None) } else { kept.next().filter(|&a| from[a] == d).map(Some) }).collect::<Option<_>>()?;
+    kept.next().is_none().then_some(map)
 }
 
 /// For a reshape of `from` into `to` that only groups consecutive axes: the
@@ -460,6 +476,10 @@ impl Planner<'_> {
                 {
                     (Mode::Inline, vec![Need::GatherB])
                 }
+                Op::Reshape { .. } if !contig && self.unit_reshape(ValueId(i as u32)) => {
+                    let pass = mine.iter().map(|k| if *k == Need::GatherB { Need::Strided } else { *k }).collect();
+                    (Mode::Inline, pass)
+                }
                 Op::Reshape { .. } => (Mode::View, vec![Need::Contig]),
                 Op::Constant(_) | Op::Iota { .. } => (if hard { Mode::Kernel } else { Mode::Inline }, Vec::new()),
                 Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::StopGradient => {
@@ -482,7 +502,8 @@ impl Planner<'_> {
                 Op::Unary(_) | Op::Binary(_) => {
                     let plain_reads = !mine.is_empty() && mine.iter().all(|k| *k == Need::Fuse { expanding: false });
                     let fuse = matches!(mine.as_slice(), [Need::Fuse { expanding: false }])
-                        || (plain_reads && (self.with_small_broadcast(ValueId(i as u32)) || self.scaled_recomputed(ValueId(i as u32))));
+                        || (plain_reads
+                            && (self.with_small_broadcast(ValueId(i as u32)) || self.recomputed(ValueId(i as u32), RECOMPUTE_DEPTH)));
                     let plain = |k: &Need| matches!(k, Need::Fuse { expanding: false });
                     let tee = mine.iter().all(|k| plain(k) || *k == Need::Output) && mine.iter().any(plain) && mine.contains(&Need::Output);
                     let mode = match (fuse, tee) {
@@ -543,6 +564,11 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// True if the reshape `id` only inserts or drops size-1 axes (`unit_axes_map`).
+    fn unit_reshape(&self, id: ValueId) -> bool {
+        self.args(id).first().is_some_and(|&x| unit_axes_map(self.shape(x), self.shape(id)).is_some())
+    }
+
     /// True if `id` is (seen through views) itself a window.
     fn feeds_unfold(&self, id: Option<ValueId>) -> bool {
         let mut at = id;
@@ -551,6 +577,7 @@ impl Planner<'_> {
             match &n.op {
                 Op::Unfold { .. } => return true,
                 Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } | Op::StopGradient => at = n.args.first().copied(),
+                Op::Reshape { .. } if self.unit_reshape(v) => at = n.args.first().copied(),
                 _ => return false,
             }
         }
@@ -581,18 +608,28 @@ impl Planner<'_> {
         }
     }
 
-    /// Whether `id` scales or shifts by a constant a value that its readers
-    /// recompute (`with_small_broadcast`): GELU's `x/√2` of a biased product,
-    /// read by the forward `erf` and again by the derivative, is then one more
-    /// multiplication per read instead of a whole tensor written and read back.
-    fn scaled_recomputed(&self, id: ValueId) -> bool {
+    /// Whether `id` is an elementwise function, at most `depth` ops deep, of
+    /// constants and of values that its readers recompute
+    /// (`with_small_broadcast`). GELU's `Φ = ½(1 + erf(x/√2))` of a biased
+    /// product is read by the forward pass's `x·Φ` and again by the
+    /// derivative: each recomputes it (an `erf` per element) instead of one
+    /// writing the whole tensor out and the other reading it back.
+    fn recomputed(&self, id: ValueId, depth: usize) -> bool {
         let node = self.g.node(id);
-        let constant = |v: ValueId| self.constant_chain(v).is_some();
-        match (&node.op, node.args.as_slice()) {
-            (Op::Binary(BinaryOp::Mul | BinaryOp::Add | BinaryOp::Sub), &[x, c]) if constant(c) => self.with_small_broadcast(x),
-            (Op::Binary(BinaryOp::Mul | BinaryOp::Add), &[c, x]) if constant(c) => self.with_small_broadcast(x),
-            _ => false,
+        if depth == 0 || !matches!(node.op, Op::Unary(_) | Op::Binary(_)) {
+            return false;
         }
+        let mut reads_one = false;
+        for &a in &node.args {
+            if self.constant_chain(a).is_some() {
+                continue;
+            }
+            if !(self.with_small_broadcast(a) || self.recomputed(a, depth - 1)) {
+                return false;
+            }
+            reads_one = true;
+        }
+        reads_one
     }
 
     /// True if the product `id` runs as a fused loop (`loop_matmul`), not SGEMM.
@@ -809,6 +846,17 @@ impl Planner<'_> {
                 self.expr(eb, arg(0)?, &inner)
             }
             Op::Reshape { .. } if self.constant_chain(id).is_some() => Ok(eb.constant(self.constant_chain(id).unwrap_or(f64::NAN) as f32)),
+            Op::Reshape { .. } if self.mode[id.index()] == Mode::Inline => {
+                let x = arg(0)?;
+                let axes = unit_axes_map(self.shape(x), self.shape(id)).ok_or_else(|| malformed(id, "inlined reshape moves elements"))?;
+                let mut inner = vec![AxisRef::NONE; self.shape(x).len()];
+                for (a, from) in map.iter().zip(&axes) {
+                    if let Some(f) = from {
+                        inner[*f] = *a;
+                    }
+                }
+                self.expr(eb, x, &inner)
+            }
             Op::Reduce { .. } if self.reduced_constant(id).is_some() => Ok(eb.constant(self.reduced_constant(id).unwrap_or(f32::NAN))),
             Op::Input { .. }
             | Op::Reshape { .. }
@@ -839,6 +887,10 @@ impl Planner<'_> {
                 l.strides = perm.iter().map(|&p| l.strides.get(p).copied().unwrap_or(0)).collect();
             }
             Op::Slice { axis, start, .. } => l.off += l.strides.get(*axis).copied().unwrap_or(0) * *start as i64,
+            Op::Reshape { .. } => {
+                let axes = unit_axes_map(self.shape(x), self.shape(id)).ok_or_else(|| malformed(id, "operand is not a strided view"))?;
+                l.strides = axes.iter().map(|a| a.and_then(|a| l.strides.get(a).copied()).unwrap_or(0)).collect();
+            }
             Op::Broadcast { .. } => {
                 let (xd, od) = (self.shape(x), self.shape(id));
                 let lead = od.len().saturating_sub(xd.len());
