@@ -657,18 +657,39 @@ fn heads_sliced_from_a_fused_product_are_read_in_place() {
 
 #[test]
 fn column_sums_split_their_columns_across_threads() {
-    // A bias gradient: every row adds into the same 96 sums, so the rows
-    // cannot be shared out; the two halves of the columns are.
+    // A sum over the rows into 96 columns, with too few rows (4) to give
+    // each a block of partial sums: the two halves of the columns are shared
+    // out instead.
     let g = graph(|b| {
-        let x = input(b, "x", &[64, 32, 96]);
+        let x = input(b, "x", &[4, 1024, 96]);
         let e = b.exp(x);
         vec![b.reduce_sum(e, &[0, 1])]
     });
     let jit = check_with(&g, Fill::Signed, 1e-5, 6);
     let summary = jit.kernel_summary();
-    let sums: Vec<&String> = summary.iter().filter(|k| k.starts_with("accumulate (Sum) over [64, 32, 96]")).collect();
-    assert_eq!(sums.len(), 1, "{summary:#?}");
-    assert!(sums[0].ends_with(", parallel"), "{summary:#?}");
+    assert_eq!(summary.len(), 2, "{summary:#?}");
+    assert!(summary.iter().any(|k| k.starts_with("accumulate (Sum) over [4, 1024, 96]") && k.ends_with(", parallel")), "{summary:#?}");
+}
+
+#[test]
+fn column_sums_join_a_row_group_as_partial_sums() {
+    // A derivative map over [B, T, n] and the bias gradient summed from it (as
+    // after a GELU): the sum joins the map's pass over the rows, which then
+    // still runs across threads (each row into its own partial sums, added
+    // up after the group), instead of reading the whole map output again.
+    let g = graph(|b| {
+        let x = input(b, "x", &[32, 16, 96]);
+        let t = input(b, "t", &[32, 16, 96]);
+        let e = b.exp(x);
+        let d = b.mul(e, t);
+        let sums = b.reduce_sum(d, &[0, 1]);
+        vec![d, sums]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 7);
+    let summary = jit.kernel_summary();
+    let group = summary.iter().find(|k| k.contains("loops fused over 32 rows, parallel"));
+    assert!(group.is_some_and(|k| k.contains("accumulate (Sum) over [32, 16, 96]")), "{summary:#?}");
+    assert!(summary.iter().any(|k| k.starts_with("accumulate (Sum) over [32, 96]")), "{summary:#?}");
 }
 
 #[test]

@@ -394,7 +394,8 @@ pub(crate) fn plan(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<Plan, 
         pairs.push((o, p.layout(v)?.storage));
     }
     updates::apply(&mut p.kernels, &mut p.storages, &pairs, &mut outputs);
-    let kernels = super::rows::fuse(p.kernels);
+    let kernels = super::rows::fuse(p.kernels, &mut p.storages);
+    p.owners.resize(p.storages.len(), None);
     Ok(Plan { storages: p.storages, kernels, inputs, outputs, scratch: p.scratch, tables: p.tables, owners: p.owners })
 }
 

@@ -17,13 +17,18 @@
 //! Large kernels fuse too (a softmax or layer norm over `[32, 64, 512]`):
 //! the group then runs its rows across threads, each row's values still in
 //! cache from one kernel to the next, instead of one full pass over memory
-//! per kernel.
+//! per kernel. A cross-row accumulation (a bias or gain gradient's column
+//! sums) joins such a group as a per-row partial sum into a new buffer, whose
+//! rows are added up after the group (`partial_sums`): the columns are summed
+//! while the row is in cache, not read again from memory.
 
 use super::emit::parallel_elements;
-use super::kernel::{Affine, Kernel, MapKernel, StorageId};
+use super::kernel::{Affine, ENode, Kernel, MapKernel, Storage, StorageId, StorageKind};
+use crate::ops::ReduceKind;
 
-/// Fuse runs of row-compatible map kernels in `kernels`.
-pub(crate) fn fuse(kernels: Vec<Kernel>) -> Vec<Kernel> {
+/// Fuse runs of row-compatible map kernels in `kernels`; `storages` grows by
+/// the partial-sum buffers this adds.
+pub(crate) fn fuse(kernels: Vec<Kernel>, storages: &mut Vec<Storage>) -> Vec<Kernel> {
     let mut out = Vec::with_capacity(kernels.len());
     let mut group: Vec<MapKernel> = Vec::new();
     // Map kernels that came while the group was open and could not join it:
@@ -46,13 +51,18 @@ pub(crate) fn fuse(kernels: Vec<Kernel>) -> Vec<Kernel> {
         if conflicts(&deferred, &m) {
             flush(&mut out, &mut group, &mut deferred);
         }
-        let joins = eligible(&m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && may_split(&group, &m) && {
-            group.push(m.clone());
-            let ok = valid(&group);
-            group.pop();
-            ok
-        };
-        if joins {
+        if cross_row(&m) && (large(&m) || group.iter().any(large)) {
+            if let Some((fill, partial, combine)) = partial_sums(&m, storages.len()) {
+                if joinable(&group, &partial) {
+                    storages.push(Storage { len: fill.dims.iter().product(), kind: StorageKind::Temp });
+                    out.push(Kernel::Map(fill));
+                    group.push(partial);
+                    deferred.push(combine);
+                    continue;
+                }
+            }
+        }
+        if joinable(&group, &m) {
             group.push(m);
         } else if !group.is_empty() {
             deferred.push(m);
@@ -62,6 +72,61 @@ pub(crate) fn fuse(kernels: Vec<Kernel>) -> Vec<Kernel> {
     }
     flush(&mut out, &mut group, &mut deferred);
     out
+}
+
+/// Whether `m` may join `group`.
+fn joinable(group: &[MapKernel], m: &MapKernel) -> bool {
+    eligible(m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && may_split(group, m) && {
+        let mut with = group.to_vec();
+        with.push(m.clone());
+        valid(&with)
+    }
+}
+
+/// A sum `m` over the first axis (and maybe others) into a dense block of
+/// outputs, as three kernels: a zero fill of a new buffer (storage
+/// `storage`) of one block per row, the sum into row `r`'s block, and the sum
+/// of the blocks into `m`'s outputs. `None` for other accumulations.
+fn partial_sums(m: &MapKernel, storage: StorageId) -> Option<(MapKernel, MapKernel, MapKernel)> {
+    if m.acc != Some(ReduceKind::Sum) || !m.extra.is_empty() || m.out.strides.len() != m.dims.len() {
+        return None;
+    }
+    // The output axes must tile one contiguous block (each stride the
+    // extent of the smaller ones), or the final sum would add into elements
+    // between them.
+    let mut moving: Vec<(i64, usize)> =
+        m.out.strides.iter().zip(&m.dims).skip(1).filter(|(&s, &d)| s != 0 && d > 1).map(|(&s, &d)| (s, d)).collect();
+    moving.sort_unstable();
+    let mut block = 1i64;
+    for (s, d) in moving {
+        if s != block {
+            return None;
+        }
+        block *= d as i64;
+    }
+    let rows = *m.dims.first()?;
+    let fill = MapKernel {
+        dims: vec![rows * block as usize],
+        out: Affine { storage: Some(storage), off: 0, strides: vec![1] },
+        operands: Vec::new(),
+        nodes: vec![ENode::Const(0.0f32.to_bits())],
+        root: 0,
+        acc: None,
+        extra: Vec::new(),
+    };
+    let mut strides = m.out.strides.clone();
+    strides[0] = block;
+    let partial = MapKernel { out: Affine { storage: Some(storage), off: 0, strides }, ..m.clone() };
+    let combine = MapKernel {
+        dims: vec![rows, block as usize],
+        out: Affine { storage: m.out.storage, off: m.out.off, strides: vec![0, 1] },
+        operands: vec![Affine { storage: Some(storage), off: 0, strides: vec![block, 1] }],
+        nodes: vec![ENode::Operand(0)],
+        root: 0,
+        acc: Some(ReduceKind::Sum),
+        extra: Vec::new(),
+    };
+    Some((fill, partial, combine))
 }
 
 fn flush(out: &mut Vec<Kernel>, group: &mut Vec<MapKernel>, deferred: &mut Vec<MapKernel>) {
