@@ -693,6 +693,30 @@ fn column_sums_join_a_row_group_as_partial_sums() {
 }
 
 #[test]
+fn slices_of_a_row_written_by_several_loops_fuse_with_its_reader() {
+    // Three parts written into their columns of one `[B, T, 3·32]` buffer (the
+    // three heads' gradients into the `qkv` gradient), then summed over the
+    // rows (its bias gradient): each loop touches only row r's stretch of the
+    // buffer, so all four run in one pass over the rows.
+    let g = graph(|b| {
+        let parts: Vec<ValueId> = ["q", "k", "v"]
+            .iter()
+            .map(|name| {
+                let x = input(b, name, &[32, 64, 32]);
+                b.exp(x)
+            })
+            .collect();
+        let joined = b.concat(&parts, 2);
+        let sums = b.reduce_sum(joined, &[0, 1]);
+        vec![joined, sums]
+    });
+    let jit = check_with(&g, Fill::Signed, 1e-5, 8);
+    let summary = jit.kernel_summary();
+    let group = summary.iter().find(|k| k.starts_with("4 loops fused over 32 rows"));
+    assert!(group.is_some_and(|k| k.contains("accumulate (Sum) over [32, 64, 96]")), "{summary:#?}");
+}
+
+#[test]
 fn softmax_cross_entropy_is_one_pass() {
     // Loss and its gradient w.r.t. the logits, as autodiff writes them: every
     // [B, C] and [B, 1] loop runs in one pass over the rows.

@@ -7,8 +7,8 @@
 //!
 //! Legal when no kernel of a group reads, at row `r`, anything another kernel
 //! of the group writes at a different row: every buffer written in the group
-//! is accessed through one row layout (same offset and row stride, each row's
-//! elements inside its own stride), or is a cross-row accumulator (a sum over
+//! is accessed with one row stride, each access's row `r` inside the same
+//! window of that stride, or is a cross-row accumulator (a sum over
 //! the first axis) that nothing else in the group reads. Constant fills (the
 //! starting values of accumulators) that touch nothing in the group move in
 //! front of it; other kernels that cannot join (the mean loss, read from a
@@ -249,6 +249,14 @@ fn valid(group: &[MapKernel]) -> bool {
         }
         let Some(first) = all.first() else { return true };
         let (off, s0) = (first.affine.off, stride0(first));
-        s0 != 0 && all.iter().all(|a| a.affine.off == off && stride0(a) == s0 && row_extent(a.affine, a.dims) <= s0.abs())
+        let same_window = all.iter().all(|a| a.affine.off == off && stride0(a) == s0 && row_extent(a.affine, a.dims) <= s0.abs());
+        // Or row r of every access inside [base + r·s0, base + (r + 1)·s0):
+        // slices of one row (a head's gradient written into its part of the
+        // `qkv` gradient, read whole by the bias gradient) share it.
+        let base = all.iter().map(|a| a.affine.off).min().unwrap_or(off);
+        let inside = |a: &&Access| {
+            stride0(a) == s0 && a.affine.strides.iter().all(|&s| s >= 0) && a.affine.off - base + row_extent(a.affine, a.dims) <= s0
+        };
+        s0 != 0 && (same_window || (s0 > 0 && all.iter().all(inside)))
     })
 }
