@@ -93,13 +93,10 @@ impl<'g> Builder<'g> {
         self.unary(UnaryOp::Sigmoid, x)
     }
 
-    /// GELU, exactly: x · Φ(x) = x · ½ (1 + erf(x/√2))
+    /// GELU, exactly: x · Φ(x) = x · ½ (1 + erf(x/√2)), the primitive
+    /// `UnaryOp::Gelu`.
     pub fn gelu(&mut self, x: ValueId) -> ValueId {
-        let s = self.scale(x, std::f64::consts::FRAC_1_SQRT_2);
-        let e = self.unary(UnaryOp::Erf, s);
-        let p = self.offset(e, 1.0);
-        let half = self.scale(p, 0.5);
-        self.mul(x, half)
+        self.unary(UnaryOp::Gelu, x)
     }
 
     /// softplus(x) = log(1 + eˣ) = max(x, 0) + log(1 + e^(−|x|)), stable for large |x|

@@ -46,6 +46,8 @@ fn cases() -> Vec<Case> {
         case("abs", vec![m(&[7])], |b, a| b.unary(Abs, a[0])),
         case("tanh", vec![m(&[3, 3])], |b, a| b.unary(Tanh, a[0])),
         case("erf", vec![m(&[4, 2])], |b, a| b.unary(Erf, a[0])),
+        case("gelu", vec![m(&[4, 3])], |b, a| b.unary(Gelu, a[0])),
+        case("gelu_derivative", vec![m(&[4, 3])], |b, a| b.unary(GeluDerivative, a[0])),
         case("sin", vec![m(&[4, 3])], |b, a| b.unary(Sin, a[0])),
         case("cos", vec![m(&[4, 3])], |b, a| b.unary(Cos, a[0])),
         case("add", vec![m(&[3, 4]), m(&[3, 4])], |b, a| b.binary(Add, a[0], a[1])),

@@ -23,6 +23,7 @@ fn unary_ops() {
         (UnaryOp::Neg, Fill::Signed), (UnaryOp::Exp, Fill::Signed), (UnaryOp::Log, Fill::Positive),
         (UnaryOp::Sqrt, Fill::Positive), (UnaryOp::Abs, Fill::Signed), (UnaryOp::Tanh, Fill::Signed),
         (UnaryOp::Erf, Fill::Signed), (UnaryOp::Sin, Fill::Signed), (UnaryOp::Cos, Fill::Signed),
+        (UnaryOp::Gelu, Fill::Signed), (UnaryOp::GeluDerivative, Fill::Signed),
     ];
     for (u, f) in ops {
         for dims in SHAPES {
@@ -68,7 +69,12 @@ fn unary_math_wide_range() {
 #[test]
 fn special_values() {
     let xs = [0.0f32, -0.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 100.0, -100.0];
-    for u in [UnaryOp::Exp, UnaryOp::Log, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Sqrt, UnaryOp::Abs, UnaryOp::Sin, UnaryOp::Cos] {
+    #[rustfmt::skip]
+    let ops = [
+        UnaryOp::Exp, UnaryOp::Log, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Sqrt, UnaryOp::Abs, UnaryOp::Sin, UnaryOp::Cos,
+        UnaryOp::Gelu, UnaryOp::GeluDerivative,
+    ];
+    for u in ops {
         for (&x, y) in xs.iter().zip(jit_unary(u, &xs)) {
             let want = u.apply(f64::from(x)) as f32;
             // Results below the smallest normal f32 may flush to zero.

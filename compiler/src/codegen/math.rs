@@ -256,6 +256,35 @@ pub(crate) fn erf(b: B, x: Value) -> Value {
     rational(b, x, ERF_CLAMP, &ERF_P, &ERF_Q)
 }
 
+/// Φ(x) = (erf(x·(1/√2)) + 1)·½, in the order the composite GELU took.
+fn normal_cdf(b: B, x: Value) -> Value {
+    let s = mul_c(b, x, std::f32::consts::FRAC_1_SQRT_2);
+    let e = erf(b, s);
+    let one = splat(b, 1.0);
+    let p = b.ins().fadd(e, one);
+    mul_c(b, p, 0.5)
+}
+
+/// x·Φ(x).
+pub(crate) fn gelu(b: B, x: Value) -> Value {
+    let cdf = normal_cdf(b, x);
+    b.ins().fmul(x, cdf)
+}
+
+/// Φ(x) + x·(exp(x²·(−½))·(1/√(2π))).
+pub(crate) fn gelu_derivative(b: B, x: Value) -> Value {
+    let cdf = normal_cdf(b, x);
+    let sq = b.ins().fmul(x, x);
+    let a = mul_c(b, sq, -0.5);
+    let e = exp(b, a);
+    let density = mul_c(b, e, FRAC_1_SQRT_2PI);
+    let xd = b.ins().fmul(x, density);
+    b.ins().fadd(cdf, xd)
+}
+
+/// 1/√(2π) in f32.
+pub(crate) const FRAC_1_SQRT_2PI: f32 = crate::ops::elementwise::FRAC_1_SQRT_2PI as f32;
+
 /// 1 / (1 + exp(−x)): 0 and 1 at ∓∞ (`exp` overflows to ∞ or rounds to 0).
 pub(crate) fn sigmoid(b: B, x: Value) -> Value {
     let nx = b.ins().fneg(x);
@@ -383,6 +412,8 @@ pub(crate) fn unary(b: B, u: UnaryOp, x: Value) -> Value {
         UnaryOp::Tanh => tanh(b, x),
         UnaryOp::Sigmoid => sigmoid(b, x),
         UnaryOp::Erf => erf(b, x),
+        UnaryOp::Gelu => gelu(b, x),
+        UnaryOp::GeluDerivative => gelu_derivative(b, x),
         UnaryOp::Sin => sin_cos(b, x, 0),
         UnaryOp::Cos => sin_cos(b, x, 1),
     }

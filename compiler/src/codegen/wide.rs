@@ -1,4 +1,5 @@
-//! Exp, tanh, sigmoid and erf sixteen lanes at a time, called from generated code.
+//! Exp, tanh, sigmoid, erf and GELU (with its derivative) sixteen lanes at a
+//! time, called from generated code.
 //!
 //! Cranelift's vectors are four lanes wide, so the inline `f32x4` versions
 //! (`math`) spend some sixty instructions on every four elements; on a machine
@@ -9,13 +10,20 @@
 //! order of operations are those of `math`, so both give the same bits.
 
 use super::math::{
-    ERF_CLAMP, ERF_P, ERF_Q, EXP_BIG, EXP_HI, EXP_LO, EXP_POLY, LN2_NEG_HI, LN2_NEG_LO, MAGIC, TANH_CLAMP, TANH_P, TANH_Q, TANH_TINY,
+    ERF_CLAMP, ERF_P, ERF_Q, EXP_BIG, EXP_HI, EXP_LO, EXP_POLY, FRAC_1_SQRT_2PI, LN2_NEG_HI, LN2_NEG_LO, MAGIC, TANH_CLAMP, TANH_P, TANH_Q,
+    TANH_TINY,
 };
 use crate::ops::UnaryOp;
 
 /// The functions computed here: the unary ops whose inline form is long.
-pub(crate) const FUNCTIONS: [(UnaryOp, &str); 4] =
-    [(UnaryOp::Exp, "nnc_exp16"), (UnaryOp::Tanh, "nnc_tanh16"), (UnaryOp::Sigmoid, "nnc_sigmoid16"), (UnaryOp::Erf, "nnc_erf16")];
+pub(crate) const FUNCTIONS: [(UnaryOp, &str); 6] = [
+    (UnaryOp::Exp, "nnc_exp16"),
+    (UnaryOp::Tanh, "nnc_tanh16"),
+    (UnaryOp::Sigmoid, "nnc_sigmoid16"),
+    (UnaryOp::Erf, "nnc_erf16"),
+    (UnaryOp::Gelu, "nnc_gelu16"),
+    (UnaryOp::GeluDerivative, "nnc_gelu_derivative16"),
+];
 
 /// Tests only: allow the sixteen-lane functions (default true), to compare
 /// the code generated with and without them.
@@ -36,6 +44,8 @@ pub(crate) fn address(op: UnaryOp) -> Option<*const u8> {
         UnaryOp::Tanh => nnc_tanh16,
         UnaryOp::Sigmoid => nnc_sigmoid16,
         UnaryOp::Erf => nnc_erf16,
+        UnaryOp::Gelu => nnc_gelu16,
+        UnaryOp::GeluDerivative => nnc_gelu_derivative16,
         _ => return None,
     };
     Some(f as *const u8)
@@ -60,6 +70,8 @@ entry!(nnc_exp16, exp_at);
 entry!(nnc_tanh16, tanh_at);
 entry!(nnc_sigmoid16, sigmoid_at);
 entry!(nnc_erf16, erf_at);
+entry!(nnc_gelu16, gelu_at);
+entry!(nnc_gelu_derivative16, gelu_derivative_at);
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -102,6 +114,8 @@ mod avx512 {
     in_place!(tanh_at, tanh);
     in_place!(sigmoid_at, sigmoid);
     in_place!(erf_at, erf);
+    in_place!(gelu_at, gelu);
+    in_place!(gelu_derivative_at, gelu_derivative);
 
     #[target_feature(enable = "avx512f")]
     fn splat(c: f32) -> __m512 {
@@ -191,5 +205,26 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     fn erf(x: __m512) -> __m512 {
         rational(x, ERF_CLAMP, &ERF_P, &ERF_Q)
+    }
+
+    /// As `math::normal_cdf`.
+    #[target_feature(enable = "avx512f")]
+    fn normal_cdf(x: __m512) -> __m512 {
+        let e = erf(_mm512_mul_ps(x, splat(std::f32::consts::FRAC_1_SQRT_2)));
+        _mm512_mul_ps(_mm512_add_ps(e, splat(1.0)), splat(0.5))
+    }
+
+    /// As `math::gelu`.
+    #[target_feature(enable = "avx512f")]
+    fn gelu(x: __m512) -> __m512 {
+        _mm512_mul_ps(x, normal_cdf(x))
+    }
+
+    /// As `math::gelu_derivative`.
+    #[target_feature(enable = "avx512f")]
+    fn gelu_derivative(x: __m512) -> __m512 {
+        let e = exp(_mm512_mul_ps(_mm512_mul_ps(x, x), splat(-0.5)));
+        let density = _mm512_mul_ps(e, splat(FRAC_1_SQRT_2PI));
+        _mm512_add_ps(normal_cdf(x), _mm512_mul_ps(x, density))
     }
 }

@@ -21,8 +21,16 @@ pub enum UnaryOp {
     /// evaluates three of them per hidden unit. JAX has `logistic` for the
     /// same reason.
     Sigmoid,
-    /// The Gauss error function (for the exact GELU x·Φ(x)).
+    /// The Gauss error function.
     Erf,
+    /// GELU, exactly: x·Φ(x), with Φ(x) = ½(1 + erf(x/√2)) the standard
+    /// normal distribution function. A primitive, as PyTorch's `gelu`, so that
+    /// a whole activation and its derivative (`GeluDerivative`) are each one
+    /// sixteen-lane call per sixteen elements in generated code, instead of a
+    /// dozen four-lane operations around a call for erf (and one for exp).
+    Gelu,
+    /// GELU's derivative Φ(x) + x·φ(x), φ the standard normal density.
+    GeluDerivative,
     /// Sine and cosine, in radians (sinusoidal and rotary positions).
     Sin,
     Cos,
@@ -55,6 +63,8 @@ impl UnaryOp {
             UnaryOp::Tanh => "tanh",
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Erf => "erf",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluDerivative => "gelu_derivative",
             UnaryOp::Sin => "sin",
             UnaryOp::Cos => "cos",
         }
@@ -71,6 +81,8 @@ impl UnaryOp {
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             UnaryOp::Erf => erf(x),
+            UnaryOp::Gelu => x * normal_cdf(x),
+            UnaryOp::GeluDerivative => normal_cdf(x) + x * normal_density(x),
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
         }
@@ -183,6 +195,22 @@ pub fn unary_vjp_rule(b: &mut Builder, u: UnaryOp, args: &[ValueId], out: ValueI
             let d = b.scale(e, std::f64::consts::FRAC_2_SQRT_PI);
             b.mul(g, d)
         }
+        // d gelu(x) = g · gelu'(x)
+        UnaryOp::Gelu => {
+            let d = b.unary(UnaryOp::GeluDerivative, x);
+            b.mul(g, d)
+        }
+        // d gelu'(x) = g · φ(x) · (2 − x²)
+        UnaryOp::GeluDerivative => {
+            let sq = b.mul(x, x);
+            let half_sq = b.scale(sq, -0.5);
+            let e = b.exp(half_sq);
+            let density = b.scale(e, FRAC_1_SQRT_2PI);
+            let two = b.full_like(2.0, x);
+            let rest = b.sub(two, sq);
+            let d = b.mul(density, rest);
+            b.mul(g, d)
+        }
         // d sin(x) = g · cos(x)
         UnaryOp::Sin => {
             let c = b.unary(UnaryOp::Cos, x);
@@ -246,6 +274,19 @@ pub fn binary_eval(op: BinaryOp, args: &[&ArrayD<f64>]) -> ArrayD<f64> {
         [x, y] => Zip::from(*x).and(*y).map_collect(|&a, &c| op.apply(a, c)),
         _ => ArrayD::default(ndarray::IxDyn(&[])),
     }
+}
+
+/// 1/√(2π), the standard normal density at 0.
+pub const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// Φ(x) = ½(1 + erf(x/√2)), the standard normal distribution function.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2))
+}
+
+/// φ(x) = e^(−x²/2)/√(2π), the standard normal density.
+fn normal_density(x: f64) -> f64 {
+    (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI
 }
 
 #[allow(clippy::excessive_precision)] // the published coefficients, digit for digit
