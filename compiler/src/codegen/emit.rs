@@ -155,12 +155,6 @@ pub(crate) fn batch_split(k: &Kernel) -> Option<usize> {
     }
 }
 
-/// True if the output elements an accumulating loop touches for one index of
-/// its first axis are disjoint from those of every other index: the first
-/// axis moves the output (non-negative strides), and either the other axes
-/// span less than its stride, or the axes that move the output address
-/// distinct elements (each stride larger than the span of the smaller ones). Then each index (a depthwise convolution's image, a col2im's
-/// channel, a weight gradient's channel) can run on its own thread.
 /// `dims` with a new first axis of two halves of the last one (each a
 /// multiple of 16 elements, kept vector-wide), and the strides to match;
 /// `None` unless the last axis is an output axis (stride ≠ 0) and the halves
@@ -182,6 +176,12 @@ fn halve_columns(dims: &[usize], strides: &[Vec<i64>]) -> Option<(Vec<usize>, Ve
     disjoint_first_axis(&dims, strides.first().map_or(&[], |s| s.as_slice())).then_some((dims, strides))
 }
 
+/// True if the output elements an accumulating loop touches for one index of
+/// its first axis are disjoint from those of every other index: the first
+/// axis moves the output (non-negative strides), and either the other axes
+/// span less than its stride, or the axes that move the output address
+/// distinct elements (each stride larger than the span of the smaller ones). Then each index (a depthwise convolution's image, a col2im's
+/// channel, a weight gradient's channel) can run on its own thread.
 fn disjoint_first_axis(dims: &[usize], out: &[i64]) -> bool {
     let (Some(&s0), true) = (out.first(), out.len() == dims.len()) else { return false };
     if out.iter().any(|&s| s < 0) || s0 == 0 {

@@ -238,7 +238,7 @@ pub(crate) unsafe fn sgemm_pair(products: [Product; 2], threads: usize) {
 ///   slower or no faster (`gemm_shapes`).
 /// - a small product, every dim at most 64 (attention's per-head products),
 ///   whatever its strides: the crate does not pack operands this small, where
-///   ours packs A for every call. W4's twelve batched products took 17–20 %
+///   ours packs A for every call. W4's twelve batched products took 10–17 %
 ///   less time in the step (docs/performance.md, round 6).
 ///
 /// `NNC_GEMM_CRATE=0` turns it off, for measuring.

@@ -852,8 +852,8 @@ impl Planner<'_> {
                 let axes = unit_axes_map(self.shape(x), self.shape(id)).ok_or_else(|| malformed(id, "inlined reshape moves elements"))?;
                 let mut inner = vec![AxisRef::NONE; self.shape(x).len()];
                 for (a, from) in map.iter().zip(&axes) {
-                    if let Some(f) = from {
-                        inner[*f] = *a;
+                    if let Some(slot) = from.and_then(|f| inner.get_mut(f)) {
+                        *slot = *a;
                     }
                 }
                 self.expr(eb, x, &inner)

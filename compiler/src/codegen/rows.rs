@@ -52,6 +52,8 @@ pub(crate) fn fuse(kernels: Vec<Kernel>, storages: &mut Vec<Storage>) -> Vec<Ker
             flush(&mut out, &mut group, &mut deferred);
         }
         if cross_row(&m) && (large(&m) || group.iter().any(large)) {
+            // A column sum in a group that runs across threads: per-row
+            // partial sums, added up after the group.
             if let Some((fill, partial, combine)) = partial_sums(&m, storages.len()) {
                 if joinable(&group, &partial) {
                     storages.push(Storage { len: fill.dims.iter().product(), kind: StorageKind::Temp });
