@@ -22,8 +22,9 @@ use crate::ops::{BinaryOp, ReduceKind, Window};
 const SMALL_MATMUL: usize = 512;
 
 /// Longest chain of elementwise ops on a biased product that its readers
-/// recompute rather than read from a buffer (`Planner::recomputed`): GELU's
-/// `Φ` is four (scale, erf, shift, scale).
+/// recompute rather than read from a buffer (`Planner::recomputed`): a GELU
+/// written with erf, `Φ = ½(1 + erf(x/√2))`, is four (scale, erf, shift,
+/// scale).
 const RECOMPUTE_DEPTH: usize = 4;
 
 /// Everything codegen needs: storages, kernels in order, and where inputs and
@@ -611,9 +612,10 @@ impl Planner<'_> {
 
     /// Whether `id` is an elementwise function, at most `depth` ops deep, of
     /// constants and of values that its readers recompute
-    /// (`with_small_broadcast`). GELU's `Φ = ½(1 + erf(x/√2))` of a biased
+    /// (`with_small_broadcast`). A GELU written with erf (the `gelu`
+    /// primitive needs none of this): `Φ = ½(1 + erf(x/√2))` of a biased
     /// product is read by the forward pass's `x·Φ` and again by the
-    /// derivative: each recomputes it (an `erf` per element) instead of one
+    /// derivative; each recomputes it (an `erf` per element) instead of one
     /// writing the whole tensor out and the other reading it back.
     fn recomputed(&self, id: ValueId, depth: usize) -> bool {
         let node = self.g.node(id);

@@ -78,11 +78,7 @@ pub(crate) fn fuse(kernels: Vec<Kernel>, storages: &mut Vec<Storage>) -> Vec<Ker
 
 /// Whether `m` may join `group`.
 fn joinable(group: &[MapKernel], m: &MapKernel) -> bool {
-    eligible(m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && may_split(group, m) && {
-        let mut with = group.to_vec();
-        with.push(m.clone());
-        valid(&with)
-    }
+    eligible(m) && group.first().is_none_or(|g| g.dims.first() == m.dims.first()) && may_split(group, m) && valid(group, m)
 }
 
 /// A sum `m` over the first axis (and maybe others) into a dense block of
@@ -224,9 +220,10 @@ struct Access<'a> {
     acc: bool,
 }
 
-fn valid(group: &[MapKernel]) -> bool {
+/// Whether `group` with `next` added is legal (see the module comment).
+fn valid(group: &[MapKernel], next: &MapKernel) -> bool {
     let mut accesses: Vec<(StorageId, Access)> = Vec::new();
-    for (i, m) in group.iter().enumerate() {
+    for (i, m) in group.iter().chain([next]).enumerate() {
         let outs = std::iter::once(&m.out).chain(m.extra.iter().map(|(a, _)| a));
         for a in outs {
             if let Some(s) = a.storage {

@@ -1,6 +1,7 @@
-//! Built-in functions. Composites (sigmoid, GELU, softmax, the losses, …) are
+//! Built-in functions. Composites (softplus, softmax, the losses, …) are
 //! written here in terms of primitives, so they need no derivative rules of
-//! their own: autodiff sees only primitives.
+//! their own: autodiff sees only primitives (`sigmoid` and `gelu` are
+//! primitives themselves, `UnaryOp::Sigmoid` and `UnaryOp::Gelu`).
 
 use super::error::ErrorKind;
 use super::expr::merge_names;
