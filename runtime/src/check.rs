@@ -25,6 +25,9 @@ pub struct ParamCheck {
 
 /// Relative errors above this fail the check.
 pub const TOLERANCE: f64 = 1e-4;
+/// The central differences' step, and the one tried where it disagrees.
+const SMALL_STEP: f64 = 1e-6;
+const LARGE_STEP: f64 = 1e-5;
 
 /// Check a parsed program; returns per-parameter gradient errors.
 pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<ParamCheck>, Vec<Diagnostic>> {
@@ -102,6 +105,29 @@ fn mentions(e: &Expr, names: &[&str]) -> bool {
     }
 }
 
+/// The relative error of the derivative `analytic` against central
+/// differences `central(h)`, measured against `floor` where both are smaller.
+///
+/// Two step sizes, each wrong in its own way: at `SMALL_STEP` the loss's
+/// rounding (about ε·|L|/h) can reach 1e-4 of a small entry; at `LARGE_STEP` a
+/// step is more likely to cross a ReLU's or max pool's kink. A wrong
+/// derivative disagrees at both, so the better of the two counts.
+fn entry_error<E>(analytic: f64, central: impl Fn(f64) -> Result<f64, E>, floor: f64) -> Result<f64, E> {
+    let error = |numeric: f64| {
+        let err = (analytic - numeric).abs() / (analytic.abs() + numeric.abs()).max(floor);
+        if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err
+        }
+    };
+    let err = error(central(SMALL_STEP)?);
+    if err <= TOLERANCE {
+        return Ok(err);
+    }
+    Ok(err.min(error(central(LARGE_STEP)?)))
+}
+
 /// Compare the symbolic gradient with central differences (float64) on up
 /// to 8 training rows, at up to 12 entries of each parameter (fewer in deep models).
 pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<ParamCheck>, Diagnostic> {
@@ -173,19 +199,19 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
             if n <= per_param { (0..n).collect() } else { (0..per_param).map(|i| (i * 7919 + i * i * 104729) % n).collect() };
         let mut worst = 0.0f64;
         for &i in &picks {
-            let h = 1e-6;
-            let mut plus = inputs.clone();
-            let mut minus = inputs.clone();
-            if let (Some(p), Some(m)) =
-                (plus.get_mut(path).and_then(|a| a.as_slice_mut()), minus.get_mut(path).and_then(|a| a.as_slice_mut()))
-            {
-                p[i] += h;
-                m[i] -= h;
-            }
-            let numeric = (loss_at(&plus)? - loss_at(&minus)?) / (2.0 * h);
+            let central = |h: f64| -> Result<f64, Diagnostic> {
+                let mut plus = inputs.clone();
+                let mut minus = inputs.clone();
+                if let (Some(p), Some(m)) =
+                    (plus.get_mut(path).and_then(|a| a.as_slice_mut()), minus.get_mut(path).and_then(|a| a.as_slice_mut()))
+                {
+                    p[i] += h;
+                    m[i] -= h;
+                }
+                Ok((loss_at(&plus)? - loss_at(&minus)?) / (2.0 * h))
+            };
             let a = grad.as_slice().and_then(|s| s.get(i)).copied().unwrap_or(f64::NAN);
-            let err = (a - numeric).abs() / (a.abs() + numeric.abs()).max(floor);
-            worst = worst.max(if err.is_nan() { f64::INFINITY } else { err });
+            worst = worst.max(entry_error(a, central, floor)?);
         }
         results.push(ParamCheck {
             run: plan.name.clone(),
@@ -245,4 +271,47 @@ fn for_each_train<T>(
         }
     }
     Ok((out, datasets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{entry_error, LARGE_STEP, SMALL_STEP, TOLERANCE};
+
+    fn error(analytic: f64, central: impl Fn(f64) -> f64, floor: f64) -> f64 {
+        entry_error::<()>(analytic, |h| Ok(central(h)), floor).unwrap()
+    }
+
+    /// Central differences of a smooth loss `6·sin(x)` at `x`, in float64.
+    fn sine_difference(x: f64) -> impl Fn(f64) -> f64 {
+        move |h| (6.0 * (x + h).sin() - 6.0 * (x - h).sin()) / (2.0 * h)
+    }
+
+    #[test]
+    fn a_right_derivative_passes_and_a_wrong_one_fails() {
+        let right = 6.0 * 0.3f64.cos();
+        assert!(error(right, sine_difference(0.3), 6e-6) < 1e-8);
+        // A derivative off by 0.1 % fails, whichever step is tried.
+        assert!(error(right * 1.001, sine_difference(0.3), 6e-6) > TOLERANCE);
+    }
+
+    /// A small entry whose small-step difference carries the loss's rounding
+    /// (an error that shrinks as 1/h): the larger step resolves it, and a
+    /// derivative wrong by 1 % still fails.
+    #[test]
+    fn rounding_at_the_small_step_is_resolved_by_the_large_one() {
+        let (entry, floor) = (1.6e-6, 6.4e-6);
+        let rounded = |h: f64| entry + 2e-9 * (SMALL_STEP / h);
+        assert!(error(entry, rounded, floor) < TOLERANCE);
+        assert!((entry - rounded(SMALL_STEP)).abs() / floor > TOLERANCE, "the small step alone would fail");
+        assert!(error(entry * 1.01, rounded, floor) > TOLERANCE);
+    }
+
+    /// A kink between the two steps: the small step sees the true slope and
+    /// decides; the large one is not consulted.
+    #[test]
+    fn a_kink_within_the_large_step_does_not_fail_the_check() {
+        let kinked = |h: f64| if h >= LARGE_STEP { 0.0 } else { 2.0 };
+        assert!(error(2.0, kinked, 6e-6) < 1e-12);
+        assert!(error(2.5, kinked, 6e-6) > TOLERANCE);
+    }
 }
