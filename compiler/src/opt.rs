@@ -315,17 +315,19 @@ fn fold_padding_slice(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> 
 /// written out, and adds nothing to the cell's half.
 fn fold_padded_sequences(g: &mut Graph, op: &Op, args: &[ValueId], node: &Node) -> Option<ValueId> {
     let Op::Scan { body, steps, inputs, reverse, saved } = op else { return None };
-    let padded = |k: usize| {
-        let x = *args.get(1 + k)?;
-        zero_padding(g, x).filter(|&(axis, ..)| axis >= 2 && g.ty(x).dtype == crate::ir::DType::F32)
-    };
-    if !(0..*inputs).any(|k| padded(k).is_some()) {
+    let paddings: Vec<_> = (0..*inputs)
+        .map(|k| {
+            let x = *args.get(1 + k)?;
+            zero_padding(g, x).filter(|&(axis, ..)| axis >= 2 && g.ty(x).dtype == crate::ir::DType::F32)
+        })
+        .collect();
+    if paddings.iter().all(Option::is_none) {
         return None;
     }
     let mut body = (**body).clone();
     let mut new_args = args.to_vec();
-    for k in 0..*inputs {
-        let Some((axis, before, after, inner)) = padded(k) else { continue };
+    for (k, padding) in paddings.into_iter().enumerate() {
+        let Some((axis, before, after, inner)) = padding else { continue };
         let narrow = crate::ops::scan::step_input_type(g.ty(inner));
         body = crate::ops::scan::pad_step_input(&body, k, narrow, (axis - 1, before, after))?;
         new_args[1 + k] = inner;
