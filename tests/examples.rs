@@ -172,10 +172,10 @@ fn a_diverging_loss_is_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// `nnc check` on the examples it checks in under half a minute: the float64
-/// interpreter takes 46–116 s on each of the larger ones (gpt_charlm, gpt_bpe,
-/// bert_mlm, convnext_mnist), and 25 s on norms and resnet_mnist, which the
-/// LSTM (backpropagation through 64 steps) and the encoder–decoder stand for.
+/// `nnc check` on the examples, but for the six whose check takes longest in
+/// the float64 interpreter: gpt_charlm, gpt_bpe, bert_mlm and convnext_mnist
+/// (46–116 s each), norms and resnet_mnist (25 s each). lstm_charlm, as slow
+/// as the last two, stays for its backpropagation through 64 steps.
 #[test]
 fn check_passes_on_the_examples_and_ir_prints_the_backward_pass() {
     let files = [

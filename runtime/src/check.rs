@@ -25,8 +25,9 @@ pub struct ParamCheck {
 
 /// Relative errors above this fail the check.
 pub const TOLERANCE: f64 = 1e-4;
-/// The central differences' step, and the one tried where it disagrees.
+/// The central differences' step.
 const SMALL_STEP: f64 = 1e-6;
+/// The step also tried where `SMALL_STEP` disagrees (`entry_error`).
 const LARGE_STEP: f64 = 1e-5;
 
 /// Check a parsed program; returns per-parameter gradient errors.

@@ -180,8 +180,9 @@ fn halve_columns(dims: &[usize], strides: &[Vec<i64>]) -> Option<(Vec<usize>, Ve
 /// its first axis are disjoint from those of every other index: the first
 /// axis moves the output (non-negative strides), and either the other axes
 /// span less than its stride, or the axes that move the output address
-/// distinct elements (each stride larger than the span of the smaller ones). Then each index (a depthwise convolution's image, a col2im's
-/// channel, a weight gradient's channel) can run on its own thread.
+/// distinct elements (each stride larger than the span of the smaller ones).
+/// Then each index (a depthwise convolution's image, a col2im's channel, a
+/// weight gradient's channel) can run on its own thread.
 fn disjoint_first_axis(dims: &[usize], out: &[i64]) -> bool {
     let (Some(&s0), true) = (out.first(), out.len() == dims.len()) else { return false };
     if out.iter().any(|&s| s < 0) || s0 == 0 {
