@@ -29,6 +29,8 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, message: String },
     /// A tensor in the file is not f32.
     WrongDtype { path: PathBuf, tensor: String, dtype: String },
+    /// A tensor holds NaN or an infinity, first at `index` (one per axis).
+    NonFinite { path: PathBuf, tensor: String, index: Vec<usize>, value: f32 },
     /// A tensor given to `save` whose data length does not match its shape.
     ShapeMismatch { tensor: String, shape: Vec<usize>, len: usize },
     /// Two tensors given to `save` with the same name.
@@ -51,6 +53,9 @@ impl fmt::Display for CheckpointError {
             }
             CheckpointError::WrongDtype { path, tensor, dtype } => {
                 write!(f, "{}: tensor `{tensor}` has dtype {dtype}, only F32 is supported", path.display())
+            }
+            CheckpointError::NonFinite { path, tensor, index, value } => {
+                write!(f, "{}: tensor `{tensor}` holds {value} at index {index:?}; a checkpoint must hold finite values", path.display())
             }
             CheckpointError::ShapeMismatch { tensor, shape, len } => {
                 write!(f, "tensor `{tensor}`: shape {shape:?} needs {} values but {len} were given", shape.iter().product::<usize>())
@@ -117,6 +122,20 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Vec<LoadedTensor>, HashMap<S
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, header.metadata().clone().unwrap_or_default()))
+}
+
+/// Refuses a tensor holding NaN or an infinity, naming the first one (in
+/// row-major order) by its index along each axis. A NaN weight would
+/// otherwise train on silently and be written back to the next checkpoint.
+pub fn check_finite(path: &Path, (name, shape, values): &LoadedTensor) -> Result<(), CheckpointError> {
+    let Some(flat) = values.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let mut index = vec![0; shape.len()];
+    let mut rest = flat;
+    for (i, &d) in index.iter_mut().zip(shape).rev() {
+        *i = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    Err(CheckpointError::NonFinite { path: path.to_path_buf(), tensor: name.clone(), index, value: values[flat] })
 }
 
 fn encode(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], metadata: &HashMap<String, String>) -> Result<Vec<u8>, CheckpointError> {
@@ -224,6 +243,17 @@ mod tests {
         let names: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind: {names:?}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_non_finite_value_is_named_by_tensor_and_index() {
+        let mut values = vec![0.5f32; 12];
+        values[7] = f32::NAN;
+        let err = check_finite(Path::new("m.st"), &("l1.W".into(), vec![3, 4], values)).unwrap_err().to_string();
+        assert_eq!(err, "m.st: tensor `l1.W` holds NaN at index [1, 3]; a checkpoint must hold finite values");
+        let err = check_finite(Path::new("m.st"), &("b".into(), vec![2], vec![1.0, f32::NEG_INFINITY])).unwrap_err().to_string();
+        assert!(err.contains("-inf at index [1]"), "{err}");
+        assert!(check_finite(Path::new("m.st"), &("b".into(), vec![2], vec![1.0, -0.0])).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod init;
 pub mod masking;
 pub mod plot;
 pub mod program;
+pub mod resume;
 pub mod rng;
 pub mod sample;
 pub mod schedule;

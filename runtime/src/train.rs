@@ -7,6 +7,7 @@ use crate::dataset::{Dataset, Split};
 use crate::exec::Exec;
 use crate::init::{initialize, Init};
 use crate::masking::IGNORE;
+use crate::resume;
 use crate::rng;
 use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,7 +15,6 @@ use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
 use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, Seq2Seq, TrainPlan, HYPER_SEED};
 use nnc_compiler::ir::SizeEnv;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -143,21 +143,22 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
         }
     }
 
-    let mut params = match &plan.load {
-        Some((file, span)) => load_params(plan, &opts.base_dir.join(file), *span)?,
-        None => initial_params(plan)?,
-    };
+    let start = resume::start(plan, opts.base_dir, epochs)?;
+    let mut params = start.params;
     for (path, _, v) in &params.tensors {
         full.set(path, v);
     }
+    for (name, v) in &start.state {
+        full.set(name, v);
+    }
     let mut result = TrainResult { compile_time, ..TrainResult::default() };
-    let bar = progress_bar(opts.quiet, (epochs * steps_per_epoch) as u64, &plan.name);
+    let bar = progress_bar(opts.quiet, ((epochs - start.epoch) * steps_per_epoch) as u64, &plan.name);
     let started = Instant::now();
-    let mut step = 0usize;
+    let mut step = start.step;
     let mut xbuf = vec![0.0f32; batch * features];
     let label_width = split.y.ncols();
     let mut ybuf = vec![0.0f32; batch * label_width];
-    for epoch in 0..epochs {
+    for epoch in start.epoch..epochs {
         let epoch_started = Instant::now();
         let order: Vec<usize> = match split.shuffle_seed {
             Some(seed) => shuffled_order(n, seed, epoch),
@@ -207,7 +208,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
                 .label(plan.span, "in this training run")
                 .note("try a smaller learning rate, or check the data for extreme values"));
             }
-            if step == 0 {
+            if result.first_step_at.is_none() {
                 result.first_step_at = Some(opts.process_start.elapsed());
             }
             loss_sum += loss * b as f64;
@@ -227,7 +228,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
         }
         result.metrics = metrics;
         if let Some(path) = &plan.checkpoint {
-            save_checkpoint(plan, &params, &opts.base_dir.join(path), epoch + 1)?;
+            save_checkpoint(plan, &params, &full, &opts.base_dir.join(path), epoch + 1, step)?;
         }
     }
     bar.finish_and_clear();
@@ -331,32 +332,16 @@ fn frozen_values(plan: &TrainPlan, previous: &[(String, TrainResult)]) -> Result
         .collect()
 }
 
-/// Parameters from a checkpoint, each checked against the model's shape.
-pub fn load_params(plan: &TrainPlan, path: &Path, span: nnc_compiler::ast::Span) -> Result<Params, Diagnostic> {
-    let loaded = checkpoint::load(path)
-        .map_err(|e| Diagnostic::new(format!("cannot load checkpoint {}", path.display())).label(span, e.to_string()))?;
-    let mut tensors = Vec::new();
-    for p in plan.params.iter().chain(&plan.buffers) {
-        let Some((_, shape, data)) = loaded.iter().find(|(n, _, _)| *n == p.path) else {
-            let have: Vec<&str> = loaded.iter().map(|(n, _, _)| n.as_str()).collect();
-            return Err(Diagnostic::new(format!("checkpoint {} has no parameter `{}`", path.display(), p.path))
-                .label(span, "loaded here")
-                .note(format!("it holds: {}", have.join(", "))));
-        };
-        if *shape != p.shape {
-            return Err(Diagnostic::new(format!("checkpoint parameter `{}` has shape {:?}, the model needs {:?}", p.path, shape, p.shape))
-                .label(span, "loaded here"));
-        }
-        tensors.push((p.path.clone(), p.shape.clone(), data.clone()));
+fn save_checkpoint(plan: &TrainPlan, params: &Params, exec: &Exec, path: &Path, epoch: usize, step: usize) -> Result<(), Diagnostic> {
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> =
+        params.tensors.iter().map(|(p, s, v)| (p.clone(), s.clone(), v.as_slice())).collect();
+    // The optimizer state, so that `resume` continues exactly. A state input
+    // the compiled step does not read (optimized away) stays zero.
+    let zeros: Vec<Vec<f32>> = plan.state.iter().map(|(_, shape)| vec![0.0; shape.iter().product()]).collect();
+    for ((name, shape), zero) in plan.state.iter().zip(&zeros) {
+        tensors.push((name.clone(), shape.clone(), exec.input(name).unwrap_or(zero)));
     }
-    Ok(Params { tensors })
-}
-
-fn save_checkpoint(plan: &TrainPlan, params: &Params, path: &Path, epoch: usize) -> Result<(), Diagnostic> {
-    let tensors: Vec<(String, Vec<usize>, &[f32])> = params.tensors.iter().map(|(p, s, v)| (p.clone(), s.clone(), v.as_slice())).collect();
-    let meta: HashMap<String, String> =
-        [("model".to_string(), plan.name.clone()), ("epoch".to_string(), epoch.to_string())].into_iter().collect();
-    checkpoint::save(path, &tensors, &meta)
+    checkpoint::save(path, &tensors, &resume::metadata(plan, epoch, step))
         .map_err(|e| Diagnostic::new(format!("could not save checkpoint {}", path.display())).label(plan.span, e.to_string()))
 }
 

@@ -195,6 +195,11 @@ pub enum ErrorKind {
         field: String,
         expected: String,
     },
+    /// `load` and `resume` in one train block: start afresh or continue, not both.
+    LoadAndResume {
+        span: Span,
+        load: Span,
+    },
     Duplicate {
         span: Span,
         first: Span,
@@ -620,6 +625,10 @@ impl ErrorKind {
             BadFieldValue { span, field, expected } => {
                 Diagnostic::new(format!("`{field}` must be {expected}")).label(*span, format!("this is not {expected}"))
             }
+            LoadAndResume { span, load } => Diagnostic::new("this train block has both `load` and `resume`")
+                .label(*span, "`resume` continues the run that wrote this checkpoint")
+                .label(*load, "`load` starts a new run from a checkpoint's parameters")
+                .note("help: keep `resume` to continue an interrupted run (its optimizer state, epoch and step), or `load` to fine-tune from the parameters with fresh optimizer state"),
             Duplicate { span, first, name } => Diagnostic::new(format!("`{name}` is defined twice"))
                 .label(*span, "defined again here")
                 .label(*first, "first defined here")

@@ -153,6 +153,9 @@ pub struct TrainPlan {
     pub checkpoint: Option<String>,
     /// Start from the parameters in this checkpoint instead of initialising.
     pub load: Option<(String, Span)>,
+    /// Continue the run that wrote this checkpoint: its parameters, optimizer
+    /// state, epoch and step.
+    pub resume: Option<(String, Span)>,
     /// Inputs holding parameters of earlier trained models (`teacher.l1.W`),
     /// fed with their trained values and never updated.
     pub frozen: Vec<String>,
@@ -170,7 +173,7 @@ pub const HYPER_BC1: &str = "hyper.bias_correction1";
 pub const HYPER_BC2: &str = "hyper.bias_correction2";
 
 /// The settings a `train` block accepts.
-pub(crate) const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load"];
+pub(crate) const FIELDS: &[&str] = &["loss", "optimizer", "batch", "epochs", "seed", "schedule", "metrics", "checkpoint", "load", "resume"];
 
 impl<'p> Session<'p> {
     /// Check and build everything a `train` block needs.
@@ -233,6 +236,10 @@ impl<'p> Session<'p> {
         };
         let checkpoint = file_field("checkpoint")?.map(|(s, _)| s);
         let load = file_field("load")?;
+        let resume = file_field("resume")?;
+        if let (Some((_, load)), Some((_, span))) = (&load, &resume) {
+            return Err(cx.err(ErrorKind::LoadAndResume { span: *span, load: *load }));
+        }
 
         // The loss and its gradient.
         let (mut cx, loss, param_ids) = self.loss_graph_ctx(t, &loss_field.value, &shape, true)?;
@@ -306,6 +313,7 @@ impl<'p> Session<'p> {
             metrics,
             checkpoint,
             load,
+            resume,
             frozen,
             label_int: shape.label_int,
             features: shape.features,
