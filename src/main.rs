@@ -6,6 +6,7 @@ use nnc_compiler::diagnostic::{render, Diagnostic};
 use nnc_compiler::info::ModelInfo;
 use nnc_compiler::ir::{Dim, Shape};
 use nnc_runtime::check::{self, TOLERANCE};
+use nnc_runtime::outputs;
 use nnc_runtime::program::{self, RunOptions, Runner};
 use nnc_runtime::sample::{self, SampleOptions, Strategy};
 use std::io::IsTerminal;
@@ -169,6 +170,9 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
         Ok(sp) => sp,
         Err(code) => return code,
     };
+    if let Err(d) = outputs::check(&program, file, &base_dir(file)) {
+        return report(file, &source, &d);
+    }
     let mut runner = match Runner::new(&program) {
         Ok(r) => r,
         Err(d) => return report(file, &source, &d),
@@ -199,6 +203,9 @@ fn check_file(file: &Path) -> ExitCode {
         Ok(sp) => sp,
         Err(code) => return code,
     };
+    if let Err(d) = outputs::check(&program, file, &base_dir(file)) {
+        return report(file, &source, &d);
+    }
     match check::check(&program, &base_dir(file)) {
         Err(d) => report(file, &source, &d),
         Ok(results) => {

@@ -1,6 +1,7 @@
 //! Checkpoints through the real `nnc` binary: a resumed run continues
-//! exactly, and a checkpoint holding NaN or a broken file is refused with the
-//! tensor or the file named.
+//! exactly, a checkpoint holding NaN or a broken file is refused with the
+//! tensor or the file named, no output replaces a file the user saved, and
+//! `kill -9` mid-write leaves no temporary files behind.
 
 mod common;
 
@@ -292,17 +293,103 @@ fn bad_checkpoints_are_refused_at_load_with_the_reason() {
     assert!(run_err(&["run", &load]).contains("checkpoint file not found"));
 }
 
+/// `nnc run` on a copy of the digits data in a scratch directory, with the
+/// given train fields and items after the train block; the copy's bytes.
+fn overwriting_run(name: &str, fields: &str, after: &str) -> (PathBuf, String, Vec<u8>) {
+    let dir = scratch(name);
+    std::fs::copy(digits(), dir.join("digits.csv")).unwrap();
+    let text = program("sgd(lr: 0.1)", fields).replace(&digits(), "digits.csv") + after;
+    let file = write(&dir, "model.nn", &text);
+    let data = std::fs::read(dir.join("digits.csv")).unwrap();
+    (dir, file, data)
+}
+
+/// The three ways a run replaced a file the user saved, now refused before
+/// anything runs, with the file untouched: the checkpoint over the program,
+/// the checkpoint over the training data, and the plot's CSV (written next to
+/// the image, under its name) over the training data.
+#[test]
+fn outputs_never_overwrite_the_source_or_the_data() {
+    let (dir, file, data) = overwriting_run("over-source", "checkpoint = \"./model.nn\"", "");
+    let source = std::fs::read(&file).unwrap();
+    let err = run_err(&["run", &file]);
+    assert!(err.contains("the checkpoint `./model.nn` would overwrite this program's own source"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), source);
+    assert_eq!(std::fs::read(dir.join("digits.csv")).unwrap(), data);
+
+    let (dir, file, data) = overwriting_run("over-data", "checkpoint = \"digits.csv\"", "");
+    let err = run_err(&["run", &file]);
+    assert!(err.contains("the checkpoint `digits.csv` would overwrite a data file this program reads"), "{err}");
+    assert_eq!(std::fs::read(dir.join("digits.csv")).unwrap(), data);
+
+    let (dir, file, data) = overwriting_run("over-plot", "", "plot \"digits.png\" = [net]\n");
+    let err = run_err(&["run", &file]);
+    assert!(err.contains("the plot's CSV `digits.csv` would overwrite a data file this program reads"), "{err}");
+    assert_eq!(std::fs::read(dir.join("digits.csv")).unwrap(), data);
+    assert!(!dir.join("digits.png").exists(), "the run stopped before writing anything");
+}
+
+/// The same file reached through a symbolic link, a hard link, `..` or a
+/// folder that does not exist yet is still the same file; `nnc check` refuses
+/// it too.
+#[cfg(unix)]
+#[test]
+fn overwrites_are_found_through_links_and_odd_paths() {
+    let (dir, file, data) = overwriting_run("links", "checkpoint = \"alias.csv\"", "");
+    std::os::unix::fs::symlink(dir.join("digits.csv"), dir.join("alias.csv")).unwrap();
+    let err = run_err(&["run", &file]);
+    assert!(err.contains("the checkpoint `alias.csv` would overwrite a data file"), "{err}");
+    assert!(run_err(&["check", &file]).contains("would overwrite a data file"));
+    std::fs::remove_file(dir.join("alias.csv")).unwrap();
+    std::fs::hard_link(dir.join("digits.csv"), dir.join("alias.csv")).unwrap();
+    assert!(run_err(&["run", &file]).contains("would overwrite a data file"), "hard link");
+    assert_eq!(std::fs::read(dir.join("digits.csv")).unwrap(), data);
+
+    let text = std::fs::read_to_string(&file).unwrap().replace("checkpoint = \"alias.csv\"", "checkpoint = \"new/../new/x.st\"")
+        + "train again = Net on digits.train { loss = cross_entropy, optimizer = sgd(lr: 0.1), batch = 100, epochs = 1, checkpoint = \"./new/x.st\" }\n";
+    std::fs::write(&file, text).unwrap();
+    let err = run_err(&["run", &file]);
+    assert!(err.contains("the checkpoint `./new/x.st` would overwrite another output of this run"), "{err}");
+    assert!(!dir.join("new").exists());
+}
+
+/// Reading a checkpoint written earlier in the same file is fine (`warm`
+/// then `more`), and so is resuming a run in place; `load` and `checkpoint`
+/// on one file in one block would replace the model being fine-tuned.
+#[test]
+fn reading_an_earlier_output_is_fine_and_load_over_itself_is_refused() {
+    let dir = scratch("warm-more");
+    let warm = program("sgd(lr: 0.1)", "checkpoint = \"w.safetensors\"");
+    let more = "train more = Net on digits.train { loss = cross_entropy, optimizer = sgd(lr: 0.01), batch = 100, epochs = 1, load = \"w.safetensors\" }\n";
+    let file = write(&dir, "warm.nn", &(warm + more));
+    run_ok(&["run", &file, "--quiet"]);
+    let own = write(&dir, "own.nn", &program("sgd(lr: 0.1)", "load = \"w.safetensors\"\n checkpoint = \"w.safetensors\""));
+    let before = std::fs::read(dir.join("w.safetensors")).unwrap();
+    let err = run_err(&["run", &own]);
+    assert!(err.contains("the checkpoint `w.safetensors` would overwrite a checkpoint this program loads"), "{err}");
+    assert!(err.contains("`resume` (instead of `load`)"), "{err}");
+    assert_eq!(std::fs::read(dir.join("w.safetensors")).unwrap(), before);
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned());
+    names.filter(|n| n.contains(".tmp.")).collect()
+}
+
 /// The epoch a checkpoint was written at, if it exists and can be read yet.
 fn epoch_of(path: &Path) -> Option<usize> {
     checkpoint::load_with_metadata(path).ok().and_then(|(_, m)| m.get("epoch")?.parse().ok())
 }
 
 /// `kill -9` during training, four times, each time after at least one more
-/// checkpoint was written: resuming after each kill ends with the same bits
-/// as the run never killed (a cosine schedule over the whole run: its factor
-/// depends on the total, which the resumed run shares).
+/// checkpoint was written: the next write removes the temporary files killed
+/// processes left (a kill lands in a write only sometimes, so one such file,
+/// of a process that has exited, is also planted), and resuming after each
+/// kill ends with the same bits as the run never killed (a cosine schedule
+/// over the whole run: its factor depends on the total, which the resumed run
+/// shares).
 #[test]
-fn resumed_after_kill_9_a_run_continues_exactly() {
+fn kill_9_leaves_no_temporary_files_and_a_resumed_run_continues_exactly() {
     let dir = scratch("kill");
     let epochs = "epochs = 40";
     let fields = |ck: &str, resume: bool| {
@@ -331,7 +418,14 @@ fn resumed_after_kill_9_a_run_continues_exactly() {
         child.wait().expect("reap");
         file = again.clone();
     }
+    // What a kill during the write leaves (it lands there only sometimes).
+    let mut exited = Command::new("true").spawn().expect("spawn true");
+    let dead = exited.id();
+    exited.wait().expect("reap");
+    std::fs::write(dir.join(format!(".k.safetensors.tmp.{dead}.7")), vec![0u8; 1 << 20]).unwrap();
     run_ok(&["run", &again, "--quiet"]);
+    // The last run's writes removed whatever the killed ones left.
+    assert_eq!(temp_files(&dir), Vec::<String>::new());
     let (a, _) = tensors(&dir.join("straight.safetensors"));
     let (b, _) = tensors(&ck);
     assert_eq!(difference(&a, &b), None, "resumed after four kills, the run differs from the straight one");

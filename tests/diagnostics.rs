@@ -45,7 +45,9 @@ fn render_case(name: &str) -> Result<String, String> {
     let source = std::fs::read_to_string(dir.join(format!("{name}.nn"))).map_err(|e| format!("cannot read {name}.nn: {e}"))?;
     let diagnostics = std::panic::catch_unwind(|| match nnc_compiler::syntax::parse(&source) {
         Err(d) => d,
-        Ok(program) => match nnc_runtime::check::check(&program, &dir) {
+        Ok(program) => match nnc_runtime::outputs::check(&program, &dir.join(format!("{name}.nn")), &dir)
+            .and_then(|()| nnc_runtime::check::check(&program, &dir))
+        {
             Err(d) => d,
             Ok(_) => Vec::new(),
         },

@@ -4,8 +4,17 @@
 //! [`save`] writes to a temporary file in the target's directory, flushes it
 //! to disk, and renames it over the target, so a crash or an error part-way
 //! leaves either the old checkpoint or the new one, never a torn file.
+//!
+//! A write that fails removes its temporary file; a process killed mid-write
+//! (`kill -9`, which cannot be caught) cannot, so each write first removes
+//! the temporary files of the same checkpoint whose process is gone: the
+//! name `.NAME.tmp.PID.N` says which process wrote it, and a process that
+//! still runs keeps its file. (An unnamed `O_TMPFILE` linked in place would
+//! leak nothing, but it is Linux-only, unsupported on some file systems, and
+//! `linkat` cannot replace the old checkpoint: a named step stays.)
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -183,9 +192,9 @@ fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> 
     };
     fs::create_dir_all(&dir).map_err(io_err("cannot create checkpoint directory", &dir))?;
 
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp.{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+    remove_stale_temps(&dir, file_name);
+    let mut tmp_name = temp_prefix(file_name);
+    tmp_name.push(format!("{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let tmp = dir.join(tmp_name);
 
     let result = (|| {
@@ -206,6 +215,52 @@ fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> 
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// `.NAME.tmp.`: the start of the names of `NAME`'s temporary files.
+fn temp_prefix(file_name: &OsStr) -> OsString {
+    let mut prefix = OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".tmp.");
+    prefix
+}
+
+/// Removes the temporary files `.NAME.tmp.PID.N` in `dir` left by processes
+/// that no longer run. Best effort: a file that cannot be removed stays.
+fn remove_stale_temps(dir: &Path, file_name: &OsStr) {
+    let prefix = temp_prefix(file_name);
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let rest = name.as_encoded_bytes().strip_prefix(prefix.as_encoded_bytes());
+        let pid = rest.and_then(|r| std::str::from_utf8(r).ok()).and_then(|r| {
+            let (pid, n) = r.split_once('.')?;
+            n.parse::<u64>().ok()?;
+            pid.parse::<u32>().ok()
+        });
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !process_runs(pid) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything;
+/// EPERM means it exists but belongs to someone else).
+#[cfg(unix)]
+fn process_runs(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return true };
+    // SAFETY: kill with signal 0 sends no signal and touches no memory; it only
+    // reports whether the process exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Elsewhere nnc cannot tell, and keeps the file.
+#[cfg(not(unix))]
+fn process_runs(_: u32) -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -242,6 +297,32 @@ mod tests {
         assert_eq!(load(&path).unwrap()[0].2, w.to_vec());
         let names: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind: {names:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A process that has exited: its PID names no running process (until the
+    /// system reuses it, which takes tens of thousands of new processes).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn temporary_files_of_dead_processes_are_removed_by_the_next_write() {
+        let dir = temp_dir("stale");
+        let path = dir.join("x.safetensors");
+        let stale = dir.join(format!(".x.safetensors.tmp.{}.3", dead_pid()));
+        // PID 1 always runs: its file may be a write in progress.
+        let live = dir.join(".x.safetensors.tmp.1.0");
+        let other = dir.join(format!(".y.safetensors.tmp.{}.0", dead_pid()));
+        for f in [&stale, &live, &other] {
+            fs::write(f, b"half a checkpoint").unwrap();
+        }
+        save(&path, &[("w".into(), vec![1], &[1.0])], &HashMap::new()).unwrap();
+        assert!(!stale.exists(), "a dead process's temporary file stays");
+        assert!(live.exists() && other.exists(), "a live process's file, or another checkpoint's, was removed");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -44,7 +44,7 @@ impl Dataset {
 }
 
 /// File names with the spans where they were written.
-type Files = Vec<(String, Span)>;
+pub type Files = Vec<(String, Span)>;
 
 struct Options<'a> {
     path: (String, Span),
@@ -275,6 +275,16 @@ fn modifiers(split: &ast::SplitDef, features: usize) -> Result<(Option<u64>, Opt
         }
     }
     Ok((seed, augment))
+}
+
+/// The files a `data` declaration reads, as written, with their spans (none
+/// for generated data, or if the declaration is malformed: loading it says why).
+pub fn files(def: &DataDef) -> Files {
+    match options(def) {
+        Ok(Options { generated: Some(_), .. }) | Err(_) => Vec::new(),
+        Ok(Options { idx: Some((images, labels)), .. }) => images.into_iter().chain(labels).collect(),
+        Ok(Options { path, .. }) => vec![path],
+    }
 }
 
 /// Load a `data` declaration; file paths are relative to `base_dir` (the .nn file's folder).

@@ -14,6 +14,7 @@ pub mod idx;
 pub mod incremental;
 pub mod init;
 pub mod masking;
+pub mod outputs;
 pub mod plot;
 pub mod program;
 pub mod resume;
