@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nnc_compiler::diagnostic::excerpt;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -50,7 +51,7 @@ impl fmt::Display for CheckpointError {
                 write!(f, "{}: not a valid safetensors checkpoint (corrupt or truncated): {message}", path.display())
             }
             CheckpointError::WrongDtype { path, tensor, dtype } => {
-                write!(f, "{}: tensor `{tensor}` has dtype {dtype}, only F32 is supported", path.display())
+                write!(f, "{}: tensor `{}` has dtype {dtype}, only F32 is supported", path.display(), excerpt(tensor))
             }
             CheckpointError::ShapeMismatch { tensor, shape, len } => {
                 write!(f, "tensor `{tensor}`: shape {shape:?} needs {} values but {len} were given", shape.iter().product::<usize>())
