@@ -9,6 +9,7 @@ use nnc_runtime::check::{self, TOLERANCE};
 use nnc_runtime::outputs;
 use nnc_runtime::program::{self, RunOptions, Runner};
 use nnc_runtime::sample::{self, SampleOptions, Strategy};
+use nnc_runtime::train::Progress;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -178,7 +179,15 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
         Err(d) => return report(file, &source, &d),
     };
     let base = base_dir(file);
-    let opts = RunOptions { base_dir: &base, quiet: quiet || json, process_start, epochs };
+    // A bar for a person at a terminal, a line per epoch for a log (Keras's `verbose=2`).
+    let progress = if quiet || json {
+        Progress::Quiet
+    } else if std::io::stderr().is_terminal() {
+        Progress::Bar
+    } else {
+        Progress::Lines
+    };
+    let opts = RunOptions { base_dir: &base, progress, process_start, epochs };
     runner.summary.echo = true;
     if let Err(d) = runner.run(&opts) {
         return report(file, &source, &d);

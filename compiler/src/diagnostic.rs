@@ -41,6 +41,31 @@ impl Diagnostic {
     }
 }
 
+/// How many characters of a file's content a message quotes: enough to
+/// recognise a column name or a cell, never the whole of a line of garbage
+/// (a 2 GB cell was once copied into a message whole).
+pub const EXCERPT_CHARS: usize = 40;
+
+/// `text` as a message may quote it: at most [`EXCERPT_CHARS`] characters
+/// (then `…`), with control characters escaped so a quoted cell cannot break
+/// the message's lines. Every quote of user data (CSV headers and cells,
+/// corpora, IDX and checkpoint names) goes through here.
+pub fn excerpt(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Render diagnostics against `source` as text, in source order. `color`
 /// chooses ANSI colours (terminal) or plain text (golden tests, pipes).
 pub fn render(diagnostics: &[Diagnostic], filename: &str, source: &str, color: bool) -> String {

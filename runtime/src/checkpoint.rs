@@ -21,6 +21,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nnc_compiler::diagnostic::excerpt;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -61,7 +62,7 @@ impl fmt::Display for CheckpointError {
                 write!(f, "{}: not a valid safetensors checkpoint (corrupt or truncated): {message}", path.display())
             }
             CheckpointError::WrongDtype { path, tensor, dtype } => {
-                write!(f, "{}: tensor `{tensor}` has dtype {dtype}, only F32 is supported", path.display())
+                write!(f, "{}: tensor `{}` has dtype {dtype}, only F32 is supported", path.display(), excerpt(tensor))
             }
             CheckpointError::NonFinite { path, tensor, index, value } => {
                 write!(f, "{}: tensor `{tensor}` holds {value} at index {index:?}; a checkpoint must hold finite values", path.display())

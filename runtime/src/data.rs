@@ -4,11 +4,15 @@
 //! All values are `f32`. Everything random is driven by an explicit seed (see
 //! [`shuffled_order`]), so a training run is reproducible.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, Axis};
+use nnc_compiler::diagnostic::excerpt;
+use nnc_compiler::elaborate::error::closest;
 
 use crate::rng;
 
@@ -52,12 +56,18 @@ pub enum DataError {
     DuplicateColumn { path: PathBuf, column: String, first: usize, second: usize },
     /// The requested label column is not in the header.
     MissingLabelColumn { path: PathBuf, label: String, available: Vec<String>, suggestion: Option<String> },
-    /// A cell is not a finite number.
+    /// A cell is not a finite number (`text`: an excerpt of it).
     NonNumeric { path: PathBuf, line: usize, column: String, text: String },
+    /// A line longer than [`MAX_LINE_BYTES`] (`start`: an excerpt of it).
+    LongLine { path: PathBuf, line: usize, start: String },
+    /// A line that is not UTF-8 text.
+    NotUtf8 { path: PathBuf, line: usize },
     /// A row has a different number of cells than the header.
     RaggedRow { path: PathBuf, line: usize, expected: usize, found: usize },
     /// A row range does not fit the table.
     RangeOutOfBounds { start: usize, end: usize, rows: usize },
+    /// A row range that starts after it ends (`rows[1437..0]`).
+    ReversedRange { start: usize, end: usize },
     /// A modulo selection with modulus 0 or remainder >= modulus.
     InvalidModulo { modulus: usize, remainder: usize },
     /// A row index passed to a gather function is out of bounds.
@@ -89,23 +99,40 @@ impl fmt::Display for DataError {
                 write!(f, "{}: file has a header but no data rows", path.display())
             }
             DataError::DuplicateColumn { path, column, first, second } => {
-                write!(f, "{}:1: column `{column}` appears twice in the header (columns {} and {})", path.display(), first + 1, second + 1)
+                write!(
+                    f,
+                    "{}:1: column `{}` appears twice in the header (columns {} and {})",
+                    path.display(),
+                    excerpt(column),
+                    first + 1,
+                    second + 1
+                )
             }
             DataError::MissingLabelColumn { path, label, available, suggestion } => {
-                write!(f, "{}: label column `{label}` not found; available columns: {}", path.display(), available.join(", "))?;
+                write!(f, "{}: label column `{label}` not found; available columns: {}", path.display(), column_summary(available))?;
                 if let Some(s) = suggestion {
                     write!(f, " (did you mean `{s}`?)")?;
                 }
                 Ok(())
             }
             DataError::NonNumeric { path, line, column, text } => {
-                write!(f, "{}:{line}: column `{column}`: `{text}` is not a finite number", path.display())
+                write!(f, "{}:{line}: column `{}`: `{text}` is not a finite number", path.display(), excerpt(column))
             }
+            DataError::LongLine { path, line, start } => write!(
+                f,
+                "{}:{line}: the line is longer than {} MiB (it starts `{start}`); is this a CSV file?",
+                path.display(),
+                MAX_LINE_BYTES >> 20
+            ),
+            DataError::NotUtf8 { path, line } => write!(f, "{}:{line}: the line is not UTF-8 text", path.display()),
             DataError::RaggedRow { path, line, expected, found } => {
                 write!(f, "{}:{line}: expected {expected} comma-separated values (as in the header), found {found}", path.display())
             }
             DataError::RangeOutOfBounds { start, end, rows } => {
                 write!(f, "row range {start}..{end} is out of bounds for a table of {rows} rows")
+            }
+            DataError::ReversedRange { start, end } => {
+                write!(f, "row range {start}..{end} is reversed: it starts after it ends")
             }
             DataError::InvalidModulo { modulus, remainder } => write!(
                 f,
@@ -138,6 +165,12 @@ impl std::error::Error for DataError {
 // CSV loading
 // ---------------------------------------------------------------------------
 
+/// The longest line a CSV file may have. Lines are read one at a time, so
+/// this bounds the memory a file without line breaks (garbage, a binary file
+/// given as CSV) can take before it is refused: 16 MiB holds a row of two
+/// million numbers, far wider than any table a model here trains on.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
 /// Loads a comma-separated file with one header row and only numeric cells.
 ///
 /// The column named `label_column` becomes [`Table::labels`]; every other
@@ -145,28 +178,71 @@ impl std::error::Error for DataError {
 /// `\r` (Windows line endings) and spaces around cells are stripped. Line
 /// numbers in errors are 1-based file lines (the header is line 1).
 pub fn load_csv(path: &Path, label_column: &str) -> Result<Table, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    parse_csv(&text, path, label_column)
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    read_csv(BufReader::new(file), path, label_column)
 }
 
 /// Parses CSV text as [`load_csv`] does; `path` is only used in errors.
 pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, DataError> {
-    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r'))).filter(|(_, l)| !l.trim().is_empty());
+    read_csv(text.as_bytes(), path, label_column)
+}
 
-    let Some((_, header)) = lines.next() else {
+/// The non-blank lines of a CSV file, with their 1-based line numbers, read
+/// one at a time and each at most [`MAX_LINE_BYTES`] long.
+struct Lines<R> {
+    reader: R,
+    path: PathBuf,
+    line_no: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// The next non-blank line (without its line break), or `None` at the end.
+    fn next_line(&mut self) -> Result<Option<(usize, &str)>, DataError> {
+        loop {
+            self.buf.clear();
+            self.line_no += 1;
+            let limit = MAX_LINE_BYTES as u64 + 1;
+            let read = (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| DataError::Io { path: self.path.clone(), source })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            let line = strip_line_break(&self.buf);
+            if line.len() > MAX_LINE_BYTES {
+                let start = excerpt(&String::from_utf8_lossy(&line[..4 * nnc_compiler::diagnostic::EXCERPT_CHARS]));
+                return Err(DataError::LongLine { path: self.path.clone(), line: self.line_no, start });
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                break;
+            }
+        }
+        let text = std::str::from_utf8(strip_line_break(&self.buf))
+            .map_err(|_| DataError::NotUtf8 { path: self.path.clone(), line: self.line_no })?;
+        Ok(Some((self.line_no, text)))
+    }
+}
+
+/// A line without its trailing `\n` and `\r`.
+fn strip_line_break(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Parses CSV from `reader`, a line at a time; `path` is only used in errors.
+pub fn read_csv(reader: impl BufRead, path: &Path, label_column: &str) -> Result<Table, DataError> {
+    let mut lines = Lines { reader, path: path.to_path_buf(), line_no: 0, buf: Vec::new() };
+    let Some((_, header)) = lines.next_line()? else {
         return Err(DataError::EmptyFile { path: path.to_path_buf() });
     };
-    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
-    for (i, c) in columns.iter().enumerate() {
-        if let Some(j) = columns[i + 1..].iter().position(|d| d == c) {
-            return Err(DataError::DuplicateColumn { path: path.to_path_buf(), column: c.clone(), first: i, second: i + 1 + j });
-        }
-    }
+    let columns = header_columns(header, path)?;
     let Some(label_idx) = columns.iter().position(|c| c == label_column) else {
         return Err(DataError::MissingLabelColumn {
             path: path.to_path_buf(),
             label: label_column.to_string(),
-            suggestion: closest_name(label_column, &columns),
+            suggestion: closest(label_column, columns.iter().map(String::as_str)),
             available: columns,
         });
     };
@@ -175,7 +251,7 @@ pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, D
     let n_features = n_cols - 1;
     let mut features: Vec<f32> = Vec::new();
     let mut labels: Vec<f32> = Vec::new();
-    for (line_no, line) in lines {
+    while let Some((line_no, line)) = lines.next_line()? {
         let mut found = 0usize;
         for (col, cell) in line.split(',').enumerate() {
             found += 1;
@@ -190,7 +266,7 @@ pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, D
                         path: path.to_path_buf(),
                         line: line_no,
                         column: columns[col].clone(),
-                        text: cell.to_string(),
+                        text: excerpt(cell),
                     })
                 }
             };
@@ -216,31 +292,28 @@ pub fn parse_csv(text: &str, path: &Path, label_column: &str) -> Result<Table, D
     Ok(Table { features, labels, feature_names, label_name })
 }
 
-/// The candidate closest to `name` by (case-insensitive) edit distance.
-fn closest_name(name: &str, candidates: &[String]) -> Option<String> {
-    let target: Vec<char> = name.to_lowercase().chars().collect();
-    candidates
-        .iter()
-        .map(|c| {
-            let cand: Vec<char> = c.to_lowercase().chars().collect();
-            (levenshtein(&target, &cand), c)
-        })
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.clone())
+/// The header's column names; the first repeated name is an error. Found
+/// through a hash map: comparing every pair took hours on a wide header.
+fn header_columns(header: &str, path: &Path) -> Result<Vec<String>, DataError> {
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in header.split(',').map(str::trim).enumerate() {
+        if let Some(&first) = first_at.get(c) {
+            return Err(DataError::DuplicateColumn { path: path.to_path_buf(), column: c.to_string(), first, second: i });
+        }
+        first_at.insert(c, i);
+    }
+    Ok(header.split(',').map(|c| c.trim().to_string()).collect())
 }
 
-fn levenshtein(a: &[char], b: &[char]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0usize; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
+/// The columns of a header, abbreviated when there are many and each quoted
+/// briefly: `p0`, `p1`, `p2`, …, `p63`, `label` (65 columns).
+pub fn column_summary(columns: &[String]) -> String {
+    let quoted = |c: &[String]| c.iter().map(|n| format!("`{}`", excerpt(n))).collect::<Vec<_>>().join(", ");
+    if columns.len() <= 8 {
+        quoted(columns)
+    } else {
+        format!("{}, …, {} ({} columns)", quoted(&columns[..3]), quoted(&columns[columns.len() - 2..]), columns.len())
     }
-    prev[b.len()]
 }
 
 // ---------------------------------------------------------------------------
@@ -264,6 +337,9 @@ impl RowSelect {
     pub fn indices(&self, rows: usize) -> Result<Vec<usize>, DataError> {
         match *self {
             RowSelect::Range { start, end } => {
+                if let Some(end) = end.filter(|&e| start > e) {
+                    return Err(DataError::ReversedRange { start, end });
+                }
                 let end = end.unwrap_or(rows);
                 if start > end || end > rows {
                     return Err(DataError::RangeOutOfBounds { start, end, rows });
@@ -486,11 +562,41 @@ mod tests {
     }
 
     #[test]
-    fn levenshtein_basics() {
-        let c = |s: &str| s.chars().collect::<Vec<_>>();
-        assert_eq!(levenshtein(&c("kitten"), &c("sitting")), 3);
-        assert_eq!(levenshtein(&c(""), &c("abc")), 3);
-        assert_eq!(levenshtein(&c("abc"), &c("abc")), 0);
+    fn cells_and_names_are_quoted_briefly() {
+        let cell = "7".repeat(100) + "x";
+        let e = parse_csv(&format!("a,b\n1,{cell}\n"), p(), "a").unwrap_err().to_string();
+        assert!(e.contains(&format!("`{}…`", "7".repeat(40))) && e.len() < 200, "{e}");
+        let name = "n".repeat(1_000_000);
+        let e = parse_csv(&format!("{name},b\n1,2\n"), p(), "label").unwrap_err().to_string();
+        assert!(e.contains(&format!("`{}…`", "n".repeat(40))) && e.len() < 300, "{} bytes", e.len());
+        let e = parse_csv(&format!("{name},{name}\n1,2\n"), p(), "a").unwrap_err().to_string();
+        assert!(e.contains("twice") && e.len() < 300, "{} bytes", e.len());
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_unread() {
+        // The reader never ends: only the first MAX_LINE_BYTES + 1 bytes may be read.
+        let endless = BufReader::new(std::io::repeat(b'z'));
+        let e = read_csv(endless, p(), "label").unwrap_err();
+        assert!(matches!(e, DataError::LongLine { line: 1, .. }), "{e}");
+        assert!(e.to_string().contains(&format!("`{}…`", "z".repeat(40))), "{e}");
+    }
+
+    #[test]
+    fn a_wide_header_is_checked_in_linear_time() {
+        // 200,000 columns: comparing every pair for duplicates took minutes.
+        let mut header: Vec<String> = (0..200_000).map(|i| format!("c{i}")).collect();
+        header.push("c17".into());
+        let e = parse_csv(&format!("{}\n", header.join(",")), p(), "c0").unwrap_err().to_string();
+        assert!(e.contains("`c17` appears twice") && e.contains("columns 18 and 200001"), "{e}");
+    }
+
+    #[test]
+    fn a_reversed_range_is_not_out_of_range() {
+        let sel = RowSelect::Range { start: 1437, end: Some(0) };
+        assert!(matches!(sel.indices(1797), Err(DataError::ReversedRange { start: 1437, end: 0 })));
+        let sel = RowSelect::Range { start: 2000, end: None };
+        assert!(matches!(sel.indices(1797), Err(DataError::RangeOutOfBounds { .. })));
     }
 
     #[test]

@@ -228,8 +228,13 @@ fn row_select(sel: &ast::RowSelect) -> Result<RowSelect, Diagnostic> {
         }
     };
     Ok(match sel {
-        ast::RowSelect::Range { start, end, .. } => {
-            RowSelect::Range { start: start.as_ref().map(int).transpose()?.unwrap_or(0), end: end.as_ref().map(int).transpose()? }
+        ast::RowSelect::Range { start, end, span } => {
+            let (first, last) = (start.as_ref().map(int).transpose()?.unwrap_or(0), end.as_ref().map(int).transpose()?);
+            if let Some(last) = last.filter(|&l| l < first) {
+                return Err(error(*span, format!("the row range {first}..{last} is reversed"), "it starts after it ends")
+                    .note(format!("help: rows `a..b` are a ≤ row < b: write `rows[{last}..{first}]`")));
+            }
+            RowSelect::Range { start: first, end: last }
         }
         ast::RowSelect::Modulo { modulus, remainder, equal, .. } => {
             let m = int(modulus)?;
@@ -287,8 +292,25 @@ pub fn files(def: &DataDef) -> Files {
     }
 }
 
+/// Each split name once: with two, every use read the first one.
+fn distinct_split_names(def: &DataDef) -> Result<(), Diagnostic> {
+    for (i, split) in def.splits.iter().enumerate() {
+        if let Some(first) = def.splits[..i].iter().find(|s| s.name.name == split.name.name) {
+            return Err(error(
+                split.name.span,
+                format!("`{}` has two splits named `{}`", def.name.name, split.name.name),
+                "declared again here",
+            )
+            .label(first.name.span, "first declared here")
+            .note("help: rename one of them, or delete the one you do not need"));
+        }
+    }
+    Ok(())
+}
+
 /// Load a `data` declaration; file paths are relative to `base_dir` (the .nn file's folder).
 pub fn load(def: &DataDef, base_dir: &Path) -> Result<Dataset, Diagnostic> {
+    distinct_split_names(def)?;
     let opts = options(def)?;
     let (path_text, path_span) = &opts.path;
     let path = base_dir.join(path_text);
@@ -365,7 +387,7 @@ fn load_table(path: &Path, label: &str, label_span: Span, path_text: &str, path_
                 Some(s) => d.note(format!("help: did you mean `{s}`?")),
                 None => d,
             };
-            d.note(format!("its columns are {}", column_summary(available)))
+            d.note(format!("its columns are {}", data::column_summary(available)))
         }
         data::DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             let d = error(path_span, format!("data file `{path_text}` not found"), "no such file");
@@ -430,21 +452,40 @@ fn finish(def: &DataDef, opts: Options, table: Table, classes: Option<usize>, is
     Ok(Dataset { name: def.name.name.clone(), splits, shape, vocab: None })
 }
 
-/// Class labels must be integers 0..K−1; returns K.
+/// The largest class id a label column may hold, plus one: ids index rows of
+/// a logits matrix (and are stored as f32), and 1e30 once became 0 classes.
+const MAX_CLASSES: f32 = 2_147_483_648.0; // 2^31
+
+/// Class labels must be whole numbers in [0, 2^31), at least two of them
+/// distinct (a column of one class trains any model to "100 %"); returns K,
+/// the largest id plus one.
 fn class_count(t: &Table, span: Span, label: &str) -> Result<usize, Diagnostic> {
-    let mut max = 0.0f32;
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
     for (i, &v) in t.labels.iter().enumerate() {
-        if v < 0.0 || v.fract() != 0.0 {
+        if !(0.0..MAX_CLASSES).contains(&v) || v.fract() != 0.0 {
             return Err(error(
                 span,
-                format!("column `{label}` holds {v} in data row {i}, not a class id 0, 1, 2, …"),
+                format!("column `{label}` holds {} in data row {i}, not a class id 0, 1, 2, …", compact(v)),
                 "declared as class labels here",
             )
-            .note("use `target:` for a regression target"));
+            .note("class ids are whole numbers from 0 to 2^31 − 1; use `target:` for a regression target"));
         }
-        max = max.max(v);
+        (min, max) = (min.min(v), max.max(v));
+    }
+    if min == max {
+        return Err(error(span, format!("column `{label}` holds only the class {}", compact(min)), "declared as class labels here")
+            .note("a classifier needs at least two classes: with one, every model scores 100 %"));
     }
     Ok(max as usize + 1)
+}
+
+/// A number as a message shows it: `1e30`, not its thirty-one digits.
+fn compact(v: f32) -> String {
+    if v.abs() >= 1e9 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
 }
 
 /// A file next to `path` with a similar name (`digit.csv` → `digits.csv`).
@@ -456,14 +497,4 @@ fn similar_file(path: &Path) -> Option<String> {
     };
     let names: Vec<String> = std::fs::read_dir(dir).ok()?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     closest(wanted, names.iter().map(String::as_str))
-}
-
-/// The columns of a header, abbreviated when there are many: `p0`, `p1`, `p2`, …, `p63`, `label` (65 columns).
-fn column_summary(columns: &[String]) -> String {
-    let quoted = |c: &[String]| c.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
-    if columns.len() <= 8 {
-        quoted(columns)
-    } else {
-        format!("{}, …, {} ({} columns)", quoted(&columns[..3]), quoted(&columns[columns.len() - 2..]), columns.len())
-    }
 }

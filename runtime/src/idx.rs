@@ -2,7 +2,7 @@
 //! big-endian header — magic `0x0000_08DD` where DD is the number of dims,
 //! then one u32 per dim — followed by unsigned bytes in row-major order.
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use ndarray::{Array1, Array2};
 use std::fmt;
 use std::io::Read;
@@ -47,12 +47,13 @@ impl fmt::Display for IdxError {
 
 impl std::error::Error for IdxError {}
 
-/// Read an IDX file: its dims and its bytes.
+/// Read an IDX file: its dims and its bytes. A gzipped file is read to the
+/// end of its last member (a file of two members was once reported as truncated).
 pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<u8>), IdxError> {
     let raw = std::fs::read(path).map_err(|source| IdxError::Io { path: path.to_path_buf(), source })?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(|source| IdxError::Io { path: path.to_path_buf(), source })?;
+        MultiGzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(|source| IdxError::Io { path: path.to_path_buf(), source })?;
         out
     } else {
         raw
@@ -105,4 +106,24 @@ pub fn load(images: &[PathBuf], labels: &[PathBuf]) -> Result<(Array2<f32>, Arra
     }
     let x = Array2::from_shape_vec((rows, width), pixels).map_err(|e| IdxError::BadHeader { path: PathBuf::new(), why: e.to_string() })?;
     Ok((x, Array1::from_vec(ys)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_member_of_a_gzip_file() {
+        // Two 2x2 images: the header and first image in one member, the second image in another.
+        let header = [0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        let first: Vec<u8> = header.iter().copied().chain([1, 2, 3, 4]).collect();
+        let gz = crate::text::tests::multi_member_gzip(&[&first, &[5, 6, 7, 8]]);
+        let path = std::env::temp_dir().join(format!("nnc-two-members-{}-idx3-ubyte.gz", std::process::id()));
+        std::fs::write(&path, gz).unwrap();
+        let read = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        let (dims, data) = read.unwrap();
+        assert_eq!(dims, vec![2, 2, 2]);
+        assert_eq!(data, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::dataset::{self, Dataset};
 use crate::plot;
-use crate::train::{self, TrainOptions, TrainResult};
+use crate::train::{self, Progress, TrainOptions, TrainResult};
 use ndarray::ArrayD;
 use nnc_compiler::ast::{Item, Program, Span};
 use nnc_compiler::diagnostic::Diagnostic;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub struct RunOptions<'a> {
     pub base_dir: &'a Path,
-    pub quiet: bool,
+    pub progress: Progress,
     pub process_start: Instant,
     pub epochs: Option<usize>,
 }
@@ -89,7 +89,7 @@ impl<'p> Runner<'p> {
                 let plan = self.session.train_plan(t).map_err(first)?;
                 let topts = TrainOptions {
                     base_dir: opts.base_dir,
-                    quiet: opts.quiet,
+                    progress: opts.progress,
                     process_start: opts.process_start,
                     epochs: opts.epochs,
                     previous: &self.summary.runs,

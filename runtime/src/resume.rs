@@ -14,7 +14,7 @@
 use crate::checkpoint::{self, LoadedTensor};
 use crate::train::{initial_params, Params};
 use nnc_compiler::ast::Span;
-use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::diagnostic::{excerpt, Diagnostic};
 use nnc_compiler::elaborate::train::OptimizerKind;
 use nnc_compiler::elaborate::TrainPlan;
 use std::collections::HashMap;
@@ -86,7 +86,7 @@ fn params_of(plan: &TrainPlan, path: &Path, span: Span, loaded: &[LoadedTensor])
     let mut tensors = Vec::new();
     for p in plan.params.iter().chain(&plan.buffers) {
         let Some(tensor) = loaded.iter().find(|(n, _, _)| *n == p.path) else {
-            let have: Vec<&str> = loaded.iter().map(|(n, _, _)| n.as_str()).collect();
+            let have: Vec<String> = loaded.iter().map(|(n, _, _)| excerpt(n)).collect();
             return Err(Diagnostic::new(format!("checkpoint {} has no parameter `{}`", path.display(), p.path))
                 .label(span, "loaded here")
                 .note(format!("it holds: {}", have.join(", "))));

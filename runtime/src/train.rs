@@ -53,9 +53,22 @@ pub struct TrainResult {
     pub decodes: Vec<(String, Vec<String>)>,
 }
 
+/// How training shows its progress on stderr. The caller decides (the CLI
+/// knows whether stderr is a terminal); the loop only follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing (`--quiet`, `--json`, tests).
+    Quiet,
+    /// A terminal: a live bar, with a line per epoch printed above it.
+    Bar,
+    /// A log file or pipe: one line per epoch and nothing else, as Keras's
+    /// `verbose=2` (a bar's redraws would fill a log with carriage returns).
+    Lines,
+}
+
 pub struct TrainOptions<'a> {
     pub base_dir: &'a Path,
-    pub quiet: bool,
+    pub progress: Progress,
     pub process_start: Instant,
     /// Override the plan's epoch count (benchmarks, quick runs).
     pub epochs: Option<usize>,
@@ -152,7 +165,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
         full.set(name, v);
     }
     let mut result = TrainResult { compile_time, ..TrainResult::default() };
-    let bar = progress_bar(opts.quiet, ((epochs - start.epoch) * steps_per_epoch) as u64, &plan.name);
+    let bar = progress_bar(opts.progress, ((epochs - start.epoch) * steps_per_epoch) as u64, &plan.name);
     let started = Instant::now();
     let mut step = start.step;
     let mut xbuf = vec![0.0f32; batch * features];
@@ -188,7 +201,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
             exec.set("y", &ybuf[..b * label_width]);
             set_hypers(exec, &plan.optimizer, &schedule, step, plan.seed);
             if let Err(d) = exec.run() {
-                bar.abandon();
+                leave_bar(&bar, opts.progress);
                 return Err(d);
             }
             let loss = exec.output(0).first().copied().unwrap_or(f32::NAN) as f64;
@@ -198,7 +211,7 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
                 }
             }
             if !loss.is_finite() {
-                bar.abandon();
+                leave_bar(&bar, opts.progress);
                 return Err(Diagnostic::new(format!(
                     "training `{}` diverged: the loss is {loss} at epoch {}, step {}",
                     plan.name,
@@ -221,17 +234,21 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
         result.epoch_losses.push(epoch_loss);
         read_params(&full, &mut params);
         let metrics = evaluators.evaluate(plan, &params)?;
-        let line = format_epoch(epoch + 1, epochs, epoch_loss, &metrics);
-        if opts.quiet {
-        } else {
-            bar.println(line);
+        let line = format_epoch(epoch + 1, epochs, epoch_loss, &metrics, epoch_started.elapsed());
+        match opts.progress {
+            Progress::Quiet => {}
+            // Printed by us, not `bar.println`: indicatif ends its lines by
+            // padding them to the terminal's width, so a captured terminal
+            // session (`script`) held one endless line.
+            Progress::Bar => bar.suspend(|| eprintln!("{line}")),
+            Progress::Lines => eprintln!("{line}"),
         }
         result.metrics = metrics;
         if let Some(path) = &plan.checkpoint {
             save_checkpoint(plan, &params, &full, &opts.base_dir.join(path), epoch + 1, step)?;
         }
     }
-    bar.finish_and_clear();
+    leave_bar(&bar, opts.progress);
     result.train_time = started.elapsed();
     result.steps = step;
     result.compile_time += evaluators.compile_time;
@@ -289,8 +306,8 @@ fn set_hypers(exec: &mut Exec, o: &OptimizerSpec, schedule: &Schedule, step: usi
     exec.set(HYPER_BC2, &[(1.0 - o.beta2.powi(t)) as f32]);
 }
 
-fn progress_bar(quiet: bool, total: u64, name: &str) -> ProgressBar {
-    if quiet {
+fn progress_bar(progress: Progress, total: u64, name: &str) -> ProgressBar {
+    if progress != Progress::Bar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
@@ -301,11 +318,23 @@ fn progress_bar(quiet: bool, total: u64, name: &str) -> ProgressBar {
     bar
 }
 
-fn format_epoch(epoch: usize, epochs: usize, loss: f64, metrics: &[(MetricSpec, f64)]) -> String {
+/// Stop drawing the bar and leave it on screen, ended by a line break of its
+/// own (indicatif ends it with spaces up to the terminal's width instead, so
+/// the next message began on the bar's line in a captured session).
+fn leave_bar(bar: &ProgressBar, progress: Progress) {
+    bar.abandon();
+    if progress == Progress::Bar {
+        eprintln!();
+    }
+}
+
+/// One epoch's line: its loss, every metric, and its time (training and evaluation).
+fn format_epoch(epoch: usize, epochs: usize, loss: f64, metrics: &[(MetricSpec, f64)], time: Duration) -> String {
     let mut s = format!("epoch {epoch:>3}/{epochs}  train loss {loss:.5}");
     for (m, v) in metrics {
         s.push_str(&format!("  {} {}", m.label(), format_metric(m.kind, *v)));
     }
+    s.push_str(&format!("  {:.2} s", time.as_secs_f64()));
     s
 }
 

@@ -45,6 +45,15 @@ pub enum ErrorKind {
         of: String,
         available: Vec<String>,
     },
+    /// Training or a metric reads a split that selects no rows (`rows[1797..]`
+    /// of a 1797-row file): an average over it would be 0/0.
+    EmptySplit {
+        span: Span,
+        data: String,
+        split: String,
+        /// Where the split is declared.
+        declared: Option<Span>,
+    },
     NotCallable {
         span: Span,
         what: String,
@@ -411,6 +420,15 @@ impl ErrorKind {
                 } else {
                     d.note(format!("the members of `{of}` are {}", list(available)))
                 }
+            }
+            EmptySplit { span, data, split, declared } => {
+                let d = Diagnostic::new(format!("the split `{data}.{split}` has no rows"))
+                    .label(*span, format!("`{data}.{split}` is read here"));
+                let d = match declared {
+                    Some(s) => d.label(*s, "this selects no rows"),
+                    None => d,
+                };
+                d.note("training and metrics average over the rows of their split: give it at least one row")
             }
             NotCallable { span, what } => {
                 let d = Diagnostic::new(format!("{what} cannot be called")).label(*span, "not a function or module");
@@ -807,14 +825,24 @@ fn broadcast_diagnostic(op: &str, span: Span, lhs_span: Span, rhs_span: Span, lh
 /// makes up most of it (`label_smoothing` → `smoothing`).
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let len = name.chars().count();
+    if len > SUGGESTED_CHARS {
+        return None;
+    }
     // One-letter names are all one edit apart: only suggest a change of case.
     let limit = if len <= 1 { 0 } else { (len / 3).max(1) };
     let lower = name.to_lowercase();
-    let mut candidates: Vec<&str> = candidates.into_iter().filter(|c| *c != name).collect();
+    // Only names a person could have meant: a 2 GB CSV header without commas
+    // is one "column name", and expanding it to chars took 8.6 GB.
+    let mut candidates: Vec<&str> =
+        candidates.into_iter().filter(|c| *c != name && c.len() <= 4 * SUGGESTED_CHARS && c.chars().count() <= SUGGESTED_CHARS).collect();
     candidates.sort_unstable();
     candidates.dedup();
     let mut best: Option<((usize, usize), &str)> = None;
     for &c in &candidates {
+        // Edit distance is at least the difference in length: skip the rest unread.
+        if c.chars().count().abs_diff(len) > limit {
+            continue;
+        }
         let folded = edit_distance(&lower, &c.to_lowercase());
         if folded > limit {
             continue;
@@ -838,6 +866,11 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|c| c.to_string())
 }
 
+/// The longest name (in characters) `closest` compares or suggests: longer
+/// than any identifier or column name a person types, and short enough that
+/// comparing one candidate costs at most a few thousand steps.
+const SUGGESTED_CHARS: usize = 64;
+
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
@@ -851,4 +884,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closest;
+
+    #[test]
+    fn suggestions_skip_names_no_one_typed() {
+        assert_eq!(closest("label", ["Label", "p0"]), Some("Label".into()));
+        // A 100 MB "column name" (a CSV header of garbage) is neither compared nor suggested.
+        let garbage = "labelx".repeat(20_000_000);
+        assert_eq!(closest("label", [garbage.as_str(), "p0"]), None);
+        assert_eq!(closest(&garbage, ["label"]), None);
+    }
 }

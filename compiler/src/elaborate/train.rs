@@ -418,6 +418,17 @@ fn data_split(cx: &Ctx, e: &Expr) -> Result<(String, String), ElabError> {
         if let ExprKind::Name(data) = &base.kind {
             let shape = cx.session.data.get(data);
             return match shape {
+                Some(s) if s.splits.iter().any(|(n, rows)| *n == split.name && *rows == 0) => Err(cx.err(ErrorKind::EmptySplit {
+                    span: e.span,
+                    data: data.clone(),
+                    split: split.name.clone(),
+                    declared: cx
+                        .session
+                        .data_defs
+                        .get(data)
+                        .and_then(|d| d.splits.iter().find(|s| s.name.name == split.name))
+                        .map(|s| s.span),
+                })),
                 Some(s) if s.splits.iter().any(|(n, _)| *n == split.name) => Ok((data.clone(), split.name.clone())),
                 Some(s) => Err(cx.err(ErrorKind::UnknownField {
                     field: split.name.clone(),
