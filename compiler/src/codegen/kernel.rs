@@ -291,12 +291,29 @@ impl ExprBuilder {
     }
 
     pub fn node(&mut self, n: ENode) -> usize {
+        let n = self.folded(n);
         if let Some(&i) = self.memo.get(&n) {
             return i;
         }
         self.nodes.push(n);
         self.memo.insert(n, self.nodes.len() - 1);
         self.nodes.len() - 1
+    }
+
+    /// An op on constants as the constant it is (in float64, as the reference
+    /// interpreter computes it): derivative rules build exponents such as
+    /// `y − 1 + (y = 0)` that must reach `math::pow_const` as one constant.
+    fn folded(&self, n: ENode) -> ENode {
+        let constant = |i: usize| match self.nodes.get(i) {
+            Some(ENode::Const(bits)) => Some(f64::from(f32::from_bits(*bits))),
+            _ => None,
+        };
+        let value = match n {
+            ENode::Unary(u, a) => constant(a).map(|x| u.apply(x)),
+            ENode::Binary(op, a, c) => constant(a).zip(constant(c)).map(|(x, y)| op.apply(x, y)),
+            ENode::Operand(_) | ENode::Const(_) => None,
+        };
+        value.map_or(n, |v| ENode::Const((v as f32).to_bits()))
     }
 
     pub fn operand(&mut self, a: Affine) -> usize {

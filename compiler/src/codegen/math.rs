@@ -294,8 +294,18 @@ pub(crate) fn sigmoid(b: B, x: Value) -> Value {
     b.ins().fdiv(one, d)
 }
 
+/// `x > 0 || x is NaN ? x : 0`, NaN kept: one compare (`cmpnleps`: not
+/// `x ≤ 0`, true for NaN) and an and.
+pub(crate) fn relu(b: B, x: Value) -> Value {
+    let zero = splat(b, 0.0);
+    let keep = fcmp(b, FloatCC::UnorderedOrGreaterThan, x, zero);
+    let xi = as_int(b, x);
+    let r = b.ins().band(keep, xi);
+    as_float(b, r)
+}
+
 /// `x ** y` with the IEEE special cases of `powf`: negative bases with integer
-/// exponents, `x ** 0 = 1`, `1 ** y = 1`.
+/// exponents, `(−∞) ** y`, `x ** 0 = 1`, `1 ** y = 1`, `(−1) ** ±∞ = 1`.
 /// sin(x) (`shift` 0) or cos(x) = sin(x + π/2) (`shift` 1), as Cephes' sinf/cosf:
 /// x = n·π/2 + r with |r| ≤ π/4 (π/2 in three parts, exact products for
 /// |n| < 2^12), then the sine or cosine polynomial of r by quadrant n + shift.
@@ -360,12 +370,21 @@ pub(crate) fn pow(b: B, x: Value, y: Value) -> Value {
     let flip = b.ins().band(neg, odd);
     let nr = b.ins().fneg(r);
     let r = sel(b, flip, nr, r);
+    // A negative base with a fractional exponent is NaN, except −∞ (∞ or 0, as
+    // exp(y · log ∞) gives it).
+    let finite = fcmp_c(b, FloatCC::NotEqual, x, f32::NEG_INFINITY);
     let bad = b.ins().band_not(neg, is_int);
+    let bad = b.ins().band(bad, finite);
     let r = sel_c(b, bad, f32::NAN, r);
     let y0 = fcmp(b, FloatCC::Equal, y, zero);
     let r = sel_c(b, y0, 1.0, r);
+    // 1 ** y = 1, and (−1) ** ±∞ = 1 (y · log 1 would be ∞ · 0).
     let x1 = fcmp_c(b, FloatCC::Equal, x, 1.0);
-    sel_c(b, x1, 1.0, r)
+    let r = sel_c(b, x1, 1.0, r);
+    let unit = fcmp_c(b, FloatCC::Equal, ax, 1.0);
+    let y_inf = fcmp_c(b, FloatCC::Equal, ay, f32::INFINITY);
+    let unit_inf = b.ins().band(unit, y_inf);
+    sel_c(b, unit_inf, 1.0, r)
 }
 
 /// `x ** c` for a few constant exponents, by multiplication or sqrt.
@@ -411,6 +430,7 @@ pub(crate) fn unary(b: B, u: UnaryOp, x: Value) -> Value {
         UnaryOp::Abs => b.ins().fabs(x),
         UnaryOp::Tanh => tanh(b, x),
         UnaryOp::Sigmoid => sigmoid(b, x),
+        UnaryOp::Relu => relu(b, x),
         UnaryOp::Erf => erf(b, x),
         UnaryOp::Gelu => gelu(b, x),
         UnaryOp::GeluDerivative => gelu_derivative(b, x),
@@ -434,12 +454,23 @@ pub(crate) fn binary(b: B, op: BinaryOp, x: Value, y: Value) -> Value {
         BinaryOp::Mul => b.ins().fmul(x, y),
         BinaryOp::Div => b.ins().fdiv(x, y),
         BinaryOp::Pow => pow(b, x, y),
-        // f64::max: a NaN operand yields the other one.
+        // `x > y || x is NaN ? x : y`: NaN if either is (as `BinaryOp::apply`).
+        // A compare and select rather than Cranelift's `fmax`: both keep NaN,
+        // but `fmax` also orders −0 below +0, which x86 has no one
+        // instruction for (`maxps` returns its second operand on NaN).
         BinaryOp::Max => {
             let gt = fcmp(b, FloatCC::GreaterThan, x, y);
-            let ynan = fcmp(b, FloatCC::Unordered, y, y);
-            let take_x = b.ins().bor(gt, ynan);
+            let xnan = fcmp(b, FloatCC::Unordered, x, x);
+            let take_x = b.ins().bor(gt, xnan);
             sel(b, take_x, x, y)
+        }
+        // `y ≠ 0 ? x : 0` as an and with the compare's lanes (NaN `y` keeps `x`, as `y != 0.0` does).
+        BinaryOp::Mask => {
+            let zero = splat(b, 0.0);
+            let keep = fcmp(b, FloatCC::NotEqual, y, zero);
+            let xi = as_int(b, x);
+            let r = b.ins().band(keep, xi);
+            as_float(b, r)
         }
         BinaryOp::Gt => {
             let m = fcmp(b, FloatCC::GreaterThan, x, y);
@@ -460,25 +491,29 @@ pub(crate) fn identity(kind: ReduceKind) -> f32 {
     }
 }
 
-/// `acc ⊕ v` on vectors (max ignores NaN in `v`, as `f64::max` folding does).
+/// `acc ⊕ v` on vectors. Max is `acc < v || v is NaN ? v : acc`, as the
+/// reference's fold (`ops::reduce`): a NaN is taken and then kept.
 pub(crate) fn combine(b: B, kind: ReduceKind, acc: Value, v: Value) -> Value {
     match kind {
         ReduceKind::Sum => b.ins().fadd(acc, v),
-        // `acc < v ? v : acc`, matched to `maxps`.
         ReduceKind::Max => {
-            let m = fcmp(b, FloatCC::LessThan, acc, v);
-            sel(b, m, v, acc)
+            let lt = fcmp(b, FloatCC::LessThan, acc, v);
+            let vnan = fcmp(b, FloatCC::Unordered, v, v);
+            let take_v = b.ins().bor(lt, vnan);
+            sel(b, take_v, v, acc)
         }
     }
 }
 
-/// `acc ⊕ v` on scalars.
+/// `acc ⊕ v` on scalars (the same tests as `combine`).
 pub(crate) fn combine_scalar(b: B, kind: ReduceKind, acc: Value, v: Value) -> Value {
     match kind {
         ReduceKind::Sum => b.ins().fadd(acc, v),
         ReduceKind::Max => {
-            let m = b.ins().fcmp(FloatCC::GreaterThan, v, acc);
-            b.ins().select(m, v, acc)
+            let gt = b.ins().fcmp(FloatCC::GreaterThan, v, acc);
+            let vnan = b.ins().fcmp(FloatCC::Unordered, v, v);
+            let take_v = b.ins().bor(gt, vnan);
+            b.ins().select(take_v, v, acc)
         }
     }
 }

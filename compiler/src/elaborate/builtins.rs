@@ -144,7 +144,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 let id = cx.builder(span).softmax(x.id, &axes);
                 return Ok(Value::Tensor(Tensor { id, names: x.names.clone() }));
             }
-            let lse = logsumexp(cx, &x, &axes, true, span)?;
+            let lse = logsumexp(cx, &x, &axes, Shift::Max, span)?;
             sub_broadcast(cx, &x, &lse, span).map(Value::Tensor)
         }
         "reshape" => {
@@ -217,7 +217,9 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let idx = tensor_arg(cx, take(&mut a[1]), span)?;
             let classes = last_dim(cx, &x, span)?;
             let oh = one_hot(cx, &idx, classes, span)?;
-            let prod = cx.elementwise(BinaryOp::Mul, &x, &oh, span, span, span, "gather")?;
+            // Selected by a mask, not multiplied by the one-hot: an ∞ or NaN
+            // in an entry not picked must not reach the sum (0 · ∞ is NaN).
+            let prod = cx.elementwise(BinaryOp::Mask, &x, &oh, span, span, span, "gather")?;
             let r = cx.shape(&prod).rank();
             reduction(cx, "sum", &prod, &[r - 1], false, span).map(Value::Tensor)
         }
@@ -351,11 +353,7 @@ fn unary_builtin(cx: &mut Ctx, name: &str, x: &Tensor, span: Span) -> Result<Ten
         "sin" => b.unary(UnaryOp::Sin, x),
         "cos" => b.unary(UnaryOp::Cos, x),
         "stop_gradient" => b.stop_gradient(x),
-        // relu(x) = max(x, 0)
-        "relu" => {
-            let z = b.full_like(0.0, x);
-            b.binary(BinaryOp::Max, x, z)
-        }
+        "relu" => b.unary(UnaryOp::Relu, x),
         "sigmoid" => b.sigmoid(x),
         "gelu" => b.gelu(x),
         "softplus" => b.softplus(x),
@@ -425,7 +423,7 @@ pub(crate) fn reduction(cx: &mut Ctx, name: &str, x: &Tensor, axes: &[usize], ke
     let kept = match name {
         "sum" => cx.builder(span).reduce_sum(x.id, axes),
         "max" => cx.builder(span).reduce_max(x.id, axes),
-        "logsumexp" => logsumexp(cx, x, axes, true, span)?.id,
+        "logsumexp" => logsumexp(cx, x, axes, Shift::FiniteMax, span)?.id,
         _ => {
             // mean = sum / count; the count is a reduction of ones so it also
             // works over symbolic dims (it folds to a constant once sizes are known).
@@ -447,11 +445,34 @@ pub(crate) fn reduction(cx: &mut Ctx, name: &str, x: &Tensor, axes: &[usize], ke
     Ok(Tensor { id, names })
 }
 
-/// log Σ exp(x) over `axes`, shifted by the (gradient-stopped) maximum for stability.
-fn logsumexp(cx: &mut Ctx, x: &Tensor, axes: &[usize], keep: bool, span: Span) -> Result<Tensor, ElabError> {
+/// What `logsumexp` subtracts before the exponentials (and adds back).
+#[derive(Clone, Copy)]
+enum Shift {
+    /// The maximum, or 0 where it is ±∞, as PyTorch's `logsumexp`: else
+    /// x − m is ∞ − ∞ = NaN, where the answer is −∞ (every element −∞) or ∞
+    /// (one is ∞). The `logsumexp` built-in.
+    FiniteMax,
+    /// The maximum itself, as PyTorch's `log_softmax` (a row whose maximum is
+    /// ±∞ is NaN): `log_softmax` and `cross_entropy`, whose x − lse would be
+    /// ∞ − ∞ there anyway.
+    Max,
+}
+
+/// log Σ exp(x) over `axes` (kept with size 1), shifted by the
+/// (gradient-stopped) maximum for stability.
+fn logsumexp(cx: &mut Ctx, x: &Tensor, axes: &[usize], shift: Shift, span: Span) -> Result<Tensor, ElabError> {
     let shape = cx.shape(x);
     let mut b = cx.builder(span);
     let m = b.reduce_max(x.id, axes);
+    let m = match shift {
+        Shift::FiniteMax => {
+            let infinity = b.full_like(f64::INFINITY, m);
+            let magnitude = b.unary(UnaryOp::Abs, m);
+            let finite = b.binary(BinaryOp::Gt, infinity, magnitude);
+            b.binary(BinaryOp::Mask, m, finite)
+        }
+        Shift::Max => m,
+    };
     let m = b.stop_gradient(m);
     let mb = b.broadcast(m, &shape);
     let d = b.sub(x.id, mb);
@@ -459,14 +480,7 @@ fn logsumexp(cx: &mut Ctx, x: &Tensor, axes: &[usize], keep: bool, span: Span) -
     let s = b.reduce_sum(e, axes);
     let l = b.log(s);
     let id = b.add(l, m);
-    let t = Tensor { id, names: x.names.clone() };
-    if keep {
-        Ok(t)
-    } else {
-        let dims: Vec<Dim> = shape.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect();
-        let id = cx.op(Op::Reshape { shape: Shape(dims) }, &[id], span)?;
-        Ok(Tensor { id, names: Vec::new() })
-    }
+    Ok(Tensor { id, names: x.names.clone() })
 }
 
 fn sub_broadcast(cx: &mut Ctx, x: &Tensor, y: &Tensor, span: Span) -> Result<Tensor, ElabError> {
@@ -535,7 +549,7 @@ fn cross_entropy(cx: &mut Ctx, logits: &Tensor, labels: &Tensor, alpha: f64, lab
         }));
     }
     let axis = ls.rank() - 1;
-    let lse = logsumexp(cx, logits, &[axis], true, span)?;
+    let lse = logsumexp(cx, logits, &[axis], Shift::Max, span)?;
     let logp = sub_broadcast(cx, logits, &lse, span)?;
     let oh = one_hot(cx, labels, k, span)?;
     let mut b = cx.builder(span);
@@ -545,7 +559,10 @@ fn cross_entropy(cx: &mut Ctx, logits: &Tensor, labels: &Tensor, alpha: f64, lab
         let scaled = b.scale(oh.id, 1.0 - alpha);
         b.offset(scaled, alpha / k as f64)
     };
-    let prod = b.mul(target, logp.id);
+    // Without smoothing the true class's log-probability is selected (not
+    // multiplied by the one-hot): a masked logit (−∞) on another class would
+    // make 0 · −∞ = NaN.
+    let prod = if alpha == 0.0 { b.binary(BinaryOp::Mask, logp.id, target) } else { b.mul(target, logp.id) };
     let per_example = b.reduce_sum(prod, &[axis]);
     let neg = b.neg(per_example);
     let id = b.reshape(neg, &batch);

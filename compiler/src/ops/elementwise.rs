@@ -23,6 +23,10 @@ pub enum UnaryOp {
     Sigmoid,
     /// The Gauss error function.
     Erf,
+    /// max(x, 0), NaN kept (as IEEE's `maximum` and PyTorch's `relu`). A
+    /// primitive rather than `max(x, 0)` because its derivative at 0 is 0 (as
+    /// PyTorch's), where `max` shares a tie between its operands.
+    Relu,
     /// GELU, exactly: x·Φ(x), with Φ(x) = ½(1 + erf(x/√2)) the standard
     /// normal distribution function. A primitive, as PyTorch's `gelu`, so that
     /// a whole activation and its derivative (`GeluDerivative`) are each one
@@ -44,8 +48,14 @@ pub enum BinaryOp {
     Div,
     /// `x ** y`
     Pow,
-    /// Elementwise maximum (ReLU is `max(x, 0)`).
+    /// Elementwise maximum; NaN if either operand is NaN (IEEE 754-2019
+    /// `maximum`, PyTorch's `maximum`), never the other operand.
     Max,
+    /// `x` where `m ≠ 0`, else `0.0` even where `x` is ±∞ or NaN: selecting
+    /// by a one-hot mask (`gather`, `cross_entropy`), where `x · m` would turn
+    /// an ∞ the mask drops into NaN. The gradient goes to `x` through the same
+    /// mask; the mask gets none.
+    Mask,
     /// `1.0` where `x > y`, else `0.0`; no gradient.
     Gt,
     /// `1.0` where `x == y`, else `0.0`; no gradient.
@@ -62,6 +72,7 @@ impl UnaryOp {
             UnaryOp::Abs => "abs",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
             UnaryOp::Erf => "erf",
             UnaryOp::Gelu => "gelu",
             UnaryOp::GeluDerivative => "gelu_derivative",
@@ -80,6 +91,7 @@ impl UnaryOp {
             UnaryOp::Abs => x.abs(),
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Relu => BinaryOp::Max.apply(x, 0.0),
             UnaryOp::Erf => erf(x),
             UnaryOp::Gelu => x * normal_cdf(x),
             UnaryOp::GeluDerivative => normal_cdf(x) + x * normal_density(x),
@@ -98,6 +110,7 @@ impl BinaryOp {
             BinaryOp::Div => "div",
             BinaryOp::Pow => "pow",
             BinaryOp::Max => "max",
+            BinaryOp::Mask => "mask",
             BinaryOp::Gt => "gt",
             BinaryOp::Eq => "eq",
         }
@@ -110,7 +123,11 @@ impl BinaryOp {
             BinaryOp::Mul => x * y,
             BinaryOp::Div => x / y,
             BinaryOp::Pow => x.powf(y),
-            BinaryOp::Max => x.max(y),
+            // Not `f64::max`, which returns the other operand when one is NaN.
+            BinaryOp::Max if x > y || x.is_nan() => x,
+            BinaryOp::Max => y,
+            BinaryOp::Mask if y != 0.0 => x,
+            BinaryOp::Mask => 0.0,
             BinaryOp::Gt => f64::from(u8::from(x > y)),
             BinaryOp::Eq => f64::from(u8::from(x == y)),
         }
@@ -187,6 +204,12 @@ pub fn unary_vjp_rule(b: &mut Builder, u: UnaryOp, args: &[ValueId], out: ValueI
             let d = b.mul(out, rest);
             b.mul(g, d)
         }
+        // d relu(x) = g · (x > 0): 0 at 0, as PyTorch.
+        UnaryOp::Relu => {
+            let zero = b.full_like(0.0, x);
+            let pos = b.binary(BinaryOp::Gt, x, zero);
+            b.mul(g, pos)
+        }
         // d erf(x) = g · 2/√π · exp(−x²)
         UnaryOp::Erf => {
             let sq = b.mul(x, x);
@@ -239,28 +262,50 @@ pub fn binary_vjp_rule(b: &mut Builder, op: BinaryOp, args: &[ValueId], out: Val
             let t = b.mul(gy, out);
             vec![Some(gy), Some(b.neg(t))]
         }
-        // d(x^y) = (g·y·x^(y−1), g·log(x)·x^y)
-        BinaryOp::Pow => {
-            let one = b.full_like(1.0, y);
-            let ym1 = b.sub(y, one);
-            let p = b.binary(BinaryOp::Pow, x, ym1);
-            let t = b.mul(y, p);
-            let dx = b.mul(g, t);
-            let lx = b.log(x);
-            let t2 = b.mul(lx, out);
-            let dy = b.mul(g, t2);
-            vec![Some(dx), Some(dy)]
-        }
-        // The larger operand takes the gradient; ties go to x (so relu'(0) = 0 when x is 0 and y is 0... y is
-        // the constant 0 for relu, which takes it: relu'(0) = 0, as PyTorch does).
+        BinaryOp::Pow => pow_vjp_rule(b, x, y, out, g),
+        // The larger operand takes the gradient; a tie is shared equally, as
+        // PyTorch's `maximum` and the `max` reduction do (`relu` is its own
+        // primitive, with relu'(0) = 0).
         BinaryOp::Max => {
-            let take_x = b.binary(BinaryOp::Gt, x, y);
-            let one = b.full_like(1.0, take_x);
-            let take_y = b.sub(one, take_x);
+            let half_tie = b.binary(BinaryOp::Eq, x, y);
+            let half_tie = b.scale(half_tie, 0.5);
+            let x_wins = b.binary(BinaryOp::Gt, x, y);
+            let y_wins = b.binary(BinaryOp::Gt, y, x);
+            let take_x = b.add(x_wins, half_tie);
+            let take_y = b.add(y_wins, half_tie);
             vec![Some(b.mul(g, take_x)), Some(b.mul(g, take_y))]
         }
+        BinaryOp::Mask => vec![Some(b.binary(BinaryOp::Mask, g, y)), None],
         BinaryOp::Gt | BinaryOp::Eq => vec![None, None],
     }
+}
+
+/// d(x^y) = (g·y·x^(y−1), g·log(x)·x^y), with PyTorch's two guards, so that
+/// no 0·∞ turns a zero derivative into NaN:
+/// - `y = 0`: d/dx is 0 (x^(y−1) is 1/x, ∞ at 0), computed as y·x^0;
+/// - `x = 0, y ≥ 0`: d/dy is 0 (log 0 is −∞), computed with log 1.
+///
+/// The first guard also gives the second derivative of x^1 at 0 (0): the
+/// inner x^0 gets the same rule.
+fn pow_vjp_rule(b: &mut Builder, x: ValueId, y: ValueId, out: ValueId, g: ValueId) -> Vec<Option<ValueId>> {
+    let zero = b.full_like(0.0, y);
+    let y_is_zero = b.binary(BinaryOp::Eq, y, zero);
+    let ym1 = b.offset(y, -1.0);
+    let exponent = b.add(ym1, y_is_zero);
+    let p = b.binary(BinaryOp::Pow, x, exponent);
+    let t = b.mul(y, p);
+    let dx = b.mul(g, t);
+    // 1 where x = 0 and y ≥ 0, else 0.
+    let x_is_zero = b.binary(BinaryOp::Eq, x, zero);
+    let y_negative = b.binary(BinaryOp::Gt, zero, y);
+    let one = b.full_like(1.0, y);
+    let y_nonnegative = b.sub(one, y_negative);
+    let guard = b.mul(x_is_zero, y_nonnegative);
+    let base = b.add(x, guard);
+    let lx = b.log(base);
+    let t2 = b.mul(lx, out);
+    let dy = b.mul(g, t2);
+    vec![Some(dx), Some(dy)]
 }
 
 // ---- reference evaluation ---------------------------------------------------

@@ -51,7 +51,8 @@ pub fn reduce_vjp_rule(
         // Every element contributes once.
         ReduceKind::Sum => vec![Some(gb)],
         // The gradient goes to the maximal elements, shared equally among ties
-        // (as JAX does), so finite differences agree away from exact ties.
+        // (as JAX and PyTorch's `amax` do), so finite differences agree away
+        // from exact ties.
         ReduceKind::Max => {
             let ob = b.broadcast(out, &shape);
             let hit = b.binary(BinaryOp::Eq, x, ob);
@@ -64,13 +65,24 @@ pub fn reduce_vjp_rule(
     }
 }
 
+/// One step of the `max` fold: a NaN element makes the maximum NaN (as
+/// PyTorch's `amax`), and it stays NaN (no element is greater than NaN).
+/// The compiled fold (`codegen::math::combine`) takes the same two tests.
+fn max_step(m: f64, v: f64) -> f64 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
+}
+
 pub fn reduce_eval(kind: ReduceKind, axes: &[usize], args: &[&ArrayD<f64>]) -> ArrayD<f64> {
     let Some(x) = args.first() else { return ArrayD::default(ndarray::IxDyn(&[])) };
     let mut acc: ArrayD<f64> = (*x).clone();
     for &a in axes {
         let r = match kind {
             ReduceKind::Sum => acc.sum_axis(Axis(a)),
-            ReduceKind::Max => acc.fold_axis(Axis(a), f64::NEG_INFINITY, |m, &v| m.max(v)),
+            ReduceKind::Max => acc.fold_axis(Axis(a), f64::NEG_INFINITY, |&m, &v| max_step(m, v)),
         };
         acc = r.insert_axis(Axis(a));
     }
