@@ -41,7 +41,12 @@ enum Command {
         epochs: Option<usize>,
     },
     /// Check names and shapes, then the gradient of every parameter by finite differences.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Stop before the finite-difference gradient check (names, shapes and data only).
+        #[arg(long)]
+        shapes_only: bool,
+    },
     /// Print a table of each training run's model: layers, output shapes, parameters, receptive fields, FLOPs.
     Info {
         file: PathBuf,
@@ -97,7 +102,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { file, json, quiet, timings, epochs } => run(&file, json, quiet, timings, epochs, process_start),
-        Command::Check { file } => check_file(&file),
+        Command::Check { file, shapes_only } => check_file(&file, shapes_only),
         Command::Ir { file, grad, step } => print_ir(&file, grad, step),
         Command::Info { file, json } => print_info(&file, json),
         Command::Sample { file, checkpoint, prompt, tokens, strategy, width, temperature, k, seed, model, no_cache } => {
@@ -207,7 +212,7 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
     ExitCode::SUCCESS
 }
 
-fn check_file(file: &Path) -> ExitCode {
+fn check_file(file: &Path, shapes_only: bool) -> ExitCode {
     let (source, program) = match read_and_parse(file) {
         Ok(sp) => sp,
         Err(code) => return code,
@@ -215,8 +220,13 @@ fn check_file(file: &Path) -> ExitCode {
     if let Err(d) = outputs::check(&program, file, &base_dir(file)) {
         return report(file, &source, &d);
     }
-    match check::check(&program, &base_dir(file)) {
+    let gradients = if shapes_only { check::Gradients::Skip } else { check::Gradients::Check };
+    match check::check_with(&program, &base_dir(file), gradients) {
         Err(d) => report(file, &source, &d),
+        Ok(_) if shapes_only => {
+            println!("{}: names, shapes and data check (gradients not compared: --shapes-only)", file.display());
+            ExitCode::SUCCESS
+        }
         Ok(results) => {
             let mut ok = true;
             println!("{:<12} {:<24} {:<16} {:>8} {:>14}", "run", "parameter", "shape", "entries", "worst rel err");

@@ -30,8 +30,23 @@ const SMALL_STEP: f64 = 1e-6;
 /// The step also tried where `SMALL_STEP` disagrees (`entry_error`).
 const LARGE_STEP: f64 = 1e-5;
 
+/// Whether `check_with` compares each gradient with finite differences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gradients {
+    Check,
+    /// Stop after names, shapes, data and building the gradient graphs
+    /// (`nnc check --shapes-only`): the float64 comparison takes up to two
+    /// minutes on the larger examples, everything before it under a second.
+    Skip,
+}
+
 /// Check a parsed program; returns per-parameter gradient errors.
 pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Vec<ParamCheck>, Vec<Diagnostic>> {
+    check_with(program, base_dir, Gradients::Check)
+}
+
+/// `check`, with or without the gradient comparison (no results without it).
+pub fn check_with(program: &nnc_compiler::ast::Program, base_dir: &Path, gradients: Gradients) -> Result<Vec<ParamCheck>, Vec<Diagnostic>> {
     let mut session = Session::new(program)?;
     let mut datasets: Vec<Dataset> = Vec::new();
     let mut results = Vec::new();
@@ -58,9 +73,12 @@ pub fn check(program: &nnc_compiler::ast::Program, base_dir: &Path) -> Result<Ve
             Item::Report(r) if mentions(&r.value, &unloaded) => {}
             Item::Train(t) => match session.train_plan(t) {
                 Ok(plan) => {
-                    match gradient_check(&plan, &datasets) {
-                        Ok(r) => results.extend(r),
-                        Err(e) => errors.push(e),
+                    match gradients {
+                        Gradients::Check => match gradient_check(&plan, &datasets) {
+                            Ok(r) => results.extend(r),
+                            Err(e) => errors.push(e),
+                        },
+                        Gradients::Skip => {}
                     }
                     session.add_trained(&t.name.name, &t.model);
                 }

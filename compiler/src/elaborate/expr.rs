@@ -2,15 +2,28 @@
 
 use super::error::{closest, ErrorKind};
 use super::value::{Arg, Func, ModuleInst, Tensor, Value};
-use super::{builtins, Ctx, ElabError, ParamSpec, Scope};
+use super::{builtins, Ctx, ElabError, ParamSpec, Scope, MAX_CALL_DEPTH};
 use crate::ast::{BinOp, CallArg, Expr, ExprKind, FnDef, Ident, IndexItem, Member, ModuleDef, Span, TypeAnn};
 use crate::builder::broadcast_shapes;
 use crate::ir::{DType, Dim, InputKind, Shape, TensorType};
 use crate::ops::{BinaryOp, Op};
 use std::rc::Rc;
 
+/// How much stack must remain before `expr` or `instantiate_in` recurses, and
+/// the size of each extra segment `stacker` allocates when it does not. The
+/// parser bounds one expression's depth and `MAX_CALL_DEPTH` the calls, but
+/// the two multiply: 80 functions each calling the next 190 levels deep used
+/// all of the main thread's 8 MiB (about 550 bytes a level), so the walk grows
+/// its stack on the heap instead (as rustc's `ensure_sufficient_stack` does).
+const STACK_RED_ZONE: usize = 128 * 1024;
+const STACK_SEGMENT: usize = 4 * 1024 * 1024;
+
 impl<'s, 'p> Ctx<'s, 'p> {
     pub(crate) fn expr(&mut self, e: &Expr, scope: &Scope) -> Result<Value, ElabError> {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.expr_kind(e, scope))
+    }
+
+    fn expr_kind(&mut self, e: &Expr, scope: &Scope) -> Result<Value, ElabError> {
         match &e.kind {
             ExprKind::Number { value, is_int } => Ok(Value::Number { value: *value, is_int: *is_int }),
             ExprKind::Str(s) => Ok(Value::Str(s.clone())),
@@ -322,6 +335,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
         if self.call_stack.iter().any(|(_, n)| *n == qualified) {
             return Err(self.err(ErrorKind::Recursion { span, name: qualified }));
         }
+        self.check_call_depth(span, &qualified)?;
         if let Some(a) = args.iter().find(|a| a.name.is_some()) {
             let keyword = a.name.as_ref().map(|n| n.name.clone()).unwrap_or_default();
             let known: Vec<String> = def.args.iter().map(|p| p.name.name.clone()).collect();
@@ -378,6 +392,14 @@ impl<'s, 'p> Ctx<'s, 'p> {
         }
         self.call_stack.pop();
         Ok(result)
+    }
+
+    /// Refuse a call or module instance nested deeper than `MAX_CALL_DEPTH`.
+    fn check_call_depth(&self, span: Span, callee: &str) -> Result<(), ElabError> {
+        if self.call_stack.len() < MAX_CALL_DEPTH {
+            return Ok(());
+        }
+        Err(self.err(ErrorKind::CallDepth { span, callee: callee.to_string(), limit: MAX_CALL_DEPTH }))
     }
 
     /// Check a value against an annotation, binding shape variables; returns
@@ -709,6 +731,10 @@ impl<'s, 'p> Ctx<'s, 'p> {
     }
 
     fn instantiate_in(&mut self, e: &Expr, path: &str, scope: &Scope) -> Result<Rc<ModuleInst>, ElabError> {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.instantiate_kind(e, path, scope))
+    }
+
+    fn instantiate_kind(&mut self, e: &Expr, path: &str, scope: &Scope) -> Result<Rc<ModuleInst>, ElabError> {
         match &e.kind {
             ExprKind::Name(n) => self.instantiate(n, Vec::new(), e.span, path),
             ExprKind::Call { callee, args } => {
@@ -783,6 +809,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             inst.consts.push((p.name.name.clone(), Value::Number { value: n, is_int }));
         }
+        self.check_call_depth(span, name)?;
         self.call_stack.push((span, name.to_string()));
         let r = self.instantiate_members(def, inst);
         self.call_stack.pop();

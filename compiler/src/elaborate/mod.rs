@@ -4,6 +4,7 @@
 //! failed *and* at each call that led there.
 
 pub mod builtins;
+mod cycles;
 pub mod error;
 mod expr;
 mod recurrence;
@@ -26,6 +27,12 @@ use value::{ModuleInst, Tensor, Value};
 /// The scalar input that seeds a training step's random numbers; the runtime
 /// feeds a fresh value every step.
 pub const HYPER_SEED: &str = "hyper.seed";
+
+/// The deepest nesting of function calls and module instances accepted. The
+/// examples nest fewer than 10; a chain of 1,000 is far past any model and
+/// still elaborates in well under a second (each level's stack is grown on
+/// the heap as needed, see `expr::STACK_RED_ZONE`).
+pub const MAX_CALL_DEPTH: usize = 1000;
 
 pub use train::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ParamSpec, ScheduleSpec, TrainPlan};
 
@@ -155,6 +162,9 @@ impl<'p> Session<'p> {
                     seen.insert(id.name.clone(), id.span);
                 }
             }
+        }
+        for kind in cycles::module_cycles(program) {
+            errors.push(ElabError { kind: Box::new(kind), context: Vec::new() }.to_diagnostic());
         }
         if errors.is_empty() {
             Ok(s)
