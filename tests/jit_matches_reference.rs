@@ -16,7 +16,7 @@ fn check_example(file: &str, batch: usize) {
     let plans = train_plans(&program, path.parent().unwrap()).unwrap();
     for plan in plans {
         let sizes: SizeEnv = [("B".to_string(), batch)].into_iter().collect();
-        let graph = nnc_compiler::opt::optimize(&plan.step_graph.specialize(&sizes));
+        let graph = nnc_compiler::opt::optimize(&plan.step_graph.specialize(&sizes).unwrap());
         let mut exec = Exec::compile(&plan.step_graph, &sizes, &[]).unwrap();
         // Deterministic, varied inputs; labels are valid class ids.
         let mut inputs = Inputs::new();

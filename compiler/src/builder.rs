@@ -29,10 +29,10 @@ impl<'g> Builder<'g> {
         self.graph.shape(v).clone()
     }
 
-    /// Append `op(args)` if the shape rule accepts it.
-    pub fn try_op(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, ShapeError> {
+    /// The type of `op(args)` by the op's shape rule.
+    fn type_of(&self, op: &Op, args: &[ValueId]) -> Result<TensorType, ShapeError> {
         let tys: Vec<&TensorType> = args.iter().map(|&a| self.graph.ty(a)).collect();
-        let mut ty = shape_rule(&op, &tys)?;
+        let mut ty = shape_rule(op, &tys)?;
         // Comparisons and movement of integer tensors keep the operand's dtype;
         // arithmetic always yields floats except where the rule says otherwise.
         if matches!(
@@ -42,13 +42,31 @@ impl<'g> Builder<'g> {
         {
             ty.dtype = DType::I32;
         }
+        Ok(ty)
+    }
+
+    /// Append `op(args)` if the shape rule accepts it and the result is not
+    /// larger than a tensor may be: the rules' own arithmetic is checked,
+    /// this bounds their results.
+    pub fn try_op(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, ShapeError> {
+        let ty = self.type_of(&op, args)?;
+        ty.shape.check_size().map_err(ShapeError::TooLarge)?;
         Ok(self.graph.push(op, args.to_vec(), ty, self.span))
     }
 
-    /// Append `op(args)`; a shape error is recorded as an internal error.
+    /// Append `op(args)`; a shape error is recorded as an internal error. A
+    /// result too large for a tensor is appended all the same (and recorded):
+    /// its size comes from the user's numbers (`eye(n)`, `ones(shape)`), and
+    /// the elaborator reports the first too-large node at its span (see
+    /// `elaborate::first_too_large`), wherever it was built.
     pub fn op(&mut self, op: Op, args: &[ValueId]) -> ValueId {
-        match self.try_op(op, args) {
-            Ok(v) => v,
+        match self.type_of(&op, args) {
+            Ok(ty) => {
+                if let Err(e) = ty.shape.check_size() {
+                    self.internal_error.get_or_insert(ShapeError::TooLarge(e));
+                }
+                self.graph.push(op, args.to_vec(), ty, self.span)
+            }
             Err(e) => {
                 self.internal_error.get_or_insert(e);
                 // Keep building with a placeholder so the caller can report the error.

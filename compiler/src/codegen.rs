@@ -21,7 +21,10 @@ mod rows;
 mod updates;
 mod wide;
 
+use crate::ast::Span;
+use crate::diagnostic::Diagnostic;
 use crate::ir::{Graph, Shape, ValueId};
+use crate::size::{OutOfMemory, TooLargeAt};
 use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{AbiParam, InstBuilder, StackSlotData, StackSlotKind};
 use cranelift_codegen::settings::{self, Configurable};
@@ -49,6 +52,11 @@ pub enum CodegenError {
     BadUpdate { output: usize, input: ValueId, reason: String },
     /// A node that its op's shape rule should have rejected.
     Malformed { node: ValueId, reason: String },
+    /// A node with more elements than a tensor may have (a graph that was
+    /// not checked, or sizes that made it too large in `Graph::specialize`).
+    TooLarge(TooLargeAt),
+    /// The arena or scratch space could not be allocated.
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for CodegenError {
@@ -64,6 +72,20 @@ impl fmt::Display for CodegenError {
             CodegenError::Malformed { node, reason } => {
                 write!(f, "malformed node {node}: {reason}")
             }
+            CodegenError::TooLarge(at) => write!(f, "{}", at.to_diagnostic().title),
+            CodegenError::OutOfMemory(e) => write!(f, "{}", e.message()),
+        }
+    }
+}
+
+impl CodegenError {
+    /// The diagnostic for a failure to compile `what`, placed at the node a
+    /// size error is about, else at `span` (the item being compiled).
+    pub fn to_diagnostic(&self, what: &str, span: Span) -> Diagnostic {
+        match self {
+            CodegenError::TooLarge(at) => at.to_diagnostic(),
+            CodegenError::OutOfMemory(e) => e.to_diagnostic(span),
+            other => Diagnostic::new(format!("could not compile {what}")).label(span, other.to_string()),
         }
     }
 }
@@ -123,11 +145,25 @@ struct RawBuf<T> {
 }
 
 impl<T: Copy + Default> RawBuf<T> {
-    fn new(len: usize) -> RawBuf<T> {
-        let b: Box<[T]> = vec![T::default(); len].into_boxed_slice();
+    /// `len` zeroed values, or an error naming `what` if the machine cannot
+    /// give them (never an allocation abort).
+    fn new(len: usize, what: &str) -> Result<RawBuf<T>, CodegenError> {
+        let mut v = Vec::new();
+        OutOfMemory::reserve(&mut v, len, || what.to_string()).map_err(CodegenError::OutOfMemory)?;
+        v.resize(len, T::default());
+        let b: Box<[T]> = v.into_boxed_slice();
         let len = b.len();
-        RawBuf { ptr: Box::into_raw(b).cast::<T>(), len }
+        Ok(RawBuf { ptr: Box::into_raw(b).cast::<T>(), len })
     }
+}
+
+/// Every node's element count within `size::MAX_ELEMENTS`, so that the
+/// offsets and strides planned from them cannot wrap.
+fn check_sizes(graph: &Graph) -> Result<(), CodegenError> {
+    for node in &graph.nodes {
+        node.ty.shape.check_size().map_err(|error| CodegenError::TooLarge(TooLargeAt { span: node.span, error }))?;
+    }
+    Ok(())
 }
 
 impl<T> Drop for RawBuf<T> {
@@ -434,6 +470,7 @@ impl CompiledGraph {
     /// (in-place elementwise is fine), else copied there at the end.
     pub fn compile(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<CompiledGraph, CodegenError> {
         let start = Instant::now();
+        check_sizes(graph)?;
         let plan = plan::plan(graph, updates)?;
         let layout = memory::assign(&plan.storages, &plan.kernels);
         let mut module = new_module()?;
@@ -449,7 +486,7 @@ impl CompiledGraph {
         // the returned value and freed only on drop.
         let entry = unsafe { entry_from_ptr(code) };
 
-        let arena = RawBuf::<f32>::new(layout.len + 16);
+        let arena = RawBuf::<f32>::new(layout.len.saturating_add(16), "the compiled step's buffers")?;
         let base = (arena.ptr as usize).wrapping_neg() % 64 / 4;
         let slot = |s: usize, len: usize| -> Result<Slot, CodegenError> {
             let off = layout.offsets.get(s).copied().unwrap_or(usize::MAX);
@@ -466,7 +503,7 @@ impl CompiledGraph {
             entry,
             arena,
             base,
-            scratch: RawBuf::new(plan.scratch.max(1)),
+            scratch: RawBuf::new(plan.scratch.max(1), "the compiled step's scratch space")?,
             inputs,
             outputs,
             kernels: plan.kernels.len(),

@@ -2,8 +2,9 @@
 //! ndarray, one node at a time. Slow and obviously correct; it is the oracle
 //! the JIT is tested against and what `nnc check` differentiates numerically.
 
-use crate::ir::{Graph, ValueId};
+use crate::ir::{Graph, Node, ValueId};
 use crate::ops::{eval, EvalError, Op};
+use crate::size::{OutOfMemory, TooLargeAt};
 use ndarray::ArrayD;
 use std::collections::HashMap;
 
@@ -20,6 +21,7 @@ pub fn run(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalError
 pub fn run_all(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalError> {
     let mut values: Vec<ArrayD<f64>> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
+        check_room(node)?;
         let v = match &node.op {
             Op::Input { name, .. } => {
                 let v = inputs.get(name).ok_or_else(|| EvalError::MissingInput(name.clone()))?;
@@ -37,4 +39,16 @@ pub fn run_all(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalE
         values.push(v);
     }
     Ok(values)
+}
+
+/// Whether `node`'s value can be held: its shape within `size::MAX_ELEMENTS`
+/// and its float64 values allocatable. The evaluation rules allocate with
+/// ndarray, which aborts when the machine refuses; asking for the same room
+/// first, fallibly, turns that into an error at the node's span.
+fn check_room(node: &Node) -> Result<(), EvalError> {
+    node.ty.shape.check_size().map_err(|error| EvalError::TooLarge(TooLargeAt { span: node.span, error }))?;
+    let Some(n) = node.ty.shape.numel() else { return Ok(()) };
+    let mut probe: Vec<f64> = Vec::new();
+    OutOfMemory::reserve(&mut probe, n, || format!("a {} tensor", node.ty.shape))
+        .map_err(|error| EvalError::OutOfMemory { span: node.span, error })
 }

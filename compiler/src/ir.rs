@@ -10,6 +10,7 @@
 //! elaborated, so derivative rules exist only for primitives.
 
 use crate::ast::Span;
+use crate::size::{self, TooLarge, TooLargeAt};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -46,13 +47,15 @@ impl Dim {
 
     /// The product of `dims` as one dim. Symbols multiply into a product
     /// symbol such as `B*T*64` (symbols sorted, the constant last), which
-    /// `factors` splits again and `Shape::substitute` evaluates.
+    /// `factors` splits again and `Shape::substitute` evaluates. The constant
+    /// saturates at `usize::MAX` rather than wrapping, so a product too large
+    /// for a tensor stays too large and `Shape::check_size` refuses it.
     pub fn product(dims: &[Dim]) -> Dim {
-        let mut c = 1;
+        let mut c = 1usize;
         let mut syms = Vec::new();
         for d in dims {
             let (k, s) = d.factors();
-            c *= k;
+            c = c.saturating_mul(k);
             syms.extend(s);
         }
         if syms.is_empty() {
@@ -66,16 +69,17 @@ impl Dim {
         Dim::Sym(name)
     }
 
-    /// A dim as a constant times symbols (`B*64` is 64 and `[B]`).
+    /// A dim as a constant times symbols (`B*64` is 64 and `[B]`). The
+    /// constant of a product symbol was checked when `product` made it.
     pub fn factors(&self) -> (usize, Vec<String>) {
         match self {
             Dim::Known(n) => (*n, Vec::new()),
             Dim::Sym(s) => {
-                let mut c = 1;
+                let mut c = 1usize;
                 let mut syms = Vec::new();
                 for f in s.split('*') {
                     match f.parse::<usize>() {
-                        Ok(n) => c *= n,
+                        Ok(n) => c = c.saturating_mul(n),
                         Err(_) => syms.push(f.to_string()),
                     }
                 }
@@ -114,32 +118,63 @@ impl Shape {
     pub fn concrete(&self) -> Option<Vec<usize>> {
         self.0.iter().map(Dim::known).collect()
     }
-    /// Number of elements, if every dim is known.
+    /// Number of elements, if every dim is known (and the count is at most
+    /// `size::MAX_ELEMENTS`, as in every checked graph).
     pub fn numel(&self) -> Option<usize> {
-        self.concrete().map(|d| d.iter().product())
+        self.concrete().and_then(|d| size::numel(&d))
     }
-    /// Replace symbols by their sizes where `env` knows them.
-    pub fn substitute(&self, env: &SizeEnv) -> Shape {
-        Shape(
-            self.0
-                .iter()
-                .map(|d| match d {
-                    Dim::Sym(s) => match env.get(s) {
-                        Some(&n) => Dim::Known(n),
-                        None => {
-                            // A product symbol (`B*64`) is known once all its symbols are.
-                            let (c, syms) = d.factors();
-                            let sizes: Option<Vec<usize>> = syms.iter().map(|f| env.get(f).copied()).collect();
-                            match sizes {
-                                Some(v) if syms.len() > 1 || c != 1 => Dim::Known(c * v.iter().product::<usize>()),
-                                _ => d.clone(),
-                            }
-                        }
-                    },
-                    Dim::Known(_) => d.clone(),
-                })
-                .collect(),
-        )
+
+    /// Whether a tensor can have this shape: its known dims (symbols counting
+    /// as 1) have at most `size::MAX_ELEMENTS` elements. Every node the
+    /// elaborator makes is checked so; `substitute` checks again once the
+    /// symbols have sizes.
+    pub fn check_size(&self) -> Result<(), TooLarge> {
+        let constants: Vec<usize> = self.0.iter().map(|d| d.factors().0).collect();
+        match size::numel(&constants) {
+            Some(_) => Ok(()),
+            None => Err(TooLarge::known_dims(self)),
+        }
+    }
+
+    /// Replace symbols by their sizes where `env` knows them; an error if the
+    /// shape then has more elements than a tensor may (`[B, 10^9]` with `B = 64`).
+    pub fn substitute(&self, env: &SizeEnv) -> Result<Shape, TooLarge> {
+        let too_large = || {
+            let sizes = env.iter().filter(|(s, _)| self.mentions(s)).map(|(s, n)| (s.clone(), *n)).collect();
+            let per_dim = |d: &Dim| {
+                let (c, syms) = d.factors();
+                syms.iter().map(|f| env.get(f).copied().unwrap_or(1) as f64).product::<f64>() * c as f64
+            };
+            TooLarge { shape: self.clone(), sizes, elements: self.0.iter().map(per_dim).product() }
+        };
+        let mut dims = Vec::with_capacity(self.0.len());
+        for d in &self.0 {
+            dims.push(substitute_dim(d, env).ok_or_else(too_large)?);
+        }
+        let shape = Shape(dims);
+        shape.check_size().map_err(|_| too_large())?;
+        Ok(shape)
+    }
+
+    /// Whether the symbol `sym` appears in a dim (alone or in a product).
+    fn mentions(&self, sym: &str) -> bool {
+        self.0.iter().any(|d| d.factors().1.iter().any(|f| f == sym))
+    }
+}
+
+/// A dim with its symbols replaced by their sizes where `env` knows them all;
+/// `None` if the product passes `size::MAX_ELEMENTS`.
+fn substitute_dim(d: &Dim, env: &SizeEnv) -> Option<Dim> {
+    let Dim::Sym(s) = d else { return Some(d.clone()) };
+    if let Some(&n) = env.get(s) {
+        return Some(Dim::Known(n));
+    }
+    // A product symbol (`B*64`) is known once all its symbols are.
+    let (c, syms) = d.factors();
+    let sizes: Option<Vec<usize>> = syms.iter().map(|f| env.get(f).copied()).collect();
+    match sizes {
+        Some(v) if syms.len() > 1 || c != 1 => v.into_iter().try_fold(c, size::mul).map(Dim::Known),
+        _ => Some(d.clone()),
     }
 }
 
@@ -271,14 +306,17 @@ impl Graph {
         self.inputs().into_iter().find(|(_, n, _)| *n == name).map(|(id, _, _)| id)
     }
 
-    /// The same graph with symbolic dims replaced by sizes from `env`.
-    pub fn specialize(&self, env: &SizeEnv) -> Graph {
+    /// The same graph with symbolic dims replaced by sizes from `env`; an
+    /// error at the first node whose tensor would then be too large (the
+    /// batch size times a large constant), before any buffer is planned.
+    pub fn specialize(&self, env: &SizeEnv) -> Result<Graph, TooLargeAt> {
         let mut g = self.clone();
         for node in &mut g.nodes {
-            node.ty.shape = node.ty.shape.substitute(env);
-            node.op = node.op.substitute(env);
+            let at = |error| TooLargeAt { span: node.span, error };
+            node.ty.shape = node.ty.shape.substitute(env).map_err(at)?;
+            node.op = node.op.substitute(env).map_err(at)?;
         }
-        g
+        Ok(g)
     }
 }
 

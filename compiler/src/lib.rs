@@ -21,4 +21,5 @@ pub mod interp;
 pub mod ir;
 pub mod ops;
 pub mod opt;
+pub mod size;
 pub mod syntax;

@@ -157,7 +157,7 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
         .ok_or_else(|| Diagnostic::new("training data not loaded").label(plan.span, "here"))?;
     let b = split.x.nrows().min(8);
     let sizes: SizeEnv = [("B".to_string(), b)].into_iter().collect();
-    let graph = plan.grad_graph.specialize(&sizes);
+    let graph = plan.grad_graph.specialize(&sizes).map_err(|e| e.to_diagnostic())?;
     let mut params = initial_params(plan)?;
     // Constant initialisations (zero biases, unit scales) put every unit of a
     // layer at the same point, and on image data often exactly at a ReLU's or
@@ -194,11 +194,12 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
             inputs.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| bad(e.to_string()))?);
         }
     }
-    let analytic = interp::run(&graph, &inputs).map_err(|e| bad(format!("{e:?}")))?;
+    let what = format!("the gradient check of `{}`", plan.name);
+    let analytic = interp::run(&graph, &inputs).map_err(|e| e.to_diagnostic(&what, plan.span))?;
     let mut loss_only = graph.clone();
     loss_only.outputs.truncate(1);
     let loss_at = |inp: &Inputs| -> Result<f64, Diagnostic> {
-        let out = interp::run(&loss_only, inp).map_err(|e| bad(format!("{e:?}")))?;
+        let out = interp::run(&loss_only, inp).map_err(|e| e.to_diagnostic(&what, plan.span))?;
         Ok(out.first().and_then(|a| a.iter().next().copied()).unwrap_or(f64::NAN))
     };
     // Rounding in the loss limits what central differences can resolve: about

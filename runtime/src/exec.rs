@@ -1,7 +1,7 @@
 //! A compiled graph with its inputs addressed by name.
 
 use nnc_compiler::ast::Span;
-use nnc_compiler::codegen::CompiledGraph;
+use nnc_compiler::codegen::{CodegenError, CompiledGraph};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::ir::{Graph, SizeEnv};
 use nnc_compiler::opt;
@@ -20,10 +20,12 @@ impl Exec {
     /// Specialize `graph` to `sizes`, simplify it again (constants fold once
     /// sizes are known) and compile it. `updates` names, for some outputs, the
     /// input that takes the output's value after each run.
-    pub fn compile(graph: &Graph, sizes: &SizeEnv, updates: &[(usize, String)]) -> Result<Exec, String> {
-        let g = opt::optimize(&graph.specialize(sizes));
+    /// A tensor too large once `sizes` are substituted is an error at its
+    /// node, before any buffer is planned.
+    pub fn compile(graph: &Graph, sizes: &SizeEnv, updates: &[(usize, String)]) -> Result<Exec, CodegenError> {
+        let g = opt::optimize(&graph.specialize(sizes).map_err(CodegenError::TooLarge)?);
         let pairs: Vec<_> = updates.iter().filter_map(|(o, name)| g.input(name).map(|id| (*o, id))).collect();
-        let mut compiled = CompiledGraph::compile(&g, &pairs).map_err(|e| format!("code generation failed: {e:?}"))?;
+        let mut compiled = CompiledGraph::compile(&g, &pairs)?;
         // Like XLA on CPUs: subnormals flush to zero. Late in training, tiny
         // gradients and Adam moments otherwise hit the processor's slow path
         // (W1 ran 15-20 % slower over 100 epochs than over 30).

@@ -4,6 +4,7 @@
 
 use flate2::read::MultiGzDecoder;
 use ndarray::{Array1, Array2};
+use nnc_compiler::size;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,7 +72,9 @@ pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<u8>), IdxError> {
         dims.push(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize);
     }
     let start = 4 + 4 * rank;
-    let expected: usize = dims.iter().product();
+    // Checked: dims that multiply past the limit (or past 2^64, where an
+    // unchecked product wraps to a small count) are a bad header.
+    let expected = size::numel(&dims).ok_or_else(|| bad(&format!("its dims {dims:?} multiply to more elements than a tensor can hold")))?;
     let data = bytes.get(start..).unwrap_or_default();
     if data.len() < expected {
         return Err(IdxError::Truncated { path: path.to_path_buf(), expected, found: data.len() });
@@ -88,7 +91,8 @@ pub fn load(images: &[PathBuf], labels: &[PathBuf]) -> Result<(Array2<f32>, Arra
     for p in images {
         let (dims, data) = read(p)?;
         let n = dims.first().copied().unwrap_or(0);
-        let w: usize = dims.iter().skip(1).product();
+        // `read` checked that the dims multiply to at most the limit.
+        let w = size::numel(dims.get(1..).unwrap_or_default()).unwrap_or(usize::MAX);
         if rows > 0 && w != width {
             return Err(IdxError::BadHeader { path: p.clone(), why: format!("items of {w} values, earlier files had {width}") });
         }
@@ -125,5 +129,44 @@ mod tests {
         let (dims, data) = read.unwrap();
         assert_eq!(dims, vec![2, 2, 2]);
         assert_eq!(data, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    /// An unsigned-byte IDX file of these dims holding `data`.
+    fn idx_file(name: &str, dims: &[u32], data: &[u8]) -> PathBuf {
+        let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
+        for d in dims {
+            bytes.extend(d.to_be_bytes());
+        }
+        bytes.extend(data);
+        let path = std::env::temp_dir().join(format!("nnc-idx-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn dims_that_multiply_past_2_64_are_a_bad_header() {
+        // 16·47·41579·218641·26983373 = 10·2^64 + 784: an unchecked product
+        // wraps to 784, and the file loaded as two 784-pixel images.
+        let images = idx_file("wrap-images", &[2, 16, 47, 41579, 218641, 26983373], &[7; 2 * 784]);
+        let labels = idx_file("wrap-labels", &[2], &[1, 2]);
+        let result = load(&[images.clone()], &[labels.clone()]);
+        std::fs::remove_file(images).unwrap();
+        std::fs::remove_file(labels).unwrap();
+        match result {
+            Err(IdxError::BadHeader { why, .. }) => assert!(why.contains("multiply to more elements"), "{why}"),
+            other => panic!("expected a bad header, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn checked_dims_still_load() {
+        let images = idx_file("ok-images", &[2, 2, 3], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        let labels = idx_file("ok-labels", &[2], &[4, 9]);
+        let (x, y) = load(&[images.clone()], &[labels.clone()]).unwrap();
+        std::fs::remove_file(images).unwrap();
+        std::fs::remove_file(labels).unwrap();
+        assert_eq!(x.shape(), &[2, 6]);
+        assert_eq!(x[[1, 5]], 11.0);
+        assert_eq!(y.to_vec(), vec![4.0, 9.0]);
     }
 }

@@ -30,9 +30,10 @@ impl Incremental {
     /// one sequence, or why the model cannot be run one position at a time.
     pub fn new(forward: &Graph, context: usize) -> Result<Incremental, String> {
         let sizes: SizeEnv = [("B".to_string(), 1)].into_iter().collect();
-        let step = step_graph(&forward.specialize(&sizes), "x", context)?;
+        let one = forward.specialize(&sizes).map_err(|e| e.to_diagnostic().title)?;
+        let step = step_graph(&one, "x", context)?;
         let updates: Vec<(usize, String)> = step.caches.iter().map(|c| (c.output, c.input.clone())).collect();
-        let exec = Exec::compile(&step.graph, &SizeEnv::new(), &updates)?;
+        let exec = Exec::compile(&step.graph, &SizeEnv::new(), &updates).map_err(|e| e.to_string())?;
         Ok(Incremental { exec, caches: step.caches, done: Vec::new(), states: Vec::new(), context })
     }
 

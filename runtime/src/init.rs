@@ -12,6 +12,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::rng::unit_f64;
+use nnc_compiler::size::{self, OutOfMemory};
 
 /// How to fill a parameter tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,8 +40,10 @@ pub enum InitError {
     InvalidStd { std: f64 },
     /// Uniform bounds that are not finite or have `low > high`.
     InvalidBounds { low: f64, high: f64 },
-    /// The product of the shape overflows `usize`.
+    /// The shape has more elements than a tensor may (`size::MAX_ELEMENTS`).
     ShapeOverflow { shape: Vec<usize> },
+    /// The machine could not give the tensor its memory.
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for InitError {
@@ -53,6 +56,7 @@ impl fmt::Display for InitError {
             InitError::ShapeOverflow { shape } => {
                 write!(f, "tensor shape {shape:?} has too many elements")
             }
+            InitError::OutOfMemory(e) => write!(f, "{}", e.message()),
         }
     }
 }
@@ -66,8 +70,10 @@ pub fn fans(shape: &[usize]) -> (usize, usize) {
         [n] => (*n, *n),
         [i, o] => (*i, *o),
         [o, i, rest @ ..] => {
-            let field: usize = rest.iter().product();
-            (i * field, o * field)
+            // Saturating: fans only scale the initial values, and a
+            // parameter's shape was checked against `size::MAX_ELEMENTS`.
+            let field = rest.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+            (i.saturating_mul(field), o.saturating_mul(field))
         }
     }
 }
@@ -76,40 +82,48 @@ pub fn fans(shape: &[usize]) -> (usize, usize) {
 ///
 /// Deterministic given the state of `rng` (use [`crate::rng::seeded`]).
 pub fn initialize<R: Rng + ?Sized>(init: &Init, shape: &[usize], rng: &mut R) -> Result<Vec<f32>, InitError> {
-    let n =
-        shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| InitError::ShapeOverflow { shape: shape.to_vec() })?;
+    let n = size::numel(shape).ok_or_else(|| InitError::ShapeOverflow { shape: shape.to_vec() })?;
+    // Fallibly, so that a parameter the machine cannot hold is an error
+    // rather than an allocation abort.
+    let mut values = Vec::new();
+    OutOfMemory::reserve(&mut values, n, || format!("a {shape:?} tensor")).map_err(InitError::OutOfMemory)?;
     let (fan_in, fan_out) = fans(shape);
     // Fans are only 0 when the tensor is empty; keep the formulas finite anyway.
     let fan_in = fan_in.max(1) as f64;
     let fan_out = fan_out.max(1) as f64;
     match *init {
-        Init::Zeros => Ok(vec![0.0; n]),
-        Init::Ones => Ok(vec![1.0; n]),
-        Init::Normal { std } => normal(n, std, rng),
-        Init::HeNormal => normal(n, (2.0 / fan_in).sqrt(), rng),
-        Init::XavierNormal => normal(n, (2.0 / (fan_in + fan_out)).sqrt(), rng),
-        Init::Uniform { low, high } => uniform(n, low, high, rng),
+        Init::Zeros => values.resize(n, 0.0),
+        Init::Ones => values.resize(n, 1.0),
+        Init::Normal { std } => normal(&mut values, n, std, rng)?,
+        Init::HeNormal => normal(&mut values, n, (2.0 / fan_in).sqrt(), rng)?,
+        Init::XavierNormal => normal(&mut values, n, (2.0 / (fan_in + fan_out)).sqrt(), rng)?,
+        Init::Uniform { low, high } => uniform(&mut values, n, low, high, rng)?,
         Init::XavierUniform => {
             let a = (6.0 / (fan_in + fan_out)).sqrt();
-            uniform(n, -a, a, rng)
+            uniform(&mut values, n, -a, a, rng)?
         }
     }
+    Ok(values)
 }
 
-fn normal<R: Rng + ?Sized>(n: usize, std: f64, rng: &mut R) -> Result<Vec<f32>, InitError> {
+/// `n` draws of `N(0, std²)` appended to `out`.
+fn normal<R: Rng + ?Sized>(out: &mut Vec<f32>, n: usize, std: f64, rng: &mut R) -> Result<(), InitError> {
     if !std.is_finite() || std < 0.0 {
         return Err(InitError::InvalidStd { std });
     }
     let dist = Normal::new(0.0f64, std).map_err(|_| InitError::InvalidStd { std })?;
-    Ok((0..n).map(|_| dist.sample(rng) as f32).collect())
+    out.extend((0..n).map(|_| dist.sample(rng) as f32));
+    Ok(())
 }
 
-fn uniform<R: Rng + ?Sized>(n: usize, low: f64, high: f64, rng: &mut R) -> Result<Vec<f32>, InitError> {
+/// `n` draws of `U[low, high)` appended to `out`.
+fn uniform<R: Rng + ?Sized>(out: &mut Vec<f32>, n: usize, low: f64, high: f64, rng: &mut R) -> Result<(), InitError> {
     if !low.is_finite() || !high.is_finite() || low > high {
         return Err(InitError::InvalidBounds { low, high });
     }
     let width = high - low;
-    Ok((0..n).map(|_| (low + width * unit_f64(rng)) as f32).collect())
+    out.extend((0..n).map(|_| (low + width * unit_f64(rng)) as f32));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,6 +147,8 @@ mod tests {
         let bad = Init::Uniform { low: 1.0, high: 0.0 };
         assert!(initialize(&bad, &[2], &mut rng).is_err());
         assert!(initialize(&Init::Zeros, &[usize::MAX, 2], &mut rng).is_err());
+        // Issue 17: `[2 ** 62]` panicked with "capacity overflow".
+        assert_eq!(initialize(&Init::Zeros, &[1 << 62], &mut rng), Err(InitError::ShapeOverflow { shape: vec![1 << 62] }));
         assert_eq!(initialize(&Init::HeNormal, &[0, 4], &mut rng).unwrap(), Vec::<f32>::new());
     }
 }

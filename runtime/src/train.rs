@@ -11,6 +11,7 @@ use crate::resume;
 use crate::rng;
 use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
+use nnc_compiler::codegen::CodegenError;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
 use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, Seq2Seq, TrainPlan, HYPER_SEED};
@@ -114,8 +115,8 @@ pub fn initial_params(plan: &TrainPlan) -> Result<Params, Diagnostic> {
     Ok(Params { tensors })
 }
 
-fn compile_error(plan: &TrainPlan, e: String) -> Diagnostic {
-    Diagnostic::new(format!("could not compile `{}`", plan.name)).label(plan.span, e)
+fn compile_error(plan: &TrainPlan, e: CodegenError) -> Diagnostic {
+    e.to_diagnostic(&format!("`{}`", plan.name), plan.span)
 }
 
 /// Train as the plan says on `data`, evaluating metrics on `datasets`.

@@ -7,8 +7,11 @@ use super::kernel::{Kernel, Storage, StorageKind};
 /// Offsets are multiples of this many floats (64 bytes).
 const ALIGN: usize = 16;
 
+/// Sizes saturate rather than wrap: every storage is at most
+/// `size::MAX_ELEMENTS` (`CompiledGraph::compile` checks), and a saturated
+/// total only makes the arena's allocation fail with an error.
 fn round_up(n: usize) -> usize {
-    n.div_ceil(ALIGN) * ALIGN
+    n.div_ceil(ALIGN).saturating_mul(ALIGN)
 }
 
 pub(crate) struct Arena {
@@ -82,11 +85,11 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
         }
     }
 
-    let mut len = 0;
+    let mut len = 0usize;
     let mut slot_off = Vec::with_capacity(slots.len());
     for sl in &slots {
         slot_off.push(len);
-        len += round_up(sl.cap);
+        len = len.saturating_add(round_up(sl.cap));
     }
     let mut offsets = vec![0; storages.len()];
     for (s, st) in storages.iter().enumerate() {
@@ -95,7 +98,7 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
             (StorageKind::Temp, None) => 0,
             (StorageKind::Input | StorageKind::Output, _) => {
                 let o = len;
-                len += round_up(st.len.max(1));
+                len = len.saturating_add(round_up(st.len.max(1)));
                 o
             }
         };

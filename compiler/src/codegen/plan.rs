@@ -14,6 +14,7 @@ use super::kernel::{
 use super::{updates, CodegenError};
 use crate::ir::{Graph, Op, ValueId};
 use crate::ops::{BinaryOp, ReduceKind, Window};
+use crate::size;
 
 /// Matmuls with at most this many multiply-adds per matrix (about 8³), or with one or two
 /// rows or columns (matrix-vector products), run as a fused loop: the library's packing
@@ -406,12 +407,15 @@ impl Planner<'_> {
         self.dims.get(id.index()).map_or(&[], |d| d.as_slice())
     }
 
+    /// `id`'s element count. `compile` checked every node against
+    /// `size::MAX_ELEMENTS`; were one larger, the count saturates and the
+    /// arena's allocation fails with an error.
     fn numel(&self, id: ValueId) -> usize {
-        self.shape(id).iter().product()
+        size::numel(self.shape(id)).unwrap_or(usize::MAX)
     }
 
     fn new_storage(&mut self, i: usize, kind: StorageKind) -> StorageId {
-        let len = self.dims[i].iter().product();
+        let len = size::numel(&self.dims[i]).unwrap_or(usize::MAX);
         self.storages.push(Storage { len, kind });
         self.owners.push(Some(ValueId(i as u32)));
         let s = self.storages.len() - 1;

@@ -5,6 +5,7 @@
 use crate::ast::Span;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{DType, Dim, Shape, TensorType};
+use crate::size::TooLarge;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ElabError {
@@ -170,6 +171,13 @@ pub enum ErrorKind {
         from: Shape,
         to: Shape,
     },
+    /// A value or parameter with more elements than a tensor may have;
+    /// `param` names the parameter when it is one.
+    TooLarge {
+        span: Span,
+        error: TooLarge,
+        param: Option<String>,
+    },
     Slice {
         span: Span,
         shape: Shape,
@@ -319,7 +327,7 @@ fn plural(n: usize, word: &str) -> String {
 
 /// The number of elements of a shape as text: `B × 64`, `49`.
 fn element_count(shape: &Shape) -> String {
-    let known: usize = shape.dims().iter().filter_map(Dim::known).product();
+    let known = shape.dims().iter().filter_map(Dim::known).fold(1usize, usize::saturating_mul);
     let mut parts: Vec<String> = shape.dims().iter().filter(|d| d.known().is_none()).map(ToString::to_string).collect();
     if known != 1 || parts.is_empty() {
         parts.push(known.to_string());
@@ -612,6 +620,7 @@ impl ErrorKind {
             IntOperand { span, op } => Diagnostic::new(format!("`{op}` needs float operands"))
                 .label(*span, "this is an int tensor (class labels)")
                 .note("help: to compute with class labels, turn them into floats with `one_hot(labels, classes)`"),
+            TooLarge { span, error, param } => error.to_diagnostic(*span, param.as_ref().map(|p| format!("parameter `{p}`")).as_deref()),
             Reshape { span, from, to } => Diagnostic::new(format!("cannot reshape {from} into {to}"))
                 .label(*span, format!("{from} has {} elements, but {to} has {}", element_count(from), element_count(to))),
             Slice { span, shape, axis, start, end } => match shape.dims().get(*axis) {

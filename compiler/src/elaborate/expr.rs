@@ -274,7 +274,17 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             Value::Func(Func::Method(inst, name)) => self.call_method(&inst, &name, args, span),
             Value::Module(inst) => self.call_module(&inst, args, span),
-            Value::Func(Func::Builtin(name)) => builtins::call(self, name, args, span),
+            Value::Func(Func::Builtin(name)) => {
+                // Built-ins make tensors of sizes the user gives (`eye(n)`,
+                // `one_hot(y, n)`) with the builder's helpers: any too large
+                // is reported here, at the node, in this call's context.
+                let from = self.graph.nodes.len();
+                let v = builtins::call(self, name, args, span)?;
+                match super::first_too_large(&self.graph, from) {
+                    Some((span, error)) => Err(self.err(ErrorKind::TooLarge { span, error, param: None })),
+                    None => Ok(v),
+                }
+            }
             Value::Func(Func::Grad(inner)) => self.call_grad(*inner, args, span),
             Value::Unbound(e) => Err(*e),
             other => {
@@ -876,6 +886,9 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     let init = self.param_init(&p.init, &scope)?;
                     let full = format!("{}{}", inst.path, p.name.name);
                     let ty = TensorType::f32(Shape::known(&dims));
+                    if let Err(error) = ty.shape.check_size() {
+                        return Err(self.err(ErrorKind::TooLarge { span: p.span, error, param: Some(full) }));
+                    }
                     let kind = if p.buffer { InputKind::Buffer } else { InputKind::Param };
                     let id = self.builder(p.span).input(&full, kind, ty);
                     let spec = ParamSpec { path: full, shape: dims, init };

@@ -92,6 +92,12 @@ impl DataShape {
     }
 }
 
+/// The span and size of the first node from `from` on whose shape is too
+/// large for a tensor (see `Builder::op`).
+fn first_too_large(graph: &Graph, from: usize) -> Option<(Span, crate::size::TooLarge)> {
+    graph.nodes.iter().skip(from).find_map(|n| n.ty.shape.check_size().err().map(|e| (n.span, e)))
+}
+
 /// A trained model's recipe, so later items can refer to `m.l1.W` or `m(x)`.
 #[derive(Clone, Debug)]
 struct TrainedModel {
@@ -348,6 +354,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
     pub fn shape_error(&self, e: ShapeError, span: Span) -> ElabError {
         let kind = match e {
             ShapeError::Reshape { from, to } => ErrorKind::Reshape { span, from, to },
+            ShapeError::TooLarge(error) => ErrorKind::TooLarge { span, error, param: None },
             ShapeError::Concat { lhs, rhs, axis } => ErrorKind::Concat { span, lhs, rhs, axis },
             ShapeError::Solve { a, b } => ErrorKind::Solve { span, a, b },
             ShapeError::IndexType { found } => ErrorKind::Builtin {

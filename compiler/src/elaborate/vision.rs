@@ -255,7 +255,8 @@ fn pad_hw(cx: &mut Ctx, x: ValueId, p: [usize; 2], value: f64, span: Span) -> Re
 fn check_fit(cx: &Ctx, what: &str, hw: [usize; 2], w: &Window, pad: [usize; 2], span: Span) -> Result<[usize; 2], ElabError> {
     let mut out = [0; 2];
     for a in 0..2 {
-        let padded = hw[a] + 2 * pad[a];
+        // Saturating: padding too large for any tensor is refused at the `Pad`.
+        let padded = hw[a].saturating_add(pad[a].saturating_mul(2));
         match w.out_size(a, padded) {
             Some(n) => out[a] = n,
             None => {

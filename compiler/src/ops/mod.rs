@@ -20,8 +20,11 @@ pub mod reduce;
 pub mod scan;
 pub mod window;
 
+use crate::ast::Span;
 use crate::builder::Builder;
+use crate::diagnostic::Diagnostic;
 use crate::ir::{InputKind, Shape, SizeEnv, TensorType, ValueId};
+use crate::size::{OutOfMemory, TooLarge, TooLargeAt};
 use ndarray::ArrayD;
 use std::fmt;
 
@@ -153,6 +156,8 @@ pub enum ShapeError {
     IndexType { found: TensorType },
     /// A scan whose operands do not fit its body.
     Scan { reason: String },
+    /// A result with more elements than a tensor may have (see `size`).
+    TooLarge(TooLarge),
     /// Wrong number of operands (an internal error, never user-facing).
     Arity { op: &'static str, expected: usize, found: usize },
 }
@@ -185,12 +190,12 @@ impl Op {
     }
 
     /// The op with symbolic dims in its attributes replaced (see `Graph::specialize`).
-    pub fn substitute(&self, env: &SizeEnv) -> Op {
-        match self {
-            Op::Broadcast { shape } => Op::Broadcast { shape: shape.substitute(env) },
-            Op::Reshape { shape } => Op::Reshape { shape: shape.substitute(env) },
+    pub fn substitute(&self, env: &SizeEnv) -> Result<Op, TooLarge> {
+        Ok(match self {
+            Op::Broadcast { shape } => Op::Broadcast { shape: shape.substitute(env)? },
+            Op::Reshape { shape } => Op::Reshape { shape: shape.substitute(env)? },
             other => other.clone(),
-        }
+        })
     }
 
     /// True for ops whose value does not depend on any argument's derivative.
@@ -268,6 +273,22 @@ pub enum EvalError {
     IndexOutOfRange { index: f64, bound: usize },
     /// A supplied input has the wrong shape.
     InputShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    /// A node with more elements than a tensor may have (an unchecked graph).
+    TooLarge(TooLargeAt),
+    /// The machine could not give a node's value the memory it needs.
+    OutOfMemory { span: Span, error: OutOfMemory },
+}
+
+impl EvalError {
+    /// The diagnostic for a failed evaluation of `what`, placed at the node a
+    /// size or memory error is about, else at `span`.
+    pub fn to_diagnostic(&self, what: &str, span: Span) -> Diagnostic {
+        match self {
+            EvalError::TooLarge(at) => at.to_diagnostic(),
+            EvalError::OutOfMemory { span, error } => error.to_diagnostic(*span),
+            other => Diagnostic::new(format!("could not evaluate {what}")).label(span, other.to_string()),
+        }
+    }
 }
 
 impl fmt::Display for EvalError {
@@ -278,6 +299,8 @@ impl fmt::Display for EvalError {
             EvalError::Singular => write!(f, "`solve` was given a singular matrix"),
             EvalError::IndexOutOfRange { index, bound } => write!(f, "id {index} is outside 0..{bound}"),
             EvalError::InputShape { name, expected, found } => write!(f, "input `{name}` is {found:?}, expected {expected:?}"),
+            EvalError::TooLarge(at) => write!(f, "{}", at.to_diagnostic().title),
+            EvalError::OutOfMemory { error, .. } => write!(f, "{}", error.message()),
         }
     }
 }

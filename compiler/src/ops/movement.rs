@@ -5,6 +5,7 @@
 use super::ShapeError;
 use crate::builder::Builder;
 use crate::ir::{Dim, Shape, TensorType, ValueId};
+use crate::size::{self, TooLarge};
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 fn one<'a>(op: &'static str, args: &[&'a TensorType]) -> Result<&'a TensorType, ShapeError> {
@@ -56,6 +57,9 @@ fn symbolic_numel(shape: &Shape) -> (usize, Vec<String>) {
 
 pub fn reshape_shape_rule(to: &Shape, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
     let x = one("reshape", args)?;
+    // First the target's own size: a count that saturated would compare
+    // unequal to the operand's and be reported as a mismatch.
+    to.check_size().map_err(ShapeError::TooLarge)?;
     if symbolic_numel(&x.shape) != symbolic_numel(to) {
         return Err(ShapeError::Reshape { from: x.shape.clone(), to: to.clone() });
     }
@@ -144,7 +148,9 @@ pub fn pad_shape_rule(axis: usize, before: usize, after: usize, args: &[&TensorT
     };
     let mut dims = x.shape.0.clone();
     if let Some(slot) = dims.get_mut(axis) {
-        *slot = Dim::Known(n + before + after);
+        // Saturating: a padded axis too long for a tensor is refused by
+        // the size check on the result (`Builder::try_op`).
+        *slot = Dim::Known(n.saturating_add(before).saturating_add(after));
     }
     Ok(TensorType::f32(Shape(dims)))
 }
@@ -178,7 +184,7 @@ pub fn concat_shape_rule(axis: usize, args: &[&TensorType]) -> Result<TensorType
             return Err(ShapeError::Concat { lhs: first.shape.clone(), rhs: x.shape.clone(), axis });
         }
         match dim_at(&x.shape, axis)? {
-            Dim::Known(n) => total += n,
+            Dim::Known(n) => total = size::add(total, *n).ok_or_else(|| too_large(args))?,
             Dim::Sym(_) => return Err(ShapeError::Concat { lhs: first.shape.clone(), rhs: x.shape.clone(), axis }),
         }
     }
@@ -187,6 +193,13 @@ pub fn concat_shape_rule(axis: usize, args: &[&TensorType]) -> Result<TensorType
         *slot = Dim::Known(total);
     }
     Ok(TensorType { shape: Shape(dims), dtype: first.dtype })
+}
+
+/// The error for operands whose concatenation is too long an axis: the
+/// shapes joined, as written.
+fn too_large(args: &[&TensorType]) -> ShapeError {
+    let dims = args.iter().map(|x| Dim::Known(x.shape.numel().unwrap_or(usize::MAX))).collect::<Vec<_>>();
+    ShapeError::TooLarge(TooLarge::known_dims(&Shape(dims)))
 }
 
 pub fn concat_vjp_rule(b: &mut Builder, axis: usize, args: &[ValueId], g: ValueId) -> Vec<Option<ValueId>> {

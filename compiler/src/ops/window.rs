@@ -31,9 +31,10 @@ pub struct Window {
 }
 
 impl Window {
-    /// The span of one window along axis `a`: `D·(K − 1) + 1`.
+    /// The span of one window along axis `a`: `D·(K − 1) + 1`, saturating
+    /// (a window wider than any tensor fits none).
     pub fn extent(&self, a: usize) -> usize {
-        self.dilation[a] * (self.kernel[a].max(1) - 1) + 1
+        self.dilation[a].saturating_mul(self.kernel[a].max(1) - 1).saturating_add(1)
     }
 
     /// Output positions along axis `a` for input size `n` (`None` if the window does not fit).
