@@ -3,6 +3,7 @@
 //! (first to last kernel touching them) do not overlap.
 
 use super::kernel::{Kernel, Storage, StorageKind};
+use std::collections::BTreeSet;
 
 /// Offsets are multiples of this many floats (64 bytes).
 const ALIGN: usize = 16;
@@ -19,12 +20,6 @@ pub(crate) struct Arena {
     pub offsets: Vec<usize>,
     /// Total floats.
     pub len: usize,
-}
-
-/// A region shared by temporaries, grown to the largest one assigned to it.
-struct Slot {
-    cap: usize,
-    free: bool,
 }
 
 pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
@@ -58,26 +53,32 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
             ends[*last + 1].push(s);
         }
     }
-    let mut slots: Vec<Slot> = Vec::new();
+    // The free slots by capacity (then index), so that finding one for each
+    // temp takes a logarithmic search: a scan over every slot made a loss of
+    // 5,000 chained `let`s (2,500 activations live at once, kept for the
+    // backward pass) quadratic here.
+    let mut slots: Vec<usize> = Vec::new();
+    let mut free: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut slot_of: Vec<Option<usize>> = vec![None; storages.len()];
     for (starting, ending) in starts.iter().zip(&ends) {
         for &s in ending {
-            if let Some(sl) = slot_of[s].and_then(|i| slots.get_mut(i)) {
-                sl.free = true;
+            if let Some(i) = slot_of[s] {
+                free.insert((slots[i], i));
             }
         }
         for &s in starting {
             let need = storages.get(s).map_or(0, |st| st.len);
-            let fitting = (0..slots.len()).filter(|&i| slots[i].free && slots[i].cap >= need).min_by_key(|&i| slots[i].cap);
-            let any = (0..slots.len()).filter(|&i| slots[i].free).max_by_key(|&i| slots[i].cap);
-            let chosen = match fitting.or(any) {
-                Some(i) => {
-                    slots[i].cap = slots[i].cap.max(need);
-                    slots[i].free = false;
+            // The smallest free slot that fits (the first of equals), else
+            // the largest free one (the last of equals), grown to fit.
+            let fitting = free.range((need, 0)..).next().copied();
+            let chosen = match fitting.or_else(|| free.last().copied()) {
+                Some((cap, i)) => {
+                    free.remove(&(cap, i));
+                    slots[i] = cap.max(need);
                     i
                 }
                 None => {
-                    slots.push(Slot { cap: need, free: false });
+                    slots.push(need);
                     slots.len() - 1
                 }
             };
@@ -87,9 +88,9 @@ pub(crate) fn assign(storages: &[Storage], kernels: &[Kernel]) -> Arena {
 
     let mut len = 0usize;
     let mut slot_off = Vec::with_capacity(slots.len());
-    for sl in &slots {
+    for &cap in &slots {
         slot_off.push(len);
-        len = len.saturating_add(round_up(sl.cap));
+        len = len.saturating_add(round_up(cap));
     }
     let mut offsets = vec![0; storages.len()];
     for (s, st) in storages.iter().enumerate() {
