@@ -193,6 +193,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     jb.symbol("nnc_random", helpers::nnc_random as *const u8);
     jb.symbol("nnc_lookup", helpers::nnc_lookup as *const u8);
+    jb.symbol("nnc_check_ids", helpers::nnc_check_ids as *const u8);
     jb.symbol("nnc_copy_rows", helpers::nnc_copy_rows as *const u8);
     jb.symbol("nnc_tick", helpers::profile::nnc_tick as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
@@ -217,12 +218,13 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
     let lookup_id = import(module, "nnc_lookup", 9)?;
+    let check_ids_id = import(module, "nnc_check_ids", 6)?;
     let copy_rows_id = import(module, "nnc_copy_rows", 6)?;
     let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 4)?;
     let pair_id = import(module, "nnc_sgemm_pair", 28)?;
     let adam_id = import(module, "nnc_adam", 16)?;
-    let helpers = [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id];
+    let helpers = [sgemm_id, solve_id, random_id, lookup_id, check_ids_id, copy_rows_id];
     let wide_ids = match wide::enabled() {
         true => Some(wide::FUNCTIONS.map(|(_, name)| import(module, name, 1)).into_iter().collect::<Result<Vec<_>, _>>()?),
         false => None,
@@ -319,21 +321,37 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
 }
 
 /// The emitter for the function `b` builds: the helpers (`nnc_sgemm`,
-/// `nnc_solve`, `nnc_random`, `nnc_lookup`, `nnc_copy_rows`) and the
+/// `nnc_solve`, `nnc_random`, `nnc_lookup`, `nnc_check_ids`, `nnc_copy_rows`) and the
 /// sixteen-lane math functions declared in it, with the arena and scratch
 /// addresses and, for a piece, its row range.
 fn emitter<'a, 'b>(
     module: &mut JITModule,
     b: &'a mut FunctionBuilder<'b>,
-    (calls, wide_ids): ([FuncId; 5], Option<&[FuncId]>),
+    (calls, wide_ids): ([FuncId; 6], Option<&[FuncId]>),
     [arena, scratch]: [cranelift_codegen::ir::Value; 2],
     rows: Option<(cranelift_codegen::ir::Value, cranelift_codegen::ir::Value)>,
     offsets: &'a [usize],
     tables: &'a [i64],
 ) -> emit::Emitter<'a, 'b> {
-    let [sgemm, solve, random, lookup, copy_rows] = calls.map(|id| module.declare_func_in_func(id, b.func));
+    let [sgemm, solve, random, lookup, check_ids, copy_rows] = calls.map(|id| module.declare_func_in_func(id, b.func));
     let wide = wide_refs(module, wide_ids, b);
-    emit::Emitter { b, arena, scratch, offsets, sgemm, solve, random, lookup, copy_rows, step: None, rows, tables, wide, views: Vec::new() }
+    emit::Emitter {
+        b,
+        arena,
+        scratch,
+        offsets,
+        sgemm,
+        solve,
+        random,
+        lookup,
+        check_ids,
+        copy_rows,
+        step: None,
+        rows,
+        tables,
+        wide,
+        views: Vec::new(),
+    }
 }
 
 /// The sixteen-lane math functions (`wide`) as `b`'s function calls, with
@@ -377,6 +395,7 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
         kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
         kernel::Kernel::Lookup { scatter: true, n, rows, width, .. } => format!("scatter-add {n} into {rows} rows x {width}"),
+        kernel::Kernel::Check { n, bound, .. } => format!("check {n} ids in 0..{bound}"),
         kernel::Kernel::Loop { steps, reverse, body, split, views } => {
             let parts: Vec<String> = body.iter().map(describe).collect();
             let dir = if *reverse { ", reversed" } else { "" };
@@ -401,7 +420,7 @@ fn define_piece(
     k: &kernel::Kernel,
     offsets: &[usize],
     tables: &[i64],
-    helpers: [FuncId; 5],
+    helpers: [FuncId; 6],
     wide_ids: Option<&[FuncId]>,
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();

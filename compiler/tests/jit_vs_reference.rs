@@ -1282,3 +1282,58 @@ fn gather_and_scatter_add() {
         assert_eq!(jit.fault(), None);
     }
 }
+
+/// `CheckIndex` (class labels): the ids pass through unchanged; a label that
+/// is too large, negative, fractional or NaN is a fault of the check's node
+/// in the JIT and the same error in the reference, except where the mask is 0.
+#[test]
+fn check_index_refuses_what_is_not_a_class() {
+    use nnc_compiler::ir::DType;
+    use nnc_compiler::ops::EvalError;
+    let classes = 10;
+    let int = |dims: &[usize]| TensorType { shape: Shape::known(dims), dtype: DType::I32 };
+    let mut g = Graph::default();
+    let mut b = Builder::new(&mut g, nnc_compiler::ast::Span::default());
+    let ids = b.input("ids", InputKind::Data, int(&[6]));
+    let keep = input(&mut b, "keep", &[6]);
+    let checked = b.check_index(ids, Some(keep), classes);
+    assert!(b.internal_error.is_none());
+    g.outputs = vec![checked];
+    g.output_names = vec!["checked".into()];
+    let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+    let good = [0.0f32, 9.0, 3.0, 1.0, 5.0, 2.0];
+    let mut run = |ids: &[f32], keep: &[f32]| {
+        jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(ids);
+        jit.input_mut(jit.input_index("keep").unwrap()).copy_from_slice(keep);
+        jit.run();
+        let mut inputs = Inputs::new();
+        let f64s = |v: &[f32]| ArrayD::from_shape_vec(IxDyn(&[6]), v.iter().map(|&x| f64::from(x)).collect()).unwrap();
+        inputs.insert("ids".into(), f64s(ids));
+        inputs.insert("keep".into(), f64s(keep));
+        (jit.fault(), jit.output(0).to_vec(), interp::run(&g, &inputs))
+    };
+    let (fault, out, reference) = run(&good, &[1.0; 6]);
+    assert_eq!((fault, out.as_slice()), (None, &good[..]));
+    compare(&out, &reference.unwrap()[0], 0.0).unwrap();
+    for bad in [10.0f32, -1.0, 2.5, f32::NAN, 1e30] {
+        let mut ids = good;
+        ids[4] = bad;
+        let (fault, _, reference) = run(&ids, &[1.0; 6]);
+        let fault = fault.unwrap_or_else(|| panic!("label {bad} is reported"));
+        assert_eq!((fault.site, fault.bound), (checked.0, classes));
+        assert!(fault.index.to_bits() == bad.to_bits(), "fault names label {} for {bad}", fault.index);
+        match reference {
+            Err(EvalError::IndexOutOfRange { site, index, bound }) => {
+                assert_eq!((site, bound), (Some(checked), classes));
+                assert!(index.to_bits() == f64::from(bad).to_bits(), "reference names label {index} for {bad}");
+            }
+            other => panic!("the reference refuses label {bad}: {other:?}"),
+        }
+        // Where the mask is 0 the label is not checked (ignore_index).
+        let mut keep = [1.0f32; 6];
+        keep[4] = 0.0;
+        let (fault, _, reference) = run(&ids, &keep);
+        assert_eq!(fault, None, "label {bad} is masked");
+        assert!(reference.is_ok(), "label {bad} is masked in the reference");
+    }
+}

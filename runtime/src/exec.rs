@@ -4,6 +4,7 @@ use nnc_compiler::ast::Span;
 use nnc_compiler::codegen::CompiledGraph;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::ir::{Graph, SizeEnv};
+use nnc_compiler::ops::{EvalError, Op};
 use nnc_compiler::opt;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,8 +13,61 @@ pub struct Exec {
     compiled: CompiledGraph,
     inputs: HashMap<String, usize>,
     pub output_names: Vec<String>,
-    /// The source span of every node, to place runtime faults.
-    spans: Vec<Span>,
+    /// The source span of every node and what its ids select, to place and
+    /// word runtime faults.
+    sites: Vec<(Span, Selects)>,
+}
+
+/// What the ids an op takes select: rows of a table (`embedding`), or
+/// classes (the labels of `one_hot`, `cross_entropy`, `gather`, `accuracy`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Selects {
+    Rows,
+    Classes,
+}
+
+impl Selects {
+    fn of(op: &Op) -> Selects {
+        if matches!(op, Op::CheckIndex { .. }) {
+            Selects::Classes
+        } else {
+            Selects::Rows
+        }
+    }
+}
+
+/// The error for an id outside `0..bound` given to the op at `span`: one
+/// wording whether the compiled step, the reference interpreter or a metric
+/// found it.
+pub fn index_fault(selects: Selects, index: f64, bound: usize, span: Span) -> Diagnostic {
+    match selects {
+        Selects::Rows => Diagnostic::new(format!("id {index} is out of range: this lookup has rows 0..{bound}"))
+            .label(span, format!("looked up id {index} here"))
+            .note("ids index the rows of the table: check the data's vocabulary size against the table's first dimension"),
+        Selects::Classes => Diagnostic::new(format!("label {index} is not a class: the classes here are 0..{bound}"))
+            .label(span, format!("given label {index} here"))
+            .note(format!(
+                "class labels are whole numbers from 0 to {}: check the labels against the number of classes",
+                bound.saturating_sub(1)
+            )),
+    }
+}
+
+/// The reference interpreter's error `err` evaluating `graph` as a
+/// diagnostic: an id out of range as `Exec::run` reports it, anything else
+/// as "could not evaluate" at `span`.
+pub fn eval_error(graph: &Graph, err: &EvalError, span: Span) -> Diagnostic {
+    match err {
+        EvalError::IndexOutOfRange { site: Some(site), index, bound } => match graph.nodes.get(site.index()) {
+            Some(node) => index_fault(Selects::of(&node.op), *index, *bound, node.span),
+            None => Diagnostic::new(format!("could not evaluate: {err}")).label(span, "here"),
+        },
+        EvalError::IndexOutOfRange { site: None, .. }
+        | EvalError::MissingInput(_)
+        | EvalError::Symbolic(_)
+        | EvalError::Singular
+        | EvalError::InputShape { .. } => Diagnostic::new(format!("could not evaluate: {err}")).label(span, "here"),
+    }
 }
 
 impl Exec {
@@ -29,8 +83,8 @@ impl Exec {
         // (W1 ran 15-20 % slower over 100 epochs than over 30).
         compiled.set_flush_subnormals(true);
         let inputs = compiled.input_names().into_iter().enumerate().map(|(i, n)| (n, i)).collect();
-        let spans = g.nodes.iter().map(|n| n.span).collect();
-        Ok(Exec { compiled, inputs, output_names: g.output_names.clone(), spans })
+        let sites = g.nodes.iter().map(|n| (n.span, Selects::of(&n.op))).collect();
+        Ok(Exec { compiled, inputs, output_names: g.output_names.clone(), sites })
     }
 
     pub fn has_input(&self, name: &str) -> bool {
@@ -57,17 +111,16 @@ impl Exec {
         Some(self.compiled.input(i))
     }
 
-    /// Run once. An id out of range in an embedding lookup is an error at the
-    /// line that does the lookup (the kernel skipped the row: no wild read).
+    /// Run once. An id out of range (an embedding lookup's, or a class
+    /// label) is an error at the line that uses it (the kernel skipped the
+    /// row: no wild read).
     pub fn run(&mut self) -> Result<(), Diagnostic> {
         self.compiled.run();
         match self.compiled.fault() {
             None => Ok(()),
             Some(f) => {
-                let span = self.spans.get(f.site as usize).copied().unwrap_or_default();
-                Err(Diagnostic::new(format!("id {} is out of range: this lookup has rows 0..{}", f.index, f.bound))
-                    .label(span, format!("looked up id {} here", f.index))
-                    .note("ids index the rows of the table: check the data's vocabulary size against the table's first dimension"))
+                let (span, selects) = self.sites.get(f.site as usize).copied().unwrap_or((Span::default(), Selects::Rows));
+                Err(index_fault(selects, f64::from(f.index), f.bound, span))
             }
         }
     }

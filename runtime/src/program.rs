@@ -174,8 +174,7 @@ impl<'p> Runner<'p> {
                 self.input_value(name).ok_or_else(|| Diagnostic::new(format!("no value for `{name}`")).label(e.span, "needed here"))?;
             inputs.insert(name.to_string(), value);
         }
-        let out =
-            interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err}")).label(e.span, "here"))?;
+        let out = interp::run(&eg.graph, &inputs).map_err(|err| crate::exec::eval_error(&eg.graph, &err, e.span))?;
         out.into_iter().next().ok_or_else(|| Diagnostic::new("no value").label(e.span, "here"))
     }
 

@@ -458,7 +458,8 @@ impl<'d> Evaluators<'d> {
             }
             let value = match e.spec.kind {
                 MetricKind::Loss => loss_sum / n.max(1) as f64,
-                MetricKind::Accuracy => accuracy(&outputs, y, plan),
+                MetricKind::Accuracy => accuracy(&outputs, y, plan)
+                    .map_err(|(index, bound)| crate::exec::index_fault(crate::exec::Selects::Classes, index, bound, e.spec.span))?,
                 MetricKind::Mse => mse(&outputs, y),
                 MetricKind::ExactMatch(_) => f64::NAN,
             };
@@ -469,12 +470,18 @@ impl<'d> Evaluators<'d> {
 }
 
 /// Fraction of rows whose largest logit is at the label (first maximum wins).
-/// Positions labelled [`IGNORE`] (not masked by `text(..., mask:)`) do not count.
-pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
+/// Positions labelled [`IGNORE`] (not masked by `text(..., mask:)`) do not
+/// count; any other label outside the `k` classes of the logits is an error,
+/// returned as the label and `k`: it would otherwise count as a wrong answer.
+pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> Result<f64, (f64, usize)> {
     let k = plan.classes.unwrap_or(1).max(1);
     let k = if logits.len() == labels.len() * k { k } else { logits.len() / labels.len().max(1) };
     if k == 0 || labels.is_empty() {
-        return 0.0;
+        return Ok(0.0);
+    }
+    let not_a_class = |y: f32| y != IGNORE && nnc_compiler::ops::index::row_index(f64::from(y), k).is_none();
+    if let Some(&y) = labels.iter().find(|&&y| not_a_class(y)) {
+        return Err((f64::from(y), k));
     }
     let counted = labels.iter().filter(|&&y| y != IGNORE).count();
     let correct = logits
@@ -490,7 +497,7 @@ pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
             best as f32 == y
         })
         .count();
-    correct as f64 / counted.max(1) as f64
+    Ok(correct as f64 / counted.max(1) as f64)
 }
 
 pub fn mse(pred: &[f32], target: &[f32]) -> f64 {

@@ -26,6 +26,7 @@ pub(crate) struct Emitter<'a, 'b> {
     pub solve: FuncRef,
     pub random: FuncRef,
     pub lookup: FuncRef,
+    pub check_ids: FuncRef,
     pub copy_rows: FuncRef,
     /// Inside a `Loop`: the current step (an `i64`).
     pub step: Option<Value>,
@@ -347,6 +348,17 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let consts = [i64::from(*scatter), *n as i64, *rows as i64, *width as i64, *src_stride as i64, i64::from(*site)];
                 let [sc, n, rows, width, stride, site] = consts.map(|c| self.b.ins().iconst(I64, c));
                 self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, stride, pd, site]);
+                Ok(())
+            }
+            Kernel::Check { n, bound, ids, keep, dst, site } => {
+                let pi = self.base(Some(ids.0), ids.1, &[], &[])?;
+                let pk = match keep {
+                    Some(k) => self.base(Some(k.0), k.1, &[], &[])?,
+                    None => self.b.ins().iconst(I64, 0),
+                };
+                let pd = self.base(Some(dst.0), dst.1, &[], &[])?;
+                let [n, bound, site] = [*n as i64, *bound as i64, i64::from(*site)].map(|c| self.b.ins().iconst(I64, c));
+                self.b.ins().call(self.check_ids, &[n, bound, pi, pk, pd, site]);
                 Ok(())
             }
             Kernel::Loop { steps, reverse, body, views, .. } => self.emit_loop(*steps, *reverse, body, views),

@@ -146,7 +146,7 @@ pub(crate) extern "C" fn nnc_random(out: *mut f32, n: i64, seed: *const f32, str
 }
 
 /// A fault found by a kernel while the generated code ran: an id outside
-/// `0..bound` given to the node `site` (a `Gather` or `ScatterAdd`).
+/// `0..bound` given to the node `site` (a `Gather`, `ScatterAdd` or `CheckIndex`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fault {
     pub site: u32,
@@ -163,6 +163,37 @@ thread_local! {
 /// The first fault recorded on this thread since the last call, if any.
 pub(crate) fn take_fault() -> Option<Fault> {
     FAULT.with(|f| f.take())
+}
+
+/// Record `fault` as this thread's, unless one was recorded first.
+fn record(fault: Fault) {
+    FAULT.with(|f| {
+        if f.get().is_none() {
+            f.set(Some(fault));
+        }
+    });
+}
+
+/// `CheckIndex` over `n` ids (see `Kernel::Check`): each copied from `ids` to
+/// `dst`; the first outside `0..bound` (negative, too large, fractional or
+/// NaN) where `keep` (null: everywhere) is not 0 is recorded as this
+/// thread's fault.
+pub(crate) extern "C" fn nnc_check_ids(n: i64, bound: i64, ids: *const f32, keep: *const f32, dst: *mut f32, site: i64) {
+    let (Ok(n), Ok(bound)) = (usize::try_from(n), usize::try_from(bound)) else {
+        return;
+    };
+    // SAFETY: the planner gave the ids, the mask (when not null) and the
+    // destination contiguous buffers of `n` floats (`lower_check`); the
+    // destination is a fresh buffer that overlaps neither.
+    let (ids, dst) = unsafe { (std::slice::from_raw_parts(ids, n), std::slice::from_raw_parts_mut(dst, n)) };
+    // SAFETY: as above.
+    let keep = (!keep.is_null()).then(|| unsafe { std::slice::from_raw_parts(keep, n) });
+    dst.copy_from_slice(ids);
+    let checked = |i: usize| keep.is_none_or(|k| k.get(i).is_some_and(|&m| m != 0.0));
+    let bad = ids.iter().enumerate().find(|&(i, &id)| checked(i) && crate::ops::index::row_index(f64::from(id), bound).is_none());
+    if let Some((_, &id)) = bad {
+        record(Fault { site: site as u32, index: id, bound });
+    }
 }
 
 /// `Gather` (`scatter == 0`) or `ScatterAdd` over `n` ids (see `Kernel::Lookup`).
@@ -199,11 +230,7 @@ pub(crate) extern "C" fn nnc_lookup(
     }
     for (i, &id) in ids.iter().enumerate() {
         let Some(r) = crate::ops::index::row_index(f64::from(id), rows) else {
-            FAULT.with(|f| {
-                if f.get().is_none() {
-                    f.set(Some(Fault { site: site as u32, index: id, bound: rows }));
-                }
-            });
+            record(Fault { site: site as u32, index: id, bound: rows });
             if scatter == 0 {
                 dst[i * width..(i + 1) * width].fill(0.0);
             }
