@@ -165,6 +165,32 @@ pub(crate) fn take_fault() -> Option<Fault> {
     FAULT.with(|f| f.take())
 }
 
+/// An access outside its buffer caught by bounds-checked code: kernel
+/// `kernel` reached element `offset` of storage `storage`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Access {
+    pub kernel: usize,
+    pub storage: usize,
+    pub offset: i64,
+}
+
+/// Where bounds-checked code records its first bad access. Its address is
+/// baked into the code, and the pieces running on other threads may write it.
+#[derive(Default)]
+pub(crate) struct BoundsRecord(pub std::sync::Mutex<Option<Access>>);
+
+/// Called by bounds-checked code (`emit::Emitter::checked`) for an access
+/// outside its buffer, before it is redirected to the buffer's start.
+pub(crate) extern "C" fn nnc_bounds_fault(record: *const BoundsRecord, kernel: i64, storage: i64, offset: i64) {
+    // SAFETY: `record` is the address of the compiled graph's boxed record
+    // (`CompiledGraph::bounds`), which lives as long as the code calling this.
+    let record = unsafe { &*record };
+    let at = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
+    if let Ok(mut first) = record.0.lock() {
+        first.get_or_insert(Access { kernel: at(kernel), storage: at(storage), offset });
+    }
+}
+
 /// Record `fault` as this thread's, unless one was recorded first.
 fn record(fault: Fault) {
     FAULT.with(|f| {
