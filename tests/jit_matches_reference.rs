@@ -1,5 +1,7 @@
 //! The compiled training step of each example agrees with the float64
 //! reference interpreter: loss, every updated parameter and optimizer state.
+//! The step is compiled bounds-checked: an access outside its buffers would
+//! fail its run.
 
 use ndarray::{ArrayD, IxDyn};
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
@@ -17,7 +19,8 @@ fn check_example(file: &str, batch: usize) {
     for plan in plans {
         let sizes: SizeEnv = [("B".to_string(), batch)].into_iter().collect();
         let graph = nnc_compiler::opt::optimize(&plan.step_graph.specialize(&sizes));
-        let mut exec = Exec::compile(&plan.step_graph, &sizes, &[]).unwrap();
+        let checked = nnc_compiler::codegen::CompileOptions { bounds_checked: true };
+        let mut exec = Exec::compile(&plan.step_graph, &sizes, &[], checked).unwrap();
         // Deterministic, varied inputs; labels are valid class ids.
         let mut inputs = Inputs::new();
         let mut seed = 1u64;

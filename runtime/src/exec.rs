@@ -1,7 +1,7 @@
 //! A compiled graph with its inputs addressed by name.
 
 use nnc_compiler::ast::Span;
-use nnc_compiler::codegen::CompiledGraph;
+use nnc_compiler::codegen::{BoundsFault, CompileOptions, CompiledGraph};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::ir::{Graph, SizeEnv};
 use nnc_compiler::ops::{EvalError, Op};
@@ -74,10 +74,10 @@ impl Exec {
     /// Specialize `graph` to `sizes`, simplify it again (constants fold once
     /// sizes are known) and compile it. `updates` names, for some outputs, the
     /// input that takes the output's value after each run.
-    pub fn compile(graph: &Graph, sizes: &SizeEnv, updates: &[(usize, String)]) -> Result<Exec, String> {
+    pub fn compile(graph: &Graph, sizes: &SizeEnv, updates: &[(usize, String)], options: CompileOptions) -> Result<Exec, String> {
         let g = opt::optimize(&graph.specialize(sizes));
         let pairs: Vec<_> = updates.iter().filter_map(|(o, name)| g.input(name).map(|id| (*o, id))).collect();
-        let mut compiled = CompiledGraph::compile(&g, &pairs).map_err(|e| format!("code generation failed: {e:?}"))?;
+        let mut compiled = CompiledGraph::compile_with(&g, &pairs, options).map_err(|e| format!("code generation failed: {e:?}"))?;
         // Like XLA on CPUs: subnormals flush to zero. Late in training, tiny
         // gradients and Adam moments otherwise hit the processor's slow path
         // (W1 ran 15-20 % slower over 100 epochs than over 30).
@@ -116,6 +116,9 @@ impl Exec {
     /// row: no wild read).
     pub fn run(&mut self) -> Result<(), Diagnostic> {
         self.compiled.run();
+        if let Some(b) = self.compiled.bounds_fault() {
+            return Err(self.bounds_error(b));
+        }
         match self.compiled.fault() {
             None => Ok(()),
             Some(f) => {
@@ -123,6 +126,19 @@ impl Exec {
                 Err(index_fault(selects, f64::from(f.index), f.bound, span))
             }
         }
+    }
+
+    /// A bounds-checked step's access outside its buffer (a compiler bug) as
+    /// an error at the node whose buffer it is.
+    fn bounds_error(&self, b: BoundsFault) -> Diagnostic {
+        let kernel = self.compiled.kernel_summary().get(b.kernel).cloned().unwrap_or_default();
+        let span = b.node.and_then(|n| self.sites.get(n.index())).map_or(Span::default(), |s| s.0);
+        Diagnostic::new(format!(
+            "internal error: the compiled step reached element {} of a buffer of {} (kernel {}: {kernel})",
+            b.offset, b.len, b.kernel
+        ))
+        .label(span, "the buffer of this value")
+        .note("the bounds-checked build stopped the access before it was made; please report this program")
     }
 
     pub fn output(&self, i: usize) -> &[f32] {

@@ -11,6 +11,7 @@
 //! position.
 
 use crate::exec::Exec;
+use nnc_compiler::codegen::CompileOptions;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::incremental::{step_graph, Cache, CacheKind, POSITION};
 use nnc_compiler::ir::{Graph, SizeEnv};
@@ -32,7 +33,7 @@ impl Incremental {
         let sizes: SizeEnv = [("B".to_string(), 1)].into_iter().collect();
         let step = step_graph(&forward.specialize(&sizes), "x", context)?;
         let updates: Vec<(usize, String)> = step.caches.iter().map(|c| (c.output, c.input.clone())).collect();
-        let exec = Exec::compile(&step.graph, &SizeEnv::new(), &updates)?;
+        let exec = Exec::compile(&step.graph, &SizeEnv::new(), &updates, CompileOptions::default())?;
         Ok(Incremental { exec, caches: step.caches, done: Vec::new(), states: Vec::new(), context })
     }
 

@@ -19,6 +19,8 @@ pub struct RunOptions<'a> {
     pub quiet: bool,
     pub process_start: Instant,
     pub epochs: Option<usize>,
+    /// How training steps and metrics are compiled (`--bounds-checked`).
+    pub compile: nnc_compiler::codegen::CompileOptions,
 }
 
 /// Everything a run measured.
@@ -92,6 +94,7 @@ impl<'p> Runner<'p> {
                     quiet: opts.quiet,
                     process_start: opts.process_start,
                     epochs: opts.epochs,
+                    compile: opts.compile,
                     previous: &self.summary.runs,
                 };
                 let result = train::train(&plan, &self.datasets, &topts)?;

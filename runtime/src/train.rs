@@ -10,6 +10,7 @@ use crate::masking::IGNORE;
 use crate::rng;
 use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
+use nnc_compiler::codegen::CompileOptions;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
 use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, Seq2Seq, TrainPlan, HYPER_SEED};
@@ -59,6 +60,8 @@ pub struct TrainOptions<'a> {
     pub process_start: Instant,
     /// Override the plan's epoch count (benchmarks, quick runs).
     pub epochs: Option<usize>,
+    /// How the step and the metrics are compiled (`--bounds-checked`).
+    pub compile: CompileOptions,
     /// Earlier training runs of the file, whose trained models this run may use.
     pub previous: &'a [(String, TrainResult)],
 }
@@ -124,11 +127,14 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     // One compiled step for full batches, one for the last partial batch.
     let updates: Vec<(usize, String)> = plan.updates.iter().map(|(o, id)| (*o, input_name(plan, *id))).collect();
     let t0 = Instant::now();
-    let mut full = Exec::compile(&plan.step_graph, &sizes(batch), &updates).map_err(|e| compile_error(plan, e))?;
+    let mut full = Exec::compile(&plan.step_graph, &sizes(batch), &updates, opts.compile).map_err(|e| compile_error(plan, e))?;
     let rem = n % batch;
-    let mut partial =
-        if rem > 0 { Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates).map_err(|e| compile_error(plan, e))?) } else { None };
-    let mut evaluators = Evaluators::new(plan, datasets)?;
+    let mut partial = if rem > 0 {
+        Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates, opts.compile).map_err(|e| compile_error(plan, e))?)
+    } else {
+        None
+    };
+    let mut evaluators = Evaluators::new(plan, datasets, opts.compile)?;
     let compile_time = t0.elapsed();
     // Earlier models used by this loss (`teacher(x)`) keep their trained values.
     for (name, value) in frozen_values(plan, opts.previous)? {
@@ -391,7 +397,7 @@ struct Evaluators<'d> {
 }
 
 impl<'d> Evaluators<'d> {
-    fn new(plan: &TrainPlan, datasets: &'d [Dataset]) -> Result<Evaluators<'d>, Diagnostic> {
+    fn new(plan: &TrainPlan, datasets: &'d [Dataset], options: CompileOptions) -> Result<Evaluators<'d>, Diagnostic> {
         let t0 = Instant::now();
         let mut entries = Vec::new();
         for m in &plan.metrics {
@@ -409,16 +415,16 @@ impl<'d> Evaluators<'d> {
                 // padding the last chunk: one compiled batch size.
                 (MetricKind::ExactMatch(d), Some(t)) => {
                     let chunk = (n * crate::decode::beam(d, t).width).clamp(1, EVAL_CHUNK);
-                    let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
+                    let full = Exec::compile(graph, &sizes(chunk), &[], options).map_err(|e| compile_error(plan, e))?;
                     entries.push(Evaluator { spec: m.clone(), full, rest: None, split, chunk, tokens });
                     continue;
                 }
                 _ => n.clamp(1, EVAL_CHUNK),
             };
-            let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
+            let full = Exec::compile(graph, &sizes(chunk), &[], options).map_err(|e| compile_error(plan, e))?;
             let rest = match n % chunk {
                 0 => None,
-                r => Some(Exec::compile(graph, &sizes(r), &[]).map_err(|e| compile_error(plan, e))?),
+                r => Some(Exec::compile(graph, &sizes(r), &[], options).map_err(|e| compile_error(plan, e))?),
             };
             entries.push(Evaluator { spec: m.clone(), full, rest, split, chunk, tokens });
         }
