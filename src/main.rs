@@ -39,6 +39,9 @@ enum Command {
         /// Train for this many epochs instead of what the file says.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Compare every load and store of the compiled steps with its buffer's extent (slower; for testing the compiler).
+        #[arg(long)]
+        bounds_checked: bool,
     },
     /// Check names and shapes, then the gradient of every parameter by finite differences.
     Check {
@@ -101,7 +104,10 @@ fn main() -> ExitCode {
     let process_start = Instant::now();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { file, json, quiet, timings, epochs } => run(&file, json, quiet, timings, epochs, process_start),
+        Command::Run { file, json, quiet, timings, epochs, bounds_checked } => {
+            let compile = nnc_compiler::codegen::CompileOptions { bounds_checked };
+            run(&file, json, quiet, timings, (epochs, compile), process_start)
+        }
         Command::Check { file, shapes_only } => check_file(&file, shapes_only),
         Command::Ir { file, grad, step } => print_ir(&file, grad, step),
         Command::Info { file, json } => print_info(&file, json),
@@ -171,7 +177,14 @@ fn base_dir(file: &Path) -> PathBuf {
     file.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize>, process_start: Instant) -> ExitCode {
+fn run(
+    file: &Path,
+    json: bool,
+    quiet: bool,
+    timings: bool,
+    (epochs, compile): (Option<usize>, nnc_compiler::codegen::CompileOptions),
+    process_start: Instant,
+) -> ExitCode {
     let (source, program) = match read_and_parse(file) {
         Ok(sp) => sp,
         Err(code) => return code,
@@ -192,7 +205,7 @@ fn run(file: &Path, json: bool, quiet: bool, timings: bool, epochs: Option<usize
     } else {
         Progress::Lines
     };
-    let opts = RunOptions { base_dir: &base, progress, process_start, epochs };
+    let opts = RunOptions { base_dir: &base, progress, process_start, epochs, compile };
     runner.summary.echo = true;
     if let Err(d) = runner.run(&opts) {
         return report(file, &source, &d);

@@ -1,6 +1,8 @@
 //! The compiled training step of each example agrees with the float64
 //! reference interpreter: loss, every updated parameter and optimizer state;
 //! and so do the gradients and step of a loss of 5,000 chained `let`s.
+//! The steps are compiled bounds-checked: an access outside their buffers
+//! would fail the run.
 
 use ndarray::{ArrayD, IxDyn};
 use nnc_compiler::elaborate::train::{TrainPlan, HYPER_BC1, HYPER_BC2, HYPER_LR};
@@ -30,7 +32,8 @@ fn plans(source: &str, base_dir: &Path) -> Vec<TrainPlan> {
 /// deterministic, varied inputs, agrees with the reference interpreter.
 fn check_graph(file: &str, plan: &TrainPlan, graph: &Graph, batch: usize) -> Exec {
     let sizes: SizeEnv = [("B".to_string(), batch)].into_iter().collect();
-    let mut exec = Exec::compile(graph, &sizes, &[]).unwrap();
+    let checked = nnc_compiler::codegen::CompileOptions { bounds_checked: true };
+    let mut exec = Exec::compile(graph, &sizes, &[], checked).unwrap();
     let graph = nnc_compiler::opt::optimize(&graph.specialize(&sizes).unwrap());
     // Deterministic, varied inputs; labels are valid class ids.
     let mut inputs = Inputs::new();

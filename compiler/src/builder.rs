@@ -254,6 +254,12 @@ impl<'g> Builder<'g> {
         self.op(Op::ScatterAdd { rows }, &[ids, values])
     }
 
+    /// `ids`, each required to be in `0..bound` where `keep` (if given) is not 0.
+    pub fn check_index(&mut self, ids: ValueId, keep: Option<ValueId>, bound: usize) -> ValueId {
+        let args: Vec<ValueId> = std::iter::once(ids).chain(keep).collect();
+        self.op(Op::CheckIndex { bound }, &args)
+    }
+
     pub fn concat(&mut self, xs: &[ValueId], axis: usize) -> ValueId {
         self.op(Op::Concat { axis }, xs)
     }

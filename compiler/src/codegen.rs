@@ -92,6 +92,29 @@ impl CodegenError {
 
 impl std::error::Error for CodegenError {}
 
+/// How to compile a graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CompileOptions {
+    /// Compare every load and store of the generated loops with its buffer's
+    /// extent first: one outside is not made (it goes to the buffer's start)
+    /// and is reported by `CompiledGraph::bounds_fault`. For tests and
+    /// `nnc run --bounds-checked`; the generated code guarantees this by
+    /// construction, and the checks cost time.
+    pub bounds_checked: bool,
+}
+
+/// An access outside its buffer that bounds-checked code caught (and did not
+/// make): kernel `kernel` (see `kernel_summary`) reached element `offset` of a
+/// buffer of `len` elements holding node `node`'s value (`None`: a buffer of
+/// the code's own, such as a copied weight).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BoundsFault {
+    pub kernel: usize,
+    pub node: Option<ValueId>,
+    pub offset: i64,
+    pub len: usize,
+}
+
 /// Threads the worker pool runs (the caller included): `NNC_THREADS`, else the
 /// CPUs this process may use.
 /// Mean wall time of each kernel over the runs since the last call, when the
@@ -198,6 +221,11 @@ pub struct CompiledGraph {
     flush_subnormals: bool,
     compile_time: Duration,
     fault: Option<Fault>,
+    /// Where bounds-checked code records a bad access (its address is in the code).
+    bounds: Option<Box<helpers::BoundsRecord>>,
+    bounds_fault: Option<BoundsFault>,
+    /// The node whose value each storage holds, and its element count.
+    storages: Vec<(Option<ValueId>, usize)>,
     /// Offset tables read by the SGEMM helper for gathered operands (the code
     /// holds their addresses).
     _tables: Vec<Box<[i32]>>,
@@ -229,6 +257,8 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol("nnc_solve", helpers::nnc_solve as *const u8);
     jb.symbol("nnc_random", helpers::nnc_random as *const u8);
     jb.symbol("nnc_lookup", helpers::nnc_lookup as *const u8);
+    jb.symbol("nnc_check_ids", helpers::nnc_check_ids as *const u8);
+    jb.symbol("nnc_bounds_fault", helpers::nnc_bounds_fault as *const u8);
     jb.symbol("nnc_copy_rows", helpers::nnc_copy_rows as *const u8);
     jb.symbol("nnc_tick", helpers::profile::nnc_tick as *const u8);
     jb.symbol("nnc_parallel", helpers::nnc_parallel as *const u8);
@@ -242,8 +272,23 @@ fn new_module() -> Result<JITModule, CodegenError> {
     Ok(JITModule::new(jb))
 }
 
-/// Declare and define the graph's function in `module`.
-fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: &[i64]) -> Result<FuncId, CodegenError> {
+/// In a bounds-checked build: the fault helper, the address of the record it
+/// writes, and each storage's element count.
+struct Checks {
+    fault: FuncId,
+    record: i64,
+    lens: Vec<usize>,
+}
+
+/// Declare and define the graph's function in `module`; `record` is the
+/// address of the bounds record of a bounds-checked build.
+fn define(
+    module: &mut JITModule,
+    plan: &plan::Plan,
+    offsets: &[usize],
+    tables: &[i64],
+    record: Option<i64>,
+) -> Result<FuncId, CodegenError> {
     let import = |module: &mut JITModule, name: &str, n: usize| {
         let mut sig = module.make_signature();
         sig.params = vec![AbiParam::new(I64); n];
@@ -253,12 +298,21 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     let solve_id = import(module, "nnc_solve", 10)?;
     let random_id = import(module, "nnc_random", 4)?;
     let lookup_id = import(module, "nnc_lookup", 9)?;
+    let check_ids_id = import(module, "nnc_check_ids", 6)?;
     let copy_rows_id = import(module, "nnc_copy_rows", 6)?;
     let tick_id = import(module, "nnc_tick", 1)?;
     let parallel_id = import(module, "nnc_parallel", 4)?;
     let pair_id = import(module, "nnc_sgemm_pair", 28)?;
     let adam_id = import(module, "nnc_adam", 16)?;
-    let helpers = [sgemm_id, solve_id, random_id, lookup_id, copy_rows_id];
+    let helpers = [sgemm_id, solve_id, random_id, lookup_id, check_ids_id, copy_rows_id];
+    let checks = match record {
+        Some(record) => {
+            let lens = plan.storages.iter().map(|s| s.len).collect();
+            Some(Checks { fault: import(module, "nnc_bounds_fault", 4)?, record, lens })
+        }
+        None => None,
+    };
+    let checks = checks.as_ref();
     let wide_ids = match wide::enabled() {
         true => Some(wide::FUNCTIONS.map(|(_, name)| import(module, name, 1)).into_iter().collect::<Result<Vec<_>, _>>()?),
         false => None,
@@ -290,7 +344,8 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         pieces.push(match form {
             Some((rows, per_thread, pk)) => {
                 let name = format!("nnc_piece{i}");
-                Some((define_piece(module, &name, &pk, offsets, tables, helpers, wide_ids.as_deref())?, rows, per_thread))
+                let piece = define_piece(module, (&name, i), &pk, offsets, tables, (helpers, wide_ids.as_deref()), checks)?;
+                Some((piece, rows, per_thread))
             }
             None => None,
         });
@@ -310,7 +365,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
     {
         let parallel = module.declare_func_in_func(parallel_id, b.func);
         let refs: Vec<_> = pieces.iter().map(|p| p.map(|(id, rows, per)| (module.declare_func_in_func(id, b.func), rows, per))).collect();
-        let mut em = emitter(module, &mut b, (helpers, wide_ids.as_deref()), [arena, scratch], None, offsets, tables);
+        let mut em = emitter(module, &mut b, (helpers, wide_ids.as_deref()), [arena, scratch], None, (offsets, tables), checks);
         let pair = module.declare_func_in_func(pair_id, em.b.func);
         let adam_fn = module.declare_func_in_func(adam_id, em.b.func);
         let lens: Vec<usize> = plan.storages.iter().map(|s| s.len).collect();
@@ -322,6 +377,7 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
         }
         while let Some(k) = plan.kernels.get(i) {
             let next = plan.kernels.get(i + 1);
+            em.kernel = i;
             match (refs.get(i).copied().flatten(), next) {
                 _ if adams[i].is_some() => {
                     if let Some(a) = &adams[i] {
@@ -355,21 +411,40 @@ fn define(module: &mut JITModule, plan: &plan::Plan, offsets: &[usize], tables: 
 }
 
 /// The emitter for the function `b` builds: the helpers (`nnc_sgemm`,
-/// `nnc_solve`, `nnc_random`, `nnc_lookup`, `nnc_copy_rows`) and the
+/// `nnc_solve`, `nnc_random`, `nnc_lookup`, `nnc_check_ids`, `nnc_copy_rows`) and the
 /// sixteen-lane math functions declared in it, with the arena and scratch
 /// addresses and, for a piece, its row range.
 fn emitter<'a, 'b>(
     module: &mut JITModule,
     b: &'a mut FunctionBuilder<'b>,
-    (calls, wide_ids): ([FuncId; 5], Option<&[FuncId]>),
+    (calls, wide_ids): ([FuncId; 6], Option<&[FuncId]>),
     [arena, scratch]: [cranelift_codegen::ir::Value; 2],
     rows: Option<(cranelift_codegen::ir::Value, cranelift_codegen::ir::Value)>,
-    offsets: &'a [usize],
-    tables: &'a [i64],
+    (offsets, tables): (&'a [usize], &'a [i64]),
+    checks: Option<&'a Checks>,
 ) -> emit::Emitter<'a, 'b> {
-    let [sgemm, solve, random, lookup, copy_rows] = calls.map(|id| module.declare_func_in_func(id, b.func));
+    let [sgemm, solve, random, lookup, check_ids, copy_rows] = calls.map(|id| module.declare_func_in_func(id, b.func));
     let wide = wide_refs(module, wide_ids, b);
-    emit::Emitter { b, arena, scratch, offsets, sgemm, solve, random, lookup, copy_rows, step: None, rows, tables, wide, views: Vec::new() }
+    let bounds = checks.map(|c| emit::Bounds { lens: &c.lens, fault: module.declare_func_in_func(c.fault, b.func), record: c.record });
+    emit::Emitter {
+        b,
+        arena,
+        scratch,
+        offsets,
+        sgemm,
+        solve,
+        random,
+        lookup,
+        check_ids,
+        copy_rows,
+        step: None,
+        rows,
+        tables,
+        wide,
+        views: Vec::new(),
+        bounds,
+        kernel: 0,
+    }
 }
 
 /// The sixteen-lane math functions (`wide`) as `b`'s function calls, with
@@ -413,6 +488,7 @@ fn describe(k: &kernel::Kernel) -> String {
         kernel::Kernel::Random { n, stream, .. } => format!("random {n} (stream {stream})"),
         kernel::Kernel::Lookup { scatter: false, n, rows, width, .. } => format!("gather {n} of {rows} rows x {width}"),
         kernel::Kernel::Lookup { scatter: true, n, rows, width, .. } => format!("scatter-add {n} into {rows} rows x {width}"),
+        kernel::Kernel::Check { n, bound, .. } => format!("check {n} ids in 0..{bound}"),
         kernel::Kernel::Loop { steps, reverse, body, split, views } => {
             let parts: Vec<String> = body.iter().map(describe).collect();
             let dir = if *reverse { ", reversed" } else { "" };
@@ -433,12 +509,12 @@ fn describe(k: &kernel::Kernel) -> String {
 /// first batch dim) or a row-split loop (`Emitter::rows`).
 fn define_piece(
     module: &mut JITModule,
-    name: &str,
+    (name, index): (&str, usize),
     k: &kernel::Kernel,
     offsets: &[usize],
     tables: &[i64],
-    helpers: [FuncId; 5],
-    wide_ids: Option<&[FuncId]>,
+    (helpers, wide_ids): ([FuncId; 6], Option<&[FuncId]>),
+    checks: Option<&Checks>,
 ) -> Result<FuncId, CodegenError> {
     let mut ctx = module.make_context();
     ctx.func.signature.params = vec![AbiParam::new(I64); 3];
@@ -453,7 +529,8 @@ fn define_piece(
         _ => return Err(CodegenError::Cranelift("piece parameters".into())),
     };
     {
-        let mut em = emitter(module, &mut b, (helpers, wide_ids), [arena, arena], Some((lo, hi)), offsets, tables);
+        let mut em = emitter(module, &mut b, (helpers, wide_ids), [arena, arena], Some((lo, hi)), (offsets, tables), checks);
+        em.kernel = index;
         em.emit_kernel(k)?;
     }
     b.ins().return_(&[]);
@@ -469,16 +546,28 @@ impl CompiledGraph {
     /// straight into the input's buffer when no later kernel reads the input
     /// (in-place elementwise is fine), else copied there at the end.
     pub fn compile(graph: &Graph, updates: &[(usize, ValueId)]) -> Result<CompiledGraph, CodegenError> {
+        CompiledGraph::compile_with(graph, updates, CompileOptions::default())
+    }
+
+    /// `compile` with `options`.
+    pub fn compile_with(graph: &Graph, updates: &[(usize, ValueId)], options: CompileOptions) -> Result<CompiledGraph, CodegenError> {
         let start = Instant::now();
         check_sizes(graph)?;
         let plan = plan::plan(graph, updates)?;
+        CompiledGraph::from_plan(plan, options, start)
+    }
+
+    /// The compiled code of a plan (`compile`'s steps after planning).
+    fn from_plan(plan: plan::Plan, options: CompileOptions, start: Instant) -> Result<CompiledGraph, CodegenError> {
         let layout = memory::assign(&plan.storages, &plan.kernels);
         let mut module = new_module()?;
         // The offset tables of gathered operands: boxed, so their addresses
         // (baked into the code) stay valid while the compiled graph owns them.
         let tables: Vec<Box<[i32]>> = plan.tables.iter().map(|t| t.clone().into_boxed_slice()).collect();
         let addrs: Vec<i64> = tables.iter().map(|t| t.as_ptr() as i64).collect();
-        let id = define(&mut module, &plan, &layout.offsets, &addrs)?;
+        let bounds = options.bounds_checked.then(|| Box::new(helpers::BoundsRecord::default()));
+        let record = bounds.as_ref().map(|r| &**r as *const helpers::BoundsRecord as i64);
+        let id = define(&mut module, &plan, &layout.offsets, &addrs, record)?;
         module.finalize_definitions().map_err(cl)?;
         let code = module.get_finalized_function(id);
         // SAFETY: `code` is the function just defined with params (i64, i64) and no
@@ -511,6 +600,9 @@ impl CompiledGraph {
             flush_subnormals: false,
             compile_time: start.elapsed(),
             fault: None,
+            bounds,
+            bounds_fault: None,
+            storages: plan.owners.iter().zip(&plan.storages).map(|(o, s)| (*o, s.len)).collect(),
             _tables: tables,
         })
     }
@@ -551,6 +643,10 @@ impl CompiledGraph {
     /// is returned by `fault` until the next run.
     pub fn run(&mut self) {
         helpers::take_fault();
+        let take_access = |b: &helpers::BoundsRecord| b.0.lock().ok().and_then(|mut a| a.take());
+        if let Some(b) = &self.bounds {
+            take_access(b);
+        }
         let old = pool::mxcsr::get();
         if self.flush_subnormals {
             pool::mxcsr::set(old | pool::mxcsr::FTZ_DAZ);
@@ -563,6 +659,17 @@ impl CompiledGraph {
             pool::mxcsr::set(old);
         }
         self.fault = helpers::take_fault();
+        let access = self.bounds.as_deref().and_then(take_access);
+        self.bounds_fault = access.map(|a| {
+            let (node, len) = self.storages.get(a.storage).copied().unwrap_or((None, 0));
+            BoundsFault { kernel: a.kernel, node, offset: a.offset, len }
+        });
+    }
+
+    /// In a bounds-checked build, the first access outside its buffer in the
+    /// last `run`, if any (it was not made: the outputs are wrong).
+    pub fn bounds_fault(&self) -> Option<BoundsFault> {
+        self.bounds_fault
     }
 
     /// What went wrong in the last `run`, if anything: the node and the bad id.
@@ -606,6 +713,51 @@ impl Drop for CompiledGraph {
             // SAFETY: the only pointer into this module's code is `self.entry`,
             // which is never called again: `self` is being dropped.
             unsafe { m.free_memory() }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel::{Affine, ExprBuilder, Storage, StorageKind};
+    use super::*;
+
+    /// A copy of a 4-element input into a 4-element output, its source
+    /// (`read_at`) or destination (`write_at`) starting that many elements in.
+    fn shifted_copy(read_at: i64, write_at: i64) -> plan::Plan {
+        let mut eb = ExprBuilder::new(1);
+        let root = eb.operand(Affine { storage: Some(0), off: read_at, strides: vec![1] });
+        let out = Affine { storage: Some(1), off: write_at, strides: vec![1] };
+        plan::Plan {
+            storages: vec![Storage { len: 4, kind: StorageKind::Input }, Storage { len: 4, kind: StorageKind::Output }],
+            kernels: vec![eb.finish(vec![4], out, root, None)],
+            inputs: vec![("x".into(), 0)],
+            outputs: vec![(1, 4)],
+            scratch: 0,
+            tables: Vec::new(),
+            owners: vec![Some(ValueId(0)), Some(ValueId(1))],
+        }
+    }
+
+    /// A lowering that reads (or writes) two elements past its buffer, as a
+    /// wrong plan would: the checked build reports the access, with the
+    /// buffer's node and the offset, and makes it at the buffer's start
+    /// instead, so nothing outside the buffers is touched.
+    #[test]
+    fn bounds_checks_catch_an_access_past_the_buffer() {
+        let checked = CompileOptions { bounds_checked: true };
+        for (read_at, write_at, node) in [(2, 0, 0), (0, 2, 1)] {
+            let mut jit = CompiledGraph::from_plan(shifted_copy(read_at, write_at), checked, Instant::now()).expect("compile");
+            jit.input_mut(0).copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+            jit.run();
+            let fault = BoundsFault { kernel: 0, node: Some(ValueId(node)), offset: 2, len: 4 };
+            assert_eq!(jit.bounds_fault(), Some(fault));
+            assert_eq!(jit.output(0), &[1.0, 2.0, 3.0, 4.0], "the four elements went to the buffer's start");
+            // In bounds, the same build reports nothing.
+            let mut jit = CompiledGraph::from_plan(shifted_copy(0, 0), checked, Instant::now()).expect("compile");
+            jit.input_mut(0).copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+            jit.run();
+            assert_eq!((jit.bounds_fault(), jit.output(0)), (None, &[1.0, 2.0, 3.0, 4.0][..]));
         }
     }
 }

@@ -224,6 +224,10 @@ impl Deriver<'_, '_> {
                 let (x, y) = (self.sliced(arg(0), axis)?, self.sliced(arg(1), axis)?);
                 Ok((self.push(node.op.clone(), &[x, y])?, Form::Sliced(axis)))
             }
+            Op::CheckIndex { .. } => {
+                let xs = (0..node.args.len()).map(|k| self.sliced(arg(k), axis)).collect::<Result<Vec<_>, _>>()?;
+                Ok((self.push(node.op.clone(), &xs)?, Form::Sliced(axis)))
+            }
             Op::Broadcast { shape } => {
                 let lead = shape.rank() - self.forward.shape(arg(0)).rank();
                 let mut s = shape.clone();

@@ -20,7 +20,7 @@ pub fn run(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalError
 /// Evaluate every node and return all values (for tests and debugging).
 pub fn run_all(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalError> {
     let mut values: Vec<ArrayD<f64>> = Vec::with_capacity(graph.nodes.len());
-    for node in &graph.nodes {
+    for (i, node) in graph.nodes.iter().enumerate() {
         check_room(node)?;
         let v = match &node.op {
             Op::Input { name, .. } => {
@@ -33,7 +33,7 @@ pub fn run_all(graph: &Graph, inputs: &Inputs) -> Result<Vec<ArrayD<f64>>, EvalE
             }
             op => {
                 let args: Vec<&ArrayD<f64>> = node.args.iter().map(|a: &ValueId| &values[a.index()]).collect();
-                eval(op, &args, &node.ty)?
+                eval(op, &args, &node.ty).map_err(|e| at_node(e, ValueId(i as u32)))?
             }
         };
         values.push(v);
@@ -51,4 +51,13 @@ fn check_room(node: &Node) -> Result<(), EvalError> {
     let mut probe: Vec<f64> = Vec::new();
     OutOfMemory::reserve(&mut probe, n, || format!("a {} tensor", node.ty.shape))
         .map_err(|error| EvalError::OutOfMemory { span: node.span, error })
+}
+
+/// `e` placed at the node `site`: an index fault names the node whose
+/// operands hold the bad id (a scan's, for one inside its body).
+fn at_node(e: EvalError, site: ValueId) -> EvalError {
+    match e {
+        EvalError::IndexOutOfRange { index, bound, .. } => EvalError::IndexOutOfRange { site: Some(site), index, bound },
+        other => other,
+    }
 }

@@ -1,5 +1,6 @@
 //! The JIT (`codegen`) against the float64 reference interpreter, op by op and
-//! on small composite graphs.
+//! on small composite graphs. `jit_vs_reference_checked` runs these cases
+//! again with bounds-checked code (`common::compile`).
 
 use ndarray::{ArrayD, IxDyn};
 use nnc_compiler::builder::Builder;
@@ -42,9 +43,9 @@ fn jit_unary(u: UnaryOp, xs: &[f32]) -> Vec<f32> {
         let x = input(b, "x", &[xs.len()]);
         vec![b.unary(u, x)]
     });
-    let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+    let mut jit = compile(&g, &[]).expect("compile");
     jit.input_mut(0).copy_from_slice(xs);
-    jit.run();
+    run(&mut jit);
     jit.output(0).to_vec()
 }
 
@@ -116,10 +117,10 @@ fn pow_special_cases() {
         let y = input(b, "y", &[ys.len()]);
         vec![b.binary(BinaryOp::Pow, x, y)]
     });
-    let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+    let mut jit = compile(&g, &[]).expect("compile");
     jit.input_mut(0).copy_from_slice(&xs);
     jit.input_mut(1).copy_from_slice(&ys);
-    jit.run();
+    run(&mut jit);
     for ((&x, &y), &r) in xs.iter().zip(&ys).zip(jit.output(0)) {
         let want = f64::from(x).powf(f64::from(y)) as f32;
         let same = (want.is_nan() && r.is_nan()) || (want - r).abs() <= 2e-6 * want.abs();
@@ -342,9 +343,9 @@ fn random_uniform_is_bit_identical_and_uniform() {
     let mut inputs = Inputs::new();
     inputs.insert("seed".into(), ArrayD::from_elem(IxDyn(&[]), 17.0));
     let want = interp::run(&g, &inputs).unwrap();
-    let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+    let mut jit = compile(&g, &[]).unwrap();
     jit.input_mut(0).copy_from_slice(&[17.0]);
-    jit.run();
+    run(&mut jit);
     for (k, w) in want.iter().enumerate() {
         let got = jit.output(k);
         assert!(got.iter().zip(w.iter()).all(|(a, b)| f64::from(*a) == *b), "stream {k}: JIT and reference differ");
@@ -797,7 +798,7 @@ fn run_twice_same_result() {
     let g = mlp(5, 6, 7, 3);
     let mut jit = check_with(&g, Fill::Signed, 1e-5, 2);
     let first: Vec<Vec<f32>> = (0..2).map(|i| jit.output(i).to_vec()).collect();
-    jit.run();
+    run(&mut jit);
     for (i, f) in first.iter().enumerate() {
         assert_eq!(jit.output(i), f.as_slice());
     }
@@ -828,7 +829,7 @@ fn sgd_graph(read_after: bool) -> Graph {
 fn run_updates(read_after: bool) {
     let g = sgd_graph(read_after);
     let w_id = g.input("w").expect("w");
-    let mut jit = CompiledGraph::compile(&g, &[(1, w_id)]).expect("compile");
+    let mut jit = compile(&g, &[(1, w_id)]).expect("compile");
     let mut rng = Rng::new(5);
     let mut w: Vec<f64> = (0..15).map(|_| rng.range(-1.0, 1.0)).collect();
     let x: Vec<f64> = (0..15).map(|_| rng.range(-1.0, 1.0)).collect();
@@ -846,7 +847,7 @@ fn run_updates(read_after: bool) {
         inputs.insert("w".into(), ArrayD::from_shape_vec(IxDyn(&[3, 5]), w_now).expect("w"));
         inputs.insert("x".into(), ArrayD::from_shape_vec(IxDyn(&[3, 5]), x.clone()).expect("x"));
         let want = interp::run(&g, &inputs).expect("reference");
-        jit.run();
+        run(&mut jit);
         for (i, wv) in want.iter().enumerate() {
             compare(jit.output(i), wv, 1e-6).unwrap_or_else(|e| panic!("output {i}: {e}"));
         }
@@ -890,7 +891,7 @@ fn adam_is_one_pass() {
 fn adam_case(dims: &[usize]) {
     let g = adam_graph(dims);
     let ids: Vec<ValueId> = ["m", "v", "w"].iter().map(|n| g.input(n).expect("input")).collect();
-    let mut jit = CompiledGraph::compile(&g, &[(1, ids[0]), (2, ids[1]), (3, ids[2])]).expect("compile");
+    let mut jit = compile(&g, &[(1, ids[0]), (2, ids[1]), (3, ids[2])]).expect("compile");
     // x·w (read twice), the loss (fill + sum), and one loop writing m', v', w'
     // (small ones fused over rows with the others).
     assert!(jit.kernel_count() <= 4, "{:#?}", jit.kernel_summary());
@@ -910,7 +911,7 @@ fn adam_case(dims: &[usize]) {
             inputs.insert(name.into(), ArrayD::from_shape_vec(IxDyn(dims), now).expect("shape"));
         }
         let want = interp::run(&g, &inputs).expect("reference");
-        jit.run();
+        run(&mut jit);
         for (i, w) in want.iter().enumerate() {
             compare(jit.output(i), w, 1e-6).unwrap_or_else(|e| panic!("output {i}: {e}"));
         }
@@ -955,10 +956,10 @@ fn update_of_output_that_is_an_input() {
         vec![c, a]
     });
     let (a, c) = (g.input("a").expect("a"), g.input("b").expect("b"));
-    let mut jit = CompiledGraph::compile(&g, &[(0, a), (1, c)]).expect("compile");
+    let mut jit = compile(&g, &[(0, a), (1, c)]).expect("compile");
     jit.input_mut(0).copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
     jit.input_mut(1).copy_from_slice(&[5.0, 6.0, 7.0, 8.0]);
-    jit.run();
+    run(&mut jit);
     assert_eq!(jit.input(0), &[5.0, 6.0, 7.0, 8.0]);
     assert_eq!(jit.input(1), &[1.0, 2.0, 3.0, 4.0]);
     assert_eq!(jit.output(0), &[5.0, 6.0, 7.0, 8.0]);
@@ -970,14 +971,14 @@ fn bad_updates_are_errors() {
     let g = sgd_graph(false);
     let w = g.input("w").expect("w");
     let err = |r: Result<CompiledGraph, CodegenError>| r.err().expect("should fail");
-    assert!(matches!(err(CompiledGraph::compile(&g, &[(5, w)])), CodegenError::BadUpdate { .. }));
-    assert!(matches!(err(CompiledGraph::compile(&g, &[(0, w)])), CodegenError::BadUpdate { .. }));
-    assert!(matches!(err(CompiledGraph::compile(&g, &[(1, w), (1, w)])), CodegenError::BadUpdate { .. }));
+    assert!(matches!(err(compile(&g, &[(5, w)])), CodegenError::BadUpdate { .. }));
+    assert!(matches!(err(compile(&g, &[(0, w)])), CodegenError::BadUpdate { .. }));
+    assert!(matches!(err(compile(&g, &[(1, w), (1, w)])), CodegenError::BadUpdate { .. }));
     let sym = graph(|b| {
         let x = b.input("x", InputKind::Data, TensorType::f32(Shape(vec![nnc_compiler::ir::Dim::Sym("B".into())])));
         vec![b.exp(x)]
     });
-    assert!(matches!(err(CompiledGraph::compile(&sym, &[])), CodegenError::Symbolic(_)));
+    assert!(matches!(err(compile(&sym, &[])), CodegenError::Symbolic(_)));
 }
 
 #[test]
@@ -989,10 +990,10 @@ fn update_read_through_transpose_is_copied() {
         vec![b.add(wt, w)]
     });
     let w = g.input("w").expect("w");
-    let mut jit = CompiledGraph::compile(&g, &[(0, w)]).expect("compile");
+    let mut jit = compile(&g, &[(0, w)]).expect("compile");
     let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
     jit.input_mut(0).copy_from_slice(&x);
-    jit.run();
+    run(&mut jit);
     let want: Vec<f32> = (0..16).map(|i| x[i] + x[(i % 4) * 4 + i / 4]).collect();
     assert_eq!(jit.input(0), want.as_slice());
     assert_eq!(jit.output(0), want.as_slice());
@@ -1036,10 +1037,10 @@ fn singular_solve_gives_nan() {
         let r = input(b, "b", &[2, 1]);
         vec![b.solve(a, r)]
     });
-    let mut jit = CompiledGraph::compile(&g, &[]).expect("compile");
+    let mut jit = compile(&g, &[]).expect("compile");
     jit.input_mut(0).copy_from_slice(&[1.0, 2.0, 2.0, 4.0]);
     jit.input_mut(1).copy_from_slice(&[1.0, 1.0]);
-    jit.run();
+    run(&mut jit);
     assert!(jit.output(0).iter().all(|v| v.is_nan()));
 }
 
@@ -1057,7 +1058,7 @@ fn timing() {
         let reps = (20_000_000 / (m * k * n)).clamp(10, 100_000);
         let t = Instant::now();
         for _ in 0..reps {
-            jit.run();
+            run(&mut jit);
         }
         let dt = t.elapsed().as_secs_f64() / reps as f64;
         let gflops = 2.0 * (m * k * n) as f64 / dt / 1e9;
@@ -1068,7 +1069,7 @@ fn timing() {
     let mut jit = check_with(&g, Fill::Small, 1e-5, 1);
     let t = Instant::now();
     for _ in 0..200 {
-        jit.run();
+        run(&mut jit);
     }
     let dt = t.elapsed().as_secs_f64() / 200.0;
     println!(
@@ -1081,12 +1082,12 @@ fn timing() {
     for dims in [[8_192usize], [16_384], [32_768], [65_536], [85_002], [262_144], [1_863_690]] {
         let g = adam_graph(&dims);
         let ids: Vec<ValueId> = ["m", "v", "w"].iter().map(|n| g.input(n).expect("input")).collect();
-        let mut jit = CompiledGraph::compile(&g, &[(1, ids[0]), (2, ids[1]), (3, ids[2])]).expect("compile");
+        let mut jit = compile(&g, &[(1, ids[0]), (2, ids[1]), (3, ids[2])]).expect("compile");
         let reps = (20_000_000 / dims[0]).clamp(20, 2000);
-        jit.run();
+        run(&mut jit);
         let t = Instant::now();
         for _ in 0..reps {
-            jit.run();
+            run(&mut jit);
         }
         let dt = t.elapsed().as_secs_f64() / reps as f64;
         println!("adam step (+ x·w and its sum), {} elements: {:.2} ns/element", dims[0], dt * 1e9 / dims[0] as f64);
@@ -1108,7 +1109,7 @@ fn timing() {
         let mut jit = check(&g, Fill::Signed);
         let t = Instant::now();
         for _ in 0..200 {
-            jit.run();
+            run(&mut jit);
         }
         let dt = t.elapsed().as_secs_f64() / 200.0;
         println!("{name}, {n} elements: {:.2} ns/element", dt * 1e9 / n as f64);
@@ -1137,7 +1138,7 @@ fn scatter_add_of_views() {
     assert!(b.internal_error.is_none());
     g.outputs = vec![by_columns, by_transpose];
     g.output_names = vec!["columns".into(), "transposed".into()];
-    let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+    let mut jit = compile(&g, &[]).unwrap();
     assert!(jit.kernel_summary().iter().all(|k| k.starts_with("scatter-add") || k.starts_with("map")), "{:?}", jit.kernel_summary());
     let copies = jit.kernel_summary().iter().filter(|k| k.starts_with("map")).count();
     assert_eq!(copies, 1, "only the transposed view is copied: {:?}", jit.kernel_summary());
@@ -1159,7 +1160,7 @@ fn run_with_ids(jit: &mut CompiledGraph, reference: &Graph, inputs: &[(&str, Vec
         jit.input_mut(jit.input_index(name).unwrap()).copy_from_slice(&value);
         values.insert((*name).into(), ArrayD::from_shape_vec(IxDyn(dims), value.iter().map(|&v| f64::from(v)).collect()).unwrap());
     }
-    jit.run();
+    run(jit);
     let want = interp::run(reference, &values).unwrap();
     for (i, w) in want.iter().enumerate() {
         compare(jit.output(i), w, atol_rel).unwrap_or_else(|e| panic!("output {i}: {e}"));
@@ -1217,7 +1218,7 @@ fn products_of_gathered_rows_multiply_the_table_instead() {
         .filter(|node| matches!(node.op, Op::Reduce { .. }) && node.args.iter().any(|&a| opt.shape(a).numel() == Some(n * width)));
     assert_eq!(sums_over_rows.count(), 1, "the bias gradient is summed over the gathered rows");
 
-    let mut jit = CompiledGraph::compile(&opt, &[]).unwrap();
+    let mut jit = compile(&opt, &[]).unwrap();
     let ids_value: Vec<f32> = (0..n).map(|i| ((i * 5 + 2) % vocab) as f32).collect();
     let inputs = [("table", vec![vocab, d]), ("w", vec![d, width]), ("bias", vec![width]), ("ids", ids_dims.to_vec())];
     run_with_ids(&mut jit, &g, &inputs, &ids_value, 5, 1e-5);
@@ -1225,7 +1226,7 @@ fn products_of_gathered_rows_multiply_the_table_instead() {
     let mut bad = ids_value;
     bad[n - 1] = vocab as f32;
     jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&bad);
-    jit.run();
+    run(&mut jit);
     let fault = jit.fault().expect("an id out of range is reported");
     let site = opt.node(nnc_compiler::ir::ValueId(fault.site));
     assert!(matches!(site.op, Op::Gather) && site.span == g.node(rows).span, "{site:?}");
@@ -1251,12 +1252,12 @@ fn gather_and_scatter_add() {
         assert!(b.internal_error.is_none());
         g.outputs = vec![rows, back];
         g.output_names = vec!["rows".into(), "back".into()];
-        let mut jit = CompiledGraph::compile(&g, &[]).unwrap();
+        let mut jit = compile(&g, &[]).unwrap();
         let mut rng = Rng::new(3);
         let table_value: Vec<f32> = (0..vocab * width).map(|_| rng.range(-2.0, 2.0) as f32).collect();
         jit.input_mut(jit.input_index("table").unwrap()).copy_from_slice(&table_value);
         jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&ids_value);
-        jit.run();
+        run(&mut jit);
         assert_eq!(jit.fault(), None);
         let mut inputs = Inputs::new();
         let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
@@ -1270,7 +1271,7 @@ fn gather_and_scatter_add() {
         let mut bad = ids_value.clone();
         bad[n - 1] = vocab as f32;
         jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&bad);
-        jit.run();
+        run(&mut jit);
         let fault = jit.fault().expect("an id out of range is reported");
         assert_eq!((fault.site, fault.index, fault.bound), (rows.0, vocab as f32, vocab));
         assert!(jit.output(0)[(n - 1) * width..].iter().all(|&v| v == 0.0), "the bad row is zeros");
@@ -1278,7 +1279,62 @@ fn gather_and_scatter_add() {
         assert!(matches!(interp::run(&g, &inputs), Err(nnc_compiler::ops::EvalError::IndexOutOfRange { .. })));
         // The next good run clears the fault.
         jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(&ids_value);
-        jit.run();
+        run(&mut jit);
         assert_eq!(jit.fault(), None);
+    }
+}
+
+/// `CheckIndex` (class labels): the ids pass through unchanged; a label that
+/// is too large, negative, fractional or NaN is a fault of the check's node
+/// in the JIT and the same error in the reference, except where the mask is 0.
+#[test]
+fn check_index_refuses_what_is_not_a_class() {
+    use nnc_compiler::ir::DType;
+    use nnc_compiler::ops::EvalError;
+    let classes = 10;
+    let int = |dims: &[usize]| TensorType { shape: Shape::known(dims), dtype: DType::I32 };
+    let mut g = Graph::default();
+    let mut b = Builder::new(&mut g, nnc_compiler::ast::Span::default());
+    let ids = b.input("ids", InputKind::Data, int(&[6]));
+    let keep = input(&mut b, "keep", &[6]);
+    let checked = b.check_index(ids, Some(keep), classes);
+    assert!(b.internal_error.is_none());
+    g.outputs = vec![checked];
+    g.output_names = vec!["checked".into()];
+    let mut jit = compile(&g, &[]).unwrap();
+    let good = [0.0f32, 9.0, 3.0, 1.0, 5.0, 2.0];
+    let mut check = |ids: &[f32], keep: &[f32]| {
+        jit.input_mut(jit.input_index("ids").unwrap()).copy_from_slice(ids);
+        jit.input_mut(jit.input_index("keep").unwrap()).copy_from_slice(keep);
+        run(&mut jit);
+        let mut inputs = Inputs::new();
+        let f64s = |v: &[f32]| ArrayD::from_shape_vec(IxDyn(&[6]), v.iter().map(|&x| f64::from(x)).collect()).unwrap();
+        inputs.insert("ids".into(), f64s(ids));
+        inputs.insert("keep".into(), f64s(keep));
+        (jit.fault(), jit.output(0).to_vec(), interp::run(&g, &inputs))
+    };
+    let (fault, out, reference) = check(&good, &[1.0; 6]);
+    assert_eq!((fault, out.as_slice()), (None, &good[..]));
+    compare(&out, &reference.unwrap()[0], 0.0).unwrap();
+    for bad in [10.0f32, -1.0, 2.5, f32::NAN, 1e30] {
+        let mut ids = good;
+        ids[4] = bad;
+        let (fault, _, reference) = check(&ids, &[1.0; 6]);
+        let fault = fault.unwrap_or_else(|| panic!("label {bad} is reported"));
+        assert_eq!((fault.site, fault.bound), (checked.0, classes));
+        assert!(fault.index.to_bits() == bad.to_bits(), "fault names label {} for {bad}", fault.index);
+        match reference {
+            Err(EvalError::IndexOutOfRange { site, index, bound }) => {
+                assert_eq!((site, bound), (Some(checked), classes));
+                assert!(index.to_bits() == f64::from(bad).to_bits(), "reference names label {index} for {bad}");
+            }
+            other => panic!("the reference refuses label {bad}: {other:?}"),
+        }
+        // Where the mask is 0 the label is not checked (ignore_index).
+        let mut keep = [1.0f32; 6];
+        keep[4] = 0.0;
+        let (fault, _, reference) = check(&ids, &keep);
+        assert_eq!(fault, None, "label {bad} is masked");
+        assert!(reference.is_ok(), "label {bad} is masked in the reference");
     }
 }

@@ -194,12 +194,11 @@ pub fn gradient_check(plan: &TrainPlan, datasets: &[Dataset]) -> Result<Vec<Para
             inputs.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| bad(e.to_string()))?);
         }
     }
-    let what = format!("the gradient check of `{}`", plan.name);
-    let analytic = interp::run(&graph, &inputs).map_err(|e| e.to_diagnostic(&what, plan.span))?;
+    let analytic = interp::run(&graph, &inputs).map_err(|e| crate::exec::eval_error(&graph, &e, plan.span))?;
     let mut loss_only = graph.clone();
     loss_only.outputs.truncate(1);
     let loss_at = |inp: &Inputs| -> Result<f64, Diagnostic> {
-        let out = interp::run(&loss_only, inp).map_err(|e| e.to_diagnostic(&what, plan.span))?;
+        let out = interp::run(&loss_only, inp).map_err(|e| crate::exec::eval_error(&loss_only, &e, plan.span))?;
         Ok(out.first().and_then(|a| a.iter().next().copied()).unwrap_or(f64::NAN))
     };
     // Rounding in the loss limits what central differences can resolve: about

@@ -11,6 +11,7 @@
 //! position.
 
 use crate::exec::Exec;
+use nnc_compiler::codegen::CompileOptions;
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::incremental::{step_graph, Cache, CacheKind, POSITION};
 use nnc_compiler::ir::{Graph, SizeEnv};
@@ -33,7 +34,7 @@ impl Incremental {
         let one = forward.specialize(&sizes).map_err(|e| e.to_diagnostic().title)?;
         let step = step_graph(&one, "x", context)?;
         let updates: Vec<(usize, String)> = step.caches.iter().map(|c| (c.output, c.input.clone())).collect();
-        let exec = Exec::compile(&step.graph, &SizeEnv::new(), &updates).map_err(|e| e.to_string())?;
+        let exec = Exec::compile(&step.graph, &SizeEnv::new(), &updates, CompileOptions::default()).map_err(|e| e.to_string())?;
         Ok(Incremental { exec, caches: step.caches, done: Vec::new(), states: Vec::new(), context })
     }
 

@@ -19,6 +19,8 @@ pub struct RunOptions<'a> {
     pub progress: Progress,
     pub process_start: Instant,
     pub epochs: Option<usize>,
+    /// How training steps and metrics are compiled (`--bounds-checked`).
+    pub compile: nnc_compiler::codegen::CompileOptions,
 }
 
 /// Everything a run measured.
@@ -92,6 +94,7 @@ impl<'p> Runner<'p> {
                     progress: opts.progress,
                     process_start: opts.process_start,
                     epochs: opts.epochs,
+                    compile: opts.compile,
                     previous: &self.summary.runs,
                 };
                 let result = train::train(&plan, &self.datasets, &topts)?;
@@ -174,8 +177,7 @@ impl<'p> Runner<'p> {
                 self.input_value(name).ok_or_else(|| Diagnostic::new(format!("no value for `{name}`")).label(e.span, "needed here"))?;
             inputs.insert(name.to_string(), value);
         }
-        let out =
-            interp::run(&eg.graph, &inputs).map_err(|err| Diagnostic::new(format!("could not evaluate: {err}")).label(e.span, "here"))?;
+        let out = interp::run(&eg.graph, &inputs).map_err(|err| crate::exec::eval_error(&eg.graph, &err, e.span))?;
         out.into_iter().next().ok_or_else(|| Diagnostic::new("no value").label(e.span, "here"))
     }
 

@@ -88,8 +88,8 @@ impl Generator {
         }
         let params = load_params(plan, checkpoint, plan.span).map_err(|d| vec![d])?;
         let sizes: SizeEnv = [("B".to_string(), 1)].into_iter().collect();
-        let mut exec =
-            Exec::compile(&plan.forward_graph, &sizes, &[]).map_err(|e| error(format!("cannot compile `{}`: {e}", plan.name)))?;
+        let mut exec = Exec::compile(&plan.forward_graph, &sizes, &[], nnc_compiler::codegen::CompileOptions::default())
+            .map_err(|e| error(format!("cannot compile `{}`: {e}", plan.name)))?;
         let mut incremental = Incremental::new(&plan.forward_graph, plan.features);
         for (path, _, v) in &params.tensors {
             exec.set(path, v);

@@ -11,7 +11,7 @@ use crate::resume;
 use crate::rng;
 use crate::schedule::Schedule;
 use indicatif::{ProgressBar, ProgressStyle};
-use nnc_compiler::codegen::CodegenError;
+use nnc_compiler::codegen::{CodegenError, CompileOptions};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::train::{HYPER_BC1, HYPER_BC2, HYPER_LR};
 use nnc_compiler::elaborate::{MetricKind, MetricSpec, OptimizerSpec, ParamInit, ScheduleSpec, Seq2Seq, TrainPlan, HYPER_SEED};
@@ -73,6 +73,8 @@ pub struct TrainOptions<'a> {
     pub process_start: Instant,
     /// Override the plan's epoch count (benchmarks, quick runs).
     pub epochs: Option<usize>,
+    /// How the step and the metrics are compiled (`--bounds-checked`).
+    pub compile: CompileOptions,
     /// Earlier training runs of the file, whose trained models this run may use.
     pub previous: &'a [(String, TrainResult)],
 }
@@ -138,11 +140,14 @@ pub fn train(plan: &TrainPlan, datasets: &[Dataset], opts: &TrainOptions) -> Res
     // One compiled step for full batches, one for the last partial batch.
     let updates: Vec<(usize, String)> = plan.updates.iter().map(|(o, id)| (*o, input_name(plan, *id))).collect();
     let t0 = Instant::now();
-    let mut full = Exec::compile(&plan.step_graph, &sizes(batch), &updates).map_err(|e| compile_error(plan, e))?;
+    let mut full = Exec::compile(&plan.step_graph, &sizes(batch), &updates, opts.compile).map_err(|e| compile_error(plan, e))?;
     let rem = n % batch;
-    let mut partial =
-        if rem > 0 { Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates).map_err(|e| compile_error(plan, e))?) } else { None };
-    let mut evaluators = Evaluators::new(plan, datasets)?;
+    let mut partial = if rem > 0 {
+        Some(Exec::compile(&plan.step_graph, &sizes(rem), &updates, opts.compile).map_err(|e| compile_error(plan, e))?)
+    } else {
+        None
+    };
+    let mut evaluators = Evaluators::new(plan, datasets, opts.compile)?;
     let compile_time = t0.elapsed();
     // Earlier models used by this loss (`teacher(x)`) keep their trained values.
     for (name, value) in frozen_values(plan, opts.previous)? {
@@ -406,7 +411,7 @@ struct Evaluators<'d> {
 }
 
 impl<'d> Evaluators<'d> {
-    fn new(plan: &TrainPlan, datasets: &'d [Dataset]) -> Result<Evaluators<'d>, Diagnostic> {
+    fn new(plan: &TrainPlan, datasets: &'d [Dataset], options: CompileOptions) -> Result<Evaluators<'d>, Diagnostic> {
         let t0 = Instant::now();
         let mut entries = Vec::new();
         for m in &plan.metrics {
@@ -424,16 +429,16 @@ impl<'d> Evaluators<'d> {
                 // padding the last chunk: one compiled batch size.
                 (MetricKind::ExactMatch(d), Some(t)) => {
                     let chunk = (n * crate::decode::beam(d, t).width).clamp(1, EVAL_CHUNK);
-                    let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
+                    let full = Exec::compile(graph, &sizes(chunk), &[], options).map_err(|e| compile_error(plan, e))?;
                     entries.push(Evaluator { spec: m.clone(), full, rest: None, split, chunk, tokens });
                     continue;
                 }
                 _ => n.clamp(1, EVAL_CHUNK),
             };
-            let full = Exec::compile(graph, &sizes(chunk), &[]).map_err(|e| compile_error(plan, e))?;
+            let full = Exec::compile(graph, &sizes(chunk), &[], options).map_err(|e| compile_error(plan, e))?;
             let rest = match n % chunk {
                 0 => None,
-                r => Some(Exec::compile(graph, &sizes(r), &[]).map_err(|e| compile_error(plan, e))?),
+                r => Some(Exec::compile(graph, &sizes(r), &[], options).map_err(|e| compile_error(plan, e))?),
             };
             entries.push(Evaluator { spec: m.clone(), full, rest, split, chunk, tokens });
         }
@@ -473,7 +478,8 @@ impl<'d> Evaluators<'d> {
             }
             let value = match e.spec.kind {
                 MetricKind::Loss => loss_sum / n.max(1) as f64,
-                MetricKind::Accuracy => accuracy(&outputs, y, plan),
+                MetricKind::Accuracy => accuracy(&outputs, y, plan)
+                    .map_err(|(index, bound)| crate::exec::index_fault(crate::exec::Selects::Classes, index, bound, e.spec.span))?,
                 MetricKind::Mse => mse(&outputs, y),
                 MetricKind::ExactMatch(_) => f64::NAN,
             };
@@ -484,12 +490,18 @@ impl<'d> Evaluators<'d> {
 }
 
 /// Fraction of rows whose largest logit is at the label (first maximum wins).
-/// Positions labelled [`IGNORE`] (not masked by `text(..., mask:)`) do not count.
-pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
+/// Positions labelled [`IGNORE`] (not masked by `text(..., mask:)`) do not
+/// count; any other label outside the `k` classes of the logits is an error,
+/// returned as the label and `k`: it would otherwise count as a wrong answer.
+pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> Result<f64, (f64, usize)> {
     let k = plan.classes.unwrap_or(1).max(1);
     let k = if logits.len() == labels.len() * k { k } else { logits.len() / labels.len().max(1) };
     if k == 0 || labels.is_empty() {
-        return 0.0;
+        return Ok(0.0);
+    }
+    let not_a_class = |y: f32| y != IGNORE && nnc_compiler::ops::index::row_index(f64::from(y), k).is_none();
+    if let Some(&y) = labels.iter().find(|&&y| not_a_class(y)) {
+        return Err((f64::from(y), k));
     }
     let counted = labels.iter().filter(|&&y| y != IGNORE).count();
     let correct = logits
@@ -505,7 +517,7 @@ pub fn accuracy(logits: &[f32], labels: &[f32], plan: &TrainPlan) -> f64 {
             best as f32 == y
         })
         .count();
-    correct as f64 / counted.max(1) as f64
+    Ok(correct as f64 / counted.max(1) as f64)
 }
 
 pub fn mse(pred: &[f32], target: &[f32]) -> f64 {

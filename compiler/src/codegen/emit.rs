@@ -26,6 +26,7 @@ pub(crate) struct Emitter<'a, 'b> {
     pub solve: FuncRef,
     pub random: FuncRef,
     pub lookup: FuncRef,
+    pub check_ids: FuncRef,
     pub copy_rows: FuncRef,
     /// Inside a `Loop`: the current step (an `i64`).
     pub step: Option<Value>,
@@ -39,8 +40,23 @@ pub(crate) struct Emitter<'a, 'b> {
     /// The sixteen-lane math functions, when the machine has AVX-512.
     pub wide: Option<Wide>,
     /// Inside a `Loop`: the byte address at the current step of each body
-    /// buffer that is a view of a sequence (`StepView`).
-    pub views: Vec<(usize, Value)>,
+    /// buffer that is a view of a sequence (`StepView`), and that sequence.
+    pub views: Vec<(usize, Value, usize)>,
+    /// In a bounds-checked build: what checks every load and store.
+    pub bounds: Option<Bounds<'a>>,
+    /// The kernel being emitted (its index in the plan), named by a bounds fault.
+    pub kernel: usize,
+}
+
+/// A bounds-checked build (`CompileOptions::bounds_checked`): every load and
+/// store is compared with its buffer's extent first; one outside is
+/// reported through `nnc_bounds_fault` (to the record at `record`) and goes
+/// to the buffer's first element instead.
+pub(crate) struct Bounds<'a> {
+    /// Element count of each storage.
+    pub lens: &'a [usize],
+    pub fault: FuncRef,
+    pub record: i64,
 }
 
 /// Calls to the sixteen-lane math functions (`super::wide`): which unary op
@@ -349,6 +365,17 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().call(self.lookup, &[sc, n, rows, width, pi, ps, stride, pd, site]);
                 Ok(())
             }
+            Kernel::Check { n, bound, ids, keep, dst, site } => {
+                let pi = self.base(Some(ids.0), ids.1, &[], &[])?;
+                let pk = match keep {
+                    Some(k) => self.base(Some(k.0), k.1, &[], &[])?,
+                    None => self.b.ins().iconst(I64, 0),
+                };
+                let pd = self.base(Some(dst.0), dst.1, &[], &[])?;
+                let [n, bound, site] = [*n as i64, *bound as i64, i64::from(*site)].map(|c| self.b.ins().iconst(I64, c));
+                self.b.ins().call(self.check_ids, &[n, bound, pi, pk, pd, site]);
+                Ok(())
+            }
             Kernel::Loop { steps, reverse, body, views, .. } => self.emit_loop(*steps, *reverse, body, views),
             Kernel::StepCopy { rows, width, src, dst } => {
                 let mut ps = self.strip_base(src)?;
@@ -384,7 +411,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         for v in views {
             let strip = super::kernel::Strip { storage: v.of, off: v.off, row_stride: 0, step: v.step };
             let at = self.strip_base(&strip)?;
-            self.views.push((v.storage, at));
+            self.views.push((v.storage, at, v.of));
         }
         for k in body {
             self.emit_kernel(k)?;
@@ -480,7 +507,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// Byte address (with a storage) or integer value (without) of an affine
     /// access at the loop counters `idx`.
     fn base(&mut self, storage: Option<usize>, off: i64, strides: &[i64], idx: &[Value]) -> Result<Value, CodegenError> {
-        let view = storage.and_then(|s| self.views.iter().rev().find(|(v, _)| *v == s).map(|&(_, at)| at));
+        let view = storage.and_then(|s| self.views.iter().rev().find(|(v, _, _)| *v == s).map(|&(_, at, _)| at));
         let (mut v, scale) = match (storage, view) {
             (Some(_), Some(at)) => (self.b.ins().iadd_imm_s(at, off * 4), 4),
             (Some(s), None) => {
@@ -592,6 +619,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let kept = r - 1 - summed;
         let inner: Vec<i64> = strides.iter().map(|s| s.get(r - 1).copied().unwrap_or(0)).collect();
         let s_out = inner.first().copied().unwrap_or(0);
+        let out_storage = k.out.storage;
         let horiz = s_out == 0;
         let unroll = self.unroll(k, &inner, n / 4);
         self.loop_nest(&dims[..kept], &mut |em, idx| {
@@ -615,7 +643,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 v
             } else {
                 ats.iter()
-                    .map(|&at| if at.skip > 0 { math::splat(em.b, math::identity(kind)) } else { em.load(true, s_out, out_base, at) })
+                    .map(
+                        |&at| if at.skip > 0 { math::splat(em.b, math::identity(kind)) } else { em.load(out_storage, s_out, out_base, at) },
+                    )
                     .collect()
             };
             let mut at_idx = idx.to_vec();
@@ -643,15 +673,15 @@ impl<'a, 'b> Emitter<'a, 'b> {
             if horiz {
                 let mut accs = done;
                 let s = accs.pop().ok_or_else(|| CodegenError::Cranelift("no scalar sum".into()))?;
-                return em.finish_horiz(kind, accs, s, out_base);
+                return em.finish_horiz(kind, accs, s, (out_storage, out_base));
             }
             for (&at, &v) in ats.iter().zip(&done).filter(|(at, _)| at.skip == 0) {
-                em.store(s_out, out_base, at, v);
+                em.store(out_storage, s_out, out_base, at, v);
             }
             for (&at, &v) in ats.iter().zip(&done).filter(|(at, _)| at.skip > 0) {
-                let old = em.load(true, s_out, out_base, at);
+                let old = em.load(out_storage, s_out, out_base, at);
                 let v = math::combine(em.b, kind, old, v);
-                em.store(s_out, out_base, at, v);
+                em.store(out_storage, s_out, out_base, at, v);
             }
             Ok(())
         })
@@ -787,7 +817,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             let s = math::scalar(self.b, math::identity(kind));
             let (accs, s) = self.horiz_row(&row, n, kind, accs, s)?;
             let out = row.bases.first().copied().ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
-            return self.finish_horiz(kind, accs, s, out);
+            return self.finish_horiz(kind, accs, s, (k.out.storage, out));
         }
         let iters = groups / unroll;
         let zero = self.b.ins().iconst(I64, 0);
@@ -864,13 +894,20 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// Fold the accumulators of `horiz_row` into one value and combine it into the output element at `out`.
-    fn finish_horiz(&mut self, kind: ReduceKind, accs: Vec<Value>, s: Value, out: Value) -> Result<(), CodegenError> {
+    fn finish_horiz(
+        &mut self,
+        kind: ReduceKind,
+        accs: Vec<Value>,
+        s: Value,
+        (storage, out): (Option<usize>, Value),
+    ) -> Result<(), CodegenError> {
         let mut s = s;
         let mut it = accs.into_iter();
         if let Some(first) = it.next() {
             let v = it.fold(first, |acc, v| math::combine(self.b, kind, acc, v));
             s = math::reduce_lanes(self.b, kind, v, 4, s);
         }
+        let out = self.checked(storage, out, 0, 4);
         let old = self.b.ins().load(F32, mem(), out, 0);
         let new = math::combine_scalar(self.b, kind, old, s);
         self.b.ins().store(mem(), new, out, 0);
@@ -909,18 +946,18 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let out = out.ok_or_else(|| CodegenError::Cranelift("no output".into()))?;
         let v = match row.k.acc {
             Some(kind) => {
-                let old = self.load(true, s, out, at);
+                let old = self.load(row.k.out.storage, s, out, at);
                 math::combine(self.b, kind, old, v)
             }
             None => v,
         };
-        self.store(s, out, at, v);
+        self.store(row.k.out.storage, s, out, at, v);
         let nops = row.k.operands.len();
-        for (e, (_, node)) in row.k.extra.iter().enumerate() {
+        for (e, (extra, node)) in row.k.extra.iter().enumerate() {
             let (s, base) = (row.inner.get(1 + nops + e).copied().unwrap_or(1), row.bases.get(1 + nops + e).copied());
             let base = base.ok_or_else(|| CodegenError::Cranelift("no extra output".into()))?;
             let x = vals.get(*node).copied().flatten().ok_or_else(|| CodegenError::Cranelift("extra output not computed".into()))?;
-            self.store(s, base, at, x);
+            self.store(extra.storage, s, base, at, x);
         }
         Ok(())
     }
@@ -1015,7 +1052,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let a = row.k.operands.get(o).ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
                 let (s, base) = (row.inner.get(o + 1).copied().unwrap_or(0), row.bases.get(o + 1).copied());
                 let base = base.ok_or_else(|| CodegenError::Cranelift("bad operand".into()))?;
-                self.load(a.storage.is_some(), s, base, at)
+                self.load(a.storage, s, base, at)
             }
             ENode::Unary(u, a) => math::unary(self.b, u, get(a)?),
             ENode::Binary(BinaryOp::Pow, a, c) => {
@@ -1046,9 +1083,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// The group's elements of an operand with innermost stride `s`: a load
-    /// from memory, or (`mem == false`) the iota value `base + index·s`.
-    fn load(&mut self, is_mem: bool, s: i64, base: Value, at: At) -> Value {
-        if !is_mem {
+    /// from the memory of `storage`, or (no storage) the iota value `base + index·s`.
+    fn load(&mut self, storage: Option<usize>, s: i64, base: Value, at: At) -> Value {
+        if storage.is_none() {
             let p = self.b.ins().imul_imm_s(at.pos, s);
             let p = self.b.ins().iadd(base, p);
             let p = self.b.ins().iadd_imm_s(p, at.g * s);
@@ -1063,37 +1100,75 @@ impl<'a, 'b> Emitter<'a, 'b> {
             return self.b.ins().fadd(v, steps);
         }
         if s == 0 {
-            let x = self.b.ins().load(F32, mem(), base, 0);
+            let a = self.checked(storage, base, 0, 4);
+            let x = self.b.ins().load(F32, mem(), a, 0);
             return self.b.ins().splat(F32X4, x);
         }
         let p = self.b.ins().imul_imm_s(at.pos, 4 * s);
         let row = self.b.ins().iadd(base, p);
         if s == 1 && at.lanes == 4 {
             let (a, o) = self.addr(row, 4 * at.g);
+            let a = self.checked(storage, a, o, 16);
             return self.b.ins().load(F32X4, mem(), a, o);
         }
         let mut v = math::splat(self.b, 0.0);
         for l in 0..at.lanes {
             let (a, o) = self.addr(row, 4 * s * (at.g + i64::from(l)));
+            let a = self.checked(storage, a, o, 4);
             let x = self.b.ins().load(F32, mem(), a, o);
             v = self.b.ins().insertlane(v, x, l);
         }
         v
     }
 
-    fn store(&mut self, s: i64, base: Value, at: At, v: Value) {
+    /// Store the group `v` to the memory of `storage` (innermost stride `s`).
+    fn store(&mut self, storage: Option<usize>, s: i64, base: Value, at: At, v: Value) {
         let p = self.b.ins().imul_imm_s(at.pos, 4 * s);
         let row = self.b.ins().iadd(base, p);
         if s == 1 && at.lanes == 4 {
             let (a, o) = self.addr(row, 4 * at.g);
+            let a = self.checked(storage, a, o, 16);
             self.b.ins().store(mem(), v, a, o);
             return;
         }
         for l in 0..at.lanes {
             let x = self.b.ins().extractlane(v, l);
             let (a, o) = self.addr(row, 4 * s * (at.g + i64::from(l)));
+            let a = self.checked(storage, a, o, 4);
             self.b.ins().store(mem(), x, a, o);
         }
+    }
+
+    /// `addr`, in a bounds-checked build only if the `size` bytes at `addr +
+    /// off` lie inside the buffer of `storage` (for a view of a sequence, the
+    /// sequence's); else, after reporting the access (`nnc_bounds_fault`),
+    /// the address that puts them at the buffer's start, so nothing outside
+    /// it is touched. Unchecked builds and iota values: `addr`.
+    fn checked(&mut self, storage: Option<usize>, addr: Value, off: i32, size: i64) -> Value {
+        let (Some(bounds), Some(s)) = (&self.bounds, storage) else { return addr };
+        let (fault, record, kernel) = (bounds.fault, bounds.record, self.kernel as i64);
+        let target = self.views.iter().rev().find(|v| v.0 == s).map_or(s, |v| v.2);
+        let len = bounds.lens.get(target).copied().unwrap_or(0) as i64;
+        let start = self.offsets.get(target).copied().unwrap_or(0) as i64;
+        let lo = self.b.ins().iadd_imm_s(self.arena, start * 4);
+        let hi = self.b.ins().iadd_imm_s(lo, len * 4);
+        let first = self.b.ins().iadd_imm_s(addr, i64::from(off));
+        let end = self.b.ins().iadd_imm_s(first, size);
+        let below = self.b.ins().icmp(IntCC::UnsignedLessThan, first, lo);
+        let above = self.b.ins().icmp(IntCC::UnsignedGreaterThan, end, hi);
+        let bad = self.b.ins().bor(below, above);
+        let (report, ok) = (self.b.create_block(), self.b.create_block());
+        self.b.ins().brif(bad, report, &[], ok, &[]);
+        self.b.switch_to_block(report);
+        self.b.set_cold_block(report);
+        let bytes = self.b.ins().isub(first, lo);
+        let elements = self.b.ins().sshr_imm_s(bytes, 2);
+        let [record, kernel, target] = [record, kernel, target as i64].map(|c| self.b.ins().iconst(I64, c));
+        self.b.ins().call(fault, &[record, kernel, target, elements]);
+        self.b.ins().jump(ok, &[]);
+        self.b.switch_to_block(ok);
+        let safe = self.b.ins().iadd_imm_s(lo, -i64::from(off));
+        self.b.ins().select(bad, safe, addr)
     }
 
     // ---- library calls ----------------------------------------------------------------

@@ -146,7 +146,7 @@ pub(crate) extern "C" fn nnc_random(out: *mut f32, n: i64, seed: *const f32, str
 }
 
 /// A fault found by a kernel while the generated code ran: an id outside
-/// `0..bound` given to the node `site` (a `Gather` or `ScatterAdd`).
+/// `0..bound` given to the node `site` (a `Gather`, `ScatterAdd` or `CheckIndex`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fault {
     pub site: u32,
@@ -163,6 +163,63 @@ thread_local! {
 /// The first fault recorded on this thread since the last call, if any.
 pub(crate) fn take_fault() -> Option<Fault> {
     FAULT.with(|f| f.take())
+}
+
+/// An access outside its buffer caught by bounds-checked code: kernel
+/// `kernel` reached element `offset` of storage `storage`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Access {
+    pub kernel: usize,
+    pub storage: usize,
+    pub offset: i64,
+}
+
+/// Where bounds-checked code records its first bad access. Its address is
+/// baked into the code, and the pieces running on other threads may write it.
+#[derive(Default)]
+pub(crate) struct BoundsRecord(pub std::sync::Mutex<Option<Access>>);
+
+/// Called by bounds-checked code (`emit::Emitter::checked`) for an access
+/// outside its buffer, before it is redirected to the buffer's start.
+pub(crate) extern "C" fn nnc_bounds_fault(record: *const BoundsRecord, kernel: i64, storage: i64, offset: i64) {
+    // SAFETY: `record` is the address of the compiled graph's boxed record
+    // (`CompiledGraph::bounds`), which lives as long as the code calling this.
+    let record = unsafe { &*record };
+    let at = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
+    if let Ok(mut first) = record.0.lock() {
+        first.get_or_insert(Access { kernel: at(kernel), storage: at(storage), offset });
+    }
+}
+
+/// Record `fault` as this thread's, unless one was recorded first.
+fn record(fault: Fault) {
+    FAULT.with(|f| {
+        if f.get().is_none() {
+            f.set(Some(fault));
+        }
+    });
+}
+
+/// `CheckIndex` over `n` ids (see `Kernel::Check`): each copied from `ids` to
+/// `dst`; the first outside `0..bound` (negative, too large, fractional or
+/// NaN) where `keep` (null: everywhere) is not 0 is recorded as this
+/// thread's fault.
+pub(crate) extern "C" fn nnc_check_ids(n: i64, bound: i64, ids: *const f32, keep: *const f32, dst: *mut f32, site: i64) {
+    let (Ok(n), Ok(bound)) = (usize::try_from(n), usize::try_from(bound)) else {
+        return;
+    };
+    // SAFETY: the planner gave the ids, the mask (when not null) and the
+    // destination contiguous buffers of `n` floats (`lower_check`); the
+    // destination is a fresh buffer that overlaps neither.
+    let (ids, dst) = unsafe { (std::slice::from_raw_parts(ids, n), std::slice::from_raw_parts_mut(dst, n)) };
+    // SAFETY: as above.
+    let keep = (!keep.is_null()).then(|| unsafe { std::slice::from_raw_parts(keep, n) });
+    dst.copy_from_slice(ids);
+    let checked = |i: usize| keep.is_none_or(|k| k.get(i).is_some_and(|&m| m != 0.0));
+    let bad = ids.iter().enumerate().find(|&(i, &id)| checked(i) && crate::ops::index::row_index(f64::from(id), bound).is_none());
+    if let Some((_, &id)) = bad {
+        record(Fault { site: site as u32, index: id, bound });
+    }
 }
 
 /// `Gather` (`scatter == 0`) or `ScatterAdd` over `n` ids (see `Kernel::Lookup`).
@@ -199,11 +256,7 @@ pub(crate) extern "C" fn nnc_lookup(
     }
     for (i, &id) in ids.iter().enumerate() {
         let Some(r) = crate::ops::index::row_index(f64::from(id), rows) else {
-            FAULT.with(|f| {
-                if f.get().is_none() {
-                    f.set(Some(Fault { site: site as u32, index: id, bound: rows }));
-                }
-            });
+            record(Fault { site: site as u32, index: id, bound: rows });
             if scatter == 0 {
                 dst[i * width..(i + 1) * width].fill(0.0);
             }

@@ -126,6 +126,17 @@ pub(crate) enum Kernel {
         dst: (StorageId, i64),
         site: u32,
     },
+    /// `n` ids copied from `ids` to `dst`, through the `nnc_check_ids` helper;
+    /// an id outside `0..bound` (where `keep`, if any, is not 0) is reported
+    /// as a fault of node `site` (`Op::CheckIndex`).
+    Check {
+        n: usize,
+        bound: usize,
+        ids: (StorageId, i64),
+        keep: Option<(StorageId, i64)>,
+        dst: (StorageId, i64),
+        site: u32,
+    },
     /// `n` uniform numbers into `out` from the scalar seed at `seed` (`ops::random`).
     Random {
         n: usize,
@@ -171,6 +182,7 @@ impl Kernel {
             Kernel::MatMul { a, b, .. } | Kernel::Solve { a, b, .. } => vec![a.storage, b.storage],
             Kernel::Random { seed, .. } => vec![seed.0],
             Kernel::Lookup { ids, src, .. } => vec![ids.0, src.0],
+            Kernel::Check { ids, keep, .. } => std::iter::once(ids.0).chain(keep.map(|k| k.0)).collect(),
             Kernel::Loop { body, views, .. } => {
                 let seqs = views.iter().filter(|v| !v.written).map(|v| v.of);
                 body.iter().flat_map(Kernel::reads).chain(seqs).collect()
@@ -187,7 +199,7 @@ impl Kernel {
             Kernel::MatMul { c, .. } => vec![c.storage],
             Kernel::Solve { x, .. } => vec![x.storage],
             Kernel::Random { out, .. } => vec![out.0],
-            Kernel::Lookup { dst, .. } => vec![dst.0],
+            Kernel::Lookup { dst, .. } | Kernel::Check { dst, .. } => vec![dst.0],
             Kernel::Loop { body, views, .. } => {
                 let seqs = views.iter().filter(|v| v.written).map(|v| v.of);
                 body.iter().flat_map(Kernel::writes).chain(seqs).collect()
@@ -224,6 +236,7 @@ impl Kernel {
             Kernel::Solve { a, b, x, .. } => [a, b, x].into_iter().for_each(|o| fix(&mut o.storage)),
             Kernel::Random { out, seed, .. } => [out, seed].into_iter().for_each(|o| fix(&mut o.0)),
             Kernel::Lookup { ids, src, dst, .. } => [ids, src, dst].into_iter().for_each(|o| fix(&mut o.0)),
+            Kernel::Check { ids, keep, dst, .. } => [Some(ids), keep.as_mut(), Some(dst)].into_iter().flatten().for_each(|o| fix(&mut o.0)),
             Kernel::Loop { body, views, .. } => {
                 body.iter_mut().for_each(|k| k.rename(from, to));
                 views.iter_mut().for_each(|v| [&mut v.storage, &mut v.of].into_iter().for_each(fix));
@@ -251,6 +264,7 @@ impl Kernel {
             | Kernel::Solve { .. }
             | Kernel::Random { .. }
             | Kernel::Lookup { .. }
+            | Kernel::Check { .. }
             | Kernel::Loop { .. }
             | Kernel::StepCopy { .. } => !self.reads().contains(&s),
         }

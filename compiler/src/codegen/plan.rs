@@ -290,7 +290,7 @@ fn relocate(k: &mut Kernel, tables: usize, site: u32) {
                 g[1] += tables;
             }
         }
-        Kernel::Lookup { site: s, .. } => *s = site,
+        Kernel::Lookup { site: s, .. } | Kernel::Check { site: s, .. } => *s = site,
         Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| relocate(k, tables, site)),
         _ => {}
     }
@@ -541,7 +541,7 @@ impl Planner<'_> {
                 }
                 Op::MatMul | Op::Solve | Op::Unfold { .. } | Op::RandomUniform { .. } => (Mode::Kernel, vec![Need::Strided]),
                 Op::Fold { .. } => (Mode::Kernel, vec![Need::Fuse { expanding: false }]),
-                Op::Gather | Op::ScatterAdd { .. } | Op::Scan { .. } => (Mode::Kernel, vec![Need::Contig]),
+                Op::Gather | Op::ScatterAdd { .. } | Op::CheckIndex { .. } | Op::Scan { .. } => (Mode::Kernel, vec![Need::Contig]),
             };
             self.mode[i] = mode;
             // A product's B may be gathered when it runs as a library call.
@@ -874,6 +874,7 @@ impl Planner<'_> {
             | Op::RandomUniform { .. }
             | Op::Gather
             | Op::ScatterAdd { .. }
+            | Op::CheckIndex { .. }
             | Op::MatMul
             | Op::Solve
             | Op::Scan { .. } => Err(malformed(id, "op cannot be fused into a loop")),
@@ -950,6 +951,7 @@ impl Planner<'_> {
             Op::Fold { window, .. } => self.lower_fold(id, window, &out),
             Op::Gather => self.lower_lookup(id, false, &out),
             Op::ScatterAdd { .. } => self.lower_lookup(id, true, &out),
+            Op::CheckIndex { bound } => self.lower_check(id, *bound, &out),
             Op::Scan { body, steps, inputs, reverse, .. } => self.lower_scan(id, body, *steps, *inputs, *reverse, &out),
         }
     }
@@ -1197,6 +1199,20 @@ impl Planner<'_> {
             site: id.0,
         };
         self.kernels.push(kernel);
+        Ok(())
+    }
+
+    /// Ids copied to `out` through `nnc_check_ids`, which reports the first
+    /// outside `0..bound` (where the optional second operand is not 0).
+    fn lower_check(&mut self, id: ValueId, bound: usize, out: &Layout) -> Result<(), CodegenError> {
+        let ids = self.layout(self.arg(id, 0)?)?;
+        let ids = (ids.storage, ids.off);
+        let keep = match self.args(id).get(1) {
+            Some(&k) => Some(self.layout(k).map(|l| (l.storage, l.off))?),
+            None => None,
+        };
+        let n = self.numel(id);
+        self.kernels.push(Kernel::Check { n, bound, ids, keep, dst: (out.storage, out.off), site: id.0 });
         Ok(())
     }
 

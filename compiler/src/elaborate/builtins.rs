@@ -9,7 +9,7 @@ use super::value::{Arg, Func, Tensor, Value};
 use super::{Ctx, ElabError};
 use crate::ast::Span;
 use crate::autodiff;
-use crate::ir::{DType, Dim, Shape, TensorType};
+use crate::ir::{DType, Dim, Shape, TensorType, ValueId};
 use crate::ops::{BinaryOp, Op, UnaryOp};
 use std::rc::Rc;
 
@@ -209,14 +209,14 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let y = tensor_arg(cx, take(&mut a[0]), span)?;
             let Some(n) = take(&mut a[1]) else { return Err(internal(cx, span)) };
             let n = cx.number(&n.value, n.span, "the number of classes")? as usize;
-            one_hot(cx, &y, n, span).map(Value::Tensor)
+            one_hot(cx, &y, n, None, span).map(Value::Tensor)
         }
         "gather" => {
             let mut a = bind(cx, name, args, &["x", "index"], 2, span)?;
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
             let idx = tensor_arg(cx, take(&mut a[1]), span)?;
             let classes = last_dim(cx, &x, span)?;
-            let oh = one_hot(cx, &idx, classes, span)?;
+            let oh = one_hot(cx, &idx, classes, None, span)?;
             // Selected by a mask, not multiplied by the one-hot: an ∞ or NaN
             // in an entry not picked must not reach the sum (0 · ∞ is NaN).
             let prod = cx.elementwise(BinaryOp::Mask, &x, &oh, span, span, span, "gather")?;
@@ -241,13 +241,16 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 Some(s) => cx.number(&s.value, s.span, "smoothing")?,
                 None => 0.0,
             };
-            let loss = cross_entropy(cx, &logits, &labels, smoothing, ys, span)?;
-            match take(&mut a[3]) {
+            let mask = match take(&mut a[3]) {
+                Some(m) => Some((tensor_arg(cx, Some(m.clone()), span)?, m.span)),
+                None => None,
+            };
+            // Labels the mask skips (PyTorch's ignore_index, -100) are not checked.
+            let keep = mask.as_ref().map(|(m, _)| m.id).filter(|&m| cx.graph.shape(m) == cx.graph.shape(labels.id));
+            let loss = cross_entropy(cx, &logits, &labels, smoothing, keep, ys, span)?;
+            match mask {
                 None => reduction(cx, "mean", &loss, &(0..cx.shape(&loss).rank()).collect::<Vec<_>>(), false, span).map(Value::Tensor),
-                Some(m) => {
-                    let mask = tensor_arg(cx, Some(m.clone()), span)?;
-                    masked_mean(cx, &loss, &mask, m.span, span).map(Value::Tensor)
-                }
+                Some((mask, mask_span)) => masked_mean(cx, &loss, &mask, mask_span, span).map(Value::Tensor),
             }
         }
         "l2" => {
@@ -494,15 +497,18 @@ fn last_dim(cx: &Ctx, x: &Tensor, span: Span) -> Result<usize, ElabError> {
     }
 }
 
-/// `one_hot(y, n)`: `[S…] int -> [S…, n]` with 1.0 at each label.
-fn one_hot(cx: &mut Ctx, y: &Tensor, n: usize, span: Span) -> Result<Tensor, ElabError> {
+/// `one_hot(y, n)`: `[S…] int -> [S…, n]` with 1.0 at each label. A label
+/// outside `0..n` (where `keep`, if given, is not 0) stops the run with an
+/// error at `span` (`Op::CheckIndex`) rather than giving a row of zeros.
+fn one_hot(cx: &mut Ctx, y: &Tensor, n: usize, keep: Option<ValueId>, span: Span) -> Result<Tensor, ElabError> {
     let ty = cx.ty(y);
     if ty.dtype != DType::I32 {
         return Err(cx.err(ErrorKind::LabelsNotInt { span, found: ty }));
     }
     let mut dims = ty.shape.0.clone();
     dims.push(Dim::Known(1));
-    let col = cx.op(Op::Reshape { shape: Shape(dims.clone()) }, &[y.id], span)?;
+    let checked = cx.op(Op::CheckIndex { bound: n }, &std::iter::once(y.id).chain(keep).collect::<Vec<_>>(), span)?;
+    let col = cx.op(Op::Reshape { shape: Shape(dims.clone()) }, &[checked], span)?;
     if let Some(last) = dims.last_mut() {
         *last = Dim::Known(n);
     }
@@ -529,7 +535,15 @@ fn mse(cx: &mut Ctx, p: &Tensor, t: &Tensor, ps: Span, ts: Span, span: Span) -> 
 
 /// Softmax cross-entropy with label smoothing α: the target puts 1 − α(k−1)/k
 /// on the true class and α/k on each other class, i.e. (1 − α)·onehot + α/k.
-fn cross_entropy(cx: &mut Ctx, logits: &Tensor, labels: &Tensor, alpha: f64, label_span: Span, span: Span) -> Result<Tensor, ElabError> {
+fn cross_entropy(
+    cx: &mut Ctx,
+    logits: &Tensor,
+    labels: &Tensor,
+    alpha: f64,
+    keep: Option<ValueId>,
+    label_span: Span,
+    span: Span,
+) -> Result<Tensor, ElabError> {
     let lty = cx.ty(labels);
     if lty.dtype != DType::I32 {
         return Err(cx.err(ErrorKind::LabelsNotInt { span: label_span, found: lty }));
@@ -551,7 +565,7 @@ fn cross_entropy(cx: &mut Ctx, logits: &Tensor, labels: &Tensor, alpha: f64, lab
     let axis = ls.rank() - 1;
     let lse = logsumexp(cx, logits, &[axis], Shift::Max, span)?;
     let logp = sub_broadcast(cx, logits, &lse, span)?;
-    let oh = one_hot(cx, labels, k, span)?;
+    let oh = one_hot(cx, labels, k, keep, span)?;
     let mut b = cx.builder(span);
     let target = if alpha == 0.0 {
         oh.id

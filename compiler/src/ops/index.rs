@@ -3,12 +3,18 @@
 //! * `Gather`: `table [V, d..]`, `ids [i..]` (int) → `[i.., d..]`, row
 //!   `out[i] = table[ids[i]]`;
 //! * `ScatterAdd { rows: V }`: `ids [i..]`, `values [i.., d..]` → `[V, d..]`,
-//!   zeros with each `values[i]` added to row `ids[i]` (repeated ids sum).
+//!   zeros with each `values[i]` added to row `ids[i]` (repeated ids sum);
+//! * `CheckIndex { bound: k }`: `ids [i..]` (and optionally `keep [i..]`) →
+//!   the same ids, each required to be in `0..k` where `keep` is not 0: the
+//!   class labels that `one_hot` compares with the positions `0..k` (and so
+//!   `cross_entropy` and `gather`), which would otherwise match no class and
+//!   silently give a zero row (a loss of 0).
 //!
-//! Each is the other's derivative with respect to the float operand, and ids
-//! get no gradient. An id outside `0..V` is a fault, never a wild read: the
-//! reference evaluation returns `EvalError::IndexOutOfRange`, and the compiled
-//! kernels skip the row and report the first bad id with the node
+//! Gather and ScatterAdd are each the other's derivative with respect to the
+//! float operand, and ids get no gradient. An id outside `0..V` is a fault,
+//! never a wild read: the reference evaluation returns
+//! `EvalError::IndexOutOfRange`, and the compiled kernels skip the row (a check
+//! copies the id as it is) and report the first bad id with the node
 //! (`codegen::Fault`), which the runtime turns into an error at the source line.
 
 use super::{EvalError, ShapeError};
@@ -50,6 +56,19 @@ pub fn scatter_add_shape_rule(rows: usize, args: &[&TensorType]) -> Result<Tenso
     Ok(TensorType { shape: Shape(dims), dtype: values.dtype })
 }
 
+pub fn check_index_shape_rule(args: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let (ids, keep) = match args {
+        [ids] => (ids, None),
+        [ids, keep] => (ids, Some(keep)),
+        _ => return Err(ShapeError::Arity { op: "check_index", expected: 1, found: args.len() }),
+    };
+    ids_check(ids)?;
+    if let Some(keep) = keep.filter(|k| k.shape != ids.shape) {
+        return Err(ShapeError::Mismatch { op: "check_index", lhs: ids.shape.clone(), rhs: keep.shape.clone() });
+    }
+    Ok((*ids).clone())
+}
+
 pub fn gather_vjp_rule(b: &mut Builder, args: &[ValueId], g: ValueId) -> Vec<Option<ValueId>> {
     let [table, ids] = args else { return Vec::new() };
     let rows = b.shape(*table).dims().first().and_then(|d| d.known()).unwrap_or(0);
@@ -61,16 +80,21 @@ pub fn scatter_add_vjp_rule(b: &mut Builder, args: &[ValueId], g: ValueId) -> Ve
     vec![None, Some(b.gather_rows(g, *ids))]
 }
 
+/// Ids get no gradient, nor does the mask saying which ids are checked.
+pub fn check_index_vjp_rule(args: &[ValueId]) -> Vec<Option<ValueId>> {
+    vec![None; args.len()]
+}
+
 /// The row an id selects: `None` for an id that is negative, fractional, NaN
 /// or not below `rows`. The compiled lookup (`codegen::helpers::nnc_lookup`)
 /// applies the same rule.
-pub(crate) fn row_index(id: f64, rows: usize) -> Option<usize> {
+pub fn row_index(id: f64, rows: usize) -> Option<usize> {
     (id >= 0.0 && id.fract() == 0.0 && id < rows as f64).then_some(id as usize)
 }
 
 /// The row an id selects, or the fault it is.
 fn row_of(id: f64, rows: usize) -> Result<usize, EvalError> {
-    row_index(id, rows).ok_or(EvalError::IndexOutOfRange { index: id, bound: rows })
+    row_index(id, rows).ok_or(EvalError::IndexOutOfRange { site: None, index: id, bound: rows })
 }
 
 pub fn gather_eval(args: &[&ArrayD<f64>], out: &[usize]) -> Result<ArrayD<f64>, EvalError> {
@@ -99,4 +123,18 @@ pub fn scatter_add_eval(args: &[&ArrayD<f64>], out: &[usize]) -> Result<ArrayD<f
         }
     }
     Ok(ArrayD::from_shape_vec(IxDyn(out), y).unwrap_or_else(|_| ArrayD::zeros(IxDyn(out))))
+}
+
+/// The ids unchanged, or the first that is outside `0..bound` where `keep`
+/// (if given) is not 0.
+pub fn check_index_eval(bound: usize, args: &[&ArrayD<f64>]) -> Result<ArrayD<f64>, EvalError> {
+    let Some(ids) = args.first() else { return Ok(ArrayD::zeros(IxDyn(&[]))) };
+    let checked: Vec<bool> = match args.get(1) {
+        Some(keep) => keep.iter().map(|&k| k != 0.0).collect(),
+        None => vec![true; ids.len()],
+    };
+    for (&id, _) in ids.iter().zip(checked).filter(|(_, checked)| *checked) {
+        row_of(id, bound)?;
+    }
+    Ok((*ids).clone())
 }

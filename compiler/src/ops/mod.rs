@@ -102,6 +102,11 @@ pub enum Op {
     ScatterAdd {
         rows: usize,
     },
+    /// `ids [i..]` (, `keep [i..]`) → the same ids, each required to be in
+    /// `0..bound` where `keep` is not 0: class labels (`one_hot`).
+    CheckIndex {
+        bound: usize,
+    },
     // ---- reductions (reduced axes kept with size 1) --------------------
     Reduce {
         kind: ReduceKind,
@@ -183,6 +188,7 @@ impl Op {
             Op::Fold { .. } => "fold",
             Op::Gather => "gather_rows",
             Op::ScatterAdd { .. } => "scatter_add",
+            Op::CheckIndex { .. } => "check_index",
             Op::MatMul => "matmul",
             Op::Solve => "solve",
             Op::Scan { .. } => "scan",
@@ -226,6 +232,7 @@ pub fn shape_rule(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeErro
         Op::Fold { window, size } => window::fold_shape_rule(window, *size, args),
         Op::Gather => index::gather_shape_rule(args),
         Op::ScatterAdd { rows } => index::scatter_add_shape_rule(*rows, args),
+        Op::CheckIndex { .. } => index::check_index_shape_rule(args),
         Op::MatMul => linalg::matmul_shape_rule(args),
         Op::Solve => linalg::solve_shape_rule(args),
         Op::Scan { body, steps, inputs, saved, .. } => scan::scan_shape_rule(body, *steps, *inputs, *saved, args),
@@ -254,6 +261,7 @@ pub fn vjp_rule(b: &mut Builder, op: &Op, args: &[ValueId], out: ValueId, g: Val
         Op::Fold { window, .. } => window::fold_vjp_rule(b, window, g),
         Op::Gather => index::gather_vjp_rule(b, args, g),
         Op::ScatterAdd { .. } => index::scatter_add_vjp_rule(b, args, g),
+        Op::CheckIndex { .. } => index::check_index_vjp_rule(args),
         Op::MatMul => linalg::matmul_vjp_rule(b, args, g),
         Op::Solve => linalg::solve_vjp_rule(b, args, out, g),
         Op::Scan { .. } => scan::scan_vjp_rule(b, op, args, out, g),
@@ -269,8 +277,11 @@ pub enum EvalError {
     Symbolic(Shape),
     /// `solve` on a singular matrix.
     Singular,
-    /// An id outside `0..bound` selecting a row (`Gather`, `ScatterAdd`).
-    IndexOutOfRange { index: f64, bound: usize },
+    /// An id outside `0..bound` selecting a row (`Gather`, `ScatterAdd`) or
+    /// a class (`CheckIndex`), at the node `site` (set by the interpreter:
+    /// the outermost node, so a scan's body reports the scan, as compiled
+    /// code does).
+    IndexOutOfRange { site: Option<ValueId>, index: f64, bound: usize },
     /// A supplied input has the wrong shape.
     InputShape { name: String, expected: Vec<usize>, found: Vec<usize> },
     /// A node with more elements than a tensor may have (an unchecked graph).
@@ -297,7 +308,7 @@ impl fmt::Display for EvalError {
             EvalError::MissingInput(name) => write!(f, "no value for input `{name}`"),
             EvalError::Symbolic(shape) => write!(f, "the shape {shape} is not known yet"),
             EvalError::Singular => write!(f, "`solve` was given a singular matrix"),
-            EvalError::IndexOutOfRange { index, bound } => write!(f, "id {index} is outside 0..{bound}"),
+            EvalError::IndexOutOfRange { index, bound, .. } => write!(f, "id {index} is outside 0..{bound}"),
             EvalError::InputShape { name, expected, found } => write!(f, "input `{name}` is {found:?}, expected {expected:?}"),
             EvalError::TooLarge(at) => write!(f, "{}", at.to_diagnostic().title),
             EvalError::OutOfMemory { error, .. } => write!(f, "{}", error.message()),
@@ -328,6 +339,7 @@ pub fn eval(op: &Op, args: &[&ArrayD<f64>], ty: &TensorType) -> Result<ArrayD<f6
         Op::Fold { window, .. } => Ok(window::fold_eval(window, args, &out_shape)),
         Op::Gather => index::gather_eval(args, &out_shape),
         Op::ScatterAdd { .. } => index::scatter_add_eval(args, &out_shape),
+        Op::CheckIndex { bound } => index::check_index_eval(*bound, args),
         Op::MatMul => Ok(linalg::matmul_eval(args, &out_shape)),
         Op::Solve => linalg::solve_eval(args),
         Op::Scan { body, steps, inputs, reverse, saved } => scan::scan_eval(body, *steps, *inputs, *reverse, *saved, args),
@@ -353,6 +365,7 @@ impl fmt::Display for Op {
             Op::Unfold { window } => write!(f, "unfold {window}"),
             Op::Fold { window, size } => write!(f, "fold {window} to {}x{}", size[0], size[1]),
             Op::ScatterAdd { rows } => write!(f, "scatter_add into {rows} rows"),
+            Op::CheckIndex { bound } => write!(f, "check_index 0..{bound}"),
             Op::Scan { body, steps, inputs, reverse, saved } => {
                 let dir = if *reverse { " reverse" } else { "" };
                 let kept = if *saved > 0 { format!(" saved={saved}") } else { String::new() };

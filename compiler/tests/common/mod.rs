@@ -5,7 +5,7 @@
 use ndarray::{ArrayD, IxDyn};
 use nnc_compiler::ast::Span;
 use nnc_compiler::builder::Builder;
-use nnc_compiler::codegen::CompiledGraph;
+use nnc_compiler::codegen::{CodegenError, CompileOptions, CompiledGraph};
 use nnc_compiler::interp::{self, Inputs};
 use nnc_compiler::ir::{Graph, InputKind, Shape, TensorType, ValueId};
 
@@ -13,6 +13,24 @@ use nnc_compiler::ir::{Graph, InputKind, Shape, TensorType, ValueId};
 pub fn threads() -> usize {
     let env = std::env::var("NNC_THREADS").ok().and_then(|s| s.trim().parse().ok());
     env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Whether this test target compiles bounds-checked code: the
+/// `jit_vs_reference_checked` target runs the `jit_vs_reference` cases again
+/// so, each access compared with its buffer's extent.
+pub fn bounds_checked() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_checked")
+}
+
+/// Compile `g` as this target does (`bounds_checked`).
+pub fn compile(g: &Graph, updates: &[(usize, ValueId)]) -> Result<CompiledGraph, CodegenError> {
+    CompiledGraph::compile_with(g, updates, CompileOptions { bounds_checked: bounds_checked() })
+}
+
+/// Run `jit` once; in a bounds-checked build, no access may leave its buffer.
+pub fn run(jit: &mut CompiledGraph) {
+    jit.run();
+    assert_eq!(jit.bounds_fault(), None, "an access outside its buffer: {:?}", jit.kernel_summary());
 }
 
 /// Deterministic pseudo-random numbers (xorshift64*).
@@ -101,9 +119,9 @@ pub fn compare(got: &[f32], want: &ArrayD<f64>, atol_rel: f64) -> Result<(), Str
 
 /// Compile, run on random inputs, and compare every output with the interpreter.
 pub fn check_with(g: &Graph, f: Fill, atol_rel: f64, seed: u64) -> CompiledGraph {
-    let mut jit = CompiledGraph::compile(g, &[]).unwrap_or_else(|e| panic!("compile failed: {e}\n{g:#?}"));
+    let mut jit = compile(g, &[]).unwrap_or_else(|e| panic!("compile failed: {e}\n{g:#?}"));
     let inputs = fill(&mut jit, g, f, seed);
-    jit.run();
+    run(&mut jit);
     let want = interp::run(g, &inputs).expect("reference run");
     for (i, w) in want.iter().enumerate() {
         if let Err(e) = compare(jit.output(i), w, atol_rel) {
