@@ -144,7 +144,7 @@ impl OutOfMemory {
 
     /// The diagnostic at `span`, the construct whose tensor it is.
     pub fn to_diagnostic(&self, span: Span) -> Diagnostic {
-        Diagnostic::new(self.message()).label(span, format!("{} is made here", self.what))
+        Diagnostic::new(self.message()).label(span, "needed here")
     }
 }
 

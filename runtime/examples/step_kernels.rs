@@ -21,7 +21,7 @@ fn main() -> Result<(), String> {
     for plan in plans {
         let batch = args.next().and_then(|b| b.parse().ok()).or(plan.batch).unwrap_or(1);
         let sizes: SizeEnv = [("B".to_string(), batch)].into_iter().collect();
-        let mut exec = Exec::compile(&plan.step_graph, &sizes, &[])?;
+        let mut exec = Exec::compile(&plan.step_graph, &sizes, &[]).map_err(|e| e.to_string())?;
         println!(
             "train {} (batch {batch}): {} kernels, compiled in {:.1} ms",
             plan.name,
