@@ -149,7 +149,7 @@ mod tests {
         // wraps to 784, and the file loaded as two 784-pixel images.
         let images = idx_file("wrap-images", &[2, 16, 47, 41579, 218641, 26983373], &[7; 2 * 784]);
         let labels = idx_file("wrap-labels", &[2], &[1, 2]);
-        let result = load(&[images.clone()], &[labels.clone()]);
+        let result = load(std::slice::from_ref(&images), std::slice::from_ref(&labels));
         std::fs::remove_file(images).unwrap();
         std::fs::remove_file(labels).unwrap();
         match result {
@@ -162,7 +162,7 @@ mod tests {
     fn checked_dims_still_load() {
         let images = idx_file("ok-images", &[2, 2, 3], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
         let labels = idx_file("ok-labels", &[2], &[4, 9]);
-        let (x, y) = load(&[images.clone()], &[labels.clone()]).unwrap();
+        let (x, y) = load(std::slice::from_ref(&images), std::slice::from_ref(&labels)).unwrap();
         std::fs::remove_file(images).unwrap();
         std::fs::remove_file(labels).unwrap();
         assert_eq!(x.shape(), &[2, 6]);
