@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use nnc_compiler::diagnostic::{render, Diagnostic};
+use nnc_compiler::elaborate::range::{self, Rule};
 use nnc_compiler::info::ModelInfo;
 use nnc_compiler::ir::{Dim, Shape};
 use nnc_runtime::check::{self, TOLERANCE};
@@ -37,7 +38,7 @@ enum Command {
         #[arg(long)]
         timings: bool,
         /// Train for this many epochs instead of what the file says.
-        #[arg(long)]
+        #[arg(long, value_parser = natural_flag(range::CLI_EPOCHS))]
         epochs: Option<usize>,
         /// Compare every load and store of the compiled steps with its buffer's extent (slower; for testing the compiler).
         #[arg(long)]
@@ -67,19 +68,19 @@ enum Command {
         #[arg(long, default_value = "")]
         prompt: String,
         /// How many tokens to generate.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 200, value_parser = natural_flag(range::CLI_TOKENS))]
         tokens: usize,
         /// greedy | temperature | top-k | beam
         #[arg(long, default_value = "top-k")]
         strategy: String,
         /// Beams kept by beam search.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = natural_flag(range::CLI_WIDTH))]
         width: usize,
         /// Softmax temperature for temperature and top-k sampling.
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = 0.8, value_parser = number_flag(range::CLI_TEMPERATURE))]
         temperature: f64,
         /// How many of the most likely tokens top-k sampling draws from.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = natural_flag(range::CLI_K))]
         k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -102,7 +103,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
-    let cli = Cli::parse();
+    // Usage errors (an unknown flag, a number out of range) exit with 1, as every other error does.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     match cli.command {
         Command::Run { file, json, quiet, timings, epochs, bounds_checked } => {
             let compile = nnc_compiler::codegen::CompileOptions { bounds_checked };
@@ -156,6 +164,21 @@ fn read(file: &Path) -> Result<String, ExitCode> {
         eprintln!("error: cannot read {}: {e}", file.display());
         ExitCode::FAILURE
     })
+}
+
+/// A flag's value parser for a count or size, checked against its rule
+/// (`--k 0` and `--width 1.5` are refused with the rule's message).
+fn natural_flag(rule: Rule) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |text| rule.check_natural(flag_number(rule, text)?).map_err(|problem| problem.explain().0)
+}
+
+/// A flag's value parser for a real number (`--temperature NaN` is refused).
+fn number_flag(rule: Rule) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| rule.check(flag_number(rule, text)?).map_err(|problem| problem.explain().0)
+}
+
+fn flag_number(rule: Rule, text: &str) -> Result<f64, String> {
+    text.trim().parse().map_err(|_| format!("{} must be {}, found `{text}`", rule.name(), rule.range.describe()))
 }
 
 /// Read and parse a file; on failure the diagnostics are already printed.

@@ -13,6 +13,7 @@ use crate::ast::{
     ParamDecl, PlotItem, Program, ReportItem, RowSelect, Span, SplitDef, SubDecl, TrainDef, TypeAnn,
 };
 use crate::diagnostic::Diagnostic;
+use crate::elaborate::range::MAX_WHOLE;
 use pest::iterators::Pair;
 use pest::Parser as _;
 
@@ -627,6 +628,10 @@ fn atom(p: Pair<'_, Rule>) -> R<Ex> {
             let text = p.as_str();
             let value: f64 = text.parse().map_err(|_| internal(span, "a number"))?;
             let is_int = !text.contains(['.', 'e', 'E']);
+            // 1e400 would be inf, and a 20-digit integer another integer: refuse both.
+            if value.is_infinite() || (is_int && value > MAX_WHOLE as f64) {
+                return Err(errors::number_too_large(span, text, is_int));
+            }
             node(ExprKind::Number { value, is_int }, span, 1)
         }
         Rule::string => node(ExprKind::Str(unescape(p.as_str())), span, 1),

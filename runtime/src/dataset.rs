@@ -9,6 +9,7 @@ use ndarray::Array2;
 use nnc_compiler::ast::{self, DataDef, Expr, ExprKind, Span};
 use nnc_compiler::diagnostic::Diagnostic;
 use nnc_compiler::elaborate::error::closest;
+use nnc_compiler::elaborate::range;
 use nnc_compiler::elaborate::train::constant_number;
 use nnc_compiler::elaborate::DataShape;
 use std::path::Path;
@@ -116,6 +117,7 @@ fn options(def: &DataDef) -> Result<Options<'_>, Diagnostic> {
             (Some("scale"), _) => {
                 let v = constant_number(&a.value)
                     .ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/16"))?;
+                let v = range::SCALE.check(v).map_err(|problem| problem.diagnostic(a.value.span))?;
                 opts.scale = Some(v as f32);
             }
             (Some("standardize"), ExprKind::Name(s)) => opts.standardize = Some((s.clone(), a.value.span)),
@@ -202,6 +204,7 @@ fn idx_options<'a>(args: &[ast::CallArg], mut opts: Options<'a>) -> Result<Optio
             Some("scale") => {
                 let v = constant_number(&a.value)
                     .ok_or_else(|| error(a.value.span, "`scale` must be a number", "expected a number such as 1/255"))?;
+                let v = range::SCALE.check(v).map_err(|problem| problem.diagnostic(a.value.span))?;
                 opts.scale = Some(v as f32);
             }
             _ => {

@@ -20,6 +20,7 @@
 use crate::data::Table;
 use nnc_compiler::ast::{CallArg, ExprKind, Span};
 use nnc_compiler::diagnostic::Diagnostic;
+use nnc_compiler::elaborate::range::{self, Rule};
 use nnc_compiler::elaborate::train::constant_number;
 use nnc_compiler::elaborate::Seq2Seq;
 use std::collections::HashSet;
@@ -60,9 +61,9 @@ fn error(span: Span, title: impl Into<String>, label: impl Into<String>) -> Diag
 /// Read the arguments of `digit_task(...)`.
 pub fn parse(args: &[CallArg], span: Span) -> Result<TaskSpec, Diagnostic> {
     let (mut task, mut length, mut rows, mut seed) = (None, None, None, 0u64);
-    let whole = |e: &nnc_compiler::ast::Expr, what: &str, min: f64| match constant_number(e) {
-        Some(v) if v >= min && v.fract() == 0.0 => Ok(v as usize),
-        _ => Err(error(e.span, format!("`{what}` must be a whole number of at least {min}"), "here")),
+    let whole = |e: &nnc_compiler::ast::Expr, rule: &Rule| match constant_number(e) {
+        Some(v) => rule.check_natural(v).map_err(|problem| problem.diagnostic(e.span).note(USAGE)),
+        None => Err(error(e.span, format!("{} must be a constant number", rule.name()), "here")),
     };
     for (i, a) in args.iter().enumerate() {
         match (a.name.as_ref().map(|n| n.name.as_str()), &a.value.kind) {
@@ -74,15 +75,15 @@ pub fn parse(args: &[CallArg], span: Span) -> Result<TaskSpec, Diagnostic> {
                 })
             }
             (Some("length"), ExprKind::List(items)) => match items.as_slice() {
-                [lo, hi] => length = Some((whole(lo, "length", 1.0)?, whole(hi, "length", 1.0)?)),
+                [lo, hi] => length = Some((whole(lo, &range::TASK_LENGTH)?, whole(hi, &range::TASK_LENGTH)?)),
                 _ => return Err(error(a.value.span, "`length` is one length or a range `[MIN, MAX]`", "expected e.g. `[8, 12]`")),
             },
             (Some("length"), _) => {
-                let n = whole(&a.value, "length", 1.0)?;
+                let n = whole(&a.value, &range::TASK_LENGTH)?;
                 length = Some((n, n));
             }
-            (Some("count"), _) => rows = Some(whole(&a.value, "count", 1.0)?),
-            (Some("seed"), _) => seed = whole(&a.value, "seed", 0.0)? as u64,
+            (Some("count"), _) => rows = Some(whole(&a.value, &range::TASK_COUNT)?),
+            (Some("seed"), _) => seed = whole(&a.value, &range::TASK_SEED)? as u64,
             _ => {
                 let at = a.name.as_ref().map_or(a.value.span, |n| n.span);
                 return Err(error(at, "unexpected argument to `digit_task`", "here"));
@@ -99,7 +100,18 @@ pub fn parse(args: &[CallArg], span: Span) -> Result<TaskSpec, Diagnostic> {
             "the first length must not exceed the second",
         ));
     }
-    let distinct = (min_len..=max_len).fold(0usize, |n, l| n.saturating_add(10usize.saturating_pow(l as u32)));
+    // Stop counting once there are enough: the lengths may run to 2^53, and
+    // 10^l passes any row count by l = 20.
+    let distinct = (min_len..=max_len)
+        .try_fold(0usize, |n, l| {
+            let n = n.saturating_add(10usize.saturating_pow(u32::try_from(l).unwrap_or(u32::MAX)));
+            if n >= rows {
+                Err(n)
+            } else {
+                Ok(n)
+            }
+        })
+        .unwrap_or_else(|enough| enough);
     if rows > distinct {
         return Err(error(
             span,
@@ -219,7 +231,11 @@ mod tests {
         for (call, title) in [
             ("digit_task(rotate, length: 4, count: 10)", "unknown task `rotate`"),
             ("digit_task(sort, length: [5, 3], count: 10)", "the length range [5, 3] is empty"),
-            ("digit_task(sort, length: [0, 3], count: 10)", "`length` must be a whole number of at least 1"),
+            ("digit_task(sort, length: [0, 3], count: 10)", "`length` of `digit_task` must be a whole number of at least 1, found 0"),
+            (
+                "digit_task(sort, length: [1, 2.5], count: 10)",
+                "`length` of `digit_task` must be a whole number of at least 1, found 2.5, which is not a whole number",
+            ),
             ("digit_task(sort, count: 10)", "`digit_task` needs the string lengths"),
             (
                 "digit_task(sort, length: 2, count: 101)",
@@ -227,6 +243,8 @@ mod tests {
             ),
             ("digit_task(sort, length: 20, count: 10000000)", "10000000 rows of up to 20 digits are too many to generate"),
             ("digit_task(sort, length: 2, count: 10, size: 3)", "unexpected argument to `digit_task`"),
+            // Lengths up to 2^53 are counted in a few steps (this hung, counting to usize::MAX).
+            ("digit_task(sort, length: [1, 2 ** 53], count: 10)", "10 rows of up to 9007199254740992 digits are too many to generate"),
         ] {
             assert_eq!(parsed(call).unwrap_err(), title, "{call}");
         }

@@ -5,6 +5,7 @@
 
 use super::error::ErrorKind;
 use super::expr::merge_names;
+use super::range;
 use super::value::{Arg, Func, Tensor, Value};
 use super::{Ctx, ElabError};
 use crate::ast::Span;
@@ -128,7 +129,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
             let axes = axes_arg(cx, &x, take(&mut a[1]), span)?;
             let keep = match take(&mut a[2]) {
-                Some(k) => cx.number(&k.value, k.span, "keepdims")? != 0.0,
+                Some(k) => cx.whole(&k.value, k.span, &range::KEEPDIMS)? == 1,
                 None => false,
             };
             reduction(cx, name, &x, &axes, keep, span).map(Value::Tensor)
@@ -208,7 +209,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let mut a = bind(cx, name, args, &["labels", "classes"], 2, span)?;
             let y = tensor_arg(cx, take(&mut a[0]), span)?;
             let Some(n) = take(&mut a[1]) else { return Err(internal(cx, span)) };
-            let n = cx.number(&n.value, n.span, "the number of classes")? as usize;
+            let n = cx.natural(&n.value, n.span, &range::CLASSES)?;
             one_hot(cx, &y, n, None, span).map(Value::Tensor)
         }
         "gather" => {
@@ -238,7 +239,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let logits = tensor_arg(cx, la, span)?;
             let labels = tensor_arg(cx, ya, span)?;
             let smoothing = match take(&mut a[2]) {
-                Some(s) => cx.number(&s.value, s.span, "smoothing")?,
+                Some(s) => cx.number(&s.value, s.span, &range::SMOOTHING)?,
                 None => 0.0,
             };
             let mask = match take(&mut a[3]) {
@@ -295,7 +296,7 @@ pub(crate) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         "eye" => {
             let mut a = bind(cx, name, args, &["n"], 1, span)?;
             let Some(n) = take(&mut a[0]) else { return Err(internal(cx, span)) };
-            let n = cx.number(&n.value, n.span, "the size of `eye`")? as usize;
+            let n = cx.natural(&n.value, n.span, &range::EYE)?;
             let shape = Shape::known(&[n, n]);
             let mut b = cx.builder(span);
             let (r, c) = (b.iota(&shape, 0), b.iota(&shape, 1));
@@ -380,8 +381,8 @@ pub(super) fn axes_arg(cx: &mut Ctx, x: &Tensor, a: Option<Arg>, span: Span) -> 
     let mut axes = Vec::new();
     for (v, s) in items {
         let axis = match &v {
-            Value::Number { value, .. } => {
-                let i = *value as i64;
+            Value::Number { .. } => {
+                let i = cx.whole(&v, s, &range::AXIS)?;
                 let norm = if i < 0 { i + rank as i64 } else { i };
                 if norm < 0 || norm >= rank as i64 {
                     return Err(cx.err(ErrorKind::AxisOutOfRange { span: s, axis: i, rank }));
@@ -674,11 +675,7 @@ fn int_list(cx: &mut Ctx, a: &Arg) -> Result<Vec<usize>, ElabError> {
     };
     let mut out = Vec::new();
     for (v, s) in items {
-        let n = cx.number(v, *s, "a list entry")?;
-        if n < 0.0 || n.fract() != 0.0 {
-            return Err(cx.err(ErrorKind::BadDim { span: *s, found: n.to_string() }));
-        }
-        out.push(n as usize);
+        out.push(cx.natural(v, *s, &range::PERMUTATION)?);
     }
     Ok(out)
 }
@@ -694,11 +691,7 @@ fn shape_list(cx: &mut Ctx, a: &Arg) -> Result<Shape, ElabError> {
             dims.push(Dim::Sym(d.clone()));
             continue;
         }
-        let n = cx.number(v, *s, "a list entry")?;
-        if n < 0.0 || n.fract() != 0.0 {
-            return Err(cx.err(ErrorKind::BadDim { span: *s, found: n.to_string() }));
-        }
-        dims.push(Dim::Known(n as usize));
+        dims.push(Dim::Known(cx.natural(v, *s, &range::SHAPE_ENTRY)?));
     }
     Ok(Shape(dims))
 }

@@ -2,6 +2,7 @@
 //! shapes. Each variant holds the spans and facts; `to_diagnostic` is the one
 //! place that words them.
 
+use super::range::OutOfRange;
 use crate::ast::Span;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{DType, Dim, Shape, TensorType};
@@ -199,6 +200,11 @@ pub enum ErrorKind {
         span: Span,
         found: String,
     },
+    /// A number outside the range its rule allows (`adam(beta1: 1.5)`, `x[1.5]`).
+    NumberOutOfRange {
+        span: Span,
+        problem: OutOfRange,
+    },
     UnknownInit {
         span: Span,
         name: String,
@@ -233,6 +239,12 @@ pub enum ErrorKind {
         span: Span,
         first: Span,
         name: String,
+    },
+    /// Two `report`s with one label.
+    DuplicateReport {
+        span: Span,
+        first: Span,
+        label: String,
     },
     Recursion {
         span: Span,
@@ -639,6 +651,7 @@ impl ErrorKind {
             BadDim { span, found } => {
                 Diagnostic::new(format!("a dimension must be a positive integer, found {found}")).label(*span, "not a positive integer")
             }
+            NumberOutOfRange { span, problem } => problem.diagnostic(*span),
             UnknownInit { span, name } => with_suggestion(
                 Diagnostic::new(format!("unknown initialiser `{name}`")).label(*span, "not an initialiser"),
                 suggest_init(name),
@@ -686,6 +699,10 @@ impl ErrorKind {
                 .label(*span, "defined again here")
                 .label(*first, "first defined here")
                 .note("help: rename one of them, or delete the one you do not need"),
+            DuplicateReport { span, first, label } => Diagnostic::new(format!("two reports are labelled \"{label}\""))
+                .label(*span, "reported again here")
+                .label(*first, "first reported here")
+                .note("each label is one entry of the results (and one key of `nnc run --json`), so a second would hide the first; rename one"),
             Recursion { span, name } => Diagnostic::new(format!("`{name}` calls itself"))
                 .label(*span, "recursive call")
                 .note("functions are inlined when compiled, so recursion is not allowed"),

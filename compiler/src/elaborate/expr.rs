@@ -1,6 +1,7 @@
 //! Expressions, names, calls, signatures and module instantiation.
 
 use super::error::{closest, ErrorKind};
+use super::range::{self, Rule};
 use super::value::{Arg, Func, ModuleInst, Tensor, Value};
 use super::{builtins, Ctx, ElabError, ParamSpec, Scope, MAX_CALL_DEPTH};
 use crate::ast::{BinOp, CallArg, Expr, ExprKind, FnDef, Ident, IndexItem, Member, ModuleDef, Span, TypeAnn};
@@ -543,13 +544,30 @@ impl<'s, 'p> Ctx<'s, 'p> {
         }
     }
 
-    /// A compile-time number (hyperparameters, counts).
-    pub(crate) fn number(&mut self, v: &Value, span: Span, what: &str) -> Result<f64, ElabError> {
+    /// A compile-time number (hyperparameters, counts) in its rule's range.
+    pub(crate) fn number(&mut self, v: &Value, span: Span, rule: &Rule) -> Result<f64, ElabError> {
+        let n = self.any_number(v, span, rule)?;
+        rule.check(n).map_err(|problem| self.err(ErrorKind::NumberOutOfRange { span, problem }))
+    }
+
+    /// A compile-time whole number in its rule's range (an index, an axis).
+    pub(crate) fn whole(&mut self, v: &Value, span: Span, rule: &Rule) -> Result<i64, ElabError> {
+        let n = self.any_number(v, span, rule)?;
+        rule.check_whole(n).map_err(|problem| self.err(ErrorKind::NumberOutOfRange { span, problem }))
+    }
+
+    /// A compile-time count or size in its rule's range (which starts at 0 or 1).
+    pub(crate) fn natural(&mut self, v: &Value, span: Span, rule: &Rule) -> Result<usize, ElabError> {
+        let n = self.any_number(v, span, rule)?;
+        rule.check_natural(n).map_err(|problem| self.err(ErrorKind::NumberOutOfRange { span, problem }))
+    }
+
+    fn any_number(&mut self, v: &Value, span: Span, rule: &Rule) -> Result<f64, ElabError> {
         match v {
             Value::Number { value, .. } => Ok(*value),
             Value::DimVar { dim: Dim::Known(n), .. } => Ok(*n as f64),
             Value::Unbound(e) => Err((**e).clone()),
-            _ => Err(self.err(ErrorKind::NotConstant { span, what: what.into() })),
+            _ => Err(self.err(ErrorKind::NotConstant { span, what: rule.name() })),
         }
     }
 
@@ -659,11 +677,11 @@ impl<'s, 'p> Ctx<'s, 'p> {
         if let Value::Module(m) = &base {
             if let ([IndexItem::Single(i)], false) = (items, m.stack.is_empty()) {
                 let v = self.expr(i, scope)?;
-                let k = self.number(&v, i.span, "a layer index")?;
+                let k = self.whole(&v, i.span, &range::LAYER_INDEX)?;
                 let n = m.stack.len();
-                return match m.stack.get(k as usize) {
-                    Some(layer) if k >= 0.0 => Ok(Value::Module(layer.clone())),
-                    _ => Err(self.err(ErrorKind::AxisOutOfRange { span: i.span, axis: k as i64, rank: n })),
+                return match usize::try_from(k).ok().and_then(|k| m.stack.get(k)) {
+                    Some(layer) => Ok(Value::Module(layer.clone())),
+                    None => Err(self.err(ErrorKind::AxisOutOfRange { span: i.span, axis: k, rank: n })),
                 };
             }
         }
@@ -685,7 +703,7 @@ impl<'s, 'p> Ctx<'s, 'p> {
             let (start, end, item_span) = match item {
                 IndexItem::Single(e) => {
                     let v = self.expr(e, scope)?;
-                    let i = self.number(&v, e.span, "an index")? as i64;
+                    let i = self.whole(&v, e.span, &range::INDEX)?;
                     let i = if i < 0 { i + n as i64 } else { i };
                     squeeze.push(axis);
                     (i, i + 1, e.span)
@@ -694,14 +712,14 @@ impl<'s, 'p> Ctx<'s, 'p> {
                     let lo = match start {
                         Some(e) => {
                             let v = self.expr(e, scope)?;
-                            self.number(&v, e.span, "a slice bound")? as i64
+                            self.whole(&v, e.span, &range::SLICE_BOUND)?
                         }
                         None => 0,
                     };
                     let hi = match end {
                         Some(e) => {
                             let v = self.expr(e, scope)?;
-                            self.number(&v, e.span, "a slice bound")? as i64
+                            self.whole(&v, e.span, &range::SLICE_BOUND)?
                         }
                         None => n as i64,
                     };
@@ -760,17 +778,14 @@ impl<'s, 'p> Ctx<'s, 'p> {
             }
             ExprKind::Repeat { item, count } => {
                 let c = self.expr(count, scope)?;
-                let k = self.number(&c, count.span, "a repeat count")?;
-                if k < 1.0 || k.fract() != 0.0 {
-                    return Err(self.err(ErrorKind::BadDim { span: count.span, found: k.to_string() }));
-                }
+                let k = self.natural(&c, count.span, &range::REPEAT)?;
                 let mut stack = Vec::new();
-                for i in 0..k as usize {
+                for i in 0..k {
                     stack.push(self.instantiate_in(item, &format!("{path}{i}."), scope)?);
                 }
                 let name = stack.first().map(|m| m.def_name.clone()).unwrap_or_default();
                 Ok(Rc::new(ModuleInst {
-                    def_name: format!("[{name}; {}]", k as usize),
+                    def_name: format!("[{name}; {k}]"),
                     path: path.to_string(),
                     consts: Vec::new(),
                     params: Vec::new(),
@@ -812,11 +827,8 @@ impl<'s, 'p> Ctx<'s, 'p> {
         };
         let args = self.bind_module_args(name, def, args)?;
         for (p, a) in def.const_params.iter().zip(args) {
-            let n = self.number(&a.value, a.span, &format!("module argument `{}`", p.name.name))?;
             let is_int = p.ty.name == "int";
-            if is_int && n.fract() != 0.0 {
-                return Err(self.err(ErrorKind::BadDim { span: a.span, found: n.to_string() }));
-            }
+            let n = self.number(&a.value, a.span, if is_int { &range::MODULE_INT } else { &range::MODULE_FLOAT })?;
             inst.consts.push((p.name.name.clone(), Value::Number { value: n, is_int }));
         }
         self.check_call_depth(span, name)?;

@@ -7,6 +7,7 @@ pub mod builtins;
 mod cycles;
 pub mod error;
 mod expr;
+pub mod range;
 mod recurrence;
 pub mod seq2seq;
 mod sequence;
@@ -141,8 +142,21 @@ impl<'p> Session<'p> {
             trained: HashMap::new(),
         };
         let mut seen: HashMap<String, Span> = HashMap::new();
+        let mut reports: HashMap<&str, Span> = HashMap::new();
         let mut errors = Vec::new();
         for item in &program.items {
+            // Two reports under one label would be one key of `--json`'s summary: the last would win.
+            if let Item::Report(r) = item {
+                match reports.get(r.label.as_str()) {
+                    Some(first) => {
+                        let kind = ErrorKind::DuplicateReport { span: r.span, first: *first, label: r.label.clone() };
+                        errors.push(ElabError { kind: Box::new(kind), context: Vec::new() }.to_diagnostic());
+                    }
+                    None => {
+                        reports.insert(&r.label, r.span);
+                    }
+                }
+            }
             let ident = match item {
                 Item::Module(m) => {
                     s.modules.insert(m.name.name.clone(), m);

@@ -39,7 +39,7 @@ pub(super) fn scan(cx: &mut Ctx, args: Vec<Arg>, span: Span) -> Result<Value, El
         None => Vec::new(),
     };
     let reverse = match take(&mut a[4]) {
-        Some(r) => cx.number(&r.value, r.span, "`reverse` (1 or 0)")? != 0.0,
+        Some(r) => cx.whole(&r.value, r.span, &super::range::REVERSE)? == 1,
         None => false,
     };
     let init_ty = cx.ty(&init);

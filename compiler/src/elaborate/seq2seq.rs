@@ -3,7 +3,8 @@
 //! takes besides the source, and the `exact_match` metric that decodes with it.
 
 use super::error::{ErrorKind, SequenceMetricProblem};
-use super::train::MetricKind;
+use super::range;
+use super::train::{literal_natural, literal_number, MetricKind};
 use super::value::{Arg, Tensor, Value};
 use super::{Ctx, DataShape, ElabError};
 use crate::ast::{CallArg, ExprKind, Span};
@@ -54,16 +55,10 @@ pub(super) fn decoding(cx: &Ctx, span: Span, args: &[CallArg]) -> Result<Decodin
     match args {
         [a] if a.name.is_none() && matches!(&a.value.kind, ExprKind::Name(n) if n == "greedy") => Ok(Decoding::Greedy),
         [w, rest @ ..] if w.name.as_ref().is_some_and(|n| n.name == "beam") && rest.len() <= 1 => {
-            let width = match cx.literal(&w.value) {
-                Some(v) if (1.0..=MAX_WIDTH as f64).contains(&v) && v.fract() == 0.0 => v as usize,
-                _ => return Err(bad()),
-            };
+            let width = literal_natural(cx, &w.value, &range::BEAM_WIDTH)?;
             let alpha = match rest {
                 [] => DEFAULT_ALPHA,
-                [a] if a.name.as_ref().is_some_and(|n| n.name == "alpha") => match cx.literal(&a.value) {
-                    Some(v) if v >= 0.0 && v.is_finite() => v,
-                    _ => return Err(bad()),
-                },
+                [a] if a.name.as_ref().is_some_and(|n| n.name == "alpha") => literal_number(cx, &a.value, &range::BEAM_ALPHA)?,
                 _ => return Err(bad()),
             };
             Ok(Decoding::Beam { width, alpha })

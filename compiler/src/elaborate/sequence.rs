@@ -5,6 +5,7 @@
 
 use super::builtins::{bind, take, tensor_arg};
 use super::error::ErrorKind;
+use super::range;
 use super::value::{Arg, Tensor, Value};
 use super::{Ctx, ElabError};
 use crate::ast::Span;
@@ -31,14 +32,14 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         "causal_mask" => {
             let mut a = bind(cx, name, args, &["size"], 1, span)?;
             let Some(n) = take(&mut a[0]) else { return Err(super::builtins::internal(cx, span)) };
-            let size = whole(cx, &n, name, "the sequence length")?;
+            let size = cx.natural(&n.value, n.span, &range::SEQUENCE_LENGTH)?;
             causal_mask(cx, size, span)
         }
         "sinusoidal_positions" => {
             let mut a = bind(cx, name, args, &["length", "width"], 2, span)?;
             let (Some(t), Some(d)) = (take(&mut a[0]), take(&mut a[1])) else { return Err(super::builtins::internal(cx, span)) };
-            let t = whole(cx, &t, name, "the number of positions")?;
-            let d = whole(cx, &d, name, "the width")?;
+            let t = cx.natural(&t.value, t.span, &range::POSITIONS)?;
+            let d = cx.natural(&d.value, d.span, &range::POSITION_WIDTH)?;
             if d % 2 != 0 {
                 return Err(cx.err(ErrorKind::Builtin {
                     span,
@@ -60,7 +61,7 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let ids_span = ia.as_ref().map_or(span, |a| a.span);
             let ids = tensor_arg(cx, ia, span)?;
             let Some(p) = take(&mut a[1]) else { return Err(super::builtins::internal(cx, span)) };
-            let pad = cx.number(&p.value, p.span, "the padding id")?;
+            let pad = cx.whole(&p.value, p.span, &range::PAD_ID)? as f64;
             let ty = cx.ty(&ids);
             if ty.dtype != DType::I32 {
                 return Err(cx.err(ErrorKind::Builtin {
@@ -91,20 +92,6 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         _ => return Err(super::builtins::internal(cx, span)),
     };
     Ok(Value::Tensor(t))
-}
-
-/// A positive whole number argument.
-fn whole(cx: &mut Ctx, a: &Arg, callee: &str, what: &str) -> Result<usize, ElabError> {
-    let v = cx.number(&a.value, a.span, what)?;
-    if v < 1.0 || v.fract() != 0.0 {
-        return Err(cx.err(ErrorKind::Builtin {
-            span: a.span,
-            title: format!("`{callee}` needs {what} as a positive whole number, found {v}"),
-            label: "here".into(),
-            note: None,
-        }));
-    }
-    Ok(v as usize)
 }
 
 /// The angle `p · 10000^(−2i/d)` of position `p` and pair `i`, on `[t, d/2, 1]`.

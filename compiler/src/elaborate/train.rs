@@ -3,6 +3,7 @@
 //! that codegen compiles into one native function.
 
 use super::error::ErrorKind;
+use super::range::{self, Rule};
 use super::seq2seq::{check_metric_data, decoder_input, decoding};
 pub use super::seq2seq::{Decoding, DECODER_INPUT, DEFAULT_ALPHA};
 use super::value::{Arg, Func, Tensor, Value};
@@ -202,15 +203,15 @@ impl<'p> Session<'p> {
         let optimizer = optimizer_spec(&cx, &opt_field.value)?;
         let batch = match (optimizer.kind, field("batch")) {
             (OptimizerKind::Gd, _) => None,
-            (_, Some(f)) => Some(positive_int(&cx, &f.value, "batch")?),
+            (_, Some(f)) => Some(literal_natural(&cx, &f.value, &range::BATCH)?),
             (_, None) => return Err(cx.err(ErrorKind::MissingField { span: t.name.span, field: "batch".into() })),
         };
         let epochs = match field("epochs") {
-            Some(f) => positive_int(&cx, &f.value, "epochs")?,
+            Some(f) => literal_natural(&cx, &f.value, &range::EPOCHS)?,
             None => return Err(cx.err(ErrorKind::MissingField { span: t.name.span, field: "epochs".into() })),
         };
         let seed = match field("seed") {
-            Some(f) => nonneg_int(&cx, &f.value, "seed")? as u64,
+            Some(f) => literal_natural(&cx, &f.value, &range::SEED)? as u64,
             None => 0,
         };
         let schedule = match field("schedule") {
@@ -482,18 +483,16 @@ impl Ctx<'_, '_> {
     }
 }
 
-fn positive_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
-    match cx.literal(e) {
-        Some(v) if v >= 1.0 && v.fract() == 0.0 => Ok(v as usize),
-        _ => Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: field.into(), expected: "a positive integer".into() })),
-    }
+/// A constant expression in its rule's range.
+pub(super) fn literal_number(cx: &Ctx, e: &Expr, rule: &Rule) -> Result<f64, ElabError> {
+    let v = cx.literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: rule.name() }))?;
+    rule.check(v).map_err(|problem| cx.err(ErrorKind::NumberOutOfRange { span: e.span, problem }))
 }
 
-fn nonneg_int(cx: &Ctx, e: &Expr, field: &str) -> Result<usize, ElabError> {
-    match cx.literal(e) {
-        Some(v) if v >= 0.0 && v.fract() == 0.0 => Ok(v as usize),
-        _ => Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: field.into(), expected: "a non-negative integer".into() })),
-    }
+/// A constant count or size in its rule's range.
+pub(super) fn literal_natural(cx: &Ctx, e: &Expr, rule: &Rule) -> Result<usize, ElabError> {
+    let v = cx.literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: rule.name() }))?;
+    rule.check_natural(v).map_err(|problem| cx.err(ErrorKind::NumberOutOfRange { span: e.span, problem }))
 }
 
 /// A call such as `adam(lr: 1e-3)` split into its name and `(key, value, span)` arguments.
@@ -511,19 +510,20 @@ fn call_parts<'e>(cx: &Ctx, e: &'e Expr) -> Result<(&'e str, Span, CallArgs<'e>)
     }
 }
 
-/// Look up named (or positional, in `order`) numeric arguments with defaults.
+/// Look up named (or positional, in `order`) numeric arguments with defaults,
+/// each checked against its rule.
 fn numeric_args(
     cx: &Ctx,
     callee: &str,
     span: Span,
     args: &[(Option<&Ident>, &Expr)],
-    order: &[(&str, Option<f64>)],
+    order: &[(&Rule, Option<f64>)],
 ) -> Result<Vec<f64>, ElabError> {
     let mut values: Vec<Option<f64>> = order.iter().map(|(_, d)| *d).collect();
-    let allowed: Vec<String> = order.iter().map(|(n, _)| n.to_string()).collect();
+    let allowed: Vec<String> = order.iter().map(|(r, _)| r.keyword.to_string()).collect();
     for (i, (name, e)) in args.iter().enumerate() {
         let slot = match name {
-            Some(n) => order.iter().position(|(k, _)| *k == n.name).ok_or_else(|| {
+            Some(n) => order.iter().position(|(r, _)| r.keyword == n.name).ok_or_else(|| {
                 cx.err(ErrorKind::UnknownKeyword { span: n.span, callee: callee.into(), keyword: n.name.clone(), allowed: allowed.clone() })
             })?,
             None if i < order.len() => i,
@@ -537,27 +537,27 @@ fn numeric_args(
                 }))
             }
         };
-        let v = cx.literal(e).ok_or_else(|| cx.err(ErrorKind::NotConstant { span: e.span, what: format!("`{}`", order[slot].0) }))?;
-        values[slot] = Some(v);
+        values[slot] = Some(literal_number(cx, e, order[slot].0)?);
     }
     values
         .into_iter()
         .zip(order)
-        .map(|(v, (n, _))| v.ok_or_else(|| cx.err(ErrorKind::MissingArgument { span, callee: callee.into(), name: n.to_string() })))
+        .map(|(v, (r, _))| v.ok_or_else(|| cx.err(ErrorKind::MissingArgument { span, callee: callee.into(), name: r.keyword.to_string() })))
         .collect()
 }
 
 fn optimizer_spec(cx: &Ctx, e: &Expr) -> Result<OptimizerSpec, ElabError> {
     let (name, span, args) = call_parts(cx, e)?;
-    let (kind, order): (OptimizerKind, &[(&str, Option<f64>)]) = match name {
-        "gd" => (OptimizerKind::Gd, &[("lr", None)]),
-        "sgd" => (OptimizerKind::Sgd, &[("lr", None)]),
-        "momentum" => (OptimizerKind::Momentum, &[("lr", None), ("momentum", Some(0.9))]),
-        "nesterov" => (OptimizerKind::Nesterov, &[("lr", None), ("momentum", Some(0.9))]),
-        "adam" => (OptimizerKind::Adam, &[("lr", Some(1e-3)), ("beta1", Some(0.9)), ("beta2", Some(0.999)), ("eps", Some(1e-8))]),
+    use range::{ADAM_EPS, BETA1, BETA2, LR, MOMENTUM, WEIGHT_DECAY};
+    let (kind, order): (OptimizerKind, &[(&Rule, Option<f64>)]) = match name {
+        "gd" => (OptimizerKind::Gd, &[(&LR, None)]),
+        "sgd" => (OptimizerKind::Sgd, &[(&LR, None)]),
+        "momentum" => (OptimizerKind::Momentum, &[(&LR, None), (&MOMENTUM, Some(0.9))]),
+        "nesterov" => (OptimizerKind::Nesterov, &[(&LR, None), (&MOMENTUM, Some(0.9))]),
+        "adam" => (OptimizerKind::Adam, &[(&LR, Some(1e-3)), (&BETA1, Some(0.9)), (&BETA2, Some(0.999)), (&ADAM_EPS, Some(1e-8))]),
         "adamw" => (
             OptimizerKind::AdamW,
-            &[("lr", Some(1e-3)), ("beta1", Some(0.9)), ("beta2", Some(0.999)), ("eps", Some(1e-8)), ("weight_decay", Some(0.01))],
+            &[(&LR, Some(1e-3)), (&BETA1, Some(0.9)), (&BETA2, Some(0.999)), (&ADAM_EPS, Some(1e-8)), (&WEIGHT_DECAY, Some(0.01))],
         ),
         _ => return Err(cx.err(ErrorKind::UnknownOptimizer { span, name: name.into() })),
     };
@@ -574,9 +574,6 @@ fn optimizer_spec(cx: &Ctx, e: &Expr) -> Result<OptimizerSpec, ElabError> {
             OptimizerSpec { kind, lr: get(0, 1e-3), beta1: get(1, 0.9), beta2: get(2, 0.999), eps: get(3, 1e-8), weight_decay: get(4, 0.0) }
         }
     };
-    if spec.lr <= 0.0 || !spec.lr.is_finite() {
-        return Err(cx.err(ErrorKind::BadFieldValue { span: e.span, field: "lr".into(), expected: "a positive learning rate".into() }));
-    }
     Ok(spec)
 }
 
@@ -585,35 +582,22 @@ fn schedule_spec(cx: &Ctx, e: &Expr) -> Result<ScheduleSpec, ElabError> {
     match name {
         "constant" => Ok(ScheduleSpec::Constant),
         "cosine" => {
-            let v = numeric_args(cx, name, span, &args, &[("min", Some(0.0))])?;
+            let v = numeric_args(cx, name, span, &args, &[(&range::COSINE_MIN, Some(0.0))])?;
             Ok(ScheduleSpec::Cosine { min_factor: v[0] })
         }
         "step" => {
-            let v = numeric_args(cx, name, span, &args, &[("every", None), ("gamma", Some(0.1))])?;
-            if !(v[1] > 0.0 && v[1].is_finite()) {
-                return Err(cx.err(ErrorKind::BadFieldValue {
-                    span: e.span,
-                    field: "gamma".into(),
-                    expected: "a positive factor such as 0.1".into(),
-                }));
-            }
-            Ok(ScheduleSpec::Step { every: v[0].max(1.0) as usize, gamma: v[1] })
+            let v = numeric_args(cx, name, span, &args, &[(&range::STEP_EVERY, None), (&range::STEP_GAMMA, Some(0.1))])?;
+            // `every` is whole and at least 1 (its rule), so the cast is exact.
+            Ok(ScheduleSpec::Step { every: v[0] as usize, gamma: v[1] })
         }
         "warmup" => {
             let then = args.iter().find(|(n, _)| n.is_some_and(|n| n.name == "then")).map(|(_, e)| *e);
             let rest: Vec<_> = args.iter().filter(|(n, _)| !n.is_some_and(|n| n.name == "then")).cloned().collect();
-            let v = numeric_args(cx, name, span, &rest, &[("epochs", None)])?;
+            let v = numeric_args(cx, name, span, &rest, &[(&range::WARMUP_EPOCHS, None)])?;
             let then = match then {
                 Some(t) => schedule_spec(cx, t)?,
                 None => ScheduleSpec::Constant,
             };
-            if !(v[0] > 0.0 && v[0].is_finite()) {
-                return Err(cx.err(ErrorKind::BadFieldValue {
-                    span: e.span,
-                    field: "epochs".into(),
-                    expected: "a positive number of warmup epochs such as 1 or 0.1".into(),
-                }));
-            }
             Ok(ScheduleSpec::Warmup { epochs: v[0], then: Box::new(then) })
         }
         _ => Err(cx.err(ErrorKind::BadFieldValue {
@@ -673,11 +657,15 @@ impl<'s, 'p> Ctx<'s, 'p> {
             "xavier_uniform" => ParamInit::XavierUniform,
             "xavier_normal" => ParamInit::XavierNormal,
             "normal" => {
-                let v = numeric_args(self, name, span, &args, &[("std", None)])?;
+                let v = numeric_args(self, name, span, &args, &[(&range::NORMAL_STD, None)])?;
                 ParamInit::Normal { std: v[0] }
             }
             "uniform" => {
-                let v = numeric_args(self, name, span, &args, &[("low", None), ("high", None)])?;
+                let v = numeric_args(self, name, span, &args, &[(&range::UNIFORM_LOW, None), (&range::UNIFORM_HIGH, None)])?;
+                if v[0] > v[1] {
+                    let expected = format!("at least `low` ({})", v[0]);
+                    return Err(self.err(ErrorKind::BadFieldValue { span: e.span, field: "high".into(), expected }));
+                }
                 ParamInit::Uniform { low: v[0], high: v[1] }
             }
             _ => return Err(self.err(ErrorKind::UnknownInit { span, name: name.into() })),

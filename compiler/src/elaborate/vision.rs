@@ -6,6 +6,7 @@
 
 use super::builtins::{bind, internal, reduction, take, tensor_arg};
 use super::error::ErrorKind;
+use super::range::{self, Rule};
 use super::value::{Arg, Tensor, Value};
 use super::{Ctx, ElabError};
 use crate::ast::Span;
@@ -34,11 +35,11 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let wa = take(&mut a[1]);
             let w_span = wa.as_ref().map_or(span, |a| a.span);
             let w = tensor_arg(cx, wa, span)?;
-            let stride = pair(cx, take(&mut a[2]), 1, "stride")?;
-            let padding = pair(cx, take(&mut a[3]), 0, "padding")?;
-            let dilation = pair(cx, take(&mut a[4]), 1, "dilation")?;
+            let stride = pair(cx, take(&mut a[2]), 1, &range::CONV_STRIDE)?;
+            let padding = pair(cx, take(&mut a[3]), 0, &range::CONV_PADDING)?;
+            let dilation = pair(cx, take(&mut a[4]), 1, &range::CONV_DILATION)?;
             let groups = match take(&mut a[5]) {
-                Some(g) => positive(cx, &g, "groups")?,
+                Some(g) => cx.natural(&g.value, g.span, &range::GROUPS)?,
                 None => 1,
             };
             conv2d(cx, &x, &w, w_span, Conv { stride, padding, dilation, groups }, span)?
@@ -46,12 +47,12 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
         "max_pool" | "avg_pool" => {
             let mut a = bind(cx, name, args, &["x", "size", "stride", "padding"], 2, span)?;
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
-            let size = pair(cx, take(&mut a[1]), 1, "size")?;
+            let size = pair(cx, take(&mut a[1]), 1, &range::POOL_SIZE)?;
             let stride = match take(&mut a[2]) {
-                Some(s) => pair(cx, Some(s), 1, "stride")?,
+                Some(s) => pair(cx, Some(s), 1, &range::CONV_STRIDE)?,
                 None => size,
             };
-            let padding = pair(cx, take(&mut a[3]), 0, "padding")?;
+            let padding = pair(cx, take(&mut a[3]), 0, &range::CONV_PADDING)?;
             pool(cx, name, &x, Window { kernel: size, stride, dilation: [1, 1], lead: 0 }, padding, span)?
         }
         "global_avg_pool" => {
@@ -91,7 +92,7 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let beta = tensor_arg(cx, ba, span)?;
             let eps_slot = if name == "group_norm" { 4 } else { 3 };
             let eps = match take(&mut a[eps_slot]) {
-                Some(e) => cx.number(&e.value, e.span, "eps")?,
+                Some(e) => cx.number(&e.value, e.span, &range::NORM_EPS)?,
                 None => 1e-5,
             };
             let affine = Affine { gamma, beta, spans: [g_span, b_span] };
@@ -106,7 +107,7 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 "instance_norm" => instance_norm(cx, &x, affine, eps, span)?,
                 _ => {
                     let Some(g) = take(&mut a[3]) else { return Err(internal(cx, span)) };
-                    let groups = positive(cx, &g, "groups")?;
+                    let groups = cx.natural(&g.value, g.span, &range::GROUPS)?;
                     group_norm(cx, &x, affine, groups, g.span, eps, span)?
                 }
             }
@@ -115,7 +116,7 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
             let mut a = bind(cx, name, args, &["x", "p"], 2, span)?;
             let x = tensor_arg(cx, take(&mut a[0]), span)?;
             let Some(p) = take(&mut a[1]) else { return Err(internal(cx, span)) };
-            let rate = probability(cx, &p, name, "drop rate `p`")?;
+            let rate = cx.number(&p.value, p.span, &range::DROP_RATE)?;
             if !cx.training || rate == 0.0 {
                 // Evaluation: the identity (inverted scaling happened in training).
                 x
@@ -140,11 +141,11 @@ pub(super) fn call(cx: &mut Ctx, name: &'static str, args: Vec<Arg>, span: Span)
                 stats.push((tensor_arg(cx, Some(arg), span)?, s));
             }
             let momentum = match take(&mut a[5]) {
-                Some(m) => probability(cx, &m, "batch_norm", "`momentum`")?,
+                Some(m) => cx.number(&m.value, m.span, &range::BN_MOMENTUM)?,
                 None => 0.1,
             };
             let eps = match take(&mut a[6]) {
-                Some(e) => cx.number(&e.value, e.span, "eps")?,
+                Some(e) => cx.number(&e.value, e.span, &range::NORM_EPS)?,
                 None => 1e-5,
             };
             let affine = Affine { gamma, beta, spans: [g_span, b_span] };
@@ -182,47 +183,22 @@ fn image_layout_err(cx: &Ctx, name: &str, expected: &str, found: &Shape, span: S
 }
 
 /// `2` or `[2, 1]`: a size along (H, W).
-fn pair(cx: &mut Ctx, a: Option<Arg>, default: usize, what: &str) -> Result<[usize; 2], ElabError> {
+fn pair(cx: &mut Ctx, a: Option<Arg>, default: usize, rule: &Rule) -> Result<[usize; 2], ElabError> {
     let Some(a) = a else { return Ok([default, default]) };
-    let bad = |cx: &Ctx, span: Span| {
-        let found = "something else".to_string();
-        cx.err(ErrorKind::WrongKind { span, expected: format!("`{what}` as an integer or a pair `[h, w]` of integers"), found })
-    };
-    // Padding may be 0; a window size, stride or dilation of 0 would never move or cover anything.
-    let min = if what == "padding" { 0.0 } else { 1.0 };
-    let int = |cx: &mut Ctx, v: &Value, span: Span| -> Result<usize, ElabError> {
-        let n = cx.number(v, span, what)?;
-        if n < min || n.fract() != 0.0 {
-            let (kind, why) = match what {
-                "padding" => ("a non-negative integer", "padding adds rows and columns of zeros around the input; to crop it, slice it"),
-                "stride" => {
-                    ("a positive integer", "the stride is how far the window moves at each step: 1 visits every position, 2 every other")
-                }
-                "dilation" => ("a positive integer", "dilation 1 is an ordinary window; d spaces its taps d apart"),
-                _ => ("a positive integer", "the window covers this many rows and columns"),
-            };
-            return Err(builtin_err(cx, span, format!("`{what}` must be {kind}, found {n}"), format!("`{what}: {n}`"), Some(why.into())));
-        }
-        Ok(n as usize)
-    };
     match &a.value {
         Value::List(items) => match items.as_slice() {
-            [(h, hs), (w, ws)] => Ok([int(cx, h, *hs)?, int(cx, w, *ws)?]),
-            _ => Err(bad(cx, a.span)),
+            [(h, hs), (w, ws)] => Ok([cx.natural(h, *hs, rule)?, cx.natural(w, *ws, rule)?]),
+            _ => {
+                let found = "something else".to_string();
+                let expected = format!("`{}` as an integer or a pair `[h, w]` of integers", rule.keyword);
+                Err(cx.err(ErrorKind::WrongKind { span: a.span, expected, found }))
+            }
         },
         v => {
-            let n = int(cx, v, a.span)?;
+            let n = cx.natural(v, a.span, rule)?;
             Ok([n, n])
         }
     }
-}
-
-fn positive(cx: &mut Ctx, a: &Arg, what: &str) -> Result<usize, ElabError> {
-    let n = cx.number(&a.value, a.span, what)?;
-    if n < 1.0 || n.fract() != 0.0 {
-        return Err(builtin_err(cx, a.span, format!("`{what}` must be a positive integer, found {n}"), format!("`{what}: {n}`"), None));
-    }
-    Ok(n as usize)
 }
 
 /// The known sizes of the last `k` axes, or `None`.
@@ -578,26 +554,6 @@ fn group_norm(cx: &mut Ctx, x: &Tensor, a: Affine, groups: usize, g_span: Span, 
     let y = normalize(cx, &Tensor { id: xg, names: Vec::new() }, &[2], eps, span)?;
     let back = cx.op(Op::Reshape { shape: shape.clone() }, &[y.id], span)?;
     apply_affine(cx, Tensor { id: back, names: x.names.clone() }, &a, &shape.dims()[1..2], &[1], span)
-}
-
-/// A probability in [0, 1): a drop rate or a momentum (`what` names it in the message).
-fn probability(cx: &mut Ctx, a: &Arg, name: &str, what: &str) -> Result<f64, ElabError> {
-    let p = cx.number(&a.value, a.span, "a probability")?;
-    if !(0.0..1.0).contains(&p) {
-        let note = if (1.0..=100.0).contains(&p) {
-            format!("help: this looks like a percentage; for {p}%, write {}", p / 100.0)
-        } else {
-            "a probability must be at least 0 and less than 1".to_string()
-        };
-        return Err(builtin_err(
-            cx,
-            a.span,
-            format!("`{name}`'s {what} must be a probability in [0, 1), found {p}"),
-            format!("{p} is not in [0, 1)"),
-            Some(note),
-        ));
-    }
-    Ok(p)
 }
 
 /// Training-mode dropout (per element) or stochastic depth (per sample: a

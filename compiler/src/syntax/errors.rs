@@ -522,6 +522,22 @@ fn brace_owner(source: &str) -> Option<(Span, String)> {
 
 /// Reject bracket nesting deeper than `max` before pest sees the text (both
 /// pest and the later recursive passes need stack in proportion to it).
+/// A literal too large to hold: `1e400` (past f64's 1.8e308) or an integer
+/// above 2^53 (past which f64 skips integers).
+pub(super) fn number_too_large(span: Span, text: &str, is_int: bool) -> Diagnostic {
+    let excerpt: String = text.chars().take(24).collect();
+    let excerpt = if excerpt.len() < text.len() { format!("{excerpt}…") } else { excerpt };
+    if is_int {
+        Diagnostic::new(format!("the integer {excerpt} is too large"))
+            .label(span, "expected a whole number of at most 2^53 = 9007199254740992")
+            .note("numbers are held as 64-bit floats, which skip whole numbers above 2^53")
+    } else {
+        Diagnostic::new(format!("the number {excerpt} is too large"))
+            .label(span, "expected a number below about 1.8e308")
+            .note("this is past the largest 64-bit float, so it would be infinite")
+    }
+}
+
 pub(super) fn check_nesting(source: &str, max: usize) -> Option<Diagnostic> {
     let mut depth = 0usize;
     for t in lex(source) {
