@@ -136,13 +136,16 @@ fn exact_match_metrics_and_the_decoder_input() {
     let decoder = ok.forward_graph.input("decoder_input").expect("the forward takes the decoder input");
     assert_eq!(ok.forward_graph.ty(decoder).dtype, DType::I32);
     assert_eq!(ok.forward_graph.shape(decoder).to_string(), "[B, 5]");
-    for bad in [
-        "exact_match(beam: 0)",
-        "exact_match(beam: 1000)",
-        "exact_match(beam: 4, alpha: -1)",
-        "exact_match(top_k: 3)",
-        "exact_match(greedy, beam: 2)",
+    // Numbers outside their range are refused by the range table's rule.
+    for (bad, why) in [
+        ("exact_match(beam: 0)", "`beam` of `exact_match` must be a whole number from 1 to 256, found 0"),
+        ("exact_match(beam: 1000)", "`beam` of `exact_match` must be a whole number from 1 to 256, found 1000"),
+        ("exact_match(beam: 4, alpha: -1)", "`alpha` of `exact_match` must be a number of at least 0, found -1"),
     ] {
+        let err = plan(&format!("{bad} on pairs.test")).expect_err(bad);
+        assert_eq!(err, why, "{bad}");
+    }
+    for bad in ["exact_match(top_k: 3)", "exact_match(greedy, beam: 2)"] {
         let err = plan(&format!("{bad} on pairs.test")).expect_err(bad);
         assert_eq!(err, "`exact_match` decodes with `greedy` or `beam: WIDTH`", "{bad}");
     }

@@ -355,26 +355,26 @@ mod tests {
 
     #[test]
     fn whole_numbers_are_exact_and_bounded() {
-        assert_eq!(COUNT.contains(2.0), true);
-        assert_eq!(COUNT.contains(1e4), true);
-        assert_eq!(COUNT.contains(1.5), false);
-        assert_eq!(COUNT.contains(0.0), false);
-        assert_eq!(COUNT.contains(f64::NAN), false);
-        assert_eq!(COUNT.contains(f64::INFINITY), false);
-        assert_eq!(COUNT.contains(1e20), false);
-        assert_eq!(COUNT.contains(MAX_WHOLE as f64), true);
-        assert_eq!(INTEGER.contains(-0.5), false);
-        assert_eq!(INTEGER.contains(-3.0), true);
+        assert!(COUNT.contains(2.0));
+        assert!(COUNT.contains(1e4));
+        assert!(!COUNT.contains(1.5));
+        assert!(!COUNT.contains(0.0));
+        assert!(!COUNT.contains(f64::NAN));
+        assert!(!COUNT.contains(f64::INFINITY));
+        assert!(!COUNT.contains(1e20));
+        assert!(COUNT.contains(MAX_WHOLE as f64));
+        assert!(!INTEGER.contains(-0.5));
+        assert!(INTEGER.contains(-3.0));
     }
 
     #[test]
     fn reals_are_finite_and_respect_open_ends() {
-        assert_eq!(FRACTION.contains(0.0), true);
-        assert_eq!(FRACTION.contains(1.0), false);
-        assert_eq!(POSITIVE.contains(0.0), false);
-        assert_eq!(POSITIVE.contains(f64::INFINITY), false);
-        assert_eq!(UNIT.contains(1.0), true);
-        assert_eq!(FINITE.contains(f64::NAN), false);
+        assert!(FRACTION.contains(0.0));
+        assert!(!FRACTION.contains(1.0));
+        assert!(!POSITIVE.contains(0.0));
+        assert!(!POSITIVE.contains(f64::INFINITY));
+        assert!(UNIT.contains(1.0));
+        assert!(!FINITE.contains(f64::NAN));
     }
 
     #[test]
