@@ -40,6 +40,8 @@ fn strides(c: &Case) -> ([isize; 2], [isize; 2]) {
 /// This thread's time on a CPU so far, in seconds (`/proc/thread-self/schedstat`),
 /// if `NNC_BENCH_CPU` is set: on a machine shared with other users the time
 /// the thread waits for a core is then left out (one-thread figures only).
+// A benchmark, not the compiler core: reading /proc is what it is for.
+#[allow(clippy::disallowed_methods)]
 fn cpu_time() -> Option<f64> {
     std::env::var_os("NNC_BENCH_CPU")?;
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;

@@ -70,9 +70,12 @@ fn cases() -> Vec<Case> {
     cases
 }
 
+/// What one output of a case's graph should be: its name and values (`None`: not recorded).
+type Expected = (String, Vec<Option<f64>>);
+
 /// The case's graph with outputs: value, then each recorded first
 /// derivative, then each recorded second derivative; and what each should be.
-fn graph_of(session: &Session, case: &Case) -> (Graph, Inputs, Vec<(String, Vec<Option<f64>>)>) {
+fn graph_of(session: &Session, case: &Case) -> (Graph, Inputs, Vec<Expected>) {
     let types: Vec<TensorType> =
         case.inputs.iter().map(|(_, dims, _)| TensorType { shape: Shape::known(dims), dtype: DType::F32 }).collect();
     let mut g = session.function_graph(&case.name, &types).unwrap_or_else(|d| panic!("{}: {d:?}", case.name));

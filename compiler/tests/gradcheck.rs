@@ -255,7 +255,8 @@ fn gather_and_scatter_add_gradients() {
     let ids_value = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![4.0, 0.0, 4.0, 2.0, 1.0, 4.0]).unwrap();
     let ids_type = TensorType { shape: Shape::known(&[2, 3]), dtype: DType::I32 };
     // (op name, float operand shape, build(b, float operand, ids))
-    let ops: [(&str, [usize; 3], fn(&mut Builder, ValueId, ValueId) -> ValueId); 2] = [
+    type IndexOp = (&'static str, [usize; 3], fn(&mut Builder, ValueId, ValueId) -> ValueId);
+    let ops: [IndexOp; 2] = [
         ("gather", [5, 3, 1], |b, table, ids| b.gather_rows(table, ids)),
         ("scatter_add", [2, 3, 3], |b, values, ids| b.scatter_add(ids, values, 5)),
     ];

@@ -240,10 +240,13 @@ fn slices_and_pads() {
     }
 }
 
+/// One unfold case: (input dims, kernel, stride, dilation, leading axes).
+type WindowCase<'a> = (&'a [usize], [usize; 2], [usize; 2], [usize; 2], usize);
+
 #[test]
 fn windows_unfold_and_fold() {
     #[rustfmt::skip]
-    let cases: &[(&[usize], [usize; 2], [usize; 2], [usize; 2], usize)] = &[
+    let cases: &[WindowCase] = &[
         (&[2, 3, 8, 8], [3, 3], [1, 1], [1, 1], 0), (&[1, 2, 7, 6], [3, 2], [2, 1], [1, 2], 1),
         (&[2, 2, 9, 9], [2, 2], [2, 2], [1, 1], 2), (&[3, 11, 5], [5, 1], [3, 2], [2, 1], 1),
         (&[1, 1, 28, 28], [3, 3], [1, 1], [1, 1], 1), (&[2, 3, 4, 10, 10], [3, 3], [1, 1], [1, 1], 1),

@@ -158,8 +158,9 @@ fn sixteen_lane_math_matches_the_inline_forms_bit_for_bit() {
     xs.extend(logspace(1e-9, 1e3, 501));
     // 2525 elements: loops of four groups, leftover groups and a partial one.
     assert_eq!(xs.len() % 16, 13);
+    type UnaryCase = (&'static str, fn(&mut Builder, ValueId) -> ValueId);
     #[rustfmt::skip]
-    let cases: [(&str, fn(&mut Builder, ValueId) -> ValueId); 7] = [
+    let cases: [UnaryCase; 7] = [
         ("exp", |b, x| b.exp(x)), ("tanh", |b, x| b.unary(UnaryOp::Tanh, x)), ("erf", |b, x| b.unary(UnaryOp::Erf, x)),
         ("sigmoid", sigmoid), ("gelu", gelu), ("gelu derivative", |b, x| b.unary(UnaryOp::GeluDerivative, x)), ("softplus", softplus),
     ];
